@@ -1,0 +1,48 @@
+# Staged targets. WORK is the work directory (caches, runs); everything generated lives under work/.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+WORK   ?= work/demo
+SYNTH  ?= work/synth
+VIDEOS ?= 300
+SEED   ?= 0
+TCD    := $(BIN)/tcd
+
+.PHONY: setup test test-slow demo synth manifest status gc lint clean
+
+# .venv is (re)built when missing or when the pinned requirements change.
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+# The demo grows as stages land: today it builds the synthetic set and its manifest.
+demo: setup synth manifest status
+
+synth: setup
+	@if [ -f $(SYNTH)/TextVR_test.json ]; then echo "synthetic set in $(SYNTH) (rm -r it to regenerate)"; \
+	else $(TCD) data synth --out $(SYNTH) --videos $(VIDEOS) --seed $(SEED) --with-ocr-json; fi
+
+manifest: setup
+	$(TCD) data textvr --root $(SYNTH) --work $(WORK)
+
+status: setup
+	$(TCD) cache status --work $(WORK)
+
+gc: setup
+	$(TCD) cache gc --work $(WORK)
+
+lint: setup
+	$(BIN)/pip install --quiet ruff && $(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf work

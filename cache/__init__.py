@@ -1,0 +1,27 @@
+"""The Zarr work directory: manifest, stage groups, keys, locks and settings.
+
+`cache` is the lowest layer of the project and imports nothing else of ours.
+"""
+
+from cache.errors import CacheError, LockBusy, SettingsError, TcdError
+from cache.keys import content_key, settings_key, text_key
+from cache.lock import WriterLock
+from cache.settings import apply_overrides, load_settings
+from cache.store import Manifest, StageGroup, Table, WorkDir
+
+__all__ = [
+    "CacheError",
+    "LockBusy",
+    "Manifest",
+    "SettingsError",
+    "StageGroup",
+    "Table",
+    "TcdError",
+    "WorkDir",
+    "WriterLock",
+    "apply_overrides",
+    "content_key",
+    "load_settings",
+    "settings_key",
+    "text_key",
+]

@@ -1,0 +1,62 @@
+"""Keys that decide whether cached work is still valid.
+
+- content key of a video: size + mtime + a hash of its first and last MiB (cheap, catches edits);
+- text key of a caption: a hash of its text;
+- settings key of a stage: a stable hash of its resolved settings plus the key of its input stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+EDGE_BYTES = 1 << 20  # 1 MiB read from each end of a file
+
+
+def content_key(path: str | os.PathLike[str]) -> str:
+    """`<size>-<mtime_ns>-<blake2b of first and last MiB>`; raises OSError if unreadable."""
+    path = Path(path)
+    stat = path.stat()
+    digest = hashlib.blake2b(digest_size=8)
+    with path.open("rb") as f:
+        digest.update(f.read(EDGE_BYTES))
+        if stat.st_size > EDGE_BYTES:
+            f.seek(max(EDGE_BYTES, stat.st_size - EDGE_BYTES))
+            digest.update(f.read(EDGE_BYTES))
+    return f"{stat.st_size}-{stat.st_mtime_ns}-{digest.hexdigest()}"
+
+
+def text_key(text: str) -> str:
+    """Key of a caption row: changes exactly when the text changes."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def to_plain(value: Any) -> Any:
+    """Dataclasses, tuples and paths -> dicts, lists and strings (JSON/TOML friendly)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def settings_key(settings: Any, upstream: str | None = None) -> str:
+    """Stable 16-hex key of a settings dataclass (or dict) chained to its input stage's key.
+
+    The class name is part of the key, so two stages with equal fields never share a group.
+    """
+    payload = {
+        "type": type(settings).__name__,
+        "settings": to_plain(settings),
+        "upstream": upstream,
+    }
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]

@@ -1,0 +1,90 @@
+"""A writer lock per stage group (and one for the manifest), based on `flock`.
+
+The kernel drops an `flock` when its process dies, so a killed run never leaves a stale lock.
+The lock file records who holds it, so the refusal can say which process to wait for.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from cache.errors import LockBusy
+
+
+class WriterLock:
+    """Non-reentrant lock on `path` (exclusive, or shared for readers). A context manager.
+
+    `timeout=0` refuses at once when the lock is held; a positive timeout waits that many
+    seconds, polling, before refusing.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        what: str,
+        timeout: float = 0.0,
+        shared: bool = False,
+    ):
+        self.path = Path(path)
+        self.what = what
+        self.timeout = timeout
+        self.shared = shared  # readers share the lock; a writer needs it alone
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(
+                    fd,
+                    (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB,
+                )
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = _read_holder(fd)
+                    os.close(fd)
+                    raise LockBusy(
+                        f"{self.what} is in use by another process ({holder}); "
+                        f"wait for it to finish (lock file {self.path})"
+                    ) from None
+                time.sleep(0.1)
+        if not self.shared:
+            info = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "since": time.time(),
+            }
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            if not self.shared:
+                os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> WriterLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"pid {info['pid']} on {info['host']}"
+    except (ValueError, KeyError):
+        return "a stage that reads it"

@@ -1,0 +1,141 @@
+"""Settings are dataclasses, loaded from TOML and overridden with `--set a.b=c`.
+
+    settings = load_settings(PipelineSettings, "configs/default.toml", ["captions.xi=0.5"])
+
+Unknown keys and wrong types are errors (a typo must not silently fall back to a default).
+Values given with `--set` are parsed as TOML values (`0.5`, `true`, `"x"`, `[1, 2]`); anything
+that does not parse as TOML is taken as a plain string (`--set encode.text_model=minilm`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cache.errors import SettingsError
+
+T = TypeVar("T")
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`"a.b=0.5"` -> (["a", "b"], 0.5)."""
+    if "=" not in item:
+        raise SettingsError(
+            f"override {item!r} is not of the form key=value (e.g. captions.xi=0.5)"
+        )
+    dotted, raw = item.split("=", 1)
+    keys = [k.strip() for k in dotted.strip().split(".")]
+    if not all(keys):
+        raise SettingsError(f"override {item!r} has an empty key")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return keys, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of nested dict `data` with each `a.b=c` override applied."""
+    out = _deep_copy(data)
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = out
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise SettingsError(f"override {item!r}: {key!r} is a value, not a section")
+            node = child
+        node[keys[-1]] = value
+    return out
+
+
+def load_settings(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    section: str | None = None,
+) -> T:
+    """Build dataclass `cls` from a TOML file (or one `[section]` of it) plus overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise SettingsError(f"{path}: settings file not found") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"{path}: not valid TOML ({exc})") from None
+        if section is not None:
+            data = data.get(section, {})
+    data = apply_overrides(data, overrides)
+    return from_dict(cls, data)
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Recursively convert a nested dict into dataclass `cls`, checking names and types."""
+    if not isinstance(data, dict):
+        raise SettingsError(f"{where or 'settings'}: expected a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise SettingsError(
+            f"unknown setting {where + unknown[0]!r}; known: {', '.join(sorted(names))}"
+        )
+    kwargs = {name: _coerce(hints[name], value, where + name) for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(settings: Any) -> dict[str, Any]:
+    """Dataclass -> nested dict (TOML-serialisable types only)."""
+    return dataclasses.asdict(settings)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where + ".")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where)
+            except SettingsError as exc:
+                errors.append(str(exc))
+        raise SettingsError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is typing.Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise SettingsError(f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise SettingsError(f"{where}: expected a list, got {value!r}")
+        (item_hint, *_) = typing.get_args(hint) or (Any,)
+        items = [_coerce(item_hint, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise SettingsError(f"{where}: expected true or false, got {value!r}")
+    if hint in (int, float) and isinstance(value, bool):
+        raise SettingsError(f"{where}: expected a number, got {value!r}")
+    if isinstance(hint, type) and not isinstance(value, hint):
+        raise SettingsError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}

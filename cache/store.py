@@ -1,0 +1,468 @@
+"""The work directory: a Zarr v3 store holding the manifest and one group per stage and key.
+
+Layout (``W`` is the work dir)::
+
+    W/cache.zarr/manifest/videos/<column>        one row per video, append-only
+    W/cache.zarr/manifest/captions/<column>      one row per caption/query, append-only
+    W/cache.zarr/stages/<stage>/<key>/done       bool per row, written last
+    W/cache.zarr/stages/<stage>/<key>/key        the input key the row was computed for
+    W/cache.zarr/stages/<stage>/<key>/error      last failure message of the row ('' if none)
+    W/cache.zarr/stages/<stage>/<key>/<data>     per-row data, one chunk per row
+    W/locks/*.lock                               writer locks (flock)
+
+Row r of every per-video array belongs to manifest video row r (captions likewise). A row is
+valid when ``done[r]`` and ``key[r]`` equals the manifest's current key for row r (the video's
+content key, or the caption's text key). Rows are never renumbered: removed videos keep their
+row with ``present = False`` until ``gc`` clears their stage data.
+
+Concurrency rules (STYLE.md, "Zarr v3 facts"): only the process holding a group's writer lock
+resizes its arrays; every per-row array has one chunk per row so rows never share an object;
+chunk files are written atomically by zarr's LocalStore (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from cache.errors import CacheError
+from cache.keys import settings_key, to_plain
+from cache.lock import WriterLock
+
+STORE_NAME = "cache.zarr"
+ROW_KINDS = ("videos", "captions")
+
+# Column name -> (numpy dtype or str, fill value). `id`, `key`, `present`, `order`, `split`
+# are common to both tables; `order` is the position inside the split's annotation file.
+_COMMON = {
+    "id": (str, ""),
+    "key": (str, ""),
+    "present": ("bool", False),
+    "order": ("int64", -1),
+    "split": (str, ""),
+}
+VIDEO_COLUMNS: dict[str, tuple[Any, Any]] = {
+    **_COMMON,
+    "path": (str, ""),
+    "domain": (str, ""),
+    "ocr_path": (str, ""),
+    "duration": ("float64", 0.0),
+    "fps": ("float64", 0.0),
+    "n_frames": ("int64", 0),
+    "error": (str, ""),
+}
+CAPTION_COLUMNS: dict[str, tuple[Any, Any]] = {
+    **_COMMON,
+    "video_row": ("int64", -1),
+    "text": (str, ""),
+}
+_MANIFEST_CHUNK = 4096
+
+
+@dataclass
+class UpsertStats:
+    """What a manifest update did, by row count."""
+
+    added: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    removed: int = 0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.added} added, {self.changed} changed, "
+            f"{self.unchanged} unchanged, {self.removed} removed"
+        )
+
+
+class Table:
+    """An append-only table of rows stored as one Zarr array per column.
+
+    Only the holder of the manifest lock writes; readers load whole columns (a TextVR-sized
+    manifest is a few MB).
+    """
+
+    def __init__(self, group: zarr.Group, columns: dict[str, tuple[Any, Any]]):
+        self.group = group
+        self.columns = columns
+        existing = set(group.array_keys())
+        for name, (dtype, fill) in columns.items():
+            if name not in existing:
+                group.create_array(
+                    name,
+                    shape=(0,),
+                    chunks=(_MANIFEST_CHUNK,),
+                    dtype=dtype,
+                    fill_value=fill,
+                )
+
+    def __len__(self) -> int:
+        return int(self.group["id"].shape[0])
+
+    def column(self, name: str) -> np.ndarray:
+        values = self.group[name][:]
+        return values.astype(object) if self.columns[name][0] is str else values
+
+    def read(self, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        return {name: self.column(name) for name in (names or list(self.columns))}
+
+    def row_of(self) -> dict[str, int]:
+        """id -> row index."""
+        return {str(vid): row for row, vid in enumerate(self.column("id"))}
+
+    def upsert(self, records: Sequence[dict[str, Any]]) -> UpsertStats:
+        """Insert or update rows by `id`; rows whose id is not in `records` become absent.
+
+        A record must hold `id` and `key`; missing columns keep their stored value (or fill).
+        Writes `key` last, so a crash mid-update leaves stale keys that the next run repairs.
+        """
+        data = self.read()
+        n_old = len(data["id"])
+        rows = {vid: row for row, vid in enumerate(data["id"])}
+        stats = UpsertStats()
+        new_rows: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for record in records:
+            vid = record["id"]
+            if vid in seen:
+                raise CacheError(f"duplicate id {vid!r} in one manifest update")
+            seen.add(vid)
+            row = rows.get(vid)
+            if row is None:
+                new_rows.append(record)
+                stats.added += 1
+                continue
+            if data["key"][row] == record["key"] and data["present"][row]:
+                stats.unchanged += 1
+            else:
+                stats.changed += 1
+            for name, value in record.items():
+                data[name][row] = value
+            data["present"][row] = True
+        for row in range(n_old):
+            if data["present"][row] and data["id"][row] not in seen:
+                data["present"][row] = False
+                stats.removed += 1
+        for name, (_, fill) in self.columns.items():
+            extra = [r.get(name, fill) for r in new_rows]
+            if name == "present":
+                extra = [True] * len(new_rows)
+            data[name] = np.concatenate([data[name], np.array(extra, dtype=data[name].dtype)])
+        n_new = n_old + len(new_rows)
+        for name in [*(c for c in self.columns if c != "key"), "key"]:
+            array = self.group[name]
+            if array.shape[0] != n_new:
+                array.resize((n_new,))
+            if n_new:
+                values = data[name]
+                array[:] = values.astype(str) if self.columns[name][0] is str else values
+        return stats
+
+
+class Manifest:
+    """The `videos` and `captions` tables plus dataset attributes (name, root)."""
+
+    def __init__(self, group: zarr.Group):
+        self.group = group
+        self.videos = Table(group.require_group("videos"), VIDEO_COLUMNS)
+        self.captions = Table(group.require_group("captions"), CAPTION_COLUMNS)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.group.attrs)
+
+    def table(self, rows: str) -> Table:
+        if rows not in ROW_KINDS:
+            raise CacheError(f"unknown row kind {rows!r}; expected one of {ROW_KINDS}")
+        return self.videos if rows == "videos" else self.captions
+
+
+class StageGroup:
+    """One stage's cache for one settings key: per-row data plus done/key/error bookkeeping."""
+
+    def __init__(self, work: WorkDir, group: zarr.Group):
+        self.work = work
+        self.group = group
+        attrs = dict(group.attrs)
+        self.stage: str = attrs["stage"]
+        self.key: str = attrs["key"]
+        self.rows: str = attrs["rows"]
+        self.settings: dict[str, Any] = attrs.get("settings", {})
+        self.upstream: str | None = attrs.get("upstream")
+
+    # -- shape and arrays -------------------------------------------------------------------
+    @property
+    def n_rows(self) -> int:
+        return int(self.group["done"].shape[0])
+
+    def lock(self, timeout: float = 0.0) -> WriterLock:
+        return self.work.stage_lock(self.stage, self.key, timeout)
+
+    def ensure_rows(self, n: int) -> None:
+        """Grow every per-row array to `n` rows. Only the lock holder calls this."""
+        for name in self.group.array_keys():
+            array = self.group[name]
+            if array.shape[0] < n:
+                array.resize((n, *array.shape[1:]))
+
+    def array(
+        self,
+        name: str,
+        row_shape: Sequence[int] = (),
+        dtype: Any = "float32",
+        fill_value: Any = 0,
+    ) -> zarr.Array:
+        """The per-row data array `name`, created (one chunk per row) on first use."""
+        if name in set(self.group.array_keys()):
+            array = self.group[name]
+            if tuple(array.shape[1:]) != tuple(row_shape):
+                raise CacheError(
+                    f"{self.stage}/{self.key}: array {name!r} has row shape {array.shape[1:]}, "
+                    f"asked for {tuple(row_shape)}"
+                )
+            return array
+        return self.group.create_array(
+            name,
+            shape=(self.n_rows, *row_shape),
+            chunks=(1, *row_shape) if row_shape else (1,),
+            dtype=dtype,
+            fill_value=fill_value,
+        )
+
+    # -- bookkeeping ------------------------------------------------------------------------
+    def expected(self) -> tuple[np.ndarray, np.ndarray]:
+        """(key, present) of the manifest rows this group follows."""
+        table = self.work.manifest.table(self.rows)
+        return table.column("key"), table.column("present")
+
+    def row_states(self) -> dict[str, np.ndarray]:
+        """Boolean masks over manifest rows: done, stale, failed, pending, removed."""
+        want, present = self.expected()
+        n = len(want)
+        done = np.zeros(n, bool)
+        have = np.full(n, "", dtype=object)
+        error = np.full(n, "", dtype=object)
+        m = min(n, self.n_rows)
+        if m:
+            done[:m] = self.group["done"][:m]
+            have[:m] = self.group["key"][:m].astype(object)
+            error[:m] = self.group["error"][:m].astype(object)
+        match = have == want
+        failed_mark = (error != "") & ~done
+        return {
+            "done": present & done & match,
+            "stale": present & done & ~match,
+            "failed": present & failed_mark & match,
+            "pending": present & ~(done & match) & ~(failed_mark & match),
+            "removed": ~present & (done | failed_mark),
+        }
+
+    def pending(self, retry_failed: bool = False) -> np.ndarray:
+        """Rows to (re)compute: present rows not done for their current key.
+
+        Rows that failed for their current key are skipped unless `retry_failed`.
+        """
+        states = self.row_states()
+        todo = states["pending"] | states["stale"]
+        if retry_failed:
+            todo |= states["failed"]
+        return np.flatnonzero(todo)
+
+    def write_row(self, row: int, key: str, data: dict[str, Any]) -> None:
+        """Write one row's data, then its key, then the done mark (in that order)."""
+        for name, value in data.items():
+            self.group[name][row] = value
+        self.group["error"][row] = ""
+        self.group["key"][row] = key
+        self.group["done"][row] = True
+
+    def fail_row(self, row: int, key: str, message: str) -> None:
+        """Record that `row` failed for input `key`; a rerun skips it until the key changes."""
+        self.group["done"][row] = False
+        self.group["error"][row] = message or "failed (no message)"
+        self.group["key"][row] = key
+
+    def reset_rows(self, rows: Iterable[int]) -> int:
+        """Forget rows: fill values everywhere (zarr then drops their chunks)."""
+        count = 0
+        arrays = [self.group[name] for name in self.group.array_keys()]
+        for row in rows:
+            if row >= self.n_rows:
+                continue
+            for array in arrays:
+                array[row] = array.fill_value
+            count += 1
+        return count
+
+    def errors(self) -> list[tuple[int, str]]:
+        """(row, message) of the rows that failed for their current key."""
+        states = self.row_states()
+        rows = np.flatnonzero(states["failed"])
+        messages = self.group["error"]
+        return [(int(r), str(messages[int(r)])) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        return {name: int(mask.sum()) for name, mask in self.row_states().items()}
+
+
+class WorkDir:
+    """A work directory. `WorkDir(path)` opens an existing one; `create=True` makes it."""
+
+    def __init__(self, path: str | Path, create: bool = False):
+        self.path = Path(path)
+        store_path = self.path / STORE_NAME
+        if not store_path.exists():
+            if not create:
+                raise CacheError(
+                    f"{self.path} is not a work directory (no {STORE_NAME}); "
+                    "create one with `tcd data textvr|folder ... --work DIR`"
+                )
+            self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root = zarr.open_group(store_path, mode="a", zarr_format=3, use_consolidated=False)
+        except Exception as exc:  # zarr raises many kinds for a damaged store
+            raise CacheError(f"{store_path}: cannot open the Zarr store ({exc})") from exc
+        self._manifest: Manifest | None = None
+
+    @property
+    def manifest(self) -> Manifest:
+        if self._manifest is None:
+            self._manifest = Manifest(self.root.require_group("manifest"))
+        return self._manifest
+
+    def lock(
+        self,
+        name: str,
+        what: str | None = None,
+        timeout: float = 0.0,
+        shared: bool = False,
+    ) -> WriterLock:
+        return WriterLock(self.path / "locks" / f"{name}.lock", what or name, timeout, shared)
+
+    def manifest_lock(self, shared: bool = False, timeout: float = 0.0) -> WriterLock:
+        """Exclusive for `tcd data` (which rewrites the manifest); shared for stages reading it."""
+        return self.lock("manifest", "the manifest", timeout, shared)
+
+    def stage_lock(self, stage: str, key: str, timeout: float = 0.0) -> WriterLock:
+        """The writer lock of one stage group."""
+        return self.lock(f"{stage}-{key}", f"stage {stage} ({key})", timeout)
+
+    # -- stage groups -----------------------------------------------------------------------
+    def stage(
+        self,
+        name: str,
+        settings: Any,
+        upstream: str | None = None,
+        rows: str = "videos",
+    ) -> StageGroup:
+        """The group of stage `name` for these settings and input key, created if missing."""
+        if rows not in ROW_KINDS:
+            raise CacheError(f"unknown row kind {rows!r}; expected one of {ROW_KINDS}")
+        key = settings_key(settings, upstream)
+        path = f"stages/{name}/{key}"
+        if path in self.root and "stage" in self.root[path].attrs:
+            return StageGroup(self, self.root[path])
+        # Creation takes the group's writer lock, so call this before holding that lock.
+        with self.stage_lock(name, key, timeout=30.0):
+            if path in self.root:
+                if "stage" in self.root[path].attrs:
+                    return StageGroup(self, self.root[path])
+                del self.root[path]  # an interrupted creation: start it again
+            group = self.root.require_group(path)
+            n = len(self.manifest.table(rows))
+            for array, dtype, fill in (
+                ("key", str, ""),
+                ("error", str, ""),
+                ("done", "bool", False),
+            ):
+                group.create_array(array, shape=(n,), chunks=(1,), dtype=dtype, fill_value=fill)
+            # attrs last: a group without them is an interrupted creation and is redone
+            group.attrs.update(
+                {
+                    "stage": name,
+                    "key": key,
+                    "rows": rows,
+                    "upstream": upstream,
+                    "settings": to_plain(settings),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                }
+            )
+            return StageGroup(self, group)
+
+    def stages(self) -> list[StageGroup]:
+        """Every complete stage group in the store, by stage name then creation time."""
+        out = []
+        if "stages" not in self.root:
+            return out
+        for stage_name in sorted(self.root["stages"].group_keys()):
+            stage = self.root[f"stages/{stage_name}"]
+            for key in stage.group_keys():
+                group = stage[key]
+                if "stage" in group.attrs:
+                    out.append(StageGroup(self, group))
+        return sorted(out, key=lambda g: (g.stage, str(g.group.attrs.get("created", ""))))
+
+    # -- reports and maintenance ------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Manifest counts and, per stage group, rows done / stale / failed / pending."""
+        manifest = self.manifest
+        videos = manifest.videos.read(["present", "split", "error"])
+        captions = manifest.captions.read(["present", "split"])
+        present = videos["present"]
+        splits = {
+            str(s): int(((videos["split"] == s) & present).sum())
+            for s in sorted(set(videos["split"][present]))
+        }
+        return {
+            "work": str(self.path),
+            "dataset": manifest.attrs,
+            "videos": {
+                "present": int(present.sum()),
+                "removed": int((~present).sum()),
+                "unreadable": int(((videos["error"] != "") & present).sum()),
+                "by_split": splits,
+            },
+            "captions": {
+                "present": int(captions["present"].sum()),
+                "removed": int((~captions["present"]).sum()),
+            },
+            "stages": [
+                {
+                    "stage": g.stage,
+                    "key": g.key,
+                    "rows": g.rows,
+                    "upstream": g.upstream,
+                    "created": g.group.attrs.get("created"),
+                    **g.counts(),
+                }
+                for g in self.stages()
+            ],
+        }
+
+    def gc(self, dry_run: bool = False) -> dict[str, int]:
+        """Clear stage rows whose videos/captions left the manifest; delete leftover temp files.
+
+        Takes the manifest lock and each group's writer lock, so it never races a running stage.
+        """
+        report = {"rows_cleared": 0, "groups": 0, "partial_files": 0}
+        with self.manifest_lock():
+            for group in self.stages():
+                with group.lock():
+                    removed = np.flatnonzero(group.row_states()["removed"])
+                    if len(removed):
+                        report["groups"] += 1
+                        report["rows_cleared"] += (
+                            len(removed) if dry_run else group.reset_rows(removed.tolist())
+                        )
+            # zarr writes chunks to `<name>.<uuid>.partial` then renames; a kill leaves them
+            for partial in (self.path / STORE_NAME).rglob("*.partial"):
+                report["partial_files"] += 1
+                if not dry_run:
+                    partial.unlink(missing_ok=True)
+        return report

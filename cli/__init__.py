@@ -1,0 +1,1 @@
+"""The `tcd` command line: parses arguments and calls library functions, nothing more."""

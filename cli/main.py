@@ -1,0 +1,35 @@
+"""Entry point of `tcd`. Library errors (`TcdError`) become one line on stderr and exit 1."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from cache.errors import TcdError
+from cli import cache_cmd, data
+
+app = typer.Typer(
+    name="tcd",
+    help="Scene-text aware text-video retrieval (TCD): offline features, head training, search.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(data.app, name="data")
+app.add_typer(cache_cmd.app, name="cache")
+
+
+def main() -> None:
+    try:
+        app()
+    except TcdError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; rerun the same command to resume", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

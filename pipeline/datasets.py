@@ -1,0 +1,278 @@
+"""Dataset readers: TextVR annotation files and a plain folder of videos with a caption table.
+
+Both produce a `Dataset`: videos in annotation order, each with its captions. Readers only
+parse and validate; they do not open videos (the manifest stage does, and records failures
+per video). Every path taken from an annotation is resolved inside the dataset root.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import DatasetError
+
+TEXTVR_FILES = {"train": "TextVR_train.json", "test": "TextVR_test.json"}
+TEXTVR_RAND_FILE = "TextVR_test_rand.json"
+TEXTVR_VIDEO_DIRS = ("Video", "Videos")
+TEXTVR_OCR_DIR = "Kwai_VideoOCR"
+
+
+@dataclass(frozen=True)
+class VideoEntry:
+    """One video of a dataset. `id` is its path relative to the video folder (stable)."""
+
+    id: str
+    path: Path
+    split: str
+    order: int  # position among the videos of its split, in annotation order
+    captions: tuple[str, ...] = ()
+    domain: str = ""
+    ocr_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class CaptionEntry:
+    """One caption/query. `order` is its position among the captions of its split."""
+
+    id: str
+    video: int  # index into Dataset.videos
+    text: str
+    split: str
+    order: int
+
+
+@dataclass
+class Dataset:
+    name: str
+    root: Path
+    videos: list[VideoEntry] = field(default_factory=list)
+
+    def captions(self) -> Iterator[CaptionEntry]:
+        """Captions in annotation order; ids are `<video id>#<k>`."""
+        order: dict[str, int] = {}
+        for index, video in enumerate(self.videos):
+            for k, text in enumerate(video.captions):
+                position = order.get(video.split, 0)
+                order[video.split] = position + 1
+                yield CaptionEntry(f"{video.id}#{k}", index, text, video.split, position)
+
+    def split_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for video in self.videos:
+            counts[video.split] = counts.get(video.split, 0) + 1
+        return counts
+
+
+def safe_join(base: Path, relative: str, where: str) -> Path:
+    """`base / relative`, refusing absolute paths and paths that climb out of `base`."""
+    if not isinstance(relative, str) or not relative.strip():
+        raise DatasetError(f"{where}: expected a relative path, got {relative!r}")
+    if "\x00" in relative or "\\" in relative:
+        raise DatasetError(f"{where}: path {relative!r} contains a forbidden character")
+    pure = PurePosixPath(relative)
+    if pure.is_absolute():
+        raise DatasetError(f"{where}: path {relative!r} is absolute; paths must be relative")
+    parts = os.path.normpath(relative).split(os.sep)
+    if parts[0] == ".." or ".." in pure.parts:
+        raise DatasetError(f"{where}: path {relative!r} leads outside the dataset root {base}")
+    return base / PurePosixPath(*pure.parts)
+
+
+# -- TextVR ---------------------------------------------------------------------------------
+def textvr_video_dir(root: Path) -> Path:
+    """`Video/` or `Videos/` under the root (the README says `Videos/`; the release `Video/`)."""
+    for name in TEXTVR_VIDEO_DIRS:
+        if (root / name).is_dir():
+            return root / name
+    return root / TEXTVR_VIDEO_DIRS[0]
+
+
+def read_textvr(root: str | Path, splits: tuple[str, ...] | None = None) -> Dataset:
+    """Read a TextVR folder (see TEXTVR_FORMAT.md). `splits=None` reads every file present."""
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise DatasetError(f"{root}: TextVR root folder not found")
+    wanted = splits or tuple(s for s, name in TEXTVR_FILES.items() if (root / name).exists())
+    if not wanted:
+        hint = ""
+        if (root / TEXTVR_RAND_FILE).exists():
+            hint = (
+                f"; {TEXTVR_RAND_FILE} alone has no ground truth: the unscrambled "
+                f"{TEXTVR_FILES['test']} is needed to evaluate"
+            )
+        raise DatasetError(f"{root}: no {' or '.join(TEXTVR_FILES.values())} found{hint}")
+    video_dir = textvr_video_dir(root)
+    dataset = Dataset(name="textvr", root=root)
+    seen: dict[str, str] = {}
+    for split in wanted:
+        if split not in TEXTVR_FILES:
+            raise DatasetError(f"unknown TextVR split {split!r}; expected train or test")
+        path = root / TEXTVR_FILES[split]
+        entries = _load_json_list(path)
+        for index, entry in enumerate(entries):
+            where = f"{path.name}: entry {index}"
+            video = _textvr_entry(entry, where, split, index, root, video_dir)
+            if video.id in seen:
+                raise DatasetError(
+                    f"{where}: video {video.id!r} already listed in {seen[video.id]}"
+                )
+            seen[video.id] = f"{path.name} entry {index}"
+            dataset.videos.append(video)
+    return dataset
+
+
+def _textvr_entry(
+    entry: Any, where: str, split: str, order: int, root: Path, video_dir: Path
+) -> VideoEntry:
+    if not isinstance(entry, dict):
+        raise DatasetError(f"{where}: expected an object, got {type(entry).__name__}")
+    rel = entry.get("path")
+    if not isinstance(rel, str):
+        raise DatasetError(f"{where}: missing or non-string 'path'")
+    path = safe_join(video_dir, rel, where)
+    infos = entry.get("captions_info")
+    if not isinstance(infos, list) or not infos:
+        raise DatasetError(f"{where} ({rel}): 'captions_info' must be a non-empty list")
+    captions = []
+    for k, info in enumerate(infos):
+        text = info.get("caption") if isinstance(info, dict) else None
+        if not isinstance(text, str):
+            raise DatasetError(f"{where} ({rel}): captions_info[{k}] has no string 'caption'")
+        captions.append(text)
+    videos_info = entry.get("videos_info", {})
+    if not isinstance(videos_info, dict):
+        raise DatasetError(f"{where} ({rel}): 'videos_info' must be an object")
+    file_split = videos_info.get("split", split)
+    if file_split != split:
+        raise DatasetError(f"{where} ({rel}): split {file_split!r} in the {split} file")
+    kwai = videos_info.get("Kwai_OCR")
+    ocr_path = None
+    if kwai is not None:
+        ocr_path = safe_join(root / TEXTVR_OCR_DIR, kwai, f"{where} Kwai_OCR")
+    return VideoEntry(
+        id=str(PurePosixPath(rel)),
+        path=path,
+        split=split,
+        order=order,
+        captions=tuple(captions),
+        domain=PurePosixPath(rel).parts[0] if len(PurePosixPath(rel).parts) > 1 else "",
+        ocr_path=ocr_path,
+    )
+
+
+def textvr_rand_columns(test_file: str | Path, rand_file: str | Path) -> np.ndarray:
+    """For caption i of the unscrambled test file, its video's column in the `_rand` file.
+
+    A matrix built in `_rand` video order holds caption i's true video at column `cols[i]`.
+    """
+    test = _load_json_list(Path(test_file))
+    rand = _load_json_list(Path(rand_file))
+    position = {}
+    for j, entry in enumerate(rand):
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            raise DatasetError(f"{rand_file}: entry {j}: missing or non-string 'path'")
+        position[entry["path"]] = j
+    if len(test) != len(rand) or len(position) != len(rand):
+        raise DatasetError(
+            f"{rand_file}: {len(rand)} entries ({len(position)} distinct paths) do not match "
+            f"{test_file} ({len(test)} entries)"
+        )
+    try:
+        return np.array([position[entry["path"]] for entry in test], dtype=np.int64)
+    except (KeyError, TypeError) as exc:
+        raise DatasetError(f"{test_file}: a video is missing from {rand_file} ({exc})") from None
+
+
+# -- plain folder ---------------------------------------------------------------------------
+FOLDER_COLUMNS = ("video", "caption", "split")
+
+
+def read_folder(videos_dir: str | Path, captions_file: str | Path, name: str = "folder") -> Dataset:
+    """A folder of videos plus a CSV or JSON table with columns `video,caption,split`.
+
+    `video` is a path relative to `videos_dir`; a video with several captions has several rows.
+    """
+    videos_dir = Path(videos_dir).resolve()
+    captions_file = Path(captions_file)
+    if not videos_dir.is_dir():
+        raise DatasetError(f"{videos_dir}: video folder not found")
+    rows = _read_caption_table(captions_file)
+    grouped: dict[str, dict[str, Any]] = {}
+    for index, row in enumerate(rows):
+        where = f"{captions_file.name}: row {index + 1}"
+        missing = [c for c in FOLDER_COLUMNS if not isinstance(row.get(c), str)]
+        if missing:
+            raise DatasetError(f"{where}: missing or non-string column(s) {', '.join(missing)}")
+        rel = str(PurePosixPath(row["video"].strip()))
+        item = grouped.setdefault(
+            rel,
+            {
+                "path": safe_join(videos_dir, row["video"].strip(), where),
+                "split": row["split"],
+                "captions": [],
+            },
+        )
+        if item["split"] != row["split"]:
+            raise DatasetError(
+                f"{where}: video {rel!r} is in split {item['split']!r} and {row['split']!r}"
+            )
+        item["captions"].append(row["caption"])
+    dataset = Dataset(name=name, root=videos_dir)
+    order: dict[str, int] = {}
+    for rel, item in grouped.items():
+        position = order.get(item["split"], 0)
+        order[item["split"]] = position + 1
+        parts = PurePosixPath(rel).parts
+        dataset.videos.append(
+            VideoEntry(
+                id=rel,
+                path=item["path"],
+                split=item["split"],
+                order=position,
+                captions=tuple(item["captions"]),
+                domain=parts[0] if len(parts) > 1 else "",
+            )
+        )
+    return dataset
+
+
+def _read_caption_table(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise DatasetError(f"{path}: caption table not found")
+    if path.suffix.lower() == ".json":
+        rows = _load_json_list(path)
+        if not all(isinstance(r, dict) for r in rows):
+            raise DatasetError(
+                f"{path}: expected a JSON list of objects with {', '.join(FOLDER_COLUMNS)}"
+            )
+        return rows
+    if path.suffix.lower() in (".csv", ".tsv"):
+        try:
+            with path.open(newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+                return list(reader)
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise DatasetError(f"{path}: cannot read the table ({exc})") from None
+    raise DatasetError(f"{path}: caption table must be .csv, .tsv or .json")
+
+
+def _load_json_list(path: Path) -> list[Any]:
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: annotation file not found") from None
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
+    if not isinstance(data, list):
+        raise DatasetError(f"{path}: expected a JSON list of entries, got {type(data).__name__}")
+    return data

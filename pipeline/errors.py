@@ -1,0 +1,11 @@
+"""Errors of the offline stages; all are `TcdError`s, so the CLI reports them in one line."""
+
+from cache.errors import TcdError
+
+
+class DatasetError(TcdError):
+    """An annotation file or dataset folder is missing or malformed."""
+
+
+class VideoError(TcdError):
+    """A video cannot be opened or decoded."""

@@ -1,0 +1,105 @@
+"""The manifest stage: a `Dataset` -> the work directory's `videos` and `captions` tables.
+
+Each video gets its content key (size + mtime + hash of the first and last MiB) and its
+container metadata. Videos whose key is unchanged since the last run are not probed again.
+A video that cannot be read is kept (its row and its place in the split stay fixed) with an
+`error` message; later stages record it as failed instead of stopping.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm import tqdm
+
+from cache import WorkDir, content_key, text_key
+from cache.store import UpsertStats
+from pipeline.datasets import Dataset, VideoEntry
+from pipeline.errors import VideoError
+from pipeline.video import probe
+
+PROBE_THREADS = 8  # probing is I/O bound and PyAV releases the GIL
+
+
+@dataclass
+class ManifestReport:
+    videos: UpsertStats
+    captions: UpsertStats
+    unreadable: int
+
+    def __str__(self) -> str:
+        return (
+            f"videos: {self.videos}; captions: {self.captions}; "
+            f"{self.unreadable} unreadable video(s)"
+        )
+
+
+def build_manifest(work: WorkDir, dataset: Dataset, progress: bool = True) -> ManifestReport:
+    """Insert or update the dataset's videos and captions in `work` (under the manifest lock)."""
+    with work.manifest_lock():
+        manifest = work.manifest
+        old = manifest.videos.read(["id", "key", "duration", "fps", "n_frames", "error"])
+        known = {
+            vid: {"key": k, "duration": d, "fps": f, "n_frames": n, "error": e}
+            for vid, k, d, f, n, e in zip(*old.values(), strict=True)
+        }
+        with ThreadPoolExecutor(PROBE_THREADS) as pool:
+            records = list(
+                tqdm(
+                    pool.map(lambda v: _video_record(v, known.get(v.id)), dataset.videos),
+                    total=len(dataset.videos),
+                    desc="manifest",
+                    unit="video",
+                    disable=not progress,
+                )
+            )
+        video_stats = manifest.videos.upsert(records)
+        rows = manifest.videos.row_of()
+        caption_records = [
+            {
+                "id": c.id,
+                "key": text_key(c.text),
+                "order": c.order,
+                "split": c.split,
+                "video_row": rows[dataset.videos[c.video].id],
+                "text": c.text,
+            }
+            for c in dataset.captions()
+        ]
+        caption_stats = manifest.captions.upsert(caption_records)
+        manifest.group.attrs.update({"dataset": dataset.name, "root": str(dataset.root)})
+    unreadable = sum(1 for r in records if r["error"])
+    return ManifestReport(video_stats, caption_stats, unreadable)
+
+
+def _video_record(video: VideoEntry, previous: dict[str, Any] | None) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "id": video.id,
+        "order": video.order,
+        "split": video.split,
+        "path": str(video.path),
+        "domain": video.domain,
+        "ocr_path": str(video.ocr_path) if video.ocr_path else "",
+    }
+    try:
+        key = content_key(video.path)
+    except FileNotFoundError:
+        return {**record, "key": "missing", "error": f"{video.path}: file not found"}
+    except OSError as exc:
+        return {**record, "key": "unreadable", "error": f"{video.path}: {exc.strerror or exc}"}
+    if previous is not None and previous["key"] == key:
+        return {**record, **previous}  # unchanged: keep the stored probe (or its error)
+    try:
+        info = probe(video.path)
+    except VideoError as exc:
+        return {**record, "key": key, "duration": 0.0, "fps": 0.0, "n_frames": 0, "error": str(exc)}
+    return {
+        **record,
+        "key": key,
+        "duration": info.duration,
+        "fps": info.fps,
+        "n_frames": info.n_frames,
+        "error": "",
+    }

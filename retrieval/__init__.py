@@ -1,0 +1,1 @@
+"""Similarity, metrics, FAISS indexes and exports. Lands with issue 5."""

@@ -1,0 +1,76 @@
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from cache import SettingsError, load_settings, settings_key
+from cache.settings import apply_overrides
+
+
+@dataclass(frozen=True)
+class Captions:
+    xi: float = 1.0
+    frames: int = 12
+    mode: Literal["window", "instances"] = "window"
+
+
+@dataclass(frozen=True)
+class Root:
+    captions: Captions = field(default_factory=Captions)
+    name: str = "demo"
+    tags: list[str] = field(default_factory=list)
+
+
+def test_defaults_file_and_overrides(tmp_path):
+    path = tmp_path / "cfg.toml"
+    path.write_text('name = "run1"\n[captions]\nxi = 0.5\n')
+    settings = load_settings(Root, path, ["captions.frames=8", "tags=['a', 'b']"])
+    assert settings == Root(Captions(xi=0.5, frames=8), name="run1", tags=["a", "b"])
+    assert load_settings(Root) == Root()
+
+
+def test_ints_become_floats_and_bare_words_strings():
+    settings = load_settings(Root, overrides=["captions.xi=1", "name=minilm"])
+    assert settings.captions.xi == 1.0 and isinstance(settings.captions.xi, float)
+    assert settings.name == "minilm"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("captions.xj=0.5", "unknown setting 'captions.xj'"),
+        ("captions.frames=many", "captions.frames: expected int"),
+        ("captions.mode=grid", "not one of"),
+        ("captions.frames=true", "expected a number"),
+        ("captions", "not of the form key=value"),
+        ("name.x=1", "name: expected str"),
+    ],
+)
+def test_bad_overrides_are_typed_errors(override, message):
+    with pytest.raises(SettingsError, match=message):
+        load_settings(Root, overrides=[override])
+
+
+def test_bad_file_names_the_file(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text("xi = = 1")
+    with pytest.raises(SettingsError, match="broken.toml: not valid TOML"):
+        load_settings(Root, path)
+    with pytest.raises(SettingsError, match="missing.toml: settings file not found"):
+        load_settings(Root, tmp_path / "missing.toml")
+
+
+def test_overrides_do_not_mutate_input():
+    data = {"captions": {"xi": 1.0}}
+    apply_overrides(data, ["captions.xi=0.2"])
+    assert data == {"captions": {"xi": 1.0}}
+
+
+def test_settings_key_is_stable_and_chained():
+    a = settings_key(Captions(), upstream="ocr1")
+    assert a == settings_key(Captions(), upstream="ocr1")
+    assert len(a) == 16
+    assert a != settings_key(Captions(xi=0.5), upstream="ocr1")
+    assert a != settings_key(Captions(), upstream="ocr2")
+    # equal fields in another settings class never share a key
+    assert settings_key({"xi": 1.0, "frames": 12, "mode": "window"}) != settings_key(Captions())

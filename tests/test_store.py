@@ -1,0 +1,285 @@
+"""The cache store: append, change detection, invalidation, crash safety, locks, gc."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from cache import CacheError, LockBusy, WorkDir
+from pipeline.datasets import read_textvr
+from pipeline.manifest import build_manifest
+from tests.conftest import run_python
+
+
+@dataclass(frozen=True)
+class FakeOcr:
+    fps: float = 2.0
+
+
+@dataclass(frozen=True)
+class FakeCaptions:
+    xi: float = 1.0
+
+
+def video_records(ids, version=1):
+    return [
+        {"id": v, "key": f"{v}-k{version}", "split": "test", "order": i} for i, v in enumerate(ids)
+    ]
+
+
+def fill(group, rows):
+    """A fake stage: writes one value per row, computed from the row's current key."""
+    keys, _ = group.expected()
+    group.array("feat", (3,), "float32")
+    group.ensure_rows(len(keys))
+    feat = group.group["feat"]
+    for row in rows:
+        group.write_row(int(row), str(keys[row]), {"feat": np.full(3, float(row))})
+    return feat
+
+
+def test_open_missing_work_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(CacheError, match="is not a work directory"):
+        WorkDir(tmp_path / "nowhere")
+
+
+def test_append_keeps_rows_and_computes_only_new_ones(tmp_path):
+    work = WorkDir(tmp_path, create=True)
+    stats = work.manifest.videos.upsert(video_records(["a", "b", "c"]))
+    assert (stats.added, stats.unchanged) == (3, 0)
+    group = work.stage("ocr", FakeOcr())
+    assert group.pending().tolist() == [0, 1, 2]
+    fill(group, group.pending())
+    assert group.pending().tolist() == []
+    assert group.counts()["done"] == 3
+
+    stats = work.manifest.videos.upsert(video_records(["a", "b", "c", "d", "e"]))
+    assert (stats.added, stats.unchanged) == (2, 3)
+    assert work.manifest.videos.row_of() == {"a": 0, "b": 1, "c": 2, "d": 3, "e": 4}
+    group = work.stage("ocr", FakeOcr())
+    assert group.pending().tolist() == [3, 4]
+    feat = fill(group, group.pending())
+    assert feat.shape == (5, 3)
+    np.testing.assert_array_equal(feat[:, 0], [0, 1, 2, 3, 4])
+
+
+def test_changed_key_makes_row_stale(tmp_path):
+    work = WorkDir(tmp_path, create=True)
+    work.manifest.videos.upsert(video_records(["a", "b"]))
+    group = work.stage("ocr", FakeOcr())
+    fill(group, [0, 1])
+    records = video_records(["a", "b"])
+    records[1]["key"] = "b-k2"
+    stats = work.manifest.videos.upsert(records)
+    assert (stats.changed, stats.unchanged) == (1, 1)
+    assert group.counts()["stale"] == 1
+    assert group.pending().tolist() == [1]
+
+
+def test_upstream_settings_change_invalidates_downstream(tmp_path):
+    work = WorkDir(tmp_path, create=True)
+    work.manifest.videos.upsert(video_records(["a", "b"]))
+    ocr = work.stage("ocr", FakeOcr())
+    captions = work.stage("captions", FakeCaptions(), upstream=ocr.key)
+    fill(ocr, [0, 1])
+    fill(captions, [0, 1])
+    assert work.stage("captions", FakeCaptions(), upstream=ocr.key).pending().size == 0
+
+    ocr_new = work.stage("ocr", FakeOcr(fps=4.0))
+    captions_new = work.stage("captions", FakeCaptions(), upstream=ocr_new.key)
+    assert ocr_new.key != ocr.key and captions_new.key != captions.key
+    assert captions_new.pending().tolist() == [0, 1]
+    # the old chain is untouched and still valid
+    assert work.stage("captions", FakeCaptions(), upstream=ocr.key).counts()["done"] == 2
+    assert {(g.stage, g.key) for g in work.stages()} == {
+        ("ocr", ocr.key),
+        ("ocr", ocr_new.key),
+        ("captions", captions.key),
+        ("captions", captions_new.key),
+    }
+
+
+def test_failed_rows_are_logged_and_skipped_until_retried_or_changed(tmp_path):
+    work = WorkDir(tmp_path, create=True)
+    work.manifest.videos.upsert(video_records(["a", "b"]))
+    group = work.stage("ocr", FakeOcr())
+    group.fail_row(1, "b-k1", "b.mp4: truncated stream")
+    fill(group, [0])
+    assert group.counts() == {"done": 1, "stale": 0, "failed": 1, "pending": 0, "removed": 0}
+    assert group.errors() == [(1, "b.mp4: truncated stream")]
+    assert group.pending().tolist() == []
+    assert group.pending(retry_failed=True).tolist() == [1]
+    records = video_records(["a", "b"])
+    records[1]["key"] = "b-k2"  # the user replaced the broken file
+    work.manifest.videos.upsert(records)
+    assert group.pending().tolist() == [1]
+    fill(group, [1])
+    assert group.errors() == [] and group.counts()["done"] == 2
+
+
+CRASH_SCRIPT = """
+import os, signal, sys
+import numpy as np
+import zarr
+from cache import WorkDir
+from tests.test_store import FakeOcr
+
+work = WorkDir(sys.argv[1])
+group = work.stage("ocr", FakeOcr())
+crash_on = sys.argv[2]
+original = zarr.Array.__setitem__
+
+def setitem(self, selection, value):
+    if self.basename == crash_on:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(self, selection, value)
+
+zarr.Array.__setitem__ = setitem
+group.write_row(1, "b-k1", {"feat": np.full(3, 7.0)})
+"""
+
+
+@pytest.mark.parametrize("crash_on", ["key", "done"])
+def test_crash_before_done_mark_leaves_row_pending(tmp_path, crash_on):
+    work = WorkDir(tmp_path, create=True)
+    work.manifest.videos.upsert(video_records(["a", "b"]))
+    group = work.stage("ocr", FakeOcr())
+    fill(group, [0])
+    result = run_python(CRASH_SCRIPT, str(tmp_path), crash_on)
+    assert result.returncode == -9, result.stderr
+    group = WorkDir(tmp_path).stage("ocr", FakeOcr())
+    assert group.group["feat"][1].tolist() == [7.0, 7.0, 7.0]  # the data reached the disk...
+    assert group.pending().tolist() == [1]  # ...but the row is not valid without its done mark
+    assert group.counts()["done"] == 1
+    fill(group, group.pending())
+    assert group.counts()["done"] == 2
+
+
+def test_recomputing_a_stale_row_is_crash_safe(tmp_path):
+    """A done row whose video changed: a crash mid-rewrite must not leave it 'done'."""
+    work = WorkDir(tmp_path, create=True)
+    work.manifest.videos.upsert(video_records(["a", "b"]))
+    group = work.stage("ocr", FakeOcr())
+    fill(group, [0, 1])
+    records = video_records(["a", "b"])
+    records[1]["key"] = "b-k1"  # CRASH_SCRIPT rewrites row 1 for key b-k1 ...
+    records[0]["key"] = "a-k2"
+    work.manifest.videos.upsert(records)
+    result = run_python(
+        CRASH_SCRIPT.replace('write_row(1, "b-k1"', 'write_row(0, "a-k2"'), str(tmp_path), "key"
+    )
+    assert result.returncode == -9
+    assert WorkDir(tmp_path).stage("ocr", FakeOcr()).pending().tolist() == [0]
+
+
+LOCK_SCRIPT = """
+import sys, time
+from cache import WorkDir
+work = WorkDir(sys.argv[1])
+with work.stage_lock("ocr", "k"):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_two_processes_contend_for_the_writer_lock(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    WorkDir(tmp_path, create=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_SCRIPT, str(tmp_path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        work = WorkDir(tmp_path)
+        with pytest.raises(LockBusy, match=f"pid {holder.pid}"):
+            work.stage_lock("ocr", "k").acquire()
+        started = time.monotonic()
+        with pytest.raises(LockBusy):
+            work.stage_lock("ocr", "k", timeout=0.5).acquire()
+        assert time.monotonic() - started >= 0.5
+        with work.stage_lock("ocr", "other"):  # other groups are not blocked
+            pass
+    finally:
+        holder.kill()  # a killed holder must not leave a stale lock
+        holder.wait()
+    with WorkDir(tmp_path).stage_lock("ocr", "k"):
+        pass
+
+
+def test_readers_share_the_manifest_lock_but_block_a_writer(tmp_path):
+    work = WorkDir(tmp_path, create=True)
+    with work.manifest_lock(shared=True), work.manifest_lock(shared=True):
+        with pytest.raises(LockBusy, match="the manifest"):
+            work.manifest_lock().acquire()
+
+
+def test_manifest_from_synth_detects_changes_and_removals(synth_copy, tmp_path):
+    work = WorkDir(tmp_path / "work", create=True)
+    dataset = read_textvr(synth_copy)
+    report = build_manifest(work, dataset, progress=False)
+    assert report.videos.added == 12 and report.unreadable == 0
+    videos = work.manifest.videos.read()
+    assert (videos["fps"] == 10).all() and (videos["duration"] >= 3).all()
+    assert (videos["n_frames"] >= 30).all()
+    captions = work.manifest.captions.read()
+    assert set(captions["video_row"]) == set(range(12))
+
+    group = work.stage("ocr", FakeOcr())
+    fill(group, group.pending())
+    report = build_manifest(work, read_textvr(synth_copy), progress=False)
+    assert (report.videos.unchanged, report.videos.changed) == (12, 0)
+    assert group.pending().size == 0
+
+    victim = dataset.videos[5].path
+    stat = victim.stat()
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    dataset.videos.pop(7)  # video 7 leaves the dataset
+    report = build_manifest(work, dataset, progress=False)
+    assert (report.videos.changed, report.videos.removed) == (1, 1)
+    assert report.captions.removed == len(read_textvr(synth_copy).videos[7].captions)
+    assert group.pending().tolist() == [5]
+    assert group.counts()["removed"] == 1
+
+    cleared = work.gc()
+    assert cleared["rows_cleared"] == 1
+    assert group.counts()["removed"] == 0
+    assert group.group["feat"][7].tolist() == [0, 0, 0]
+
+
+def test_unreadable_video_is_recorded_not_fatal(synth_copy, tmp_path):
+    dataset = read_textvr(synth_copy)
+    dataset.videos[0].path.write_bytes(b"")  # zero bytes
+    dataset.videos[1].path.unlink()
+    work = WorkDir(tmp_path / "work", create=True)
+    report = build_manifest(work, dataset, progress=False)
+    assert report.unreadable == 2 and report.videos.added == 12
+    errors = work.manifest.videos.column("error")
+    assert "file not found" in errors[1] and str(dataset.videos[1].path) in errors[1]
+    assert errors[0].startswith(str(dataset.videos[0].path))
+    assert (errors[2:] == "").all()
+    assert work.status()["videos"]["unreadable"] == 2
+
+
+def test_gc_removes_partial_chunk_files(tmp_path):
+    work = WorkDir(tmp_path, create=True)
+    work.manifest.videos.upsert(video_records(["a"]))
+    group = work.stage("ocr", FakeOcr())
+    fill(group, [0])
+    partial = (
+        tmp_path / "cache.zarr" / "stages" / "ocr" / group.key / "feat" / "c" / "0.abc.partial"
+    )
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_bytes(b"junk")
+    assert work.gc(dry_run=True)["partial_files"] == 1 and partial.exists()
+    assert work.gc()["partial_files"] == 1 and not partial.exists()
