@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
+import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -71,19 +71,27 @@ class Dataset:
         return counts
 
 
-def safe_join(base: Path, relative: str, where: str) -> Path:
-    """`base / relative`, refusing absolute paths and paths that climb out of `base`."""
+def relative_path(relative: Any, where: str) -> str:
+    """Validate and normalise a dataset-relative path (posix form, no `.` or `..` parts).
+
+    Absolute paths and paths that climb out of their base folder are refused.
+    """
     if not isinstance(relative, str) or not relative.strip():
         raise DatasetError(f"{where}: expected a relative path, got {relative!r}")
+    relative = relative.strip()
     if "\x00" in relative or "\\" in relative:
         raise DatasetError(f"{where}: path {relative!r} contains a forbidden character")
-    pure = PurePosixPath(relative)
-    if pure.is_absolute():
+    if PurePosixPath(relative).is_absolute():
         raise DatasetError(f"{where}: path {relative!r} is absolute; paths must be relative")
-    parts = os.path.normpath(relative).split(os.sep)
-    if parts[0] == ".." or ".." in pure.parts:
-        raise DatasetError(f"{where}: path {relative!r} leads outside the dataset root {base}")
-    return base / PurePosixPath(*pure.parts)
+    normal = posixpath.normpath(relative)
+    if normal == ".." or normal.startswith("../") or normal == ".":
+        raise DatasetError(f"{where}: path {relative!r} leads outside the dataset root")
+    return normal
+
+
+def safe_join(base: Path, relative: Any, where: str) -> Path:
+    """`base / relative` for a validated relative path (see `relative_path`)."""
+    return base / relative_path(relative, where)
 
 
 # -- TextVR ---------------------------------------------------------------------------------
@@ -137,7 +145,8 @@ def _textvr_entry(
     rel = entry.get("path")
     if not isinstance(rel, str):
         raise DatasetError(f"{where}: missing or non-string 'path'")
-    path = safe_join(video_dir, rel, where)
+    rel = relative_path(rel, where)
+    path = video_dir / rel
     infos = entry.get("captions_info")
     if not isinstance(infos, list) or not infos:
         raise DatasetError(f"{where} ({rel}): 'captions_info' must be a non-empty list")
@@ -158,7 +167,7 @@ def _textvr_entry(
     if kwai is not None:
         ocr_path = safe_join(root / TEXTVR_OCR_DIR, kwai, f"{where} Kwai_OCR")
     return VideoEntry(
-        id=str(PurePosixPath(rel)),
+        id=rel,
         path=path,
         split=split,
         order=order,
@@ -211,11 +220,11 @@ def read_folder(videos_dir: str | Path, captions_file: str | Path, name: str = "
         missing = [c for c in FOLDER_COLUMNS if not isinstance(row.get(c), str)]
         if missing:
             raise DatasetError(f"{where}: missing or non-string column(s) {', '.join(missing)}")
-        rel = str(PurePosixPath(row["video"].strip()))
+        rel = relative_path(row["video"], where)
         item = grouped.setdefault(
             rel,
             {
-                "path": safe_join(videos_dir, row["video"].strip(), where),
+                "path": videos_dir / rel,
                 "split": row["split"],
                 "captions": [],
             },

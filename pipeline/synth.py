@@ -2,7 +2,7 @@
 
 `generate(out, n_videos, seed)` writes a TextVR-layout folder::
 
-    out/Video/<Domain>/synth_00000.mp4         3-8 s, 320x180, 10 fps, H.264
+    out/Video/<Domain>/synth_00000.mp4         3-8 s, 384x216, 10 fps, H.264
     out/TextVR_train.json, TextVR_test.json    annotations (TEXTVR_FORMAT.md)
     out/TextVR_test_rand.json                  the test file with video blocks permuted
     out/Kwai_VideoOCR/<Domain>/synth_*.json    ground-truth OCR tracks (with_ocr_json=True)
@@ -39,8 +39,10 @@ from pipeline.errors import DatasetError
 
 @dataclass(frozen=True)
 class SynthSettings:
-    width: int = 320
-    height: int = 180
+    # 384 wide: the chroma rows (192 px) then fill whole 64-byte lines, so no uninitialised
+    # padding reaches x264 and the encoded bytes are identical run to run (320 was not).
+    width: int = 384
+    height: int = 216
     fps: int = 10
     min_seconds: float = 3.0
     max_seconds: float = 8.0
@@ -410,6 +412,23 @@ def _ocr_tracks(plan: VideoPlan, settings: SynthSettings) -> dict[str, Any]:
     return tracks
 
 
+def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
+    """BT.601 limited-range RGB -> planar YUV 4:2:0, laid out as PyAV's `yuv420p` array.
+
+    Done in numpy because FFmpeg's swscale path was seen to give run-to-run differences in
+    the encoded bytes; with defined input, single-threaded x264 output is identical per seed.
+    """
+    r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
+    y = 16 + 0.257 * r + 0.504 * g + 0.098 * b
+    u = 128 - 0.148 * r - 0.291 * g + 0.439 * b
+    v = 128 + 0.439 * r - 0.368 * g - 0.071 * b
+    h, w = y.shape
+    u = u.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+    v = v.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+    planes = np.concatenate([y.ravel(), u.ravel(), v.ravel()])
+    return np.clip(np.round(planes), 0, 255).astype(np.uint8).reshape(h * 3 // 2, w)
+
+
 def write_video(plan: VideoPlan, path: Path, settings: SynthSettings) -> None:
     """Encode the video with H.264 (one encoder thread, so bytes are identical per seed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -422,10 +441,12 @@ def write_video(plan: VideoPlan, path: Path, settings: SynthSettings) -> None:
             options={"crf": "20", "preset": "veryfast", "threads": "1"},
         )
         stream.width, stream.height, stream.pix_fmt = settings.width, settings.height, "yuv420p"
+        # PyAV otherwise picks its own thread count, and threaded x264 output varies run to run
+        stream.codec_context.thread_count = 1
+        stream.codec_context.thread_type = "NONE"
         for f in range(n_frames):
-            frame = av.VideoFrame.from_ndarray(
-                np.asarray(render_frame(plan, f / settings.fps, settings)), format="rgb24"
-            )
+            rgb = np.asarray(render_frame(plan, f / settings.fps, settings))
+            frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(rgb), format="yuv420p")
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     tmp.replace(path)  # a killed generator leaves no half-written .mp4
@@ -455,6 +476,11 @@ def generate(
         raise DatasetError("the synthetic set needs at least 2 videos")
     if settings.width < 320 or settings.height < 180 or settings.fps < 10:
         raise DatasetError("synthetic videos must be at least 320x180 at 10 fps")
+    if settings.width % 128 or settings.height % 2:
+        raise DatasetError(
+            "synthetic video width must be a multiple of 128 and height even "
+            "(byte-identical H.264 output per seed needs it)"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plans = plan_videos(n_videos, seed, settings)

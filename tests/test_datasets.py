@@ -1,0 +1,178 @@
+"""Dataset readers: the real TextVR test annotations, synthetic layouts, plain folders."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from pipeline.datasets import read_folder, read_textvr, safe_join, textvr_rand_columns
+from pipeline.errors import DatasetError
+
+DOMAINS = {
+    "Activity": 1244,
+    "Street_View_Indoor": 510,
+    "Street_View_Outdoor": 415,
+    "Driving": 134,
+    "Sports": 119,
+    "Cooking": 115,
+    "News_Movie": 113,
+    "Games": 77,
+}
+
+
+def test_real_textvr_test_file(textvr_files):
+    dataset = read_textvr(textvr_files)
+    raw = json.loads((textvr_files / "TextVR_test.json").read_text(encoding="utf-8"))
+    assert len(dataset.videos) == 2727
+    assert dataset.split_counts() == {"test": 2727}
+    assert Counter(v.domain for v in dataset.videos) == DOMAINS
+    assert [v.id for v in dataset.videos] == [e["path"] for e in raw]
+    assert [v.order for v in dataset.videos] == list(range(2727))
+    captions = list(dataset.captions())
+    assert [c.text for c in captions] == [e["captions_info"][0]["caption"] for e in raw]
+    assert [c.order for c in captions] == list(range(2727))
+    assert [c.video for c in captions] == list(range(2727))
+    # News_Movie clips keep their OCR elsewhere: Kwai_OCR is followed, not path
+    news = [v for v in dataset.videos if v.domain == "News_Movie"]
+    assert news and all(v.ocr_path.parent.name != "News_Movie" for v in news)
+    assert all(v.ocr_path.is_relative_to(textvr_files.resolve() / "Kwai_VideoOCR") for v in news)
+
+
+def test_real_textvr_rand_permutation(textvr_files):
+    cols = textvr_rand_columns(
+        textvr_files / "TextVR_test.json", textvr_files / "TextVR_test_rand.json"
+    )
+    test = json.loads((textvr_files / "TextVR_test.json").read_text(encoding="utf-8"))
+    rand = json.loads((textvr_files / "TextVR_test_rand.json").read_text(encoding="utf-8"))
+    assert sorted(cols.tolist()) == list(range(2727))
+    assert (cols != np.arange(2727)).mean() > 0.9
+    assert all(rand[cols[i]]["path"] == test[i]["path"] for i in range(2727))
+
+
+def write_textvr(root, train=None, test=None, video_dir="Video"):
+    (root / video_dir).mkdir(parents=True, exist_ok=True)
+    if train is not None:
+        (root / "TextVR_train.json").write_text(json.dumps(train))
+    if test is not None:
+        (root / "TextVR_test.json").write_text(json.dumps(test))
+    return root
+
+
+def entry(path, *captions, split="test", ocr=None):
+    return {
+        "path": path,
+        "captions_info": [
+            {"caption": c, "caption_info": {"duration": 0, "desc_id": 1}} for c in captions
+        ],
+        "videos_info": {
+            "source": "t",
+            "split": split,
+            "Kwai_OCR": ocr or path.replace(".mp4", ".json"),
+        },
+    }
+
+
+def test_train_entries_with_several_captions_and_videos_folder(tmp_path):
+    write_textvr(
+        tmp_path,
+        train=[
+            entry("Sports/a.mp4", "one", "two", "three", split="train"),
+            entry("Games/b.mp4", "x", split="train"),
+        ],
+        test=[entry("Driving/c.mp4", "y")],
+        video_dir="Videos",
+    )
+    dataset = read_textvr(tmp_path)
+    assert dataset.split_counts() == {"train": 2, "test": 1}
+    assert dataset.videos[0].path == tmp_path.resolve() / "Videos" / "Sports" / "a.mp4"
+    captions = list(dataset.captions())
+    assert [(c.id, c.split, c.order) for c in captions] == [
+        ("Sports/a.mp4#0", "train", 0),
+        ("Sports/a.mp4#1", "train", 1),
+        ("Sports/a.mp4#2", "train", 2),
+        ("Games/b.mp4#0", "train", 3),
+        ("Driving/c.mp4#0", "test", 0),
+    ]
+    assert read_textvr(tmp_path, ("test",)).split_counts() == {"test": 1}
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (entry("../../etc/passwd.mp4", "x"), "leads outside the dataset root"),
+        (entry("Sports/../../x.mp4", "x"), "leads outside the dataset root"),
+        (entry("/abs/x.mp4", "x"), "is absolute"),
+        (entry("Sports/a.mp4", "x", ocr="../../secret.json"), "Kwai_OCR: path"),
+        ({"path": "Sports/a.mp4", "captions_info": []}, "non-empty list"),
+        ({"path": 3, "captions_info": [{"caption": "x"}]}, "non-string 'path'"),
+        ({"path": "Sports/a.mp4", "captions_info": [{"text": "x"}]}, "no string 'caption'"),
+        (entry("Sports/a.mp4", "x", split="train"), "split 'train' in the test file"),
+        ("just a string", "expected an object"),
+    ],
+)
+def test_bad_entries_are_refused_with_the_entry_named(tmp_path, bad, message):
+    write_textvr(tmp_path, test=[entry("Sports/ok.mp4", "fine"), bad])
+    with pytest.raises(DatasetError, match=message) as info:
+        read_textvr(tmp_path)
+    assert "TextVR_test.json: entry 1" in str(info.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(DatasetError, match="root folder not found"):
+        read_textvr(tmp_path / "missing")
+    (tmp_path / "TextVR_test_rand.json").write_text("[]")
+    with pytest.raises(DatasetError, match="no ground truth"):
+        read_textvr(tmp_path)
+    (tmp_path / "TextVR_test.json").write_text("[{]")
+    with pytest.raises(DatasetError, match="TextVR_test.json: invalid JSON at line 1"):
+        read_textvr(tmp_path)
+    (tmp_path / "TextVR_test.json").write_bytes(b'["\xff"]')
+    with pytest.raises(DatasetError, match="not UTF-8"):
+        read_textvr(tmp_path)
+    (tmp_path / "TextVR_test.json").write_text('{"path": "a"}')
+    with pytest.raises(DatasetError, match="expected a JSON list"):
+        read_textvr(tmp_path)
+    write_textvr(
+        tmp_path, train=[entry("A/a.mp4", "x", split="train")], test=[entry("A/a.mp4", "y")]
+    )
+    with pytest.raises(DatasetError, match="already listed in TextVR_train.json entry 0"):
+        read_textvr(tmp_path)
+
+
+def test_safe_join_accepts_inner_dots(tmp_path):
+    assert safe_join(tmp_path, "a/./b/../c.mp4", "x") == tmp_path / "a" / "c.mp4"
+
+
+def test_folder_reader_csv_and_json(tmp_path):
+    (tmp_path / "vids").mkdir()
+    csv_file = tmp_path / "caps.csv"
+    csv_file.write_text(
+        "video,caption,split\nshop/a.mp4,The sign says OPEN,train\nb.mp4,A plate KX 1,test\n"
+        'shop/a.mp4,"A shop, open late",train\n'
+    )
+    dataset = read_folder(tmp_path / "vids", csv_file)
+    assert [(v.id, v.split, v.order, v.captions, v.domain) for v in dataset.videos] == [
+        ("shop/a.mp4", "train", 0, ("The sign says OPEN", "A shop, open late"), "shop"),
+        ("b.mp4", "test", 0, ("A plate KX 1",), ""),
+    ]
+    json_file = tmp_path / "caps.json"
+    json_file.write_text(json.dumps([{"video": "b.mp4", "caption": "x", "split": "test"}]))
+    assert [v.id for v in read_folder(tmp_path / "vids", json_file).videos] == ["b.mp4"]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("video,caption\na.mp4,x\n", "missing or non-string column"),
+        ("video,caption,split\na.mp4,x,train\na.mp4,y,test\n", "is in split 'train' and 'test'"),
+        ("video,caption,split\n../a.mp4,x,train\n", "leads outside"),
+    ],
+)
+def test_folder_reader_errors(tmp_path, content, message):
+    (tmp_path / "vids").mkdir()
+    (tmp_path / "caps.csv").write_text(content)
+    with pytest.raises(DatasetError, match=message):
+        read_folder(tmp_path / "vids", tmp_path / "caps.csv")
