@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
+import numpy as np
 
 from pipeline.errors import VideoError
 
@@ -49,3 +52,119 @@ def probe(path: str | Path) -> VideoInfo:
         raise VideoError(f"{path}: permission denied") from None
     except (av.error.FFmpegError, OSError, ValueError) as exc:
         raise VideoError(f"{path}: cannot open video ({exc})") from None
+
+
+# -- frame sampling -------------------------------------------------------------------------
+def segment_centres(duration: float, n: int) -> np.ndarray:
+    """The `n` frame times used by captions and encode: centres of n equal segments."""
+    return (np.arange(n) + 0.5) * (duration / n)
+
+
+def ocr_times(duration: float, fps: float, max_frames: int) -> np.ndarray:
+    """Times sampled at `fps` (segment centres of 1/fps s), thinned uniformly to `max_frames`."""
+    count = max(1, int(np.floor(duration * fps + 1e-6)))
+    times = segment_centres(duration, count)
+    if count > max_frames:
+        times = times[np.linspace(0, count - 1, max_frames).round().astype(int)]
+    return times
+
+
+# -- decoding -------------------------------------------------------------------------------
+FrameBatch = tuple[np.ndarray, np.ndarray]  # (times in s, frames (B, H, W, 3) uint8 RGB)
+
+
+def read_frames(
+    path: str | Path, times: np.ndarray, batch_size: int = 8, backend: str = "auto"
+) -> Iterator[FrameBatch]:
+    """Yield the frames nearest to `times` (sorted), `batch_size` at a time, streaming.
+
+    `backend`: "decord", "pyav" or "auto" (decord when importable, PyAV if decord fails to open
+    the file). Raises `VideoError` naming the file on failure.
+    """
+    times = np.asarray(times, dtype=np.float64)
+    if backend not in ("auto", "decord", "pyav"):
+        raise VideoError(f"unknown decoder backend {backend!r}")
+    if backend in ("auto", "decord"):
+        try:
+            reader = _open_decord(path)
+        except VideoError:
+            if backend == "decord":
+                raise
+            reader = None
+        if reader is not None:
+            yield from _decord_batches(path, reader, times, batch_size)
+            return
+    yield from _pyav_batches(path, times, batch_size)
+
+
+def _open_decord(path: str | Path) -> Any:
+    try:
+        import decord
+    except ImportError as exc:
+        raise VideoError(f"decord is not installed ({exc})") from None
+    try:
+        return decord.VideoReader(str(path), num_threads=1)
+    except Exception as exc:  # decord raises its own DECORDError and RuntimeError
+        raise VideoError(f"{path}: decord cannot open it ({exc})") from None
+
+
+def _decord_batches(path: str | Path, reader: Any, times: np.ndarray, batch_size: int):
+    fps = float(reader.get_avg_fps() or 0.0)
+    n = len(reader)
+    if n == 0 or fps <= 0:
+        raise VideoError(f"{path}: no frames")
+    index = np.clip(np.round(times * fps - 0.5).astype(int), 0, n - 1)
+    for start in range(0, len(times), batch_size):
+        chunk = index[start : start + batch_size]
+        try:
+            frames = reader.get_batch(chunk.tolist()).asnumpy()
+        except Exception as exc:
+            raise VideoError(f"{path}: decode failed near frame {int(chunk[0])} ({exc})") from None
+        yield times[start : start + batch_size], frames
+
+
+def _pyav_batches(path: str | Path, times: np.ndarray, batch_size: int):
+    """Decode sequentially, keeping for each target time the last frame starting at or before it."""
+    if len(times) == 0:
+        return
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except (av.error.FFmpegError, OSError) as exc:
+        raise VideoError(f"{path}: cannot open video ({exc})") from None
+    with container:
+        if not container.streams.video:
+            raise VideoError(f"{path}: no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        picked: list[np.ndarray] = []
+        picked_times: list[float] = []
+        target = 0
+        previous = None
+        try:
+            for frame in container.decode(stream):
+                t = float(frame.time or 0.0)
+                while target < len(times) and t > times[target] + 1e-6 and previous is not None:
+                    picked.append(previous)
+                    picked_times.append(times[target])
+                    target += 1
+                if target >= len(times):
+                    break
+                previous = frame.to_ndarray(format="rgb24")
+                if len(picked) >= batch_size:
+                    yield np.array(picked_times), np.stack(picked)
+                    picked, picked_times = [], []
+        except (av.error.FFmpegError, ValueError) as exc:
+            if previous is None:
+                raise VideoError(f"{path}: decode failed ({exc})") from None
+            # a truncated stream: the frames decoded so far stand in for the rest
+        if previous is None:
+            raise VideoError(f"{path}: no frames could be decoded")
+        while target < len(times):
+            picked.append(previous)
+            picked_times.append(times[target])
+            target += 1
+        for start in range(0, len(picked), batch_size):
+            yield (
+                np.array(picked_times[start : start + batch_size]),
+                np.stack(picked[start : start + batch_size]),
+            )

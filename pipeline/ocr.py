@@ -1,0 +1,254 @@
+"""The OCR stage: every text line of every sampled frame, per video.
+
+Engines: `rapidocr` (default; PP-OCR det/rec ONNX models bundled in the wheel, CPU or the CUDA
+provider when onnxruntime-gpu is installed), `paddleocr` (optional; local model dirs), `kwai`
+(imports TextVR's Kwai_VideoOCR JSON, no decoding).
+
+Cache layout of group `stages/ocr/<key>` (one chunk per row):
+    lines    str   JSON list of {"text", "score", "box": [[x, y] x 4], "t": seconds, "track"}
+    n_lines  int32 number of lines
+`track` is the engine's track id where it has one (kwai) and -1 otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from cache import StageGroup, WorkDir
+from cache.errors import TcdError
+from pipeline.stage import StageReport, guarded, run_stage
+from pipeline.video import ocr_times, read_frames
+
+
+class OcrError(TcdError):
+    """An OCR engine cannot run (missing package or models) or its input is malformed."""
+
+
+@dataclass(frozen=True)
+class OcrSettings:
+    engine: Literal["rapidocr", "paddleocr", "kwai"] = "rapidocr"
+    fps: float = 2.0  # frames read per second of video
+    max_frames: int = 64  # cap per video (long videos are sampled uniformly)
+    det_limit_side: int = 256  # rapidocr: upscale the short side to at least this
+    paddle_det_dir: str = ""  # paddleocr: local model dirs (the hub is unreachable offline)
+    paddle_rec_dir: str = ""
+
+
+Line = dict[str, Any]
+
+
+def ocr_group(work: WorkDir, settings: OcrSettings) -> StageGroup:
+    return work.stage("ocr", settings)
+
+
+def run_ocr(
+    work: WorkDir,
+    settings: OcrSettings,
+    batch_size: int = 8,
+    decoder: str = "auto",
+    retry_failed: bool = False,
+    progress: bool = True,
+) -> StageReport:
+    """Run OCR on every pending video of the manifest."""
+    group = ocr_group(work, settings)
+    videos = work.manifest.videos.read(["path", "ocr_path", "fps", "duration", "error"])
+    engine = None if settings.engine == "kwai" else make_engine(settings)
+
+    def produce(rows: np.ndarray) -> Iterator[tuple[int, Any]]:
+        for row in rows:
+            video = {name: values[row] for name, values in videos.items()}
+
+            def compute(video: dict[str, Any] = video) -> dict[str, Any]:
+                if settings.engine == "kwai":
+                    lines = read_kwai_ocr(video["ocr_path"], float(video["fps"]))
+                else:
+                    if video["error"]:
+                        raise OcrError(f"unreadable video: {video['error']}")
+                    lines = spot_video(
+                        engine,
+                        video["path"],
+                        float(video["duration"]),
+                        settings,
+                        batch_size,
+                        decoder,
+                    )
+                return {"lines": json.dumps(lines, ensure_ascii=False), "n_lines": len(lines)}
+
+            yield guarded(int(row), compute)
+
+    arrays = {"lines": ((), str, ""), "n_lines": ((), "int32", 0)}
+    return run_stage(work, group, arrays, produce, retry_failed, progress)
+
+
+def read_lines(group: StageGroup, row: int) -> list[Line]:
+    """The OCR lines cached for one video row."""
+    return json.loads(str(group.group["lines"][row]) or "[]")
+
+
+# -- engines --------------------------------------------------------------------------------
+def make_engine(settings: OcrSettings) -> Any:
+    if settings.engine == "rapidocr":
+        return RapidOcrEngine(settings)
+    if settings.engine == "paddleocr":
+        return PaddleOcrEngine(settings)
+    raise OcrError(f"unknown OCR engine {settings.engine!r}")
+
+
+class RapidOcrEngine:
+    """rapidocr with its bundled PP-OCR models; frames are read one image at a time."""
+
+    def __init__(self, settings: OcrSettings):
+        try:
+            import onnxruntime
+            from rapidocr import RapidOCR
+        except ImportError as exc:
+            raise OcrError(f"the rapidocr engine needs rapidocr and onnxruntime ({exc})") from None
+        cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+        self.engine = RapidOCR(
+            params={
+                "Global.log_level": "critical",
+                "Global.use_cls": False,  # scene text here is upright; the classifier costs ~20%
+                "Det.limit_side_len": settings.det_limit_side,
+                "Det.limit_type": "min",
+                "EngineConfig.onnxruntime.use_cuda": cuda,
+            }
+        )
+
+    def __call__(self, frames: np.ndarray) -> list[list[tuple[str, float, list]]]:
+        out = []
+        for frame in frames:
+            result = self.engine(np.ascontiguousarray(frame[..., ::-1]))  # RGB -> BGR
+            texts = result.txts or ()
+            boxes = result.boxes if result.boxes is not None else ()
+            out.append(
+                [
+                    (str(t), float(s), np.asarray(b, dtype=float).reshape(4, 2).tolist())
+                    for t, s, b in zip(texts, result.scores or (), boxes, strict=False)
+                ]
+            )
+        return out
+
+
+class PaddleOcrEngine:
+    """PaddleOCR (optional extra). Offline it needs local detection and recognition model dirs."""
+
+    def __init__(self, settings: OcrSettings):
+        try:
+            from paddleocr import PaddleOCR
+        except ImportError:
+            raise OcrError(
+                "the paddleocr engine needs the optional packages paddleocr and paddlepaddle "
+                "(see requirements-gpu.txt); the default engine is rapidocr"
+            ) from None
+        missing = [
+            name
+            for name, path in (
+                ("ocr.paddle_det_dir", settings.paddle_det_dir),
+                ("ocr.paddle_rec_dir", settings.paddle_rec_dir),
+            )
+            if not path or not Path(path).is_dir()
+        ]
+        if missing:
+            raise OcrError(
+                f"paddleocr cannot download models offline: set {' and '.join(missing)} to local "
+                "model folders (e.g. --set ocr.paddle_det_dir=/models/PP-OCRv5_server_det)"
+            )
+        self.engine = PaddleOCR(
+            text_detection_model_dir=settings.paddle_det_dir,
+            text_recognition_model_dir=settings.paddle_rec_dir,
+            use_doc_orientation_classify=False,
+            use_doc_unwarping=False,
+            use_textline_orientation=False,
+        )
+
+    def __call__(self, frames: np.ndarray) -> list[list[tuple[str, float, list]]]:
+        out = []
+        for result in self.engine.predict(list(frames[..., ::-1])):
+            out.append(
+                [
+                    (str(t), float(s), np.asarray(p, dtype=float).reshape(4, 2).tolist())
+                    for t, s, p in zip(
+                        result["rec_texts"], result["rec_scores"], result["rec_polys"], strict=False
+                    )
+                ]
+            )
+        return out
+
+
+def spot_video(
+    engine: Any, path: str, duration: float, settings: OcrSettings, batch_size: int, decoder: str
+) -> list[Line]:
+    """Decode the sampled frames batch by batch (streaming) and OCR them."""
+    lines: list[Line] = []
+    times = ocr_times(duration, settings.fps, settings.max_frames)
+    for batch_times, frames in read_frames(path, times, batch_size, decoder):
+        for t, found in zip(batch_times, engine(frames), strict=True):
+            for text, score, box in found:
+                lines.append(
+                    {
+                        "text": text,
+                        "score": round(score, 4),
+                        "box": box,
+                        "t": round(float(t), 3),
+                        "track": -1,
+                    }
+                )
+    return lines
+
+
+# -- the Kwai_VideoOCR import ----------------------------------------------------------------
+def read_kwai_ocr(path: str | Path, fps: float) -> list[Line]:
+    """TextVR's Kwai OCR JSON -> lines; frame indices become seconds with the video's fps.
+
+    A missing or empty file means no scene text. Malformed content raises `OcrError`.
+    """
+    path = Path(path) if path else None
+    if path is None or not path.exists():
+        return []
+    if fps <= 0 or not math.isfinite(fps):
+        raise OcrError(
+            f"{path}: the video's frame rate is unknown, cannot place OCR frames in time"
+        )
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8") or "{}")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise OcrError(f"{path}: not valid OCR JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise OcrError(f"{path}: expected an object of tracks, got {type(data).__name__}")
+    lines = []
+    for track_id, (key, track) in enumerate(data.items()):
+        where = f"{path}: track {key!r}"
+        if not isinstance(track, dict) or not isinstance(track.get("text"), str):
+            raise OcrError(f"{where}: missing string 'text'")
+        score = track.get("score", 1.0)
+        frames = track.get("tracks", {})
+        if not isinstance(score, (int, float)) or not isinstance(frames, dict):
+            raise OcrError(f"{where}: 'score' must be a number and 'tracks' an object")
+        for frame, values in frames.items():
+            try:
+                index = int(frame)
+                box = np.asarray(values[:8], dtype=float).reshape(4, 2)
+            except (TypeError, ValueError):
+                raise OcrError(
+                    f"{where}: frame {frame!r} needs an integer index and 8 numbers"
+                ) from None
+            if index < 0 or not np.isfinite(box).all():
+                raise OcrError(f"{where}: frame {frame!r} has a negative index or a non-finite box")
+            lines.append(
+                {
+                    "text": track["text"],
+                    "score": float(score),
+                    "box": box.tolist(),
+                    "t": round(index / fps, 3),
+                    "track": track_id,
+                }
+            )
+    lines.sort(key=lambda line: line["t"])
+    return lines

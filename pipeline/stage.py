@@ -1,0 +1,94 @@
+"""The one loop every stage runs: pick the rows to do, compute them, write them, report.
+
+A stage supplies `produce(rows)`, a generator of `(row, data)` where `data` is a dict of
+per-row arrays or an `Exception` for a row that failed. The loop holds the group's writer
+lock and the manifest's shared lock, writes each row as it arrives (data, then key, then
+done), records failures with their message, and never lets one bad row stop the others.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from cache import StageGroup, WorkDir
+
+Produce = Callable[[np.ndarray], Iterable[tuple[int, dict[str, Any] | Exception]]]
+
+
+@dataclass
+class StageReport:
+    stage: str
+    key: str
+    computed: int
+    failed: int
+    up_to_date: int
+    seconds: float
+    errors: list[str]
+
+    def __str__(self) -> str:
+        if self.computed == 0 and self.failed == 0:
+            return f"{self.stage} [{self.key}]: nothing to do, {self.up_to_date} row(s) up to date"
+        return (
+            f"{self.stage} [{self.key}]: {self.computed} computed, {self.failed} failed, "
+            f"{self.up_to_date} up to date in {self.seconds:.1f} s"
+        )
+
+
+def run_stage(
+    work: WorkDir,
+    group: StageGroup,
+    arrays: dict[str, tuple[tuple[int, ...], Any, Any]],
+    produce: Produce,
+    retry_failed: bool = False,
+    progress: bool = True,
+) -> StageReport:
+    """Compute the pending rows of `group`. `arrays`: name -> (row shape, dtype, fill value)."""
+    started = time.monotonic()
+    with work.manifest_lock(shared=True), group.lock():
+        keys, present = group.expected()
+        group.ensure_rows(len(keys))
+        for name, (shape, dtype, fill) in arrays.items():
+            group.array(name, shape, dtype, fill)
+        todo = group.pending(retry_failed)
+        computed, errors = 0, []
+        bar = tqdm(
+            total=len(todo), desc=group.stage, unit="row", disable=not progress or not len(todo)
+        )
+        with bar:
+            for row, data in produce(todo):
+                if isinstance(data, Exception):
+                    message = str(data) or type(data).__name__
+                    group.fail_row(row, str(keys[row]), message)
+                    errors.append(message)
+                else:
+                    group.write_row(row, str(keys[row]), data)
+                    computed += 1
+                bar.update(1)
+    up_to_date = int(present.sum()) - len(todo)
+    return StageReport(
+        group.stage,
+        group.key,
+        computed,
+        len(errors),
+        up_to_date,
+        time.monotonic() - started,
+        errors,
+    )
+
+
+def guarded(
+    row: int, compute: Callable[[], dict[str, Any]]
+) -> tuple[int, dict[str, Any] | Exception]:
+    """Run one row's computation, turning any error into the row's failure record."""
+    try:
+        return row, compute()
+    except Exception as exc:  # one bad video must never stop the stage
+        if type(exc).__module__.startswith(("pipeline", "cache")):
+            return row, exc
+        return row, RuntimeError(f"{type(exc).__name__}: {exc}")
