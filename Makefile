@@ -8,7 +8,11 @@ VIDEOS ?= 300
 SEED   ?= 0
 TCD    := $(BIN)/tcd
 
-.PHONY: setup test test-slow demo synth manifest status gc lint clean
+OCR_ENGINE ?= rapidocr
+SET    ?=
+SETS   := $(foreach s,$(SET),--set $(s))
+
+.PHONY: setup test test-slow demo synth manifest ocr caption encode features status gc lint clean
 
 # .venv is (re)built when missing or when the pinned requirements change.
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -25,8 +29,8 @@ test: setup
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
-# The demo grows as stages land: today it builds the synthetic set and its manifest.
-demo: setup synth manifest status
+# The demo grows as stages land: today it builds the synthetic set and its features.
+demo: setup synth manifest features status
 
 synth: setup
 	@if [ -f $(SYNTH)/TextVR_test.json ]; then echo "synthetic set in $(SYNTH) (rm -r it to regenerate)"; \
@@ -34,6 +38,17 @@ synth: setup
 
 manifest: setup
 	$(TCD) data textvr --root $(SYNTH) --work $(WORK)
+
+ocr: setup
+	$(TCD) ocr --work $(WORK) --engine $(OCR_ENGINE) $(SETS)
+
+caption: setup
+	$(TCD) caption --work $(WORK) $(SETS)
+
+encode: setup
+	$(TCD) encode --work $(WORK) $(SETS)
+
+features: ocr caption encode
 
 status: setup
 	$(TCD) cache status --work $(WORK)

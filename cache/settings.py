@@ -10,6 +10,7 @@ that does not parse as TOML is taken as a plain string (`--set encode.text_model
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 import types
 import typing
@@ -135,6 +136,32 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if isinstance(hint, type) and not isinstance(value, hint):
         raise SettingsError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """Nested dict of scalars and lists -> TOML text (enough for our settings dataclasses)."""
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    lines = [f"{key} = {_toml_value(value)}" for key, value in scalars.items()]
+    for key, value in data.items():
+        if isinstance(value, dict):
+            lines.append("")
+            lines.append(f"[{key}]")
+            lines.extend(
+                f"{k} = {_toml_value(v)}" for k, v in value.items() if not isinstance(v, dict)
+            )
+    return "\n".join(lines).strip() + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if value is None:
+        raise SettingsError("TOML has no null; use an empty string or leave the key out")
+    return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a valid TOML basic string
 
 
 def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from cache.errors import TcdError
-from cli import cache_cmd, data
+from cli import cache_cmd, data, stages
 
 app = typer.Typer(
     name="tcd",
@@ -17,6 +17,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data.app, name="data")
+stages.register(app)
 app.add_typer(cache_cmd.app, name="cache")
 
 

@@ -43,25 +43,30 @@ class StageReport:
 def run_stage(
     work: WorkDir,
     group: StageGroup,
-    arrays: dict[str, tuple[tuple[int, ...], Any, Any]],
+    arrays: dict[str, tuple[tuple[int, ...], Any, Any]] | Callable[[], dict[str, Any]],
     produce: Produce,
     retry_failed: bool = False,
     progress: bool = True,
 ) -> StageReport:
-    """Compute the pending rows of `group`. `arrays`: name -> (row shape, dtype, fill value)."""
+    """Compute the pending rows of `group`.
+
+    `arrays`: name -> (row shape, dtype, fill value), or a function returning that mapping,
+    called only when there is work (so a no-op rerun never loads a model to learn a width).
+    """
     started = time.monotonic()
     with work.manifest_lock(shared=True), group.lock():
         keys, present = group.expected()
         group.ensure_rows(len(keys))
-        for name, (shape, dtype, fill) in arrays.items():
-            group.array(name, shape, dtype, fill)
         todo = group.pending(retry_failed)
+        if len(todo):
+            for name, (shape, dtype, fill) in (arrays() if callable(arrays) else arrays).items():
+                group.array(name, shape, dtype, fill)
         computed, errors = 0, []
         bar = tqdm(
             total=len(todo), desc=group.stage, unit="row", disable=not progress or not len(todo)
         )
         with bar:
-            for row, data in produce(todo):
+            for row, data in produce(todo) if len(todo) else ():
                 if isinstance(data, Exception):
                     message = str(data) or type(data).__name__
                     group.fail_row(row, str(keys[row]), message)

