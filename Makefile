@@ -12,7 +12,7 @@ OCR_ENGINE ?= rapidocr
 SET    ?=
 SETS   := $(foreach s,$(SET),--set $(s))
 
-.PHONY: setup test test-slow demo synth manifest ocr caption encode features status gc lint clean
+.PHONY: setup test test-slow demo synth manifest ocr caption captions encode features status gc lint clean
 
 # .venv is (re)built when missing or when the pinned requirements change.
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -47,6 +47,8 @@ caption: setup
 
 encode: setup
 	$(TCD) encode --work $(WORK) $(SETS)
+
+captions: caption
 
 features: ocr caption encode
 

@@ -63,7 +63,10 @@ def run_stage(
                 group.array(name, shape, dtype, fill)
         computed, errors = 0, []
         bar = tqdm(
-            total=len(todo), desc=group.stage, unit="row", disable=not progress or not len(todo)
+            total=len(todo),
+            desc=group.stage,
+            unit=group.rows.rstrip("s"),
+            disable=not progress or not len(todo),
         )
         with bar:
             for row, data in produce(todo) if len(todo) else ():
