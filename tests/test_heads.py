@@ -1,0 +1,139 @@
+"""Head modules: shapes and masks, HSC behaviour, CTCD sensitivity, query-independent mode."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from heads.modules import HeadSettings, build_head, cosine, hsc_loss
+
+T, DV, DT = 12, 16, 24
+
+
+def batch(n=5, q=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(n, T, generator=g) > 0.3
+    mask[1] = False  # a video without any scene text
+    return {
+        "query": F.normalize(torch.randn(q, DT, generator=g), dim=-1),
+        "frames": F.normalize(torch.randn(n, T, DV, generator=g), dim=-1),
+        "captions": F.normalize(torch.randn(n, T, DT, generator=g), dim=-1) * mask.unsqueeze(-1),
+        "caption_mask": mask,
+        "instances": F.normalize(torch.randn(n, 7, DT, generator=g), dim=-1),
+        "instance_mask": torch.arange(7).expand(n, 7) < torch.tensor([[3], [0], [7], [1], [5]]),
+    }
+
+
+@pytest.mark.parametrize("kind", ["tcd", "video-only", "ocr-instances"])
+def test_shapes_and_masks(kind):
+    head = build_head(HeadSettings(kind=kind), DV, DT).eval()
+    data = batch()
+    scores = head(**data)
+    assert scores.total.shape == (3, 5)
+    assert torch.isfinite(scores.total).all()
+    for branch in scores.branches.values():
+        assert branch.shape == (3, 5) and torch.isfinite(branch).all()
+    if kind == "tcd":
+        assert set(scores.branches) == {"tv", "to", "th"}
+        assert (scores.branches["to"][:, 1] == 0).all()  # no text: no OCR evidence
+    if kind == "ocr-instances":
+        assert (scores.branches["to"][:, 1] == 0).all()
+
+
+@pytest.mark.parametrize("kind", ["tcd", "video-only", "ocr-instances"])
+def test_query_independent_embeddings_reproduce_the_score(kind):
+    settings = HeadSettings(kind=kind, text_condition="none")
+    head = build_head(settings, DV, DT).eval()
+    data = batch()
+    with torch.no_grad():
+        videos = head.video_embeddings(**{k: v for k, v in data.items() if k != "query"})
+        queries = head.query_embeddings(data["query"])
+        scores = head(**data).total
+    assert videos.shape[0] == 5 and videos.dim() == 2  # one vector per video
+    torch.testing.assert_close(queries @ videos.T, scores, atol=1e-5, rtol=1e-5)
+
+
+def test_text_condition_makes_scores_query_dependent():
+    data = batch()
+    on = build_head(HeadSettings(), DV, DT).eval()
+    off = build_head(HeadSettings(text_condition="none"), DV, DT).eval()
+    off.load_state_dict(on.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(on(**data).total, off(**data).total)
+
+
+def test_identity_initialisation_starts_from_zero_shot_cosine():
+    settings = HeadSettings(text_condition="none", coattn=False, ctcd=False, branches=("tv",))
+    head = build_head(settings, DT, DT).eval()
+    data = batch()
+    data["frames"] = F.normalize(torch.randn(5, T, DT), dim=-1)
+    with torch.no_grad():
+        expected = cosine(data["query"], data["frames"].mean(1))
+        torch.testing.assert_close(head(**data).total, expected)
+
+
+def test_hsc_is_zero_when_aligned_and_grows_with_misalignment():
+    """Cycle frame -> caption -> frame returns home when each caption matches its own frame;
+    as captions drift from their frames (noise), the cycle lands elsewhere and the loss grows."""
+    torch.manual_seed(0)
+    v = F.normalize(torch.randn(8, T, 32), dim=-1)
+    mask = torch.ones(8, T, dtype=torch.bool)
+    noise = F.normalize(torch.randn(8, T, 32), dim=-1)
+    losses = [
+        hsc_loss(v, F.normalize((1 - w) * v + w * noise, dim=-1), mask, temperature=0.05).item()
+        for w in (0.0, 0.6, 0.8, 1.0)
+    ]
+    assert losses[0] < 1e-3
+    assert losses == sorted(losses) and losses[-1] > 20 * max(losses[0], 1e-4)
+    # masked (empty) captions are ignored: garbage there does not change the loss
+    mask[:, 5:] = False
+    noisy = v.clone()
+    noisy[:, 5:] = noise[:, 5:]
+    torch.testing.assert_close(hsc_loss(v, v.clone(), mask, 0.05), hsc_loss(v, noisy, mask, 0.05))
+
+
+def test_ctcd_clue_reads_the_other_modality():
+    head = build_head(HeadSettings(), DV, DT).eval()
+    distiller = head.ctcd
+    v = torch.randn(2, T, DT)
+    o = torch.randn(2, T, DT)
+    mask = torch.ones(2, T, dtype=torch.bool)
+    with torch.no_grad():
+        base = distiller(v, o, mask)
+        assert base.shape == (2, DT)
+        assert not torch.allclose(base, distiller(v, torch.randn(2, T, DT), mask))
+        assert not torch.allclose(base, distiller(torch.randn(2, T, DT), o, mask))
+        empty = distiller(v, o, torch.zeros(2, T, dtype=torch.bool))
+        assert torch.isfinite(empty).all()
+
+
+def test_gradients_reach_every_part():
+    head = build_head(HeadSettings(dropout=0.0), DV, DT)
+    data = batch()
+    scores = head(**data)
+    v, o = head.hsc_inputs(data["frames"], data["captions"], data["caption_mask"])
+    (scores.total.sum() + hsc_loss(v, o, data["caption_mask"])).backward()
+    missing = [
+        name for name, p in head.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0
+    ]
+    assert missing == []
+
+
+def test_ablation_switches_and_bad_settings():
+    data = batch()
+    for change in (
+        {"coattn": False},
+        {"ctcd": False},
+        {"branches": ("to",)},
+        {"text_condition": "none"},
+    ):
+        head = build_head(dataclasses.replace(HeadSettings(), **change), DV, DT).eval()
+        assert head(**data).total.shape == (3, 5)
+    assert set(build_head(HeadSettings(ctcd=False), DV, DT)(**data).branches) == {"tv", "to"}
+    with pytest.raises(ValueError, match="unknown head"):
+        build_head(HeadSettings(kind="clip"), DV, DT)
+    with pytest.raises(ValueError, match="at least one branch"):
+        build_head(HeadSettings(ctcd=False, branches=("th",)), DV, DT)
