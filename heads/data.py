@@ -1,0 +1,125 @@
+"""Cached features of one split, loaded into memory for head training and scoring.
+
+`heads` reads caches only (never `pipeline`): the caller passes the stage groups to read.
+Videos come in annotation order (`order`), queries likewise; `query_video[i]` is the index
+of query i's video. A video whose features are missing (failed or not computed) keeps its
+place with zero features, and is counted in `missing`, so matrix columns never shift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cache import Manifest, StageGroup
+from cache.errors import TcdError
+
+
+class FeatureError(TcdError):
+    """The caches lack features a head needs."""
+
+
+@dataclass
+class Features:
+    video_ids: list[str]
+    frames: np.ndarray  # (N, T, Dv) float16
+    captions: np.ndarray  # (N, T, Dt) float16
+    caption_mask: np.ndarray  # (N, T) bool
+    instances: np.ndarray  # (N, I, Dt) float16
+    instance_mask: np.ndarray  # (N, I) bool
+    queries: np.ndarray  # (M, Dt) float16
+    query_video: np.ndarray  # (M,) int64
+    query_text: list[str]
+    missing: list[str]  # ids of videos without features (zeros stand in)
+
+    @property
+    def n_videos(self) -> int:
+        return len(self.video_ids)
+
+    def video_batch(
+        self, index: np.ndarray | slice, device: torch.device | str = "cpu"
+    ) -> dict[str, torch.Tensor]:
+        """The head's video inputs for some videos, as float32 tensors."""
+        return {
+            "frames": torch.from_numpy(self.frames[index]).float().to(device),
+            "captions": torch.from_numpy(self.captions[index]).float().to(device),
+            "caption_mask": torch.from_numpy(self.caption_mask[index]).to(device),
+            "instances": torch.from_numpy(self.instances[index]).float().to(device),
+            "instance_mask": torch.from_numpy(self.instance_mask[index]).to(device),
+        }
+
+    def subset(self, videos: np.ndarray) -> Features:
+        """The features of some videos and of their queries (used for the validation split)."""
+        videos = np.asarray(videos)
+        remap = np.full(self.n_videos, -1)
+        remap[videos] = np.arange(len(videos))
+        keep = np.flatnonzero(np.isin(self.query_video, videos))
+        return Features(
+            [self.video_ids[i] for i in videos],
+            self.frames[videos],
+            self.captions[videos],
+            self.caption_mask[videos],
+            self.instances[videos],
+            self.instance_mask[videos],
+            self.queries[keep],
+            remap[self.query_video[keep]],
+            [self.query_text[i] for i in keep],
+            [v for v in self.missing if v in {self.video_ids[i] for i in videos}],
+        )
+
+
+def load_features(
+    manifest: Manifest, frames: StageGroup, ocr_text: StageGroup, queries: StageGroup, split: str
+) -> Features:
+    """Read the split's videos and queries from the given groups (annotation order)."""
+    videos = manifest.videos.read(["id", "split", "present", "order"])
+    rows = np.flatnonzero((videos["split"] == split) & videos["present"])
+    rows = rows[np.argsort(videos["order"][rows], kind="stable")]
+    ok = frames.row_states()["done"][rows] & ocr_text.row_states()["done"][rows]
+    for group, name in ((frames, "frames"), (ocr_text, "captions"), (queries, "query")):
+        if name not in set(group.group.array_keys()):
+            raise FeatureError(
+                f"no {group.stage} features for the current settings (group {group.key}); "
+                "run `tcd ocr`, `tcd caption` and `tcd encode` on this work dir first"
+            )
+
+    def take(group: StageGroup, name: str) -> np.ndarray:
+        array = group.group[name]
+        out = np.zeros((len(rows), *array.shape[1:]), dtype=array.dtype)
+        if ok.any():
+            out[ok] = array.get_orthogonal_selection(
+                (rows[ok],) + (slice(None),) * (array.ndim - 1)
+            )
+        return out
+
+    captions = manifest.captions.read(["split", "present", "order", "video_row", "text"])
+    q_rows = np.flatnonzero((captions["split"] == split) & captions["present"])
+    q_rows = q_rows[np.argsort(captions["order"][q_rows], kind="stable")]
+    position = {int(r): i for i, r in enumerate(rows)}
+    q_rows = np.array(
+        [r for r in q_rows if int(captions["video_row"][r]) in position], dtype=np.int64
+    )
+    q_done = queries.row_states()["done"][q_rows] if len(q_rows) else np.zeros(0, bool)
+    if not q_done.all():
+        raise ValueError(
+            f"{int((~q_done).sum())} {split} queries have no embedding; run `tcd encode`"
+        )
+    query_array = queries.group["query"]
+    return Features(
+        video_ids=[str(v) for v in videos["id"][rows]],
+        frames=take(frames, "frames"),
+        captions=take(ocr_text, "captions"),
+        caption_mask=take(ocr_text, "mask"),
+        instances=take(ocr_text, "instances"),
+        instance_mask=take(ocr_text, "instance_mask"),
+        queries=query_array.get_orthogonal_selection((q_rows, slice(None)))
+        if len(q_rows)
+        else np.zeros((0, query_array.shape[1]), np.float16),
+        query_video=np.array(
+            [position[int(captions["video_row"][r])] for r in q_rows], dtype=np.int64
+        ),
+        query_text=[str(t) for t in captions["text"][q_rows]],
+        missing=[str(v) for v in videos["id"][rows[~ok]]],
+    )

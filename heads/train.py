@@ -1,0 +1,315 @@
+"""The head-only trainer: cached features in, `runs/<name>/` out.
+
+One step: a batch of train videos, one random caption each; symmetric InfoNCE on the final
+score and on each branch score (learned temperature, init 0.05), plus `lambda * L_hsc` for
+TCD. AdamW, linear warm-up then cosine decay, gradient clipping, bf16 autocast on GPU, fixed
+seeds. A held-out part of the train split (never the test split) is scored every epoch; the
+best validation t2v R@1 is kept; training stops after `patience` epochs without gain.
+
+`runs/<name>/`: config.toml (resolved), metrics.jsonl (one line per epoch), best.pt and
+last.pt (tensors only, loaded with weights_only=True and strict=True), curves.png. A run
+killed mid-way resumes from last.pt when started again with the same config.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cache.errors import TcdError
+from cache.settings import dump_toml, to_dict
+from heads.data import Features
+from heads.modules import HeadSettings, build_head, hsc_loss
+
+
+class CheckpointError(TcdError):
+    """A checkpoint is missing, corrupted, or does not fit the model."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 30
+    batch_size: int = 42  # the paper's batch
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup: float = 0.1  # share of all steps
+    grad_clip: float = 1.0
+    hsc: bool = True
+    hsc_weight: float = 0.1  # lambda
+    hsc_temperature: float = 0.1
+    temperature: float = 0.05  # initial InfoNCE temperature (learned)
+    val_fraction: float = 0.1
+    patience: int = 5
+    seed: int = 0
+    score_block: int = 256  # videos scored per block at validation
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    head: HeadSettings = field(default_factory=HeadSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+
+class Model(nn.Module):
+    """A head plus its learned InfoNCE temperature."""
+
+    def __init__(self, head: nn.Module, temperature: float):
+        super().__init__()
+        self.head = head
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
+
+
+def device_for_training() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@torch.no_grad()
+def score_matrix(
+    head: nn.Module, features: Features, block: int = 256, device: torch.device | str = "cpu"
+) -> np.ndarray:
+    """Full scores (queries x videos), videos in blocks so memory stays bounded."""
+    head.eval()
+    queries = torch.from_numpy(features.queries).float().to(device)
+    out = np.zeros((len(queries), features.n_videos), np.float32)
+    for start in range(0, features.n_videos, block):
+        index = slice(start, min(start + block, features.n_videos))
+        for q0 in range(0, len(queries), block):
+            scores = head(
+                query=queries[q0 : q0 + block], **features.video_batch(index, device)
+            ).total
+            out[q0 : q0 + block, index] = scores.float().cpu().numpy()
+    return out
+
+
+def recall_at_1(sim: np.ndarray, query_video: np.ndarray) -> float:
+    """t2v R@1 in percent (ties averaged: a tie for first counts as a miss)."""
+    target = sim[np.arange(len(query_video)), query_video][:, None]
+    first = ((sim > target).sum(1) == 0) & ((sim == target).sum(1) == 1)
+    return float(100 * first.mean())
+
+
+def info_nce(scores: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE over a (B, B) score matrix whose diagonal holds the true pairs."""
+    logits = scores * scale
+    labels = torch.arange(len(scores), device=scores.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def save_checkpoint(path: Path, model: nn.Module, extra: dict[str, Any] | None = None) -> None:
+    payload = {"model": model.state_dict(), **(extra or {})}
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)  # a kill never leaves a half-written checkpoint
+
+
+def load_checkpoint(path: Path, model: nn.Module | None = None) -> dict[str, Any]:
+    """Load tensors only (weights_only=True) and, given a model, fill it strictly."""
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors of many kinds for a damaged or unsafe file
+        raise CheckpointError(
+            f"{path}: not a readable tensors-only checkpoint "
+            f"({exc.__class__.__name__}: {str(exc)[:200]})"
+        ) from None
+    if not isinstance(payload, dict) or "model" not in payload:
+        raise CheckpointError(f"{path}: not a checkpoint written by tcd train")
+    if model is not None:
+        try:
+            model.load_state_dict(payload["model"], strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"{path}: does not fit this model ({str(exc).splitlines()[0]})"
+            ) from None
+    return payload
+
+
+def build_model(config: RunConfig, features: Features) -> Model:
+    head = build_head(config.head, features.frames.shape[-1], features.queries.shape[-1])
+    return Model(head, config.train.temperature)
+
+
+def split_train_val(
+    features: Features, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out videos of the train split (fixed by the seed)."""
+    order = np.random.default_rng(seed).permutation(features.n_videos)
+    n_val = max(1, int(round(fraction * features.n_videos))) if fraction > 0 else 0
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def train(
+    config: RunConfig,
+    features: Features,
+    run_dir: Path,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train the configured head on `features` (train split); return the best epoch's record."""
+    settings = config.train
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_text = dump_toml(to_dict(config))
+    (run_dir / "config.toml").write_text(config_text)
+    torch.manual_seed(settings.seed)
+    device = device_for_training()
+    train_idx, val_idx = split_train_val(features, settings.val_fraction, settings.seed)
+    if len(train_idx) < 2:
+        raise TcdError(f"too few train videos ({len(train_idx)}) to train a head")
+    val = features.subset(val_idx) if len(val_idx) else None
+    captions_of = [np.flatnonzero(features.query_video == v) for v in range(features.n_videos)]
+    train_idx = np.array([v for v in train_idx if len(captions_of[v])])
+
+    model = build_model(config, features).to(device)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+    )
+    steps_per_epoch = max(1, len(train_idx) // settings.batch_size)
+    total = steps_per_epoch * settings.epochs
+    warmup = int(settings.warmup * total)
+
+    def lr_factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    start_epoch, best, history = 0, {"val_r1": -1.0, "epoch": -1}, []
+    last = run_dir / "last.pt"
+    if last.exists() and load_checkpoint(last).get("config") == config_text:
+        state = load_checkpoint(last, model)  # same config: resume where the last run stopped
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch = int(state["epoch"]) + 1
+        best = json.loads(state["best"])
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        history = [json.loads(line) for line in lines[:start_epoch]]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda"
+        else torch.autocast("cpu", enabled=False)
+    )
+    use_hsc = settings.hsc and config.head.kind == "tcd"
+    stale = 0 if best["epoch"] < 0 else start_epoch - 1 - best["epoch"]
+
+    for epoch in range(start_epoch, settings.epochs):
+        started = time.monotonic()
+        # per-epoch seeds: a run resumed from last.pt continues exactly as if never stopped
+        rng = np.random.default_rng([settings.seed, epoch])
+        torch.manual_seed(settings.seed * 100_003 + epoch)
+        model.train()
+        order = rng.permutation(train_idx)
+        sums: dict[str, float] = {}
+        for step in range(steps_per_epoch):
+            videos = order[step * settings.batch_size : (step + 1) * settings.batch_size]
+            picks = np.array([rng.choice(captions_of[v]) for v in videos])
+            query = torch.from_numpy(features.queries[picks]).float().to(device)
+            inputs = features.video_batch(videos, device)
+            with autocast:
+                scores = model.head(query=query, **inputs)
+                scale = model.log_scale.exp().clamp(max=100)
+                loss = info_nce(scores.total, scale)
+                parts = {"nce": loss.item()}
+                for name, branch in scores.branches.items():
+                    branch_loss = info_nce(branch, scale)
+                    loss = loss + branch_loss
+                    parts[f"nce_{name}"] = branch_loss.item()
+                if use_hsc:
+                    v, o = model.head.hsc_inputs(
+                        inputs["frames"], inputs["captions"], inputs["caption_mask"]
+                    )
+                    hsc = hsc_loss(
+                        v.float(), o.float(), inputs["caption_mask"], settings.hsc_temperature
+                    )
+                    loss = loss + settings.hsc_weight * hsc
+                    parts["hsc"] = hsc.item()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            parts["loss"] = loss.item()
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + value
+        record = {"epoch": epoch, **{k: v / steps_per_epoch for k, v in sums.items()}}
+        record["lr"] = scheduler.get_last_lr()[0]
+        record["temperature"] = float(1 / model.log_scale.exp().item())
+        if val is not None and len(val.queries):
+            record["val_r1"] = recall_at_1(
+                score_matrix(model.head, val, settings.score_block, device), val.query_video
+            )
+        else:
+            record["val_r1"] = -record["loss"]  # no validation split: keep the lowest loss
+        record["seconds"] = time.monotonic() - started
+        history.append(record)
+        with (run_dir / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if record["val_r1"] > best["val_r1"]:
+            best, stale = record, 0
+            save_checkpoint(run_dir / "best.pt", model.head)
+        else:
+            stale += 1
+        save_checkpoint(
+            last,
+            model,
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch,
+                "best": json.dumps(best),
+                "config": config_text,
+            },
+        )
+        if progress:
+            progress(record)
+        if stale >= settings.patience:
+            break
+    plot_curves(history, run_dir / "curves.png")
+    return best
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    """Training loss and validation R@1 per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    epochs = [h["epoch"] for h in history]
+    fig, left = plt.subplots(figsize=(6, 3.5))
+    left.plot(epochs, [h["loss"] for h in history], color="tab:blue", label="train loss")
+    left.set_xlabel("epoch")
+    left.set_ylabel("train loss", color="tab:blue")
+    right = left.twinx()
+    right.plot(epochs, [h["val_r1"] for h in history], color="tab:red", label="val t2v R@1")
+    right.set_ylabel("val t2v R@1 (%)", color="tab:red")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def load_head(run_dir: Path, features_frame_dim: int, text_dim: int) -> tuple[nn.Module, RunConfig]:
+    """The best checkpoint of a run, loaded strictly into a head built from its config."""
+    import tomllib
+
+    from cache.settings import from_dict
+
+    config_path = run_dir / "config.toml"
+    if not config_path.exists():
+        raise CheckpointError(f"{run_dir}: no config.toml; is this a run directory of tcd train?")
+    config = from_dict(RunConfig, tomllib.loads(config_path.read_text()))
+    head = build_head(config.head, features_frame_dim, text_dim)
+    load_checkpoint(run_dir / "best.pt", head)
+    return head.eval(), config

@@ -1,0 +1,193 @@
+"""The head trainer: learning a planted signal, checkpoints, resume, ablation table."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from heads.data import Features
+from heads.modules import HeadSettings, build_head
+from heads.train import (
+    CheckpointError,
+    RunConfig,
+    TrainSettings,
+    load_checkpoint,
+    load_head,
+    recall_at_1,
+    save_checkpoint,
+    score_matrix,
+    train,
+)
+
+T, DV, DT = 6, 16, 24
+
+
+def planted(n=160, seed=0) -> Features:
+    """Random features where each video's caption embeddings share a signal with its queries
+    (scene text), and frames share a weaker, coarse one (4 scene classes)."""
+    rng = np.random.default_rng(seed)
+    key = rng.normal(size=(n, DT))
+    scene = rng.normal(size=(4, DV))[rng.integers(0, 4, n)]
+    frames = scene[:, None] + 0.5 * rng.normal(size=(n, T, DV))
+    mask = rng.random((n, T)) < 0.6
+    mask[:, 0] = True
+    captions = (key[:, None] + 0.7 * rng.normal(size=(n, T, DT))) * mask[..., None]
+    q_video = np.repeat(np.arange(n), 2)
+    queries = key[q_video] + 0.7 * rng.normal(size=(2 * n, DT))
+
+    def unit(x):
+        return (x / np.linalg.norm(x, axis=-1, keepdims=True).clip(1e-6)).astype(np.float16)
+
+    return Features(
+        [f"v{i}" for i in range(n)],
+        unit(frames),
+        unit(captions) * mask[..., None],
+        mask,
+        np.zeros((n, 4, DT), np.float16),
+        np.zeros((n, 4), bool),
+        unit(queries),
+        q_video,
+        [f"q{i}" for i in range(2 * n)],
+        [],
+    )
+
+
+FAST = TrainSettings(epochs=6, batch_size=16, lr=1e-3, val_fraction=0.25, patience=10)
+
+
+def test_tcd_learns_a_planted_signal_far_above_chance(tmp_path):
+    data = planted()
+    best = train(RunConfig(HeadSettings(heads=2), FAST), data, tmp_path / "run")
+    n_val = 40
+    assert best["val_r1"] > 10 * (100 / n_val)  # chance is 2.5%
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == list(range(6))
+    assert {"loss", "nce", "nce_tv", "nce_to", "nce_th", "hsc", "val_r1", "lr"} <= set(lines[0])
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
+    assert 'kind = "tcd"' in (tmp_path / "run" / "config.toml").read_text()
+    head, config = load_head(tmp_path / "run", DV, DT)
+    assert config.train == FAST
+    val = data.subset(np.arange(40))
+    assert score_matrix(head, val).shape == (len(val.queries), 40)
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
+    data = planted(n=64)
+    config = RunConfig(
+        HeadSettings(heads=2, dropout=0.1), TrainSettings(epochs=4, batch_size=16, patience=10)
+    )
+    train(config, data, tmp_path / "clean")
+
+    def stop_after_two(record):
+        if record["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, data, tmp_path / "resumed", progress=stop_after_two)
+    train(config, data, tmp_path / "resumed")
+    clean = load_checkpoint(tmp_path / "clean" / "last.pt")["model"]
+    resumed = load_checkpoint(tmp_path / "resumed" / "last.pt")["model"]
+    for name in clean:
+        torch.testing.assert_close(clean[name], resumed[name], rtol=0, atol=0)
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2, 3]
+
+
+def test_checkpoint_round_trip_and_refusals(tmp_path):
+    head = build_head(HeadSettings(), DV, DT)
+    save_checkpoint(tmp_path / "a.pt", head)
+    other = build_head(HeadSettings(), DV, DT)
+    load_checkpoint(tmp_path / "a.pt", other)
+    for (name, a), b in zip(head.state_dict().items(), other.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        load_checkpoint(tmp_path / "a.pt", build_head(HeadSettings(ctcd=False), DV, DT))
+    (tmp_path / "bad.pt").write_bytes((tmp_path / "a.pt").read_bytes()[:300])
+    with pytest.raises(CheckpointError, match="bad.pt: not a readable tensors-only checkpoint"):
+        load_checkpoint(tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "none.pt")
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("code ran at load time",))
+
+
+def test_crafted_pickle_is_refused(tmp_path, capsys):
+    torch.save({"model": {}, "x": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert "code ran at load time" not in capsys.readouterr().out
+
+
+def test_recall_at_1_counts_ties_as_misses():
+    sim = np.array([[1.0, 0.0], [0.5, 0.5]])
+    assert recall_at_1(sim, np.array([0, 1])) == 50.0
+
+
+def test_train_and_ablate_commands_on_synthetic_caches(synth_copy, tmp_path):
+    from cli.main import app
+    from pipeline.ocr import OcrSettings
+    from pipeline.settings import PipelineSettings, save_settings
+    from tests.test_stages import make_work, run_all
+
+    work = make_work(synth_copy, tmp_path)
+    run_all(work)
+    save_settings(work.path, PipelineSettings(ocr=OcrSettings(engine="kwai")))  # as `tcd ocr` does
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["train", "--work", str(tmp_path / "empty"), "--config", "configs/tcd.toml"]
+    )
+    assert result.exit_code != 0
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--work",
+            str(work.path),
+            "--config",
+            "configs/tcd.toml",
+            "--name",
+            "t1",
+            "--set",
+            "train.epochs=2",
+            "--set",
+            "train.batch_size=4",
+            "--set",
+            "train.val_fraction=0.3",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "epoch   1" in result.output and (work.path / "runs" / "t1" / "best.pt").exists()
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        '[[variant]]\nname = "vo"\nconfig = "configs/video_only.toml"\n'
+        '[[variant]]\nname = "tcd-no-hsc"\nconfig = "configs/tcd.toml"\nset = ["train.hsc=false"]\n'
+    )
+    result = runner.invoke(
+        app,
+        [
+            "ablate",
+            "--work",
+            str(work.path),
+            "--grid",
+            str(grid),
+            "--split",
+            "train",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "train.batch_size=4",
+            "--set",
+            "train.val_fraction=0.3",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    table = (work.path / "runs" / "ablations.md").read_text()
+    assert "| variant | R@1 | R@5 | R@10 | MdR | MnR | params | train_s |" in table
+    assert "| vo |" in table and "| tcd-no-hsc |" in table
