@@ -9,10 +9,11 @@ SEED   ?= 0
 TCD    := $(BIN)/tcd
 
 OCR_ENGINE ?= rapidocr
+CONFIG ?= configs/tcd.toml
 SET    ?=
 SETS   := $(foreach s,$(SET),--set $(s))
 
-.PHONY: setup test test-slow demo synth manifest ocr caption captions encode features status gc lint clean
+.PHONY: setup test test-slow demo synth manifest ocr caption captions encode features train ablate status gc lint clean
 
 # .venv is (re)built when missing or when the pinned requirements change.
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -51,6 +52,12 @@ encode: setup
 captions: caption
 
 features: ocr caption encode
+
+train: setup
+	$(TCD) train --work $(WORK) --config $(CONFIG) $(SETS)
+
+ablate: setup
+	$(TCD) ablate --work $(WORK) --grid configs/ablations.toml $(SETS)
 
 status: setup
 	$(TCD) cache status --work $(WORK)

@@ -19,13 +19,19 @@ from pipeline.settings import resolve_settings
 from retrieval.metrics import t2v_metrics, v2t_metrics
 
 Work = Annotated[Path, typer.Option("--work", "-w", help="Work directory with encoded features.")]
+Budget = Annotated[
+    float, typer.Option(help="Above this many GB of features, memory-map them instead.")
+]
 Set = Annotated[
     list[str] | None, typer.Option("--set", help="Override, e.g. train.epochs=5 (repeatable).")
 ]
 
 
-def features(work: WorkDir, split: str) -> Features:
-    """The split's cached features for the work dir's current pipeline settings."""
+def features(work: WorkDir, split: str, memory_budget_gb: float = 8.0) -> Features:
+    """The split's cached features for the work dir's current pipeline settings.
+
+    Above the memory budget they are memory-mapped from `W/tmp/features/`.
+    """
     settings = resolve_settings(work.path)
     captions = caption_group(work, settings.captions, ocr_group(work, settings.ocr))
     groups = (
@@ -33,7 +39,8 @@ def features(work: WorkDir, split: str) -> Features:
         ocr_text_group(work, settings.encode, captions),
         query_group(work, settings.encode),
     )
-    return load_features(work.manifest, *groups, split)
+    spill = work.path / "tmp" / "features"
+    return load_features(work.manifest, *groups, split, memory_budget_gb * 1e9, spill)
 
 
 def evaluate(run_dir: Path, data: Features) -> dict[str, float]:
@@ -67,12 +74,14 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option(help="Run name (default: the config's stem).")
         ] = None,
         set_: Set = None,
+        memory_budget_gb: Budget = 8.0,
     ) -> None:
         """Train a head on the train split's cached features; writes W/runs/NAME/."""
         store = WorkDir(work)
         run_config = load_settings(RunConfig, config, set_ or [])
         name = name or config.stem
-        best = _train_one(store, name, run_config, features(store, "train"))
+        data = features(store, "train", memory_budget_gb)
+        best = _train_one(store, name, run_config, data)
         where = store.path / "runs" / name
         typer.echo(f"best epoch {best['epoch']} (val t2v R@1 {best['val_r1']:.1f}); run in {where}")
 
@@ -85,11 +94,13 @@ def register(app: typer.Typer) -> None:
             Path | None, typer.Option(help="Markdown table path (default W/runs/ablations.md).")
         ] = None,
         set_: Set = None,
+        memory_budget_gb: Budget = 8.0,
     ) -> None:
         """Train every variant over the same caches and print one Markdown table."""
         store = WorkDir(work)
         variants = read_grid(grid)
-        train_data, eval_data = features(store, "train"), features(store, split)
+        train_data = features(store, "train", memory_budget_gb)
+        eval_data = features(store, split, memory_budget_gb)
         base = Path.cwd()
 
         def train_and_score(name: str, config: RunConfig) -> dict:

@@ -9,6 +9,7 @@ place with zero features, and is counted in `missing`, so matrix columns never s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,6 +20,9 @@ from cache.errors import TcdError
 
 class FeatureError(TcdError):
     """The caches lack features a head needs."""
+
+
+SPILL_CHUNK = 1024  # rows read from zarr at a time
 
 
 @dataclass
@@ -71,9 +75,19 @@ class Features:
 
 
 def load_features(
-    manifest: Manifest, frames: StageGroup, ocr_text: StageGroup, queries: StageGroup, split: str
+    manifest: Manifest,
+    frames: StageGroup,
+    ocr_text: StageGroup,
+    queries: StageGroup,
+    split: str,
+    memory_budget: float = 8e9,
+    spill_dir: Path | None = None,
 ) -> Features:
-    """Read the split's videos and queries from the given groups (annotation order)."""
+    """Read the split's videos and queries from the given groups (annotation order).
+
+    When the per-video arrays would exceed `memory_budget` bytes and `spill_dir` is given, they
+    are copied (in row chunks) to `.npy` files there and opened memory-mapped instead.
+    """
     videos = manifest.videos.read(["id", "split", "present", "order"])
     rows = np.flatnonzero((videos["split"] == split) & videos["present"])
     rows = rows[np.argsort(videos["order"][rows], kind="stable")]
@@ -85,13 +99,27 @@ def load_features(
                 "run `tcd ocr`, `tcd caption` and `tcd encode` on this work dir first"
             )
 
+    per_video = [(frames, "frames"), (ocr_text, "captions"), (ocr_text, "instances")]
+    size = sum(
+        len(rows) * np.prod(g.group[n].shape[1:]) * g.group[n].dtype.itemsize for g, n in per_video
+    )
+    spill = spill_dir is not None and size > memory_budget
+
     def take(group: StageGroup, name: str) -> np.ndarray:
         array = group.group[name]
-        out = np.zeros((len(rows), *array.shape[1:]), dtype=array.dtype)
-        if ok.any():
-            out[ok] = array.get_orthogonal_selection(
-                (rows[ok],) + (slice(None),) * (array.ndim - 1)
-            )
+        shape = (len(rows), *array.shape[1:])
+        if spill:
+            spill_dir.mkdir(parents=True, exist_ok=True)
+            path = spill_dir / f"{split}-{group.stage}-{group.key}-{name}.npy"
+            out = np.lib.format.open_memmap(path, mode="w+", dtype=array.dtype, shape=shape)
+        else:
+            out = np.zeros(shape, dtype=array.dtype)
+        rest = (slice(None),) * (array.ndim - 1)
+        for start in range(0, len(rows), SPILL_CHUNK):
+            part = np.arange(start, min(start + SPILL_CHUNK, len(rows)))
+            part = part[ok[part]]
+            if len(part):
+                out[part] = array.get_orthogonal_selection((rows[part],) + rest)
         return out
 
     captions = manifest.captions.read(["split", "present", "order", "video_row", "text"])
@@ -103,7 +131,7 @@ def load_features(
     )
     q_done = queries.row_states()["done"][q_rows] if len(q_rows) else np.zeros(0, bool)
     if not q_done.all():
-        raise ValueError(
+        raise FeatureError(
             f"{int((~q_done).sum())} {split} queries have no embedding; run `tcd encode`"
         )
     query_array = queries.group["query"]

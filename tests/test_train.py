@@ -191,3 +191,28 @@ def test_train_and_ablate_commands_on_synthetic_caches(synth_copy, tmp_path):
     table = (work.path / "runs" / "ablations.md").read_text()
     assert "| variant | R@1 | R@5 | R@10 | MdR | MnR | params | train_s |" in table
     assert "| vo |" in table and "| tcd-no-hsc |" in table
+
+
+def test_features_over_budget_are_memory_mapped(synth_copy, tmp_path):
+    from heads.data import load_features
+    from pipeline.captions import CaptionSettings, caption_group
+    from pipeline.encode import EncodeSettings, frame_group, ocr_text_group, query_group
+    from pipeline.ocr import OcrSettings, ocr_group
+    from tests.test_stages import make_work, run_all
+
+    work = make_work(synth_copy, tmp_path)
+    run_all(work)
+    captions = caption_group(work, CaptionSettings(), ocr_group(work, OcrSettings(engine="kwai")))
+    groups = (
+        frame_group(work, EncodeSettings(), CaptionSettings()),
+        ocr_text_group(work, EncodeSettings(), captions),
+        query_group(work, EncodeSettings()),
+    )
+    memory = load_features(work.manifest, *groups, "train")
+    mapped = load_features(
+        work.manifest, *groups, "train", memory_budget=0, spill_dir=tmp_path / "spill"
+    )
+    assert isinstance(mapped.frames, np.memmap) and not isinstance(memory.frames, np.memmap)
+    for name in ("frames", "captions", "caption_mask", "instances", "instance_mask", "queries"):
+        np.testing.assert_array_equal(getattr(memory, name), getattr(mapped, name))
+    assert len(list((tmp_path / "spill").glob("*.npy"))) == 5
