@@ -7,7 +7,7 @@ import sys
 import typer
 
 from cache.errors import TcdError
-from cli import cache_cmd, data, stages, train_cmd
+from cli import cache_cmd, data, retrieval_cmd, stages, train_cmd
 
 app = typer.Typer(
     name="tcd",
@@ -19,6 +19,7 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 stages.register(app)
 train_cmd.register(app)
+retrieval_cmd.register(app)
 app.add_typer(cache_cmd.app, name="cache")
 
 

@@ -37,6 +37,7 @@ class Features:
     query_video: np.ndarray  # (M,) int64
     query_text: list[str]
     missing: list[str]  # ids of videos without features (zeros stand in)
+    rows: np.ndarray | None = None  # manifest row of each video
 
     @property
     def n_videos(self) -> int:
@@ -71,6 +72,7 @@ class Features:
             remap[self.query_video[keep]],
             [self.query_text[i] for i in keep],
             [v for v in self.missing if v in {self.video_ids[i] for i in videos}],
+            None if self.rows is None else self.rows[videos],
         )
 
 
@@ -150,4 +152,5 @@ def load_features(
         ),
         query_text=[str(t) for t in captions["text"][q_rows]],
         missing=[str(v) for v in videos["id"][rows[~ok]]],
+        rows=rows,
     )

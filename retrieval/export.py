@@ -1,0 +1,100 @@
+"""Exports: `sim_matrix.npy` for the TextVR evaluation server, and features to HDF5.
+
+`sim_matrix.npy`: float32 `(n_captions, n_videos)`, row x = x-th caption and column y = y-th
+video of the annotation file. With `order="rand"` the columns follow the video order of
+`TextVR_test_rand.json` (the scrambled file the server uses); rows stay in caption order.
+
+HDF5 layout (`tcd export --format h5`), one group per split:
+    /<split>/video_ids      (N,) str       annotation order
+    /<split>/frames         (N, T, Dv) f16 frame embeddings
+    /<split>/captions       (N, T, Dt) f16 window-caption embeddings, /caption_mask (N, T)
+    /<split>/caption_text   (N, T) str     the window captions
+    /<split>/instances      (N, I, Dt) f16 OCR words, /instance_mask (N, I)
+    /<split>/queries        (M, Dt) f16    caption/query embeddings, /query_text (M,) str
+    /<split>/query_video    (M,) int64     index of each query's video
+    /<split>/video_embeddings (N, E) f32   a run's query-independent embeddings (with --run)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from heads.data import Features
+from retrieval.index import RetrievalError
+
+
+def rand_column_order(video_ids: list[str], rand_file: Path) -> np.ndarray:
+    """Indices into `video_ids` in the order the `_rand` file lists its videos."""
+    try:
+        entries = json.loads(Path(rand_file).read_text(encoding="utf-8"))
+        paths = [entry["path"] for entry in entries]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RetrievalError(f"{rand_file}: cannot read the video order ({exc})") from None
+    position = {vid: i for i, vid in enumerate(video_ids)}
+    missing = [p for p in paths if p not in position]
+    if missing or len(paths) != len(video_ids):
+        raise RetrievalError(
+            f"{rand_file}: lists {len(paths)} videos, the split has {len(video_ids)}"
+            + (f"; e.g. {missing[0]!r} is not in the split" if missing else "")
+        )
+    return np.array([position[p] for p in paths], dtype=np.int64)
+
+
+def write_sim_matrix(
+    path: Path,
+    sim: np.ndarray,
+    video_ids: list[str],
+    order: str = "annotation",
+    rand_file: Path | None = None,
+) -> np.ndarray:
+    """Write float32 (captions x videos); returns what was written."""
+    sim = np.asarray(sim, dtype=np.float32)
+    if order == "rand":
+        if rand_file is None:
+            raise RetrievalError("--order rand needs --rand-file TextVR_test_rand.json")
+        sim = sim[:, rand_column_order(video_ids, rand_file)]
+    elif order != "annotation":
+        raise RetrievalError(f"unknown column order {order!r}; expected annotation or rand")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, sim)
+    tmp.replace(path)
+    return sim
+
+
+def export_h5(
+    path: Path,
+    splits: dict[str, Features],
+    caption_text: dict[str, np.ndarray],
+    video_embeddings: dict[str, np.ndarray] | None = None,
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    strings = h5py.string_dtype("utf-8")
+    tmp = path.with_suffix(".tmp.h5")
+    with h5py.File(tmp, "w") as f:
+        for split, data in splits.items():
+            g = f.create_group(split)
+            g.create_dataset(
+                "video_ids", data=np.array(data.video_ids, dtype=object), dtype=strings
+            )
+            for name in (
+                "frames",
+                "captions",
+                "caption_mask",
+                "instances",
+                "instance_mask",
+                "queries",
+                "query_video",
+            ):
+                g.create_dataset(name, data=np.asarray(getattr(data, name)), compression="gzip")
+            g.create_dataset(
+                "query_text", data=np.array(data.query_text, dtype=object), dtype=strings
+            )
+            g.create_dataset("caption_text", data=caption_text[split].astype(object), dtype=strings)
+            if video_embeddings and split in video_embeddings:
+                g.create_dataset("video_embeddings", data=video_embeddings[split])
+    tmp.replace(path)

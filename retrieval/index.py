@@ -1,0 +1,120 @@
+"""FAISS over the head's query-independent video embeddings, and two-stage retrieval.
+
+Stage 1: the head with text-condition off gives one vector per video (and per query) whose
+inner product is the query-independent score; FAISS returns the top-K videos per query.
+Stage 2: those K are re-scored with the full head (text-condition on). With K = all videos
+two-stage equals exact scoring.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+from torch import nn
+
+from cache.errors import TcdError
+from heads.data import Features
+
+INDEX_KINDS = ("flat", "ivf", "hnsw")
+
+
+class RetrievalError(TcdError):
+    """An index is missing or of an unknown kind, or an export cannot be written."""
+
+
+@torch.no_grad()
+def video_embeddings(head: nn.Module, features: Features, block: int = 512) -> np.ndarray:
+    head.eval()
+    parts = [
+        head.video_embeddings(**features.video_batch(slice(s, s + block))).float().numpy()
+        for s in range(0, features.n_videos, block)
+    ]
+    return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+
+
+@torch.no_grad()
+def query_embeddings(head: nn.Module, queries: np.ndarray) -> np.ndarray:
+    head.eval()
+    emb = head.query_embeddings(torch.from_numpy(np.asarray(queries)).float())
+    return np.ascontiguousarray(emb.numpy(), dtype=np.float32)
+
+
+def build_index(
+    embeddings: np.ndarray, kind: str = "flat", nprobe: int = 16, ef_search: int = 128
+) -> faiss.Index:
+    """Inner-product index: exact `flat` by default; `ivf` or `hnsw` for large sets."""
+    if kind not in INDEX_KINDS:
+        raise RetrievalError(
+            f"unknown index kind {kind!r}; expected one of {', '.join(INDEX_KINDS)}"
+        )
+    n, d = embeddings.shape
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif kind == "ivf":
+        nlist = max(1, min(int(4 * np.sqrt(n)), n // 39 or 1))  # faiss wants ~39 points per list
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(embeddings)
+        index.nprobe = min(nprobe, nlist)
+    else:
+        index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = ef_search
+    index.add(embeddings)
+    return _to_gpu(index)
+
+
+def _to_gpu(index: faiss.Index) -> faiss.Index:
+    """Move to the GPU when faiss-gpu and a GPU are present (faiss caps GPU k at 2048)."""
+    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+        return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    return index
+
+
+def save_index(index: faiss.Index, path: Path) -> None:
+    if hasattr(faiss, "index_gpu_to_cpu") and faiss.get_num_gpus() > 0:
+        index = faiss.index_gpu_to_cpu(index)
+    tmp = path.with_suffix(".tmp")
+    faiss.write_index(index, str(tmp))
+    tmp.replace(path)
+
+
+def load_index(path: Path) -> faiss.Index:
+    if not path.exists():
+        raise RetrievalError(f"{path}: no index; build it with `tcd index`")
+    return _to_gpu(faiss.read_index(str(path)))
+
+
+@dataclass
+class TwoStageResult:
+    scores: np.ndarray  # (Q, N): full-head scores on the K candidates, -inf elsewhere
+    candidates: np.ndarray  # (Q, K) video indices from stage 1
+    recall_in_k: float  # share of queries whose true video is among the K (percent)
+    stage1_s: float
+    stage2_s: float
+
+
+@torch.no_grad()
+def two_stage(
+    head: nn.Module, features: Features, index: faiss.Index, k: int, batch: int = 64
+) -> TwoStageResult:
+    """Stage 1 FAISS top-k on query-independent embeddings; stage 2 full-head rerank."""
+    head.eval()
+    k = min(k, features.n_videos)
+    started = time.monotonic()
+    _, candidates = index.search(query_embeddings(head, features.queries), k)
+    stage1 = time.monotonic() - started
+    started = time.monotonic()
+    scores = np.full((len(features.queries), features.n_videos), -np.inf, np.float32)
+    queries = torch.from_numpy(features.queries).float()
+    for q in range(len(queries)):
+        for s in range(0, k, batch):
+            cand = candidates[q, s : s + batch]
+            out = head(query=queries[q : q + 1], **features.video_batch(cand)).total
+            scores[q, cand] = out[0].float().numpy()
+    stage2 = time.monotonic() - started
+    hit = (candidates == features.query_video[:, None]).any(axis=1)
+    return TwoStageResult(scores, candidates, float(100 * hit.mean()), stage1, stage2)
