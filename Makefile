@@ -10,10 +10,12 @@ TCD    := $(BIN)/tcd
 
 OCR_ENGINE ?= rapidocr
 CONFIG ?= configs/tcd.toml
+RUN    ?= tcd
+QUERY  ?= The bakery SUNRISE BREAD is on a busy street
 SET    ?=
 SETS   := $(foreach s,$(SET),--set $(s))
 
-.PHONY: setup test test-slow demo synth manifest ocr caption captions encode features train ablate status gc lint clean
+.PHONY: setup test test-slow demo synth manifest ocr caption captions encode features train ablate eval index search report export status gc lint clean
 
 # .venv is (re)built when missing or when the pinned requirements change.
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -30,8 +32,11 @@ test: setup
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
-# The demo grows as stages land: today it builds the synthetic set and its features.
+# The demo grows as stages land: synthetic set, features, a TCD head, its evaluation and report.
 demo: setup synth manifest features status
+	$(TCD) train --work $(WORK) --config configs/tcd.toml --name tcd
+	$(TCD) eval --work $(WORK) --run tcd --sim-matrix $(WORK)/runs/tcd/sim_matrix.npy
+	$(TCD) report --work $(WORK) --run tcd --out $(WORK)/runs/tcd/report.html
 
 synth: setup
 	@if [ -f $(SYNTH)/TextVR_test.json ]; then echo "synthetic set in $(SYNTH) (rm -r it to regenerate)"; \
@@ -58,6 +63,21 @@ train: setup
 
 ablate: setup
 	$(TCD) ablate --work $(WORK) --grid configs/ablations.toml $(SETS)
+
+eval: setup
+	$(TCD) eval --work $(WORK) --run $(RUN) --sim-matrix $(WORK)/runs/$(RUN)/sim_matrix.npy
+
+index: setup
+	$(TCD) index --work $(WORK) --run $(RUN)
+
+search: setup
+	$(TCD) search --work $(WORK) --run $(RUN) "$(QUERY)"
+
+report: setup
+	$(TCD) report --work $(WORK) --run $(RUN) --out $(WORK)/runs/$(RUN)/report.html
+
+export: setup
+	$(TCD) export --work $(WORK) --run $(RUN) --out $(WORK)/features.h5
 
 status: setup
 	$(TCD) cache status --work $(WORK)

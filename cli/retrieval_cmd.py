@@ -13,7 +13,7 @@ import typer
 
 from cache import WorkDir
 from cli.train_cmd import features
-from heads.train import load_head, score_matrix
+from heads.train import head_device, load_head, score_matrix
 from pipeline.captions import caption_group
 from pipeline.models import load_text
 from pipeline.ocr import ocr_group
@@ -77,7 +77,11 @@ def register(app: typer.Typer) -> None:
             "captions": len(data.queries),
         }
         if two_stage_:
-            index = build_index(video_embeddings(head, data), "flat")
+            index_path = run_dir / f"index_{split}.faiss"
+            if index_path.exists():  # built by `tcd index` (flat, ivf or hnsw)
+                index = load_index(index_path)
+            else:
+                index = build_index(video_embeddings(head, data), "flat")
             result = two_stage(head, data, index, k)
             sim = result.scores
             report["two_stage"] = {
@@ -92,7 +96,10 @@ def register(app: typer.Typer) -> None:
         report["t2v"] = t2v_metrics(sim, data.query_video)
         report["v2t"] = v2t_metrics(sim, data.query_video)
         report["missing_videos"] = data.missing
-        (run_dir / f"metrics_{split}.json").write_text(json.dumps(report, indent=2))
+        metrics_path = run_dir / "metrics.json"  # one entry per split, latest eval
+        saved = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+        saved[split] = report
+        metrics_path.write_text(json.dumps(saved, indent=2))
         if sim_matrix is not None:
             write_sim_matrix(sim_matrix, sim, data.video_ids, order, rand_file)
         if as_json:
@@ -238,8 +245,9 @@ def register(app: typer.Typer) -> None:
         for q in range(min(queries, len(data.queries))):
             order = np.argsort(-sim[q], kind="stable")[:top]
             with torch.no_grad():
-                query = torch.from_numpy(data.queries[q : q + 1]).float()
-                branches = head(query=query, **data.video_batch(order)).branches
+                device = head_device(head)
+                query = torch.from_numpy(data.queries[q : q + 1]).float().to(device)
+                branches = head(query=query, **data.video_batch(order, device)).branches
             hits = [
                 Hit(
                     data.video_ids[v],

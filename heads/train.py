@@ -51,7 +51,7 @@ class TrainSettings:
     val_fraction: float = 0.1
     patience: int = 5
     seed: int = 0
-    score_block: int = 256  # videos scored per block at validation
+    score_memory_gb: float = 2.0  # memory budget of validation scoring blocks
 
 
 @dataclass(frozen=True)
@@ -73,12 +73,24 @@ def device_for_training() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def head_device(head: nn.Module) -> torch.device:
+    return next(head.parameters()).device
+
+
 @torch.no_grad()
 def score_matrix(
-    head: nn.Module, features: Features, block: int = 256, device: torch.device | str = "cpu"
+    head: nn.Module,
+    features: Features,
+    memory_budget: float = 2e9,
+    device: torch.device | str | None = None,
 ) -> np.ndarray:
-    """Full scores (queries x videos), videos in blocks so memory stays bounded."""
-    head.eval()
+    """Full scores (queries x videos), computed in square blocks of queries x videos sized so
+    the per-pair tensors (about 8 of Q x N x T x D floats) stay within `memory_budget` bytes.
+    Runs on the GPU when present."""
+    device = torch.device(device) if device is not None else device_for_training()
+    head = head.to(device).eval()
+    t, d = features.captions.shape[1], max(features.captions.shape[-1], features.frames.shape[-1])
+    block = max(1, int(math.sqrt(memory_budget / (8 * 4 * t * d))))
     queries = torch.from_numpy(features.queries).float().to(device)
     out = np.zeros((len(queries), features.n_videos), np.float32)
     for start in range(0, features.n_videos, block):
@@ -245,9 +257,8 @@ def train(
         record["lr"] = scheduler.get_last_lr()[0]
         record["temperature"] = float(1 / model.log_scale.exp().item())
         if val is not None and len(val.queries):
-            record["val_r1"] = recall_at_1(
-                score_matrix(model.head, val, settings.score_block, device), val.query_video
-            )
+            sim = score_matrix(model.head, val, settings.score_memory_gb * 1e9, device)
+            record["val_r1"] = recall_at_1(sim, val.query_video)
         else:
             record["val_r1"] = -record["loss"]  # no validation split: keep the lowest loss
         record["seconds"] = time.monotonic() - started

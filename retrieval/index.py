@@ -19,6 +19,7 @@ from torch import nn
 
 from cache.errors import TcdError
 from heads.data import Features
+from heads.train import head_device
 
 INDEX_KINDS = ("flat", "ivf", "hnsw")
 
@@ -30,8 +31,12 @@ class RetrievalError(TcdError):
 @torch.no_grad()
 def video_embeddings(head: nn.Module, features: Features, block: int = 512) -> np.ndarray:
     head.eval()
+    device = head_device(head)
     parts = [
-        head.video_embeddings(**features.video_batch(slice(s, s + block))).float().numpy()
+        head.video_embeddings(**features.video_batch(slice(s, s + block), device))
+        .float()
+        .cpu()
+        .numpy()
         for s in range(0, features.n_videos, block)
     ]
     return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
@@ -40,8 +45,8 @@ def video_embeddings(head: nn.Module, features: Features, block: int = 512) -> n
 @torch.no_grad()
 def query_embeddings(head: nn.Module, queries: np.ndarray) -> np.ndarray:
     head.eval()
-    emb = head.query_embeddings(torch.from_numpy(np.asarray(queries)).float())
-    return np.ascontiguousarray(emb.numpy(), dtype=np.float32)
+    emb = head.query_embeddings(torch.from_numpy(np.asarray(queries)).float().to(head_device(head)))
+    return np.ascontiguousarray(emb.cpu().numpy(), dtype=np.float32)
 
 
 def build_index(
@@ -109,12 +114,13 @@ def two_stage(
     stage1 = time.monotonic() - started
     started = time.monotonic()
     scores = np.full((len(features.queries), features.n_videos), -np.inf, np.float32)
-    queries = torch.from_numpy(features.queries).float()
+    device = head_device(head)
+    queries = torch.from_numpy(features.queries).float().to(device)
     for q in range(len(queries)):
         for s in range(0, k, batch):
             cand = candidates[q, s : s + batch]
-            out = head(query=queries[q : q + 1], **features.video_batch(cand)).total
-            scores[q, cand] = out[0].float().numpy()
+            out = head(query=queries[q : q + 1], **features.video_batch(cand, device)).total
+            scores[q, cand] = out[0].float().cpu().numpy()
     stage2 = time.monotonic() - started
     hit = (candidates == features.query_video[:, None]).any(axis=1)
     return TwoStageResult(scores, candidates, float(100 * hit.mean()), stage1, stage2)
