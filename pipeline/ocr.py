@@ -59,6 +59,7 @@ def run_ocr(
     """Run OCR on every pending video of the manifest."""
     group = ocr_group(work, settings)
     videos = work.manifest.videos.read(["path", "ocr_path", "fps", "duration", "error"])
+
     def produce(rows: np.ndarray) -> Iterator[tuple[int, Any]]:
         # only built when there is work: loading the OCR models takes seconds
         engine = None if settings.engine == "kwai" else make_engine(settings)
