@@ -76,6 +76,17 @@ class HeadSettings:
     dropout: float = 0.1
 
 
+class ProjectedHead(nn.Module):
+    """Input projections every head shares: frames and texts to a common width."""
+
+    def __init__(self, settings: HeadSettings, frame_dim: int, text_dim: int):
+        super().__init__()
+        self.settings = settings
+        self.width = settings.width or text_dim
+        self.frame_in = projection(frame_dim, self.width)
+        self.text_in = projection(text_dim, self.width)  # shared by queries and captions
+
+
 class CoAttention(nn.Module):
     """One cross-attention block each way (frames read captions, captions read frames)."""
 
@@ -132,15 +143,12 @@ class ClueDistiller(nn.Module):
         return ((c_v + c_o) / 2).squeeze(1)
 
 
-class TCDHead(nn.Module):
+class TCDHead(ProjectedHead):
     """Text-condition + co-attention + CTCD, three matchings (tv, to, th), mean score."""
 
     def __init__(self, settings: HeadSettings, frame_dim: int, text_dim: int):
-        super().__init__()
-        self.settings = settings
-        width = settings.width or text_dim
-        self.frame_in = projection(frame_dim, width)
-        self.text_in = projection(text_dim, width)  # shared by queries and captions
+        super().__init__(settings, frame_dim, text_dim)
+        width = self.width
         self.coattn = (
             CoAttention(width, settings.heads, settings.dropout) if settings.coattn else None
         )
@@ -259,14 +267,11 @@ def hsc_loss(
     return (e1 + e2) / (c1 + c2).clamp(min=1)
 
 
-class VideoOnlyHead(nn.Module):
+class VideoOnlyHead(ProjectedHead):
     """CLIP4Clip meanP on frozen features: cos(query, mean of frames)."""
 
     def __init__(self, settings: HeadSettings, frame_dim: int, text_dim: int):
-        super().__init__()
-        width = settings.width or text_dim
-        self.frame_in = projection(frame_dim, width)
-        self.text_in = projection(text_dim, width)
+        super().__init__(settings, frame_dim, text_dim)
         self.branches = ("tv",)
 
     def forward(self, query, frames, **_: object) -> Scores:
@@ -280,14 +285,12 @@ class VideoOnlyHead(nn.Module):
         return F.normalize(self.text_in(query), dim=-1)
 
 
-class OcrInstancesHead(nn.Module):
+class OcrInstancesHead(ProjectedHead):
     """StarVR-style: OCR word tokens attention-pooled (learned query), fused with the video."""
 
     def __init__(self, settings: HeadSettings, frame_dim: int, text_dim: int):
-        super().__init__()
-        width = settings.width or text_dim
-        self.frame_in = projection(frame_dim, width)
-        self.text_in = projection(text_dim, width)
+        super().__init__(settings, frame_dim, text_dim)
+        width = self.width
         self.pool_query = nn.Parameter(torch.zeros(1, 1, width))
         self.pool = nn.MultiheadAttention(
             width, settings.heads, dropout=settings.dropout, batch_first=True

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cache import StageGroup, WorkDir
+from cache import StageGroup, TcdError, WorkDir
 from pipeline.captions import CaptionSettings, caption_group, fit_to_tokens
 from pipeline.models import TextEncoder, VisionEncoder, load_text, load_vision
 from pipeline.ocr import OcrSettings, ocr_group
@@ -122,7 +122,7 @@ class _SampledFrames(torch.utils.data.Dataset):
             return (
                 row,
                 None,
-                f"{type(exc).__name__}: {exc}" if not str(exc).startswith("/") else str(exc),
+                str(exc) if isinstance(exc, TcdError) else f"{type(exc).__name__}: {exc}",
             )
 
 
