@@ -32,11 +32,24 @@ test: setup
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
-# The demo grows as stages land: synthetic set, features, a TCD head, its evaluation and report.
-demo: setup synth manifest features status
-	$(TCD) train --work $(WORK) --config configs/tcd.toml --name tcd
-	$(TCD) eval --work $(WORK) --run tcd --sim-matrix $(WORK)/runs/tcd/sim_matrix.npy
-	$(TCD) report --work $(WORK) --run tcd --out $(WORK)/runs/tcd/report.html
+# The demo: synthetic set -> features -> TCD and video-only heads -> eval -> search -> report.
+# Each step prints its elapsed time; a second run reuses every cache.
+STEP = @s=$$(date +%s); $(1); echo "[demo] $(2): $$(( $$(date +%s) - s )) s"
+DEMO_QUERY ?= $(shell $(BIN)/python -c "import json;print(json.load(open('$(SYNTH)/TextVR_test.json'))[0]['captions_info'][0]['caption'])" 2>/dev/null)
+
+demo: setup
+	$(call STEP,$(MAKE) --no-print-directory synth,synth)
+	$(call STEP,$(TCD) data textvr --root $(SYNTH) --work $(WORK) -q,manifest)
+	$(call STEP,$(TCD) ocr --work $(WORK) --engine $(OCR_ENGINE),ocr)
+	$(call STEP,$(TCD) caption --work $(WORK),caption)
+	$(call STEP,$(TCD) encode --work $(WORK),encode)
+	$(call STEP,$(TCD) train --work $(WORK) --config configs/tcd.toml --name tcd,train tcd)
+	$(call STEP,$(TCD) train --work $(WORK) --config configs/video_only.toml --name video-only,train video-only)
+	$(call STEP,$(TCD) eval --work $(WORK) --run video-only,eval video-only)
+	$(call STEP,$(TCD) eval --work $(WORK) --run tcd --sim-matrix $(WORK)/runs/tcd/sim_matrix.npy,eval tcd)
+	$(call STEP,$(TCD) search --work $(WORK) --run tcd --top-k 3 "$(DEMO_QUERY)",search)
+	$(call STEP,$(TCD) report --work $(WORK) --run tcd --out $(WORK)/runs/tcd/report.html,report)
+	@echo "outputs: $(WORK)/runs/{tcd,video-only}/ (metrics.json, curves.png), sim_matrix.npy and report.html in $(WORK)/runs/tcd/"
 
 synth: setup
 	@if [ -f $(SYNTH)/TextVR_test.json ]; then echo "synthetic set in $(SYNTH) (rm -r it to regenerate)"; \
