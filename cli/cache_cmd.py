@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from cache import WorkDir
+from pipeline.settings import WORK_SETTINGS, current_keys, resolve_settings
 
 app = typer.Typer(help="Inspect and maintain the cache of a work directory.", no_args_is_help=True)
 
@@ -22,7 +23,13 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Videos and captions in the manifest; per stage group: rows done/stale/failed/pending."""
-    report = WorkDir(work).status()
+    store = WorkDir(work)
+    report = store.status()
+    current = (
+        current_keys(resolve_settings(store.path)) if (store.path / WORK_SETTINGS).exists() else {}
+    )
+    for group in report["stages"]:
+        group["current"] = current.get(group["stage"]) == group["key"]
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -39,12 +46,13 @@ def status(
     if not report["stages"]:
         typer.echo("stages   : none computed yet")
         return
-    row = (
-        "{stage:<10} {key:<16} {rows:<8} {done:>6} {stale:>6} {failed:>6} {pending:>7} {removed:>7}"
-    )
-    typer.echo(row.format(**{name: name for name in _COLUMNS}))
+    row = "{mark}{stage:<10} {key:<16} {rows:<8} {done:>6} {stale:>6} {failed:>6} "
+    row += "{pending:>7} {removed:>7}"
+    typer.echo(row.format(mark="  ", **{name: name for name in _COLUMNS}))
     for group in report["stages"]:
-        typer.echo(row.format(**group))
+        typer.echo(row.format(mark="* " if group["current"] else "  ", **group))
+    if current:
+        typer.echo("* = used by the work dir's current settings (settings.toml)")
 
 
 @app.command("gc")

@@ -69,3 +69,26 @@ def save_settings(work: Path, settings: PipelineSettings) -> None:
         "# settings the stages of this work dir last ran with\n" + dump_toml(to_dict(settings))
     )
     tmp.replace(path)
+
+
+def current_keys(settings: PipelineSettings) -> dict[str, str]:
+    """Stage name -> the group key these settings use (without creating any group).
+
+    Mirrors the chain of `ocr_group`, `caption_group`, `frame_group`, `ocr_text_group` and
+    `query_group`; a test checks that they agree.
+    """
+    from cache.keys import settings_key
+    from pipeline.encode import FrameSettings, TextSettings
+
+    ocr = settings_key(settings.ocr)
+    captions = settings_key(settings.captions, upstream=ocr)
+    text = TextSettings(settings.encode.text_model)
+    return {
+        "ocr": ocr,
+        "captions": captions,
+        "frames": settings_key(
+            FrameSettings(settings.encode.vision_model, settings.captions.frames)
+        ),
+        "ocr_text": settings_key(text, upstream=captions),
+        "queries": settings_key(text),
+    }

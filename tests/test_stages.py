@@ -437,3 +437,12 @@ def test_encode_is_deterministic(synth_set, tmp_path):
         ga = next(g for g in a.stages() if g.stage == stage)
         gb = next(g for g in b.stages() if g.stage == stage)
         np.testing.assert_array_equal(ga.group[array][:], gb.group[array][:])
+
+
+def test_current_keys_match_the_groups_the_stages_use(synth_set, tmp_path):
+    from pipeline.settings import PipelineSettings, current_keys
+
+    settings = PipelineSettings(ocr=KWAI, captions=CaptionSettings(xi=0.6))
+    work = make_work(synth_set, tmp_path)
+    run_all(work, captions=settings.captions, encode=settings.encode, ocr=settings.ocr)
+    assert {g.stage: g.key for g in work.stages()} == current_keys(settings)
