@@ -103,10 +103,11 @@ class Table:
                 )
 
     def __len__(self) -> int:
-        return int(self.group["id"].shape[0])
+        # the shortest column: a killed update may have grown some columns and not others
+        return min(int(self.group[name].shape[0]) for name in self.columns)
 
     def column(self, name: str) -> np.ndarray:
-        values = self.group[name][:]
+        values = self.group[name][: len(self)]
         return values.astype(object) if self.columns[name][0] is str else values
 
     def read(self, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:

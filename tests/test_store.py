@@ -283,3 +283,17 @@ def test_gc_removes_partial_chunk_files(tmp_path):
     partial.write_bytes(b"junk")
     assert work.gc(dry_run=True)["partial_files"] == 1 and partial.exists()
     assert work.gc()["partial_files"] == 1 and not partial.exists()
+
+
+def test_a_killed_manifest_update_is_repaired_by_the_next(tmp_path):
+    work = WorkDir(tmp_path, create=True)
+    work.manifest.videos.upsert(video_records(["a", "b"]))
+    work.manifest.videos.group["id"].resize((5,))  # as if killed after growing one column
+    assert len(work.manifest.videos) == 2 and work.manifest.videos.row_of() == {"a": 0, "b": 1}
+    stats = work.manifest.videos.upsert(video_records(["a", "b", "c"]))
+    assert (stats.added, stats.unchanged) == (1, 2)
+    assert {n: work.manifest.videos.group[n].shape[0] for n in ("id", "key", "path")} == {
+        "id": 3,
+        "key": 3,
+        "path": 3,
+    }
