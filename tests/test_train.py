@@ -216,3 +216,17 @@ def test_features_over_budget_are_memory_mapped(synth_copy, tmp_path):
     for name in ("frames", "captions", "caption_mask", "instances", "instance_mask", "queries"):
         np.testing.assert_array_equal(getattr(memory, name), getattr(mapped, name))
     assert len(list((tmp_path / "spill").glob("*.npy"))) == 5
+
+
+def test_shipped_configs_and_grid_load():
+    from cache.settings import load_settings
+    from heads.ablate import read_grid
+    from pipeline.settings import PipelineSettings
+    from tests.conftest import REPO
+
+    for name in ("tcd", "video_only", "ocr_instances"):
+        load_settings(RunConfig, REPO / "configs" / f"{name}.toml")
+    assert load_settings(PipelineSettings, REPO / "configs" / "pipeline.toml") == PipelineSettings()
+    for variant in read_grid(REPO / "configs" / "ablations.toml"):
+        config = load_settings(RunConfig, REPO / variant.config, variant.set)
+        build_head(config.head, DV, DT)  # every variant builds
