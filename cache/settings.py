@@ -55,6 +55,17 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return out
 
 
+def read_toml(path: str | Path, what: str = "settings file") -> dict[str, Any]:
+    """A TOML file as a dict; a missing or malformed file is a `SettingsError` naming it."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SettingsError(f"{path}: {what} not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{path}: not valid TOML ({exc})") from None
+
+
 def load_settings(
     cls: type[T],
     path: str | Path | None = None,
@@ -64,13 +75,7 @@ def load_settings(
     """Build dataclass `cls` from a TOML file (or one `[section]` of it) plus overrides."""
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise SettingsError(f"{path}: settings file not found") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise SettingsError(f"{path}: not valid TOML ({exc})") from None
+        data = read_toml(path)
         if section is not None:
             data = data.get(section, {})
     data = apply_overrides(data, overrides)

@@ -4,14 +4,13 @@ same cached features and scored on one evaluation split. No feature is recompute
 from __future__ import annotations
 
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cache.errors import SettingsError
-from cache.settings import load_settings
+from cache.settings import load_settings, read_toml
 
 
 @dataclass(frozen=True)
@@ -22,12 +21,7 @@ class Variant:
 
 
 def read_grid(path: Path) -> list[Variant]:
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SettingsError(f"{path}: ablation grid not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SettingsError(f"{path}: not valid TOML ({exc})") from None
+    data = read_toml(path, "ablation grid")
     variants = []
     for i, item in enumerate(data.get("variant", [])):
         if (

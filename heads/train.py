@@ -313,14 +313,12 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
 
 def load_head(run_dir: Path, features_frame_dim: int, text_dim: int) -> tuple[nn.Module, RunConfig]:
     """The best checkpoint of a run, loaded strictly into a head built from its config."""
-    import tomllib
-
-    from cache.settings import from_dict
+    from cache.settings import load_settings
 
     config_path = run_dir / "config.toml"
     if not config_path.exists():
         raise CheckpointError(f"{run_dir}: no config.toml; is this a run directory of tcd train?")
-    config = from_dict(RunConfig, tomllib.loads(config_path.read_text()))
+    config = load_settings(RunConfig, config_path)
     head = build_head(config.head, features_frame_dim, text_dim)
     load_checkpoint(run_dir / "best.pt", head)
     return head.eval(), config

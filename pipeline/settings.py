@@ -8,14 +8,12 @@ followed by `tcd caption` captions the Kwai OCR without repeating the engine.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cache.errors import SettingsError
-from cache.settings import apply_overrides, dump_toml, from_dict, to_dict
+from cache.settings import apply_overrides, dump_toml, from_dict, read_toml, to_dict
 from pipeline.captions import CaptionSettings
 from pipeline.encode import EncodeSettings
 from pipeline.ocr import OcrSettings
@@ -28,15 +26,6 @@ class PipelineSettings:
     ocr: OcrSettings = field(default_factory=OcrSettings)
     captions: CaptionSettings = field(default_factory=CaptionSettings)
     encode: EncodeSettings = field(default_factory=EncodeSettings)
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SettingsError(f"{path}: settings file not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise SettingsError(f"{path}: not valid TOML ({exc})") from None
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -56,9 +45,9 @@ def resolve_settings(
     """Settings for a stage command on work dir `work` (see the module docstring)."""
     data: dict[str, Any] = {}
     if (work / WORK_SETTINGS).exists():
-        data = _read(work / WORK_SETTINGS)
+        data = read_toml(work / WORK_SETTINGS)
     if config is not None:
-        data = _merge(data, _read(Path(config)))
+        data = _merge(data, read_toml(Path(config)))
     return from_dict(PipelineSettings, apply_overrides(data, overrides))
 
 
