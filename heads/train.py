@@ -213,6 +213,8 @@ def train(
     )
     use_hsc = settings.hsc and config.head.kind == "tcd"
     stale = 0 if best["epoch"] < 0 else start_epoch - 1 - best["epoch"]
+    if stale >= settings.patience or start_epoch >= settings.epochs:
+        return best  # this config already finished here: nothing to do
 
     for epoch in range(start_epoch, settings.epochs):
         started = time.monotonic()

@@ -97,6 +97,18 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
     assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2, 3]
 
 
+def test_rerunning_an_early_stopped_run_does_no_work(tmp_path):
+    data = planted(n=64)
+    config = RunConfig(HeadSettings(heads=2), TrainSettings(epochs=40, batch_size=16, patience=1))
+    first = train(config, data, tmp_path / "run")
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text()
+    assert len(lines.splitlines()) < 40  # stopped early
+    last = (tmp_path / "run" / "last.pt").read_bytes()
+    assert train(config, data, tmp_path / "run") == first
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == lines
+    assert (tmp_path / "run" / "last.pt").read_bytes() == last
+
+
 def test_checkpoint_round_trip_and_refusals(tmp_path):
     head = build_head(HeadSettings(), DV, DT)
     save_checkpoint(tmp_path / "a.pt", head)
