@@ -110,7 +110,15 @@ class CoAttention(nn.Module):
 
 
 class ClueDistiller(nn.Module):
-    """CTCD: one learnable clue per modality reads the other modality by cross-attention."""
+    """CTCD: one learnable clue per modality reads the other modality by cross-attention.
+
+    The text-condition scales each frame/caption row by a per-pair weight `s`, and attention's
+    key and value maps are linear, so W(s*x + e) + b = s*(Wx) + (We + b): the projections run
+    once per video and each (query, video) pair only re-weights them. The clue is the only
+    attention query and does not depend on the pair, so the attention logits are the per-video
+    logits scaled by `s`. Same result as attending over materialised per-pair sequences, at
+    O(T*D) instead of O(T*D^2) per pair (tests/test_heads.py checks the two agree).
+    """
 
     def __init__(self, width: int, heads: int, dropout: float):
         super().__init__()
@@ -127,20 +135,62 @@ class ClueDistiller(nn.Module):
         self.norm_v = nn.LayerNorm(width)
         self.norm_o = nn.LayerNorm(width)
 
-    def forward(self, v: torch.Tensor, o: torch.Tensor, o_mask: torch.Tensor) -> torch.Tensor:
-        """v, o: (B, T, D) (already text-conditioned), o_mask (B, T) -> hybrid clue (B, D)."""
-        b = v.shape[0]
-        null = (self.null + self.type_o).expand(b, 1, -1)
-        keys_o = torch.cat([null, o + self.type_o], dim=1)
-        pad_o = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=o.device), ~o_mask], dim=1)
-        keys_v = torch.cat([(self.null + self.type_v).expand(b, 1, -1), v + self.type_v], dim=1)
-        c_v = (self.clue_v + self.type_ctx).expand(b, 1, -1)
-        c_o = (self.clue_o + self.type_ctx).expand(b, 1, -1)
-        c_v = self.norm_v(
-            c_v + self.read_o(c_v, keys_o, keys_o, key_padding_mask=pad_o, need_weights=False)[0]
+    def forward(
+        self,
+        v: torch.Tensor,
+        o: torch.Tensor,
+        o_mask: torch.Tensor,
+        v_scale: torch.Tensor | None = None,
+        o_scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """v, o: (N, T, D) per video; o_mask (N, T); v_scale, o_scale: (Q, N, T) text-condition
+        weights, None for unconditioned. Returns the hybrid clue, (Q, N, D) or (N, D)."""
+        pairs = v_scale is not None
+        if v_scale is None or o_scale is None:
+            v_scale = o_scale = torch.ones(1, *v.shape[:2], dtype=v.dtype, device=v.device)
+        c_v = self._read(self.read_o, self.clue_v, o, self.type_o, o_scale, o_mask)
+        c_o = self._read(self.read_v, self.clue_o, v, self.type_v, v_scale, None)
+        c_v = self.norm_v(self.clue_v + self.type_ctx + c_v)
+        c_o = self.norm_o(self.clue_o + self.type_ctx + c_o)
+        clue = (c_v + c_o) / 2
+        return clue if pairs else clue.squeeze(0)
+
+    def _read(
+        self,
+        attn: nn.MultiheadAttention,
+        clue: torch.Tensor,
+        x: torch.Tensor,
+        type_x: torch.Tensor,
+        scale: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Cross-attention of one clue over [null; scale * x + type_x] -> (Q, N, D)."""
+        n, t, d = x.shape
+        h = attn.num_heads
+        w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = attn.in_proj_bias.chunk(3)
+        query = F.linear((clue + self.type_ctx).view(1, d), w_q, b_q).view(h, d // h)
+        query = query / (d // h) ** 0.5
+        null = (self.null + type_x).view(1, d)
+        k_x, v_x = F.linear(x, w_k).view(n, t, h, -1), F.linear(x, w_v).view(n, t, h, -1)
+        k_e, v_e = F.linear(type_x.view(1, d), w_k, b_k), F.linear(type_x.view(1, d), w_v, b_v)
+        k_null, v_null = F.linear(null, w_k, b_k), F.linear(null, w_v, b_v)
+        logit_x = torch.einsum("hc,nthc->nht", query, k_x)  # per video
+        logit_e = (query * k_e.view(h, -1)).sum(-1)  # (h,)
+        logit_null = (query * k_null.view(h, -1)).sum(-1)
+        logits = scale.unsqueeze(2) * logit_x.unsqueeze(0) + logit_e[:, None]  # (Q, N, h, T)
+        if mask is not None:
+            logits = logits.masked_fill(~mask[None, :, None, :], float("-inf"))
+        q_n = scale.shape[0]
+        logits = torch.cat([logit_null[None, None, :, None].expand(q_n, n, h, 1), logits], -1)
+        weights = F.dropout(torch.softmax(logits, dim=-1), attn.dropout, self.training)
+        w_null, w_x = weights[..., 0], weights[..., 1:]
+        out = (
+            torch.einsum("qnht,qnt,nthc->qnhc", w_x, scale, v_x)
+            + w_x.sum(-1, keepdim=True) * v_e.view(h, -1)
+            + w_null.unsqueeze(-1) * v_null.view(h, -1)
         )
-        c_o = self.norm_o(c_o + self.read_v(c_o, keys_v, keys_v, need_weights=False)[0])
-        return ((c_v + c_o) / 2).squeeze(1)
+        return attn.out_proj(out.reshape(q_n, n, d))
 
 
 class TCDHead(ProjectedHead):
@@ -174,41 +224,46 @@ class TCDHead(ProjectedHead):
     def condition(
         self, q: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """softmax(tau * cos(t, x_i)) re-weighting: (Q, D), (N, T, D) -> (Q, N, T, D)."""
-        t = x.shape[1]
+        """Text-condition weights T * softmax(tau * cos(t, x_i)): (Q, D), (N, T, D) -> (Q, N, T).
+
+        The re-weighted sequence is `weights[..., None] * x`; it is never materialised."""
+        q_n, (n, t, _) = q.shape[0], x.shape
         if self.settings.text_condition == "none":
-            return x.unsqueeze(0).expand(q.shape[0], -1, -1, -1)
+            return torch.ones(q_n, n, t, dtype=x.dtype, device=x.device)
         logits = self.settings.tau * torch.einsum(
             "qd,ntd->qnt", F.normalize(q, dim=-1), F.normalize(x, dim=-1)
         )
         if mask is not None:
             logits = logits.masked_fill(~mask.unsqueeze(0), float("-inf"))
-        weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # all-masked rows -> zeros
-        return t * weights.unsqueeze(-1) * x.unsqueeze(0)
+        return t * torch.softmax(logits, dim=-1).nan_to_num(0.0)  # all-masked rows -> zeros
 
     def forward(self, query, frames, captions, caption_mask, **_: object) -> Scores:
         q = self.text_in(query)
         v, o = self.encode_videos(frames, captions, caption_mask)
-        v_t = self.condition(q, v, None)
-        o_t = self.condition(q, o, caption_mask)
-        nq, n, t, d = v_t.shape
-        pooled = {
-            "tv": masked_mean(v_t, None, dim=2),
-            "to": masked_mean(o_t, caption_mask.unsqueeze(0).expand(nq, -1, -1), dim=2),
-        }
+        v_w = self.condition(q, v, None)
+        o_w = self.condition(q, o, caption_mask)
+        has_text = caption_mask.any(dim=1)
+        counts = caption_mask.sum(1).clamp(min=1).to(o.dtype)[:, None]
+        # masked means of the re-weighted sequences, projected per video before pooling
+        # (linear maps commute with the weighted mean, so no per-pair D x D product)
+        pooled = {}
+        if "tv" in self.branches:
+            pooled["tv"] = self._pool_projected("tv", v_w, v, v.shape[1])
+        if "to" in self.branches:
+            pooled["to"] = self._pool_projected("to", o_w * caption_mask, o, counts)
         if "th" in self.branches:
-            mask = caption_mask.unsqueeze(0).expand(nq, -1, -1).reshape(nq * n, t)
-            clue = self.ctcd(v_t.reshape(nq * n, t, d), o_t.reshape(nq * n, t, d), mask)
-            pooled["th"] = clue.view(nq, n, d)
-        branches = {
-            b: cosine(self.query_proj[f"s_{b}"](q), self.video_proj[f"s_{b}"](pooled[b]))
-            for b in self.branches
-        }
-        if (
-            "to" in branches
-        ):  # a video without scene text has no OCR evidence, not negative evidence
-            branches["to"] = branches["to"] * caption_mask.any(dim=1).to(q.dtype).unsqueeze(0)
+            pooled["th"] = self.video_proj["s_th"](self.ctcd(v, o, caption_mask, v_w, o_w))
+        branches = {b: cosine(self.query_proj[f"s_{b}"](q), pooled[b]) for b in self.branches}
+        if "to" in branches:  # a video without scene text has no OCR evidence, not negative
+            branches["to"] = branches["to"] * has_text.to(q.dtype).unsqueeze(0)
         return Scores(torch.stack(list(branches.values())).mean(0), branches)
+
+    def _pool_projected(
+        self, branch: str, weights: torch.Tensor, x: torch.Tensor, norm: torch.Tensor | int
+    ) -> torch.Tensor:
+        """video_proj(sum_t weights_t * x_t / norm) for every pair: (Q, N, T), (N, T, D)."""
+        proj = self.video_proj[f"s_{branch}"]
+        return torch.einsum("qnt,ntd->qnd", weights, F.linear(x, proj.weight)) / norm + proj.bias
 
     def video_embeddings(self, frames, captions, caption_mask, **_: object) -> torch.Tensor:
         """Text-condition off: one vector per video, (N, len(branches) * D), for FAISS.

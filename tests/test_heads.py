@@ -56,6 +56,52 @@ def test_query_independent_embeddings_reproduce_the_score(kind):
     torch.testing.assert_close(queries @ videos.T, scores, atol=1e-5, rtol=1e-5)
 
 
+def reference_scores(head, query, frames, captions, caption_mask, **_):
+    """TCD scores computed the direct way: materialise every (query, video) re-weighted
+    sequence and run CTCD's nn.MultiheadAttention over it. The head computes the same with
+    per-video projections (see ClueDistiller); this is the ground truth it must match."""
+    q = head.text_in(query)
+    v, o = head.encode_videos(frames, captions, caption_mask)
+    nq, (n, t, d) = len(q), v.shape
+    v_t = head.condition(q, v, None).unsqueeze(-1) * v
+    o_t = head.condition(q, o, caption_mask).unsqueeze(-1) * o
+    mask = caption_mask.unsqueeze(0).expand(nq, -1, -1)
+    pooled = {
+        "tv": v_t.mean(2),
+        "to": (o_t * mask.unsqueeze(-1)).sum(2) / mask.sum(-1, keepdim=True).clamp(min=1),
+    }
+    c = head.ctcd
+    vv, oo, mm = v_t.reshape(nq * n, t, d), o_t.reshape(nq * n, t, d), mask.reshape(nq * n, t)
+    b = len(vv)
+    keys_o = torch.cat([(c.null + c.type_o).expand(b, 1, -1), oo + c.type_o], dim=1)
+    pad_o = torch.cat([torch.zeros(b, 1, dtype=torch.bool), ~mm], dim=1)
+    keys_v = torch.cat([(c.null + c.type_v).expand(b, 1, -1), vv + c.type_v], dim=1)
+    c_v = (c.clue_v + c.type_ctx).expand(b, 1, -1)
+    c_o = (c.clue_o + c.type_ctx).expand(b, 1, -1)
+    c_v = c.norm_v(c_v + c.read_o(c_v, keys_o, keys_o, key_padding_mask=pad_o)[0])
+    c_o = c.norm_o(c_o + c.read_v(c_o, keys_v, keys_v)[0])
+    pooled["th"] = ((c_v + c_o) / 2).view(nq, n, d)
+    branches = [
+        cosine(head.query_proj[f"s_{k}"](q), head.video_proj[f"s_{k}"](pooled[k]))
+        for k in ("tv", "to", "th")
+    ]
+    branches[1] = branches[1] * caption_mask.any(1).float()
+    return torch.stack(branches).mean(0)
+
+
+@pytest.mark.parametrize("text_condition", ["softmax-reweight", "none"])
+def test_factorised_ctcd_equals_attention_over_materialised_pairs(text_condition):
+    head = build_head(HeadSettings(text_condition=text_condition, heads=4), DV, DT).eval()
+    with torch.no_grad():  # move the parameters off their identity/zero initialisation
+        for p in head.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    data = batch(q=4, seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            head(**data).total, reference_scores(head, **data), atol=1e-5, rtol=1e-4
+        )
+
+
 def test_text_condition_makes_scores_query_dependent():
     data = batch()
     on = build_head(HeadSettings(), DV, DT).eval()
