@@ -6,6 +6,7 @@ WORK   ?= work/demo
 SYNTH  ?= work/synth
 VIDEOS ?= 300
 SEED   ?= 0
+SEEDS  ?= 0
 TCD    := $(BIN)/tcd
 
 OCR_ENGINE ?= rapidocr
@@ -15,7 +16,7 @@ QUERY  ?= The bakery SUNRISE BREAD is on a busy street
 SET    ?=
 SETS   := $(foreach s,$(SET),--set $(s))
 
-.PHONY: setup test test-slow demo synth manifest ocr caption captions encode features train ablate eval index search report export status gc lint clean
+.PHONY: setup test test-slow demo synth manifest ocr caption captions encode features train ablate ablations eval index search report export status gc lint clean
 
 # .venv is (re)built when missing or when the pinned requirements change.
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -35,7 +36,8 @@ test-slow: setup
 # The demo: synthetic set -> features -> TCD and video-only heads -> eval -> search -> report.
 # Each step prints its elapsed time; a second run reuses every cache.
 STEP = @s=$$(date +%s); $(1); echo "[demo] $(2): $$(( $$(date +%s) - s )) s"
-DEMO_QUERY ?= $(shell $(BIN)/python -c "import json;print(json.load(open('$(SYNTH)/TextVR_test.json'))[0]['captions_info'][0]['caption'])" 2>/dev/null)
+# the first test caption, read when the step runs (the set may not exist before the demo)
+DEMO_QUERY = $$($(BIN)/python -c "import json;print(json.load(open('$(SYNTH)/TextVR_test.json'))[0]['captions_info'][0]['caption'])")
 
 demo: setup
 	$(call STEP,$(MAKE) --no-print-directory synth,synth)
@@ -75,7 +77,17 @@ train: setup
 	$(TCD) train --work $(WORK) --config $(CONFIG) $(SETS)
 
 ablate: setup
-	$(TCD) ablate --work $(WORK) --grid configs/ablations.toml $(SETS)
+	$(TCD) ablate --work $(WORK) --grid configs/ablations.toml --seeds $(SEEDS) $(SETS)
+
+# The quality study of README: every variant of configs/ablations.toml over 3 head-training
+# seeds, on the demo's synthetic set (built first if missing; cached stages are no-ops).
+ablations: setup
+	$(MAKE) --no-print-directory synth
+	$(TCD) data textvr --root $(SYNTH) --work $(WORK) -q
+	$(TCD) ocr --work $(WORK) --engine $(OCR_ENGINE) -q
+	$(TCD) caption --work $(WORK) -q
+	$(TCD) encode --work $(WORK) -q
+	$(TCD) ablate --work $(WORK) --grid configs/ablations.toml --seeds 0,1,2 $(SETS)
 
 eval: setup
 	$(TCD) eval --work $(WORK) --run $(RUN) --sim-matrix $(WORK)/runs/$(RUN)/sim_matrix.npy

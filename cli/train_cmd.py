@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -9,13 +11,23 @@ import typer
 
 from cache import WorkDir
 from cache.settings import load_settings
-from heads.ablate import markdown_table, read_grid, run_grid
+from heads.ablate import (
+    COST_COLUMNS,
+    QUALITY_COLUMNS,
+    Variant,
+    markdown_table,
+    parse_seeds,
+    read_grid,
+    run_study,
+    summarise,
+)
+from heads.cost import flops, ocr_texts_per_video
 from heads.data import Features, load_features
 from heads.train import RunConfig, load_head, score_matrix, train
-from pipeline.captions import caption_group
-from pipeline.encode import frame_group, ocr_text_group, query_group
+from pipeline.captions import caption_group, run_captions
+from pipeline.encode import frame_group, ocr_text_group, query_group, run_encode
 from pipeline.ocr import ocr_group
-from pipeline.settings import resolve_settings
+from pipeline.settings import PipelineSettings, resolve_settings
 from retrieval.metrics import t2v_metrics, v2t_metrics
 
 Work = Annotated[Path, typer.Option("--work", "-w", help="Work directory with encoded features.")]
@@ -27,12 +39,17 @@ Set = Annotated[
 ]
 
 
-def features(work: WorkDir, split: str, memory_budget_gb: float = 8.0) -> Features:
-    """The split's cached features for the work dir's current pipeline settings.
+def features(
+    work: WorkDir,
+    split: str,
+    memory_budget_gb: float = 8.0,
+    settings: PipelineSettings | None = None,
+) -> Features:
+    """The split's cached features for `settings` (default: the work dir's current ones).
 
     Above the memory budget they are memory-mapped from `W/tmp/features/`.
     """
-    settings = resolve_settings(work.path)
+    settings = settings or resolve_settings(work.path)
     captions = caption_group(work, settings.captions, ocr_group(work, settings.ocr))
     groups = (
         frame_group(work, settings.encode, settings.captions),
@@ -44,12 +61,18 @@ def features(work: WorkDir, split: str, memory_budget_gb: float = 8.0) -> Featur
 
 
 def evaluate(run_dir: Path, data: Features) -> dict[str, float]:
-    head, _ = load_head(run_dir, data.frames.shape[-1], data.queries.shape[-1])
+    """A run's metrics on `data`, and what its head costs (heads/cost.py)."""
+    head, config = load_head(run_dir, data.frames.shape[-1], data.queries.shape[-1])
+    started = time.perf_counter()
     sim = score_matrix(head, data)
+    seconds = time.perf_counter() - started
     return {
         **t2v_metrics(sim, data.query_video),
         **{f"v2t_{k}": v for k, v in v2t_metrics(sim, data.query_video).items()},
         "params": sum(p.numel() for p in head.parameters()),
+        "ocr_texts": ocr_texts_per_video(config.head, data),
+        **flops(head, data),
+        "ms_per_1k_pairs": 1e6 * seconds / max(1, sim.size),
     }
 
 
@@ -88,32 +111,68 @@ def register(app: typer.Typer) -> None:
     @app.command("ablate")
     def ablate_command(
         work: Work,
-        grid: Annotated[Path, typer.Option(help="TOML list of [[variant]] name/config/set.")],
+        grid: Annotated[
+            Path, typer.Option(help="TOML list of [[variant]] name/config/set/pipeline.")
+        ],
         split: Annotated[str, typer.Option(help="Split to score each variant on.")] = "test",
+        seeds: Annotated[
+            str, typer.Option(help="Comma-separated head-training seeds, e.g. 0,1,2.")
+        ] = "0",
         out: Annotated[
-            Path | None, typer.Option(help="Markdown table path (default W/runs/ablations.md).")
+            Path | None,
+            typer.Option(help="Markdown tables (default W/runs/ablations.md; .json beside it)."),
         ] = None,
         set_: Set = None,
         memory_budget_gb: Budget = 8.0,
     ) -> None:
-        """Train every variant over the same caches and print one Markdown table."""
+        """Train every variant (once per seed) over the same caches; tables of mean ± sd."""
         store = WorkDir(work)
         variants = read_grid(grid)
-        train_data = features(store, "train", memory_budget_gb)
-        eval_data = features(store, split, memory_budget_gb)
-        base = Path.cwd()
+        seed_list = parse_seeds(seeds)
+        loaded: dict[tuple[str, ...], tuple[Features, Features]] = {}
 
-        def train_and_score(name: str, config: RunConfig) -> dict:
-            _train_one(store, name, config, train_data)
-            return evaluate(store.path / "runs" / name, eval_data)
+        def variant_features(variant: Variant) -> tuple[Features, Features]:
+            if variant.pipeline not in loaded:
+                settings = resolve_settings(store.path, None, variant.pipeline)
+                if variant.pipeline:  # captions and their encodings only; OCR, frames shared
+                    typer.echo(f"captions for {' '.join(variant.pipeline)}")
+                    reports = [run_captions(store, settings.captions, settings.ocr)]
+                    reports += run_encode(
+                        store, settings.encode, settings.captions, settings.ocr, workers=0
+                    )
+                    for report in reports:
+                        typer.echo(f"  {report}")
+                loaded[variant.pipeline] = (
+                    features(store, "train", memory_budget_gb, settings),
+                    features(store, split, memory_budget_gb, settings),
+                )
+            return loaded[variant.pipeline]
 
-        # grid-wide overrides (e.g. train.seed=1) apply to every variant
-        for variant in variants:
-            variant.set[:0] = set_ or []
-        rows = run_grid(variants, base, RunConfig, train_and_score)
-        table = markdown_table(rows)
+        def train_and_score(variant: Variant, seed: int, config: RunConfig) -> dict:
+            train_data, eval_data = variant_features(variant)
+            run_dir = store.path / "runs" / "ablate" / variant.name / f"seed{seed}"
+            best = train(config, train_data, run_dir)
+            result = evaluate(run_dir, eval_data)
+            typer.echo(
+                f"{variant.name} seed {seed}: best epoch {best['epoch']}, "
+                f"{split} t2v R@1 {result['R@1']:.1f}"
+            )
+            return result
+
+        rows = run_study(variants, seed_list, Path.cwd(), RunConfig, train_and_score, set_)
+        summary = summarise(rows, variants)
+        header = (
+            f"Split `{split}` of `{store.path}`; grid `{grid}`; head-training seeds "
+            f"{', '.join(map(str, seed_list))} (mean ± sample sd over seeds).\n\n"
+        )
+        tables = (
+            f"{header}{markdown_table(summary, QUALITY_COLUMNS)}\n"
+            f"{markdown_table(summary, COST_COLUMNS)}"
+        )
         out = out or store.path / "runs" / "ablations.md"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(f"t2v on the {split} split of {store.path}\n\n{table}")
-        typer.echo(table)
-        typer.echo(f"table written to {out}")
+        out.write_text(tables)
+        results = {"split": split, "seeds": seed_list, "grid": str(grid), "runs": rows}
+        out.with_suffix(".json").write_text(json.dumps({**results, "summary": summary}, indent=1))
+        typer.echo(tables)
+        typer.echo(f"tables written to {out} (per-seed results in {out.with_suffix('.json')})")

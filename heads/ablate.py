@@ -1,23 +1,40 @@
-"""Ablation grids: a TOML list of variants (a config file plus overrides), trained over the
-same cached features and scored on one evaluation split. No feature is recomputed."""
+"""Ablation studies: a TOML list of variants (a run config plus overrides), each trained with
+several seeds over the same cached features and scored on one evaluation split.
+
+A variant may also change caption settings (`pipeline = ["captions.xi=0.4"]`): the caller
+then rebuilds only the captions and their encodings for it; OCR and frame features stay
+shared. Results are reported per seed and as mean and spread over seeds.
+"""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cache.errors import SettingsError
 from cache.settings import load_settings, read_toml
 
+PIPELINE_SECTIONS = ("captions.",)  # what a variant may change upstream of the heads
+
 
 @dataclass(frozen=True)
 class Variant:
     name: str
     config: str
-    set: list[str] = field(default_factory=list)
+    set: tuple[str, ...] = ()
+    pipeline: tuple[str, ...] = ()  # caption-setting overrides, e.g. captions.xi=0.4
+    paper_t2v_r1: float | None = None  # the paper's TextVR figure for this setting
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    header: str
+    digits: int = 1
 
 
 def read_grid(path: Path) -> list[Variant]:
@@ -30,12 +47,26 @@ def read_grid(path: Path) -> list[Variant]:
             or not isinstance(item.get("config"), str)
         ):
             raise SettingsError(f"{path}: variant {i} needs a string 'name' and 'config'")
-        extra = set(item) - {"name", "config", "set"}
+        name = item["name"]
+        extra = set(item) - {"name", "config", "set", "pipeline", "paper_t2v_r1"}
         if extra:
+            raise SettingsError(f"{path}: variant {name!r} has unknown key(s) {sorted(extra)}")
+        lists = {}
+        for key in ("set", "pipeline"):
+            value = item.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+                raise SettingsError(f"{path}: variant {name!r}: {key} must be a list of strings")
+            lists[key] = tuple(value)
+        bad = [x for x in lists["pipeline"] if not x.startswith(PIPELINE_SECTIONS)]
+        if bad:
             raise SettingsError(
-                f"{path}: variant {item['name']!r} has unknown key(s) {sorted(extra)}"
+                f"{path}: variant {name!r}: pipeline overrides may change "
+                f"{', '.join(s + '*' for s in PIPELINE_SECTIONS)} only, not {bad}"
             )
-        variants.append(Variant(item["name"], item["config"], list(item.get("set", []))))
+        paper = item.get("paper_t2v_r1")
+        if paper is not None and not isinstance(paper, int | float):
+            raise SettingsError(f"{path}: variant {name!r}: paper_t2v_r1 must be a number")
+        variants.append(Variant(name, item["config"], **lists, paper_t2v_r1=paper))
     if not variants:
         raise SettingsError(f"{path}: no [[variant]] entries")
     names = [v.name for v in variants]
@@ -44,37 +75,126 @@ def read_grid(path: Path) -> list[Variant]:
     return variants
 
 
-def run_grid(
+def parse_seeds(text: str) -> list[int]:
+    """'0,1,2' -> [0, 1, 2]."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SettingsError(f"seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SettingsError(f"seeds must be distinct integers, got {text!r}")
+    return seeds
+
+
+def run_study(
     variants: list[Variant],
+    seeds: list[int],
     base: Path,
     config_cls: type,
-    train_and_score: Callable[[str, Any], dict[str, Any]],
+    train_and_score: Callable[[Variant, int, Any], dict[str, Any]],
+    overrides: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Train and score every variant; config paths are relative to `base` when not absolute."""
+    """Train and score every variant once per seed (`train.seed=S`); one row per run.
+
+    Config paths are relative to `base` unless absolute; `overrides` apply to every variant
+    before its own `set`.
+    """
     rows = []
     for variant in variants:
         config_path = Path(variant.config)
         if not config_path.is_absolute():
             config_path = base / config_path
-        config = load_settings(config_cls, config_path, variant.set)
-        started = time.monotonic()
-        result = train_and_score(variant.name, config)
-        rows.append({"variant": variant.name, **result, "train_s": time.monotonic() - started})
+        for seed in seeds:
+            sets = [*(overrides or []), *variant.set, f"train.seed={seed}"]
+            config = load_settings(config_cls, config_path, sets)
+            started = time.monotonic()
+            result = train_and_score(variant, seed, config)
+            rows.append(
+                {
+                    "variant": variant.name,
+                    "seed": seed,
+                    **result,
+                    "seconds": time.monotonic() - started,
+                }
+            )
     return rows
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    columns = ["variant", "R@1", "R@5", "R@10", "MdR", "MnR", "params", "train_s"]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+def summarise(rows: list[dict[str, Any]], variants: list[Variant]) -> list[dict[str, Any]]:
+    """Per variant: the mean of every numeric field over seeds, and its sample standard
+    deviation under `<field>_sd` (0 for a single seed)."""
+    out = []
+    for variant in variants:
+        runs = [r for r in rows if r["variant"] == variant.name]
+        if not runs:
+            continue
+        summary: dict[str, Any] = {
+            "variant": variant.name,
+            "pipeline": " ".join(variant.pipeline),
+            "seeds": len(runs),
+            "paper_t2v_r1": variant.paper_t2v_r1,
+        }
+        numeric = [k for k, v in runs[0].items() if isinstance(v, int | float) and k != "seed"]
+        for key in numeric:
+            values = [float(r[key]) for r in runs]
+            mean = sum(values) / len(values)
+            spread = (
+                math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+                if len(values) > 1
+                else 0.0
+            )
+            summary[key], summary[f"{key}_sd"] = mean, spread
+        out.append(summary)
+    return out
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[Column]) -> str:
+    """One Markdown table; a numeric cell with a `<key>_sd` companion reads 'mean ± sd'."""
+    lines = [
+        "| " + " | ".join(c.header for c in columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
     for row in rows:
         cells = []
         for column in columns:
-            value = row.get(column, "")
-            if isinstance(value, float):
-                cells.append(f"{value:.1f}")
-            elif isinstance(value, int) and column == "params":
+            value = row.get(column.key)
+            if value is None or value == "":
+                cells.append("–")
+            elif isinstance(value, float):
+                cell = f"{value:,.{column.digits}f}"
+                spread = row.get(f"{column.key}_sd")
+                if spread is not None and row.get("seeds", 1) > 1:
+                    cell += f" ± {spread:,.{column.digits}f}"
+                cells.append(cell)
+            elif isinstance(value, int) and not isinstance(value, bool):
                 cells.append(f"{value:,}")
             else:
                 cells.append(str(value))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+QUALITY_COLUMNS = [
+    Column("variant", "variant"),
+    Column("pipeline", "captions"),
+    Column("R@1", "t2v R@1"),
+    Column("R@5", "R@5"),
+    Column("R@10", "R@10"),
+    Column("MdR", "MdR"),
+    Column("MnR", "MnR"),
+    Column("v2t_R@1", "v2t R@1"),
+    Column("v2t_R@5", "R@5"),
+    Column("v2t_R@10", "R@10"),
+    Column("v2t_MdR", "MdR"),
+    Column("v2t_MnR", "MnR"),
+    Column("paper_t2v_r1", "paper TextVR t2v R@1"),
+]
+COST_COLUMNS = [
+    Column("variant", "variant"),
+    Column("ocr_texts", "OCR texts / video"),
+    Column("params", "head params", 0),
+    Column("video_mflops", "MFLOPs / video"),
+    Column("pair_mflops", "MFLOPs / pair", 2),
+    Column("ms_per_1k_pairs", "ms / 1k pairs", 2),
+    Column("seconds", "train + eval s", 0),
+]

@@ -176,10 +176,12 @@ def test_train_and_ablate_commands_on_synthetic_caches(synth_copy, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "epoch   1" in result.output and (work.path / "runs" / "t1" / "best.pt").exists()
+    groups_before = {(g.stage, g.key) for g in work.stages()}
     grid = tmp_path / "grid.toml"
     grid.write_text(
         '[[variant]]\nname = "vo"\nconfig = "configs/video_only.toml"\n'
-        '[[variant]]\nname = "tcd-no-hsc"\nconfig = "configs/tcd.toml"\nset = ["train.hsc=false"]\n'
+        '[[variant]]\nname = "tcd-xi"\nconfig = "configs/tcd.toml"\nset = ["train.hsc=false"]\n'
+        'pipeline = ["captions.xi=0.5"]\npaper_t2v_r1 = 56.2\n'
     )
     result = runner.invoke(
         app,
@@ -191,6 +193,8 @@ def test_train_and_ablate_commands_on_synthetic_caches(synth_copy, tmp_path):
             str(grid),
             "--split",
             "train",
+            "--seeds",
+            "0,1",
             "--set",
             "train.epochs=1",
             "--set",
@@ -200,9 +204,33 @@ def test_train_and_ablate_commands_on_synthetic_caches(synth_copy, tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
+    # the xi variant added one captions group and one caption-encoding group, nothing else
+    added = {(g.stage, g.key) for g in work.stages()} - groups_before
+    assert sorted(stage for stage, _ in added) == ["captions", "ocr_text"]
+    assert {(s, k) for s, k in groups_before if s in ("ocr", "frames")} <= {
+        (g.stage, g.key) for g in work.stages()
+    }
     table = (work.path / "runs" / "ablations.md").read_text()
-    assert "| variant | R@1 | R@5 | R@10 | MdR | MnR | params | train_s |" in table
-    assert "| vo |" in table and "| tcd-no-hsc |" in table
+    assert "| variant | captions | t2v R@1 | R@5 |" in table
+    assert "| variant | OCR texts / video | head params |" in table
+    assert "| vo | – |" in table and "| tcd-xi | captions.xi=0.5 |" in table
+    assert " ± " in table and "| 56.2 |" in table
+    results = json.loads((work.path / "runs" / "ablations.json").read_text())
+    assert [(r["variant"], r["seed"]) for r in results["runs"]] == [
+        ("vo", 0),
+        ("vo", 1),
+        ("tcd-xi", 0),
+        ("tcd-xi", 1),
+    ]
+    by_name = {r["variant"]: r for r in results["summary"]}
+    assert by_name["vo"]["ocr_texts"] == 0 and 0 < by_name["tcd-xi"]["ocr_texts"] <= 12
+    assert by_name["tcd-xi"]["pair_mflops"] > by_name["vo"]["pair_mflops"] > 0
+    for seed in (0, 1):
+        assert (work.path / "runs" / "ablate" / "tcd-xi" / f"seed{seed}" / "best.pt").exists()
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[variant]]\nname = "x"\nconfig = "c.toml"\npipeline = ["ocr.fps=1"]\n')
+    result = runner.invoke(app, ["ablate", "--work", str(work.path), "--grid", str(bad)])
+    assert result.exit_code == 1 and "captions.* only" in str(result.exception)
 
 
 def test_features_over_budget_are_memory_mapped(synth_copy, tmp_path):

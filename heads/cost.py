@@ -1,0 +1,44 @@
+"""What a head costs: OCR texts it reads per video, and matmul FLOPs per video and per pair.
+
+TCD's text-condition makes part of the video side depend on the query, so its cost splits
+into a per-video part (projections, co-attention) and a per-(query, video) part. FLOPs are
+counted by `torch.utils.flop_counter` (matrix products only; element-wise work is not
+counted) on one forward pass of q queries x n videos for q, n in {1, 2}:
+F(q, n) = n*video + q*query + q*n*pair, so pair = F(2,2) - F(2,1) - F(1,2) + F(1,1).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from heads.data import Features
+from heads.modules import HeadSettings
+
+
+def ocr_texts_per_video(settings: HeadSettings, features: Features) -> float:
+    """Mean number of non-empty OCR texts the head reads per video."""
+    if settings.kind == "tcd":
+        return float(features.caption_mask.sum(1).mean()) if features.n_videos else 0.0
+    if settings.kind == "ocr-instances":
+        return float(features.instance_mask.sum(1).mean()) if features.n_videos else 0.0
+    return 0.0
+
+
+def flops(head: nn.Module, features: Features) -> dict[str, float]:
+    """Matmul MFLOPs per video (query independent) and per (query, video) pair."""
+    head = head.cpu().eval()  # (grad mode stays on: the counter's module hooks need it)
+    with_text = features.caption_mask.any(1).nonzero()[0]
+    videos = list(with_text[:2]) if len(with_text) >= 2 else [0, min(1, features.n_videos - 1)]
+
+    def count(q: int, n: int) -> int:
+        counter = FlopCounterMode(display=False)
+        query = torch.from_numpy(features.queries[:q]).float()
+        with counter:
+            head(query=query, **features.video_batch(videos[:n]))
+        return counter.get_total_flops()
+
+    f11, f12, f21, f22 = count(1, 1), count(1, 2), count(2, 1), count(2, 2)
+    pair = f22 - f21 - f12 + f11
+    return {"video_mflops": (f12 - f11 - pair) / 1e6, "pair_mflops": pair / 1e6}
