@@ -16,7 +16,7 @@ QUERY  ?= The bakery SUNRISE BREAD is on a busy street
 SET    ?=
 SETS   := $(foreach s,$(SET),--set $(s))
 
-.PHONY: setup test test-slow demo synth manifest ocr caption captions encode features train ablate ablations eval index search report export status gc lint clean
+.PHONY: setup test test-slow demo synth manifest ocr caption captions encode features train ablate ablations eval results index search report export status gc lint clean
 
 # .venv is (re)built when missing or when the pinned requirements change.
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -51,6 +51,7 @@ demo: setup
 	$(call STEP,$(TCD) eval --work $(WORK) --run tcd --sim-matrix $(WORK)/runs/tcd/sim_matrix.npy,eval tcd)
 	$(call STEP,$(TCD) search --work $(WORK) --run tcd --top-k 3 "$(DEMO_QUERY)",search)
 	$(call STEP,$(TCD) report --work $(WORK) --run tcd --out $(WORK)/runs/tcd/report.html,report)
+	@echo; $(TCD) results --work $(WORK)
 	@echo "outputs: $(WORK)/runs/{tcd,video-only}/ (metrics.json, curves.png), sim_matrix.npy and report.html in $(WORK)/runs/tcd/"
 
 synth: setup
@@ -97,6 +98,9 @@ index: setup
 
 search: setup
 	$(TCD) search --work $(WORK) --run $(RUN) "$(QUERY)"
+
+results: setup
+	$(TCD) results --work $(WORK)
 
 report: setup
 	$(TCD) report --work $(WORK) --run $(RUN) --out $(WORK)/runs/$(RUN)/report.html

@@ -120,6 +120,26 @@ def register(app: typer.Typer) -> None:
         if sim_matrix is not None:
             typer.echo(f"sim matrix ({order} column order) -> {sim_matrix}")
 
+    @app.command("results")
+    def results_command(work: Work, split: Split = "test") -> None:
+        """One table of the saved metrics of every evaluated run (from `tcd eval`)."""
+        runs = WorkDir(work).path / "runs"
+        rows = {}
+        for path in sorted(runs.glob("*/metrics.json")):
+            saved = json.loads(path.read_text())
+            if split in saved:
+                rows[path.parent.name] = saved[split]
+        if not rows:
+            raise typer.BadParameter(f"no run in {runs} was evaluated on {split}; run `tcd eval`")
+        cols = ["R@1", "R@5", "R@10", "MdR", "MnR"]
+        headers = [f"t2v {cols[0]}", *cols[1:], f"v2t {cols[0]}", *cols[1:]]
+        width = max(len(name) for name in [*rows, f"run ({split})"]) + 2
+        typer.echo(f"{'run (' + split + ')':<{width}}" + "".join(f"{h:>9}" for h in headers))
+        for name, report in rows.items():
+            values = [report[d][c] for d in ("t2v", "v2t") for c in cols]
+            size = f"  ({report['captions']} captions x {report['videos']} videos)"
+            typer.echo(f"{name:<{width}}" + "".join(f"{v:>9.1f}" for v in values) + size)
+
     @app.command("index")
     def index_command(
         work: Work,

@@ -10,7 +10,10 @@ All heads score a batch of queries against a batch of videos and return per-pair
 
 Our choices where the paper is silent (also in README):
 - co-attention runs per video before text-condition (query independent, so its cost is per
-  video, not per pair); text-condition then re-weights its outputs per (query, video);
+  video, not per pair); text-condition then re-weights its outputs per (query, video); each
+  co-attention update enters through a zero-initialised tanh gate, so the head starts from
+  the encoders' features (with a plain residual + LayerNorm it started elsewhere and scored
+  about 1 R@1 point lower on the synthetic set);
 - CTCD keys get one learned always-valid null token, so a video without any scene text
   still has a defined clue;
 - each branch has a linear projection on the query side and on the video side, identity-
@@ -88,7 +91,12 @@ class ProjectedHead(nn.Module):
 
 
 class CoAttention(nn.Module):
-    """One cross-attention block each way (frames read captions, captions read frames)."""
+    """One cross-attention block each way (frames read captions, captions read frames).
+
+    Each update enters through a tanh gate initialised at zero (as in Flamingo's gated
+    cross-attention), so training starts from the encoders' own features and learns how
+    much of the other modality to mix in; attention inputs are layer-normalised.
+    """
 
     def __init__(self, width: int, heads: int, dropout: float):
         super().__init__()
@@ -96,6 +104,8 @@ class CoAttention(nn.Module):
         self.o_from_v = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
         self.norm_v = nn.LayerNorm(width)
         self.norm_o = nn.LayerNorm(width)
+        self.gate_v = nn.Parameter(torch.zeros(()))
+        self.gate_o = nn.Parameter(torch.zeros(()))
 
     def forward(
         self, v: torch.Tensor, o: torch.Tensor, o_mask: torch.Tensor
@@ -103,10 +113,11 @@ class CoAttention(nn.Module):
         empty = ~o_mask.any(dim=1)  # a video without text: frames keep their own features
         pad = ~o_mask.clone()
         pad[empty] = False  # avoid all-masked rows (NaN); their result is discarded below
-        v_att, _ = self.v_from_o(v, o, o, key_padding_mask=pad, need_weights=False)
+        v_in, o_in = self.norm_v(v), self.norm_o(o)
+        v_att, _ = self.v_from_o(v_in, o_in, o_in, key_padding_mask=pad, need_weights=False)
         v_att = torch.where(empty[:, None, None], torch.zeros_like(v_att), v_att)
-        o_att, _ = self.o_from_v(o, v, v, need_weights=False)
-        return self.norm_v(v + v_att), self.norm_o(o + o_att)
+        o_att, _ = self.o_from_v(o_in, v_in, v_in, need_weights=False)
+        return v + torch.tanh(self.gate_v) * v_att, o + torch.tanh(self.gate_o) * o_att
 
 
 class ClueDistiller(nn.Module):

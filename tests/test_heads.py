@@ -156,8 +156,21 @@ def test_ctcd_clue_reads_the_other_modality():
         assert torch.isfinite(empty).all()
 
 
+def test_coattention_starts_closed_and_its_gates_learn():
+    head = build_head(HeadSettings(dropout=0.0), DV, DT)
+    data = batch()
+    v, o = head.encode_videos(data["frames"], data["captions"], data["caption_mask"])
+    torch.testing.assert_close(v, head.frame_in(data["frames"]))
+    torch.testing.assert_close(o, head.text_in(data["captions"]))
+    head(**data).total.sum().backward()
+    assert head.coattn.gate_v.grad.abs() > 0 and head.coattn.gate_o.grad.abs() > 0
+
+
 def test_gradients_reach_every_part():
     head = build_head(HeadSettings(dropout=0.0), DV, DT)
+    with torch.no_grad():  # open the co-attention gates (zero at init, see the test above)
+        head.coattn.gate_v.fill_(0.5)
+        head.coattn.gate_o.fill_(0.5)
     data = batch()
     scores = head(**data)
     v, o = head.hsc_inputs(data["frames"], data["captions"], data["caption_mask"])

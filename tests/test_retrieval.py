@@ -138,6 +138,11 @@ def test_eval_search_index_export_commands(synth_copy, tmp_path):
         app, ["eval", "--work", w, "--run", "r", "--split", "train", "--two-stage", "--k", "1000"]
     )
     assert result.exit_code == 0 and "true video in K for 100.0%" in result.output
+    result = runner.invoke(app, ["results", "--work", w, "--split", "train"])
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if line.startswith("r "))
+    assert f"{report['t2v']['R@1']:.1f}" in row and f"x {report['videos']} videos" in row
+    assert runner.invoke(app, ["results", "--work", w, "--split", "test"]).exit_code != 0
     assert (
         runner.invoke(app, ["index", "--work", w, "--run", "r", "--split", "train"]).exit_code == 0
     )

@@ -66,7 +66,9 @@ def test_tcd_learns_a_planted_signal_far_above_chance(tmp_path):
     assert best["val_r1"] > 10 * (100 / n_val)  # chance is 2.5%
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == list(range(6))
-    assert {"loss", "nce", "nce_tv", "nce_to", "nce_th", "hsc", "val_r1", "lr"} <= set(lines[0])
+    assert {"loss", "nce", "nce_tv", "nce_to", "nce_th", "hsc", "val_r1", "val_loss", "lr"} <= set(
+        lines[0]
+    )
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
     assert 'kind = "tcd"' in (tmp_path / "run" / "config.toml").read_text()
     head, config = load_head(tmp_path / "run", DV, DT)
