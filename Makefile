@@ -16,7 +16,7 @@ QUERY  ?= The bakery SUNRISE BREAD is on a busy street
 SET    ?=
 SETS   := $(foreach s,$(SET),--set $(s))
 
-.PHONY: setup test test-slow demo synth manifest ocr caption captions encode features train ablate ablations eval results index search report export status gc lint clean
+.PHONY: setup test test-slow demo synth manifest ocr caption captions encode features train ablate ablations eval results bench index search report export status gc lint clean
 
 # .venv is (re)built when missing or when the pinned requirements change.
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -113,6 +113,12 @@ status: setup
 
 gc: setup
 	$(TCD) cache gc --work $(WORK)
+
+# Benchmarks (not tests): each prints its figures and writes bench/results/NAME.json.
+BENCHES ?= extraction incremental memory heads_scale retrieval_scale
+bench: setup
+	@for b in $(BENCHES); do echo "== bench.$$b"; s=$$(date +%s); \
+	$(BIN)/python -m bench.$$b || exit 1; echo "[bench] $$b: $$(( $$(date +%s) - s )) s"; done
 
 lint: setup
 	$(BIN)/pip install --quiet ruff && $(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -21,7 +20,7 @@ from heads.ablate import (
     run_study,
     summarise,
 )
-from heads.cost import flops, ocr_texts_per_video
+from heads.cost import flops, ms_per_1k_pairs, ocr_texts_per_video
 from heads.data import Features, load_features
 from heads.train import RunConfig, load_head, score_matrix, train
 from pipeline.captions import caption_group, run_captions
@@ -63,16 +62,14 @@ def features(
 def evaluate(run_dir: Path, data: Features) -> dict[str, float]:
     """A run's metrics on `data`, and what its head costs (heads/cost.py)."""
     head, config = load_head(run_dir, data.frames.shape[-1], data.queries.shape[-1])
-    started = time.perf_counter()
     sim = score_matrix(head, data)
-    seconds = time.perf_counter() - started
     return {
         **t2v_metrics(sim, data.query_video),
         **{f"v2t_{k}": v for k, v in v2t_metrics(sim, data.query_video).items()},
         "params": sum(p.numel() for p in head.parameters()),
         "ocr_texts": ocr_texts_per_video(config.head, data),
         **flops(head, data),
-        "ms_per_1k_pairs": 1e6 * seconds / max(1, sim.size),
+        "ms_per_1k_pairs": ms_per_1k_pairs(head, data),
     }
 
 
@@ -153,6 +150,8 @@ def register(app: typer.Typer) -> None:
             run_dir = store.path / "runs" / "ablate" / variant.name / f"seed{seed}"
             best = train(config, train_data, run_dir)
             result = evaluate(run_dir, eval_data)
+            epochs = (run_dir / "metrics.jsonl").read_text().splitlines()
+            result["train_s"] = sum(json.loads(line)["seconds"] for line in epochs)
             typer.echo(
                 f"{variant.name} seed {seed}: best epoch {best['epoch']}, "
                 f"{split} t2v R@1 {result['R@1']:.1f}"

@@ -35,6 +35,7 @@ class Column:
     key: str
     header: str
     digits: int = 1
+    spread: bool = True  # show "± sd" (off for what does not vary with the seed)
 
 
 def read_grid(path: Path) -> list[Variant]:
@@ -114,7 +115,7 @@ def run_study(
                     "variant": variant.name,
                     "seed": seed,
                     **result,
-                    "seconds": time.monotonic() - started,
+                    "wall_s": time.monotonic() - started,
                 }
             )
     return rows
@@ -163,7 +164,7 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[Column]) -> str:
             elif isinstance(value, float):
                 cell = f"{value:,.{column.digits}f}"
                 spread = row.get(f"{column.key}_sd")
-                if spread is not None and row.get("seeds", 1) > 1:
+                if column.spread and spread is not None and row.get("seeds", 1) > 1:
                     cell += f" ± {spread:,.{column.digits}f}"
                 cells.append(cell)
             elif isinstance(value, int) and not isinstance(value, bool):
@@ -191,10 +192,10 @@ QUALITY_COLUMNS = [
 ]
 COST_COLUMNS = [
     Column("variant", "variant"),
-    Column("ocr_texts", "OCR texts / video"),
-    Column("params", "head params", 0),
-    Column("video_mflops", "MFLOPs / video"),
-    Column("pair_mflops", "MFLOPs / pair", 2),
+    Column("ocr_texts", "OCR texts / video", spread=False),
+    Column("params", "head params", 0, spread=False),
+    Column("video_mflops", "MFLOPs / video", spread=False),
+    Column("pair_mflops", "MFLOPs / pair", 3, spread=False),
     Column("ms_per_1k_pairs", "ms / 1k pairs", 2),
-    Column("seconds", "train + eval s", 0),
+    Column("train_s", "train s", 0),
 ]

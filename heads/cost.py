@@ -1,4 +1,5 @@
-"""What a head costs: OCR texts it reads per video, and matmul FLOPs per video and per pair.
+"""What a head costs: OCR texts it reads per video, matmul FLOPs per video and per pair, and
+measured time per 1k scored pairs.
 
 TCD's text-condition makes part of the video side depend on the query, so its cost splits
 into a per-video part (projections, co-attention) and a per-(query, video) part. FLOPs are
@@ -9,12 +10,16 @@ F(q, n) = n*video + q*query + q*n*pair, so pair = F(2,2) - F(2,1) - F(1,2) + F(1
 
 from __future__ import annotations
 
+import time
+
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from heads.data import Features
 from heads.modules import HeadSettings
+from heads.train import score_matrix
 
 
 def ocr_texts_per_video(settings: HeadSettings, features: Features) -> float:
@@ -42,3 +47,20 @@ def flops(head: nn.Module, features: Features) -> dict[str, float]:
     f11, f12, f21, f22 = count(1, 1), count(1, 2), count(2, 1), count(2, 2)
     pair = f22 - f21 - f12 + f11
     return {"video_mflops": (f12 - f11 - pair) / 1e6, "pair_mflops": pair / 1e6}
+
+
+def ms_per_1k_pairs(
+    head: nn.Module, features: Features, size: int = 256, repeats: int = 5
+) -> float:
+    """Median wall time of exact scoring, per 1,000 (query, video) pairs, over `repeats` passes
+    of at most `size` queries x `size` videos (per-video work included, amortised over the
+    queries, as in a full matrix)."""
+    videos = np.arange(min(size, features.n_videos))
+    block = features.subset(videos)
+    block.queries, block.query_video = block.queries[:size], block.query_video[:size]
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        sim = score_matrix(head, block)
+        times.append(time.perf_counter() - started)
+    return 1e6 * float(np.median(times)) / max(1, sim.size)

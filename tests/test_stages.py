@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cache import WorkDir
 from pipeline.captions import (
@@ -281,6 +282,14 @@ def test_model_errors():
         load_text("clip-tiny-random")
     with pytest.raises(ModelError, match="cannot load vision model"):
         load_vision("/nonexistent/clip")
+
+
+def test_random_b32_has_the_real_architecture():
+    encoder = load_vision("clip-vit-b32-random", torch.device("cpu"))
+    assert (encoder.image_size, encoder.dim) == (224, 512)
+    assert sum(p.numel() for p in encoder.model.parameters()) > 87_000_000  # ViT-B/32 + proj
+    out = encoder(np.zeros((2, 216, 384, 3), np.uint8))
+    assert out.shape == (2, 512) and np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
 
 
 def tcd(*args: str, **kwargs) -> subprocess.Popen:

@@ -1,0 +1,60 @@
+"""The benchmarks run end to end at toy sizes and write their JSON (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+import bench.common
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench.common, "RESULTS", tmp_path)
+    return tmp_path
+
+
+def run(module, monkeypatch, *argv: str) -> None:
+    monkeypatch.setattr(sys, "argv", [module.__name__, *argv])
+    module.main()
+
+
+def test_retrieval_scale(results, monkeypatch):
+    from bench import retrieval_scale
+
+    run(retrieval_scale, monkeypatch, "--sizes", "3000", "--queries", "50", "--clusters", "20")
+    out = json.loads((results / "retrieval_scale.json").read_text())
+    assert out["machine"]["cores"] >= 1 and out["command"].startswith("python -m bench.")
+    size = out["results"]["sizes"][0]
+    assert size["videos"] == 3000 and size["flat"]["recall_at_10"] == 1.0
+    assert 0 < size["ivf"]["sweep"]["64"]["recall_at_10"] <= 1.0
+    assert size["hnsw"]["sweep"]["256"]["recall_at_10"] > 0.5
+
+
+def test_heads_scale(results, monkeypatch):
+    from bench import heads_scale
+
+    args = ["--videos", "200", "--captions", "400", "--test", "60", "--epochs", "2", "--k", "10"]
+    run(heads_scale, monkeypatch, *args)
+    out = json.loads((results / "heads_scale.json").read_text())["results"]
+    assert out["epochs_run"] == 2 and out["train_captions"] == 400
+    assert out["test_t2v_r1"] > 10 * 100 / 60  # the planted signal is learned
+    assert out["two_stage"]["k"] == 10 and out["peak_rss_mb"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name, argv",
+    [
+        ("extraction", ["--videos", "3"]),
+        ("incremental", ["--videos", "10"]),
+        ("memory", ["--short-seconds", "3", "--long-seconds", "20"]),
+    ],
+)
+def test_pipeline_benchmarks(results, monkeypatch, name, argv):
+    import importlib
+
+    run(importlib.import_module(f"bench.{name}"), monkeypatch, *argv)
+    assert json.loads((results / f"{name}.json").read_text())["results"]
