@@ -22,7 +22,7 @@ from heads.ablate import (
 )
 from heads.cost import flops, ms_per_1k_pairs, ocr_texts_per_video
 from heads.data import Features, load_features
-from heads.train import RunConfig, load_head, score_matrix, train
+from heads.train import RunConfig, finished_run, load_head, score_matrix, train
 from pipeline.captions import caption_group, run_captions
 from pipeline.encode import frame_group, ocr_text_group, query_group, run_encode
 from pipeline.ocr import ocr_group
@@ -100,9 +100,12 @@ def register(app: typer.Typer) -> None:
         store = WorkDir(work)
         run_config = load_settings(RunConfig, config, set_ or [])
         name = name or config.stem
-        data = features(store, "train", memory_budget_gb)
-        best = _train_one(store, name, run_config, data)
         where = store.path / "runs" / name
+        best = finished_run(run_config, where)
+        if best is None:  # (a finished run needs no features: a rerun returns at once)
+            best = _train_one(store, name, run_config, features(store, "train", memory_budget_gb))
+        else:
+            typer.echo(f"{name}: already trained with this config")
         typer.echo(f"best epoch {best['epoch']} (val t2v R@1 {best['val_r1']:.1f}); run in {where}")
 
     @app.command("ablate")

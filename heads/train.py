@@ -168,6 +168,22 @@ def split_train_val(
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def finished_run(config: RunConfig, run_dir: Path) -> dict[str, Any] | None:
+    """The best epoch's record when `run_dir` holds a finished run of this exact config
+    (all epochs done or stopped early), else None. Reads only last.pt."""
+    last = run_dir / "last.pt"
+    if not last.exists():
+        return None
+    state = load_checkpoint(last)
+    if state.get("config") != dump_toml(to_dict(config)):
+        return None
+    best = {"val_loss": math.inf, **json.loads(state["best"])}
+    epoch = int(state["epoch"])
+    stale = epoch - best["epoch"]
+    done = epoch + 1 >= config.train.epochs or stale >= config.train.patience
+    return best if done else None
+
+
 def train(
     config: RunConfig,
     features: Features,
@@ -221,7 +237,7 @@ def train(
     use_hsc = settings.hsc and config.head.kind == "tcd"
     stale = 0 if best["epoch"] < 0 else start_epoch - 1 - best["epoch"]
     if stale >= settings.patience or start_epoch >= settings.epochs:
-        return best  # this config already finished here: nothing to do
+        return best  # this config already finished here (see finished_run): nothing to do
 
     for epoch in range(start_epoch, settings.epochs):
         started = time.monotonic()

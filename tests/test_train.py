@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -15,6 +16,7 @@ from heads.train import (
     CheckpointError,
     RunConfig,
     TrainSettings,
+    finished_run,
     load_checkpoint,
     load_head,
     recall_at_1,
@@ -101,11 +103,17 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
 
 def test_rerunning_an_early_stopped_run_does_no_work(tmp_path):
     data = planted(n=64)
-    config = RunConfig(HeadSettings(heads=2), TrainSettings(epochs=40, batch_size=16, patience=1))
+    # a far too high learning rate: validation soon stops improving and training stops early
+    config = RunConfig(
+        HeadSettings(heads=2), TrainSettings(epochs=40, batch_size=16, lr=0.5, patience=1)
+    )
     first = train(config, data, tmp_path / "run")
     lines = (tmp_path / "run" / "metrics.jsonl").read_text()
     assert len(lines.splitlines()) < 40  # stopped early
     last = (tmp_path / "run" / "last.pt").read_bytes()
+    assert finished_run(config, tmp_path / "run") == first
+    longer = RunConfig(config.head, dataclasses.replace(config.train, patience=50))
+    assert finished_run(longer, tmp_path / "run") is None  # another config: not finished
     assert train(config, data, tmp_path / "run") == first
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == lines
     assert (tmp_path / "run" / "last.pt").read_bytes() == last
