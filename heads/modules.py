@@ -89,6 +89,18 @@ class ProjectedHead(nn.Module):
         self.frame_in = projection(frame_dim, self.width)
         self.text_in = projection(text_dim, self.width)  # shared by queries and captions
 
+    def encode(self, **videos: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The query-independent part of the video side, computed once per video: a dict of
+        tensors with the videos on the first axis (so they can be indexed, e.g. candidates)."""
+        raise NotImplementedError
+
+    def score(self, query: torch.Tensor, videos: dict[str, torch.Tensor]) -> Scores:
+        """Scores of raw query features (Q, Dt) against encoded videos -> (Q, N)."""
+        raise NotImplementedError
+
+    def forward(self, query: torch.Tensor, **videos: torch.Tensor) -> Scores:
+        return self.score(query, self.encode(**videos))
+
 
 class CoAttention(nn.Module):
     """One cross-attention block each way (frames read captions, captions read frames).
@@ -147,65 +159,107 @@ class ClueDistiller(nn.Module):
         self.norm_v = nn.LayerNorm(width)
         self.norm_o = nn.LayerNorm(width)
 
+    def prepare(self, v: torch.Tensor, o: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The per-video part: attention logits and mapped value rows of both reads."""
+        o_logits, o_values = self._keys_values(self.read_o, self.clue_v, o)
+        v_logits, v_values = self._keys_values(self.read_v, self.clue_o, v)
+        return {
+            "o_logits": o_logits,
+            "o_values": o_values,
+            "v_logits": v_logits,
+            "v_values": v_values,
+        }
+
     def forward(
         self,
-        v: torch.Tensor,
-        o: torch.Tensor,
+        prepared: dict[str, torch.Tensor],
         o_mask: torch.Tensor,
         v_scale: torch.Tensor | None = None,
         o_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """v, o: (N, T, D) per video; o_mask (N, T); v_scale, o_scale: (Q, N, T) text-condition
-        weights, None for unconditioned. Returns the hybrid clue, (Q, N, D) or (N, D)."""
+        """prepared: from `prepare` (N videos); o_mask (N, T); v_scale, o_scale: (Q, N, T)
+        text-condition weights, None for unconditioned. Returns the hybrid clue, (Q, N, D) or
+        (N, D) without scales."""
         pairs = v_scale is not None
         if v_scale is None or o_scale is None:
-            v_scale = o_scale = torch.ones(1, *v.shape[:2], dtype=v.dtype, device=v.device)
-        c_v = self._read(self.read_o, self.clue_v, o, self.type_o, o_scale, o_mask)
-        c_o = self._read(self.read_v, self.clue_o, v, self.type_v, v_scale, None)
+            n, t = o_mask.shape
+            v_scale = o_scale = torch.ones(
+                1, n, t, dtype=prepared["o_values"].dtype, device=o_mask.device
+            )
+        c_v = self._attend(
+            self.read_o,
+            self.clue_v,
+            self.type_o,
+            prepared["o_logits"],
+            prepared["o_values"],
+            o_scale,
+            o_mask,
+        )
+        c_o = self._attend(
+            self.read_v,
+            self.clue_o,
+            self.type_v,
+            prepared["v_logits"],
+            prepared["v_values"],
+            v_scale,
+            None,
+        )
         c_v = self.norm_v(self.clue_v + self.type_ctx + c_v)
         c_o = self.norm_o(self.clue_o + self.type_ctx + c_o)
         clue = (c_v + c_o) / 2
         return clue if pairs else clue.squeeze(0)
 
-    def _read(
-        self,
-        attn: nn.MultiheadAttention,
-        clue: torch.Tensor,
-        x: torch.Tensor,
-        type_x: torch.Tensor,
-        scale: torch.Tensor,
-        mask: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Cross-attention of one clue over [null; scale * x + type_x] -> (Q, N, D)."""
-        n, t, d = x.shape
-        h = attn.num_heads
+    def _maps(self, attn: nn.MultiheadAttention, clue: torch.Tensor):
+        """The clue's scaled attention query (h, D/h), the key, value and output maps."""
+        d, h = attn.embed_dim, attn.num_heads
         w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
         b_q, b_k, b_v = attn.in_proj_bias.chunk(3)
         query = F.linear((clue + self.type_ctx).view(1, d), w_q, b_q).view(h, d // h)
-        query = query / (d // h) ** 0.5
-        null = (self.null + type_x).view(1, d)
-        # the output map is linear too: apply it per head to the value rows, once per video
         w_out = attn.out_proj.weight.view(d, h, d // h)
 
-        def values(rows: torch.Tensor) -> torch.Tensor:  # (..., D) -> (..., h, D) mapped
-            v = rows.view(*rows.shape[:-1], h, d // h)
-            return torch.einsum("...hc,ehc->...he", v, w_out)
+        def values(rows: torch.Tensor, bias: bool) -> torch.Tensor:  # (..., D) -> (..., h, D)
+            v = F.linear(rows, w_v, b_v if bias else None)
+            return torch.einsum("...hc,ehc->...he", v.view(*v.shape[:-1], h, d // h), w_out)
 
-        k_x, v_x = F.linear(x, w_k).view(n, t, h, -1), values(F.linear(x, w_v))  # per video
-        k_e, v_e = F.linear(type_x.view(1, d), w_k, b_k), values(F.linear(type_x.view(d), w_v, b_v))
-        k_null, v_null = F.linear(null, w_k, b_k), values(F.linear(null.view(d), w_v, b_v))
-        logit_x = torch.einsum("hc,nthc->nht", query, k_x)
+        return query / (d // h) ** 0.5, (w_k, b_k), values
+
+    def _keys_values(
+        self, attn: nn.MultiheadAttention, clue: torch.Tensor, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per video: the clue's logits over the rows of x (N, h, T) and their values
+        (N, T, h, D) already through the output map (bias-free: biases enter in _attend)."""
+        n, t, _ = x.shape
+        query, (w_k, _), values = self._maps(attn, clue)
+        keys = F.linear(x, w_k).view(n, t, attn.num_heads, -1)
+        return torch.einsum("hc,nthc->nht", query, keys), values(x, bias=False)
+
+    def _attend(
+        self,
+        attn: nn.MultiheadAttention,
+        clue: torch.Tensor,
+        type_x: torch.Tensor,
+        logit_x: torch.Tensor,
+        value_x: torch.Tensor,
+        scale: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Per pair: cross-attention of the clue over [null; scale * x + type_x] -> (Q, N, D)."""
+        d, h = attn.embed_dim, attn.num_heads
+        query, (w_k, b_k), values = self._maps(attn, clue)
+        null = (self.null + type_x).view(d)
+        k_e, k_null = F.linear(type_x.view(d), w_k, b_k), F.linear(null, w_k, b_k)
+        v_e, v_null = values(type_x.view(d), bias=True), values(null, bias=True)  # (h, D)
         logit_e = (query * k_e.view(h, -1)).sum(-1)  # (h,)
         logit_null = (query * k_null.view(h, -1)).sum(-1)
         logits = scale.unsqueeze(2) * logit_x.unsqueeze(0) + logit_e[:, None]  # (Q, N, h, T)
         if mask is not None:
             logits = logits.masked_fill(~mask[None, :, None, :], float("-inf"))
-        q_n = scale.shape[0]
+        q_n, n = scale.shape[:2]
         logits = torch.cat([logit_null[None, None, :, None].expand(q_n, n, h, 1), logits], -1)
         weights = F.dropout(torch.softmax(logits, dim=-1), attn.dropout, self.training)
         w_null, w_x = weights[..., 0], weights[..., 1:]
         return (
-            torch.einsum("qnht,nthe->qne", w_x * scale.unsqueeze(2), v_x)
+            torch.einsum("qnht,nthe->qne", w_x * scale.unsqueeze(2), value_x)
             + torch.einsum("qnh,he->qne", w_x.sum(-1), v_e)
             + torch.einsum("qnh,he->qne", w_null, v_null)
             + attn.out_proj.bias
@@ -256,33 +310,45 @@ class TCDHead(ProjectedHead):
             logits = logits.masked_fill(~mask.unsqueeze(0), float("-inf"))
         return t * torch.softmax(logits, dim=-1).nan_to_num(0.0)  # all-masked rows -> zeros
 
-    def forward(self, query, frames, captions, caption_mask, **_: object) -> Scores:
-        q = self.text_in(query)
+    def encode(self, frames, captions, caption_mask, **_: object) -> dict[str, torch.Tensor]:
+        """Per video: co-attended V and O, their rows through the tv/to branch projections
+        (linear maps commute with the weighted mean of `score`), and CTCD's prepared part."""
         v, o = self.encode_videos(frames, captions, caption_mask)
+        out = {"v": v, "o": o, "caption_mask": caption_mask}
+        for branch, x in (("tv", v), ("to", o)):
+            if branch in self.branches:
+                out[f"{branch}_rows"] = F.linear(x, self.video_proj[f"s_{branch}"].weight)
+        if "th" in self.branches:
+            out.update(self.ctcd.prepare(v, o))
+        return out
+
+    def score(self, query: torch.Tensor, videos: dict[str, torch.Tensor]) -> Scores:
+        v, o, caption_mask = videos["v"], videos["o"], videos["caption_mask"]
+        q = self.text_in(query)
         v_w = self.condition(q, v, None)
         o_w = self.condition(q, o, caption_mask)
         has_text = caption_mask.any(dim=1)
         counts = caption_mask.sum(1).clamp(min=1).to(o.dtype)[:, None]
-        # masked means of the re-weighted sequences, projected per video before pooling
-        # (linear maps commute with the weighted mean, so no per-pair D x D product)
-        pooled = {}
+        pooled = {}  # projected masked means of the re-weighted sequences, per pair
         if "tv" in self.branches:
-            pooled["tv"] = self._pool_projected("tv", v_w, v, v.shape[1])
+            pooled["tv"] = self._pool_projected("tv", v_w, videos["tv_rows"], v.shape[1])
         if "to" in self.branches:
-            pooled["to"] = self._pool_projected("to", o_w * caption_mask, o, counts)
+            pooled["to"] = self._pool_projected("to", o_w * caption_mask, videos["to_rows"], counts)
         if "th" in self.branches:
-            pooled["th"] = self.video_proj["s_th"](self.ctcd(v, o, caption_mask, v_w, o_w))
+            clue = self.ctcd(videos, caption_mask, v_w, o_w)
+            pooled["th"] = self.video_proj["s_th"](clue)
         branches = {b: cosine(self.query_proj[f"s_{b}"](q), pooled[b]) for b in self.branches}
         if "to" in branches:  # a video without scene text has no OCR evidence, not negative
             branches["to"] = branches["to"] * has_text.to(q.dtype).unsqueeze(0)
         return Scores(torch.stack(list(branches.values())).mean(0), branches)
 
     def _pool_projected(
-        self, branch: str, weights: torch.Tensor, x: torch.Tensor, norm: torch.Tensor | int
+        self, branch: str, weights: torch.Tensor, rows: torch.Tensor, norm: torch.Tensor | int
     ) -> torch.Tensor:
-        """video_proj(sum_t weights_t * x_t / norm) for every pair: (Q, N, T), (N, T, D)."""
-        proj = self.video_proj[f"s_{branch}"]
-        return torch.einsum("qnt,ntd->qnd", weights, F.linear(x, proj.weight)) / norm + proj.bias
+        """video_proj(sum_t weights_t * x_t / norm) per pair, from the projected rows W x_t:
+        (Q, N, T), (N, T, D) -> (Q, N, D)."""
+        bias = self.video_proj[f"s_{branch}"].bias
+        return torch.einsum("qnt,ntd->qnd", weights, rows) / norm + bias
 
     def video_embeddings(self, frames, captions, caption_mask, **_: object) -> torch.Tensor:
         """Text-condition off: one vector per video, (N, len(branches) * D), for FAISS.
@@ -292,7 +358,7 @@ class TCDHead(ProjectedHead):
         v, o = self.encode_videos(frames, captions, caption_mask)
         pooled = {"tv": v.mean(1), "to": masked_mean(o, caption_mask, dim=1)}
         if "th" in self.branches:
-            pooled["th"] = self.ctcd(v, o, caption_mask)
+            pooled["th"] = self.ctcd(self.ctcd.prepare(v, o), caption_mask)
         parts = [F.normalize(self.video_proj[f"s_{b}"](pooled[b]), dim=-1) for b in self.branches]
         if "to" in self.branches:
             i = self.branches.index("to")
@@ -348,8 +414,11 @@ class VideoOnlyHead(ProjectedHead):
         super().__init__(settings, frame_dim, text_dim)
         self.branches = ("tv",)
 
-    def forward(self, query, frames, **_: object) -> Scores:
-        score = cosine(self.text_in(query), self.frame_in(frames).mean(1))
+    def encode(self, frames, **_: object) -> dict[str, torch.Tensor]:
+        return {"v": self.frame_in(frames).mean(1)}
+
+    def score(self, query: torch.Tensor, videos: dict[str, torch.Tensor]) -> Scores:
+        score = cosine(self.text_in(query), videos["v"])
         return Scores(score, {"tv": score})
 
     def video_embeddings(self, frames, **_: object) -> torch.Tensor:
@@ -383,11 +452,14 @@ class OcrInstancesHead(ProjectedHead):
         )
         return pooled.squeeze(1), empty
 
-    def forward(self, query, frames, instances, instance_mask, **_: object) -> Scores:
-        q = self.text_in(query)
-        tv = cosine(q, self.frame_in(frames).mean(1))
+    def encode(self, frames, instances, instance_mask, **_: object) -> dict[str, torch.Tensor]:
         pooled, empty = self._pooled_ocr(instances, instance_mask)
-        to = cosine(q, pooled) * (~empty).to(q.dtype).unsqueeze(0)
+        return {"v": self.frame_in(frames).mean(1), "ocr": pooled, "empty": empty}
+
+    def score(self, query: torch.Tensor, videos: dict[str, torch.Tensor]) -> Scores:
+        q = self.text_in(query)
+        tv = cosine(q, videos["v"])
+        to = cosine(q, videos["ocr"]) * (~videos["empty"]).to(q.dtype).unsqueeze(0)
         return Scores((tv + to) / 2, {"tv": tv, "to": to})
 
     def video_embeddings(self, frames, instances, instance_mask, **_: object) -> torch.Tensor:

@@ -87,6 +87,7 @@ def score_matrix(
 ) -> np.ndarray:
     """Full scores (queries x videos), computed in square blocks of queries x videos sized so
     the per-pair tensors (about 8 of Q x N x T x D floats) stay within `memory_budget` bytes.
+    Each video block is encoded once (`head.encode`) and scored against every query block.
     Runs on the GPU when present."""
     device = torch.device(device) if device is not None else device_for_training()
     head = head.to(device).eval()
@@ -96,10 +97,9 @@ def score_matrix(
     out = np.zeros((len(queries), features.n_videos), np.float32)
     for start in range(0, features.n_videos, block):
         index = slice(start, min(start + block, features.n_videos))
+        videos = head.encode(**features.video_batch(index, device))  # once per video
         for q0 in range(0, len(queries), block):
-            scores = head(
-                query=queries[q0 : q0 + block], **features.video_batch(index, device)
-            ).total
+            scores = head.score(queries[q0 : q0 + block], videos).total
             out[q0 : q0 + block, index] = scores.float().cpu().numpy()
     return out
 
@@ -281,6 +281,7 @@ def train(
         record = {"epoch": epoch, **{k: v / steps_per_epoch for k, v in sums.items()}}
         record["lr"] = scheduler.get_last_lr()[0]
         record["temperature"] = float(1 / model.log_scale.exp().item())
+        record["train_seconds"] = time.monotonic() - started
         if val is not None and len(val.queries):
             sim = score_matrix(model.head, val, settings.score_memory_gb * 1e9, device)
             record["val_r1"] = recall_at_1(sim, val.query_video)

@@ -106,9 +106,7 @@ class TwoStageResult:
 
 
 @torch.no_grad()
-def two_stage(
-    head: nn.Module, features: Features, index: faiss.Index, k: int, batch: int = 64
-) -> TwoStageResult:
+def two_stage(head: nn.Module, features: Features, index: faiss.Index, k: int) -> TwoStageResult:
     """Stage 1 FAISS top-k on query-independent embeddings; stage 2 full-head rerank."""
     head.eval()
     k = min(k, features.n_videos)
@@ -119,11 +117,17 @@ def two_stage(
     scores = np.full((len(features.queries), features.n_videos), -np.inf, np.float32)
     device = head_device(head)
     queries = torch.from_numpy(features.queries).float().to(device)
-    for q in range(len(queries)):
-        for s in range(0, k, batch):
-            cand = candidates[q, s : s + batch]
-            out = head(query=queries[q : q + 1], **features.video_batch(cand, device)).total
-            scores[q, cand] = out[0].float().cpu().numpy()
+    with torch.no_grad():
+        parts = [  # every video encoded once; each query then scores only its candidates
+            head.encode(**features.video_batch(slice(s, s + 512), device))
+            for s in range(0, features.n_videos, 512)
+        ]
+        videos = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+        for q in range(len(queries)):
+            cand = torch.from_numpy(candidates[q]).to(device)
+            picked = {name: value[cand] for name, value in videos.items()}
+            out = head.score(queries[q : q + 1], picked).total
+            scores[q, candidates[q]] = out[0].float().cpu().numpy()
     stage2 = time.monotonic() - started
     hit = (candidates == features.query_video[:, None]).any(axis=1)
     return TwoStageResult(scores, candidates, float(100 * hit.mean()), stage1, stage2)

@@ -147,12 +147,16 @@ def test_ctcd_clue_reads_the_other_modality():
     v = torch.randn(2, T, DT)
     o = torch.randn(2, T, DT)
     mask = torch.ones(2, T, dtype=torch.bool)
+
+    def clue(v, o, mask):
+        return distiller(distiller.prepare(v, o), mask)
+
     with torch.no_grad():
-        base = distiller(v, o, mask)
+        base = clue(v, o, mask)
         assert base.shape == (2, DT)
-        assert not torch.allclose(base, distiller(v, torch.randn(2, T, DT), mask))
-        assert not torch.allclose(base, distiller(torch.randn(2, T, DT), o, mask))
-        empty = distiller(v, o, torch.zeros(2, T, dtype=torch.bool))
+        assert not torch.allclose(base, clue(v, torch.randn(2, T, DT), mask))
+        assert not torch.allclose(base, clue(torch.randn(2, T, DT), o, mask))
+        empty = clue(v, o, torch.zeros(2, T, dtype=torch.bool))
         assert torch.isfinite(empty).all()
 
 
