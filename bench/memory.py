@@ -3,8 +3,9 @@
 Two synthetic sets of 2 videos each (10 s and `--long-seconds`, 384x216 at 10 fps) go
 through the stages, each stage in its own fresh process (decoding in-process, no DataLoader
 workers, so the figure covers it); the peak resident memory of that process is reported.
-Streaming decode keeps the two within a small factor: only the sampled frames, in batches,
-are ever held.
+`decode` is OCR's frame sampling decoded and dropped (the streaming part alone; only the
+sampled frames, in batches, are ever held), `ocr` adds rapidocr, `encode` the captions and
+the three encoders.
 
     python -m bench.memory [--long-seconds 600]
 """
@@ -27,7 +28,13 @@ from pipeline.captions import CaptionSettings, run_captions
 from pipeline.encode import EncodeSettings, run_encode
 from pipeline.ocr import OcrSettings, run_ocr
 work, stage = WorkDir(sys.argv[1]), sys.argv[2]
-if stage == "ocr":
+if stage == "decode":  # OCR's frame sampling, decoded and dropped: the streaming part alone
+    from pipeline.video import ocr_times, read_frames
+    videos = work.manifest.videos.read(["path", "duration"])
+    for path, duration in zip(videos["path"], videos["duration"]):
+        for _ in read_frames(str(path), ocr_times(float(duration), 2, 64), 8):
+            pass
+elif stage == "ocr":
     run_ocr(work, OcrSettings(), progress=False)
 else:
     run_captions(work, CaptionSettings(), OcrSettings(), progress=False)
@@ -67,11 +74,12 @@ def main() -> None:
             work = make_set(Path(tmp) / name, seconds)
             results[name] = {
                 "seconds": seconds,
+                "decode_peak_rss_mb": peak(work, "decode"),
                 "ocr_peak_rss_mb": peak(work, "ocr"),
                 "encode_peak_rss_mb": peak(work, "encode"),
             }
             print(f"{name} ({seconds:.0f} s videos): {results[name]}")
-    for stage in ("ocr", "encode"):
+    for stage in ("decode", "ocr", "encode"):
         key = f"{stage}_peak_rss_mb"
         results[f"{stage}_long_over_short"] = results["long"][key] / results["short"][key]
         print(f"{stage}: long / short peak memory = {results[f'{stage}_long_over_short']:.2f}")
