@@ -27,6 +27,26 @@ from cache.errors import TcdError
 
 TINY_CLIP = "clip-tiny-random"
 B32_RANDOM = "clip-vit-b32-random"
+RANDOM_VISION = {  # randomly initialised CLIP vision towers (fixed seed), by name
+    TINY_CLIP: dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=64,
+        patch_size=16,
+        projection_dim=64,
+    ),
+    B32_RANDOM: dict(  # openai/clip-vit-base-patch32's vision tower
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        image_size=224,
+        patch_size=32,
+        projection_dim=512,
+    ),
+}
 MINILM = "minilm"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -124,28 +144,8 @@ def load_vision(name: str, device: torch.device | None = None) -> VisionEncoder:
 
     _quiet_transformers()
     device = device or default_device()
-    if name in (TINY_CLIP, B32_RANDOM):
-        config = (
-            CLIPVisionConfig(
-                hidden_size=64,
-                intermediate_size=128,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                image_size=64,
-                patch_size=16,
-                projection_dim=64,
-            )
-            if name == TINY_CLIP
-            else CLIPVisionConfig(  # openai/clip-vit-base-patch32's vision tower
-                hidden_size=768,
-                intermediate_size=3072,
-                num_hidden_layers=12,
-                num_attention_heads=12,
-                image_size=224,
-                patch_size=32,
-                projection_dim=512,
-            )
-        )
+    if name in RANDOM_VISION:
+        config = CLIPVisionConfig(**RANDOM_VISION[name])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = CLIPVisionModelWithProjection(config)
@@ -165,7 +165,7 @@ def load_text(name: str, device: torch.device | None = None) -> TextEncoder:
     """A frozen text encoder by name (see module docstring)."""
     device = device or default_device()
     _quiet_transformers()
-    if name in (TINY_CLIP, B32_RANDOM):
+    if name in RANDOM_VISION:
         raise ModelError(
             f"{name} has no tokenizer offline (CLIP's tokenizer files come from the hub); "
             "use --text-model minilm"
