@@ -43,13 +43,8 @@ def planted(n_videos: int, n_queries: int, seed: int) -> Features:
     mask[:, 0] = True
     noise = rng.standard_normal((n_videos, T, D), dtype=np.float32)
     captions = unit(key[:, None] + 1.5 * noise) * mask[..., None]
-    query_video = (
-        np.sort(
-            np.concatenate([np.arange(n_videos), rng.integers(0, n_videos, n_queries - n_videos)])
-        )
-        if n_queries > n_videos
-        else np.arange(n_queries)
-    )
+    extra = rng.integers(0, n_videos, max(0, n_queries - n_videos))  # more captions, random videos
+    query_video = np.sort(np.concatenate([np.arange(min(n_videos, n_queries)), extra]))
     queries = unit(
         key[query_video] + 1.5 * rng.standard_normal((len(query_video), D), dtype=np.float32)
     )

@@ -195,6 +195,9 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     config_text = dump_toml(to_dict(config))
     (run_dir / "config.toml").write_text(config_text)
+    finished = finished_run(config, run_dir)
+    if finished is not None:
+        return finished  # this config already finished here: nothing to do
     torch.manual_seed(settings.seed)
     device = device_for_training()
     train_idx, val_idx = split_train_val(features, settings.val_fraction, settings.seed)
@@ -236,8 +239,6 @@ def train(
     )
     use_hsc = settings.hsc and config.head.kind == "tcd"
     stale = 0 if best["epoch"] < 0 else start_epoch - 1 - best["epoch"]
-    if stale >= settings.patience or start_epoch >= settings.epochs:
-        return best  # this config already finished here (see finished_run): nothing to do
 
     for epoch in range(start_epoch, settings.epochs):
         started = time.monotonic()
