@@ -7,13 +7,14 @@ from cache.errors import CacheError, LockBusy, SettingsError, TcdError
 from cache.keys import content_key, settings_key, text_key
 from cache.lock import WriterLock
 from cache.settings import apply_overrides, load_settings
-from cache.store import Manifest, StageGroup, Table, WorkDir
+from cache.store import Manifest, Shard, StageGroup, Table, WorkDir
 
 __all__ = [
     "CacheError",
     "LockBusy",
     "Manifest",
     "SettingsError",
+    "Shard",
     "StageGroup",
     "Table",
     "TcdError",

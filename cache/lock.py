@@ -87,4 +87,4 @@ def _read_holder(fd: int) -> str:
         info = json.loads(os.pread(fd, 4096, 0) or b"{}")
         return f"pid {info['pid']} on {info['host']}"
     except (ValueError, KeyError):
-        return "a stage that reads it"
+        return "a reader or a sharded worker"

@@ -23,7 +23,9 @@ chunk files are written atomically by zarr's LocalStore (temp file + rename).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,6 +186,34 @@ class Manifest:
         return self.videos if rows == "videos" else self.captions
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Worker `index` of `count` sharing one stage group: it takes the rows r with
+    r % count == index, so workers started with one `count` never touch the same row."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise CacheError(f"shard {self}: expected i/n with 0 <= i < n")
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """'i/n', e.g. '0/2' and '1/2' for two workers."""
+        try:
+            index, count = (int(part) for part in text.split("/"))
+        except ValueError:
+            raise CacheError(f"--shard {text!r}: expected i/n, e.g. 0/2") from None
+        return cls(index, count)
+
+    def select(self, rows: np.ndarray) -> np.ndarray:
+        return rows[rows % self.count == self.index]
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
 class StageGroup:
     """One stage's cache for one settings key: per-row data plus done/key/error bookkeeping."""
 
@@ -204,6 +234,27 @@ class StageGroup:
 
     def lock(self, timeout: float = 0.0) -> WriterLock:
         return self.work.stage_lock(self.stage, self.key, timeout)
+
+    @contextmanager
+    def writing(self, shard: Shard | None = None) -> Iterator[None]:
+        """The right to write rows. Unsharded: the group's writer lock, alone. Sharded: the
+        writer lock shared with the other shards (so an unsharded writer is refused) plus
+        this shard's own lock (so one shard never runs twice)."""
+        if shard is None or shard.count == 1:
+            with self.lock():
+                yield
+            return
+        name, what = f"{self.stage}-{self.key}", f"stage {self.stage} ({self.key})"
+        with (
+            self.work.lock(name, what, shared=True),
+            self.work.lock(f"{name}.shard{shard.index}of{shard.count}", f"{what} shard {shard}"),
+        ):
+            yield
+
+    def layout_lock(self) -> WriterLock:
+        """Held while growing arrays or adding one: sharded writers take turns at it."""
+        what = f"the layout of stage {self.stage} ({self.key})"
+        return self.work.lock(f"{self.stage}-{self.key}.layout", what, timeout=60.0)
 
     def ensure_rows(self, n: int) -> None:
         """Grow every per-row array to `n` rows. Only the lock holder calls this."""
@@ -371,42 +422,56 @@ class WorkDir:
             return StageGroup(self, self.root[path])
         # Creation takes the group's writer lock, so call this before holding that lock.
         with self.stage_lock(name, key, timeout=30.0):
-            if path in self.root:
-                if "stage" in self.root[path].attrs:
-                    return StageGroup(self, self.root[path])
-                del self.root[path]  # an interrupted creation: start it again
-            group = self.root.require_group(path)
-            n = len(self.manifest.table(rows))
-            for array, dtype, fill in (
-                ("key", str, ""),
-                ("error", str, ""),
-                ("done", "bool", False),
-            ):
-                group.create_array(array, shape=(n,), chunks=(1,), dtype=dtype, fill_value=fill)
-            # attrs last: a group without them is an interrupted creation and is redone
-            group.attrs.update(
-                {
-                    "stage": name,
-                    "key": key,
-                    "rows": rows,
-                    "upstream": upstream,
-                    "settings": to_plain(settings),
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                }
-            )
-            return StageGroup(self, group)
+            try:
+                return self._create_stage(path, name, key, rows, upstream, settings)
+            except OSError as exc:  # disk full, permissions: a half-made group is redone
+                raise CacheError(
+                    f"cannot create the cache group {path} in {self.path} "
+                    f"({exc.strerror or exc}); fix the cause and rerun"
+                ) from None
+
+    def _create_stage(
+        self, path: str, name: str, key: str, rows: str, upstream: str | None, settings: Any
+    ) -> StageGroup:
+        if path in self.root:
+            if "stage" in self.root[path].attrs:
+                return StageGroup(self, self.root[path])
+            del self.root[path]  # an interrupted creation: start it again
+        group = self.root.require_group(path)
+        n = len(self.manifest.table(rows))
+        for array, dtype, fill in (
+            ("key", str, ""),
+            ("error", str, ""),
+            ("done", "bool", False),
+        ):
+            group.create_array(array, shape=(n,), chunks=(1,), dtype=dtype, fill_value=fill)
+        # attrs last: a group without them is an interrupted creation and is redone
+        group.attrs.update(
+            {
+                "stage": name,
+                "key": key,
+                "rows": rows,
+                "upstream": upstream,
+                "settings": to_plain(settings),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+        )
+        return StageGroup(self, group)
 
     def stages(self) -> list[StageGroup]:
         """Every complete stage group in the store, by stage name then creation time."""
         out = []
         if "stages" not in self.root:
             return out
-        for stage_name in sorted(self.root["stages"].group_keys()):
-            stage = self.root[f"stages/{stage_name}"]
-            for key in stage.group_keys():
-                group = stage[key]
-                if "stage" in group.attrs:
-                    out.append(StageGroup(self, group))
+        with warnings.catch_warnings():
+            # a folder without metadata (a creation stopped by a full disk) is not a group
+            warnings.filterwarnings("ignore", "Object at .* is not recognized", UserWarning)
+            for stage_name in sorted(self.root["stages"].group_keys()):
+                stage = self.root[f"stages/{stage_name}"]
+                for key in stage.group_keys():
+                    group = stage[key]
+                    if "stage" in group.attrs:
+                        out.append(StageGroup(self, group))
         return sorted(out, key=lambda g: (g.stage, str(g.group.attrs.get("created", ""))))
 
     # -- reports and maintenance ------------------------------------------------------------

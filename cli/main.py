@@ -1,4 +1,5 @@
-"""Entry point of `tcd`. Library errors (`TcdError`) become one line on stderr and exit 1."""
+"""Entry point of `tcd`. Library errors (`TcdError`) and environment errors (`OSError`: disk
+full, permissions) become one line on stderr and exit 1."""
 
 from __future__ import annotations
 
@@ -28,6 +29,10 @@ def main() -> None:
         app()
     except TcdError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(1)
+    except OSError as exc:  # disk full, permissions, I/O: the environment, not a bug
+        where = f"{exc.filename}: " if exc.filename else ""
+        typer.secho(f"error: {where}{exc.strerror or exc}", fg=typer.colors.RED, err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("interrupted; rerun the same command to resume", err=True)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cache import WorkDir
+from cache import Shard, WorkDir
 from pipeline.captions import run_captions
 from pipeline.encode import run_encode
 from pipeline.ocr import run_ocr
@@ -26,6 +26,13 @@ Set = Annotated[
 Strict = Annotated[bool, typer.Option(help="Exit 2 when any video failed.")]
 Retry = Annotated[bool, typer.Option(help="Also retry videos that failed before.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+ShardOption = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        help="i/n: this worker takes rows r with r % n == i; start n workers, one per i.",
+    ),
+]
 Decoder = Annotated[
     str, typer.Option(help="Frame decoder: auto (decord, PyAV fallback), decord or pyav.")
 ]
@@ -35,6 +42,10 @@ def _settings(
     work: Path, config: Path | None, sets: list[str] | None, extra: list[str]
 ) -> PipelineSettings:
     return resolve_settings(work, config, [*(sets or []), *extra])
+
+
+def _shard(text: str | None) -> Shard | None:
+    return Shard.parse(text) if text else None
 
 
 def _finish(
@@ -67,11 +78,14 @@ def register(app: typer.Typer) -> None:
         strict: Strict = False,
         retry_failed: Retry = False,
         quiet: Quiet = False,
+        shard: ShardOption = None,
     ) -> None:
         """Spot scene text in sampled frames of every new or changed video."""
         store = WorkDir(work)
         settings = _settings(work, config, set_, [f"ocr.engine={engine}"] if engine else [])
-        report = run_ocr(store, settings.ocr, batch_size, decoder, retry_failed, not quiet)
+        report = run_ocr(
+            store, settings.ocr, batch_size, decoder, retry_failed, not quiet, _shard(shard)
+        )
         _finish(store, settings, [report], strict)
 
     @app.command("caption")
@@ -82,11 +96,14 @@ def register(app: typer.Typer) -> None:
         strict: Strict = False,
         retry_failed: Retry = False,
         quiet: Quiet = False,
+        shard: ShardOption = None,
     ) -> None:
         """Aggregate cached OCR into T window captions (and the OCR word list) per video."""
         store = WorkDir(work)
         settings = _settings(work, config, set_, [])
-        report = run_captions(store, settings.captions, settings.ocr, retry_failed, not quiet)
+        report = run_captions(
+            store, settings.captions, settings.ocr, retry_failed, not quiet, _shard(shard)
+        )
         _finish(store, settings, [report], strict)
 
     @app.command("encode")
@@ -111,6 +128,7 @@ def register(app: typer.Typer) -> None:
         strict: Strict = False,
         retry_failed: Retry = False,
         quiet: Quiet = False,
+        shard: ShardOption = None,
     ) -> None:
         """Encode sampled frames, window captions, OCR words and queries with frozen models."""
         extra = [f"encode.vision_model={vision_model}"] if vision_model else []
@@ -127,5 +145,6 @@ def register(app: typer.Typer) -> None:
             decoder,
             retry_failed,
             not quiet,
+            _shard(shard),
         )
         _finish(store, settings, reports, strict)

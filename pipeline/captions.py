@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from cache import StageGroup, WorkDir
+from cache import Shard, StageGroup, WorkDir
 from pipeline.ocr import Line, OcrSettings, ocr_group, read_lines
 from pipeline.stage import StageReport, guarded, run_stage
 from pipeline.video import segment_centres
@@ -114,6 +114,7 @@ def run_captions(
     ocr_settings: OcrSettings,
     retry_failed: bool = False,
     progress: bool = True,
+    shard: Shard | None = None,
 ) -> StageReport:
     """Build window captions and instance lists for every pending video from cached OCR."""
     ocr = ocr_group(work, ocr_settings)
@@ -144,4 +145,4 @@ def run_captions(
         "mask": ((settings.frames,), "bool", False),
         "instances": ((), str, ""),
     }
-    return run_stage(work, group, arrays, produce, retry_failed, progress)
+    return run_stage(work, group, arrays, produce, retry_failed, progress, shard)

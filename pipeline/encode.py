@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cache import StageGroup, TcdError, WorkDir
+from cache import Shard, StageGroup, TcdError, WorkDir
 from pipeline.captions import CaptionSettings, caption_group, fit_to_tokens
 from pipeline.models import TextEncoder, VisionEncoder, load_text, load_vision
 from pipeline.ocr import OcrSettings, ocr_group
@@ -71,6 +71,7 @@ def run_encode(
     decoder: str = "auto",
     retry_failed: bool = False,
     progress: bool = True,
+    shard: Shard | None = None,
 ) -> list[StageReport]:
     """Encode frames, window captions + OCR instances, and queries (each only where pending)."""
     text: dict[str, TextEncoder] = {}
@@ -82,16 +83,18 @@ def run_encode(
 
     reports = [
         _encode_frames(
-            work, settings, captions, batch_size, workers, decoder, retry_failed, progress
+            work, settings, captions, batch_size, workers, decoder, retry_failed, progress, shard
         )
     ]
     captions_group = caption_group(work, captions, ocr_group(work, ocr))
     reports.append(
         _encode_ocr_text(
-            work, settings, captions, captions_group, text_model, retry_failed, progress
+            work, settings, captions, captions_group, text_model, retry_failed, progress, shard
         )
     )
-    reports.append(_encode_queries(work, settings, text_model, batch_size, retry_failed, progress))
+    reports.append(
+        _encode_queries(work, settings, text_model, batch_size, retry_failed, progress, shard)
+    )
     return reports
 
 
@@ -139,6 +142,7 @@ def _encode_frames(
     decoder: str,
     retry_failed: bool,
     progress: bool,
+    shard: Shard | None,
 ) -> StageReport:
     group = frame_group(work, settings, captions)
     videos = work.manifest.videos.read(["path", "duration", "error"])
@@ -179,7 +183,7 @@ def _encode_frames(
         if pending:
             yield from flush()
 
-    return run_stage(work, group, arrays, produce, retry_failed, progress)
+    return run_stage(work, group, arrays, produce, retry_failed, progress, shard)
 
 
 # -- window captions and OCR instances ------------------------------------------------------
@@ -191,6 +195,7 @@ def _encode_ocr_text(
     text_model: Any,
     retry_failed: bool,
     progress: bool,
+    shard: Shard | None,
 ) -> StageReport:
     group = ocr_text_group(work, settings, captions_group)
     n, m = captions.frames, captions.max_instances
@@ -238,7 +243,7 @@ def _encode_ocr_text(
         for row in rows:
             yield guarded(int(row), lambda row=int(row): encode_row(row))
 
-    return run_stage(work, group, arrays, produce, retry_failed, progress)
+    return run_stage(work, group, arrays, produce, retry_failed, progress, shard)
 
 
 # -- queries --------------------------------------------------------------------------------
@@ -249,6 +254,7 @@ def _encode_queries(
     batch_size: int,
     retry_failed: bool,
     progress: bool,
+    shard: Shard | None,
 ) -> StageReport:
     group = query_group(work, settings)
     texts = work.manifest.captions.column("text")
@@ -268,4 +274,4 @@ def _encode_queries(
             for row, embed in zip(chunk, embeds, strict=True):
                 yield row, {"query": embed}
 
-    return run_stage(work, group, arrays, produce, retry_failed, progress)
+    return run_stage(work, group, arrays, produce, retry_failed, progress, shard)

@@ -2,14 +2,16 @@
 
 Each video gets its content key (size + mtime + hash of the first and last MiB) and its
 container metadata. Videos whose key is unchanged since the last run are not probed again.
-A video that cannot be read is kept (its row and its place in the split stay fixed) with an
-`error` message; later stages record it as failed instead of stopping.
+A video that cannot be read, or a video file that is a symlink to outside the dataset root,
+is kept (its row and its place in the split stay fixed) with an `error` message; later
+stages record it as failed instead of stopping. (Symlinked folders are fine.)
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -45,10 +47,11 @@ def build_manifest(work: WorkDir, dataset: Dataset, progress: bool = True) -> Ma
             vid: {"key": k, "duration": d, "fps": f, "n_frames": n, "error": e}
             for vid, k, d, f, n, e in zip(*old.values(), strict=True)
         }
+        root = dataset.root.resolve()
         with ThreadPoolExecutor(PROBE_THREADS) as pool:
             records = list(
                 tqdm(
-                    pool.map(lambda v: _video_record(v, known.get(v.id)), dataset.videos),
+                    pool.map(lambda v: _video_record(v, known.get(v.id), root), dataset.videos),
                     total=len(dataset.videos),
                     desc="manifest",
                     unit="video",
@@ -74,7 +77,7 @@ def build_manifest(work: WorkDir, dataset: Dataset, progress: bool = True) -> Ma
     return ManifestReport(video_stats, caption_stats, unreadable)
 
 
-def _video_record(video: VideoEntry, previous: dict[str, Any] | None) -> dict[str, Any]:
+def _video_record(video: VideoEntry, previous: dict[str, Any] | None, root: Path) -> dict[str, Any]:
     record: dict[str, Any] = {
         "id": video.id,
         "order": video.order,
@@ -83,6 +86,12 @@ def _video_record(video: VideoEntry, previous: dict[str, Any] | None) -> dict[st
         "domain": video.domain,
         "ocr_path": str(video.ocr_path) if video.ocr_path else "",
     }
+    target = video.path.resolve()
+    if video.path.is_symlink() and not (
+        target.is_relative_to(root) or target.is_relative_to(video.path.parent.resolve())
+    ):  # a linked folder (Video/ on another disk) is fine; a planted file link is not
+        error = f"{video.path}: resolves to {target}, outside the dataset root {root}; not read"
+        return {**record, "key": "outside-root", "error": error}
     try:
         key = content_key(video.path)
     except FileNotFoundError:

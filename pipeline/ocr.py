@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cache import StageGroup, WorkDir
+from cache import Shard, StageGroup, WorkDir
 from cache.errors import TcdError
 from pipeline.stage import StageReport, guarded, run_stage
 from pipeline.video import ocr_times, read_frames
@@ -55,8 +55,9 @@ def run_ocr(
     decoder: str = "auto",
     retry_failed: bool = False,
     progress: bool = True,
+    shard: Shard | None = None,
 ) -> StageReport:
-    """Run OCR on every pending video of the manifest."""
+    """Run OCR on every pending video of the manifest (or of this shard's rows)."""
     group = ocr_group(work, settings)
     videos = work.manifest.videos.read(["path", "ocr_path", "fps", "duration", "error"])
 
@@ -85,7 +86,7 @@ def run_ocr(
             yield guarded(int(row), compute)
 
     arrays = {"lines": ((), str, ""), "n_lines": ((), "int32", 0)}
-    return run_stage(work, group, arrays, produce, retry_failed, progress)
+    return run_stage(work, group, arrays, produce, retry_failed, progress, shard)
 
 
 def read_lines(group: StageGroup, row: int) -> list[Line]:

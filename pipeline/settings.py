@@ -8,6 +8,7 @@ followed by `tcd caption` captions the Kwai OCR without repeating the engine.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +54,7 @@ def resolve_settings(
 
 def save_settings(work: Path, settings: PipelineSettings) -> None:
     path = work / WORK_SETTINGS
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # sharded workers save at the same time
     tmp.write_text(
         "# settings the stages of this work dir last ran with\n" + dump_toml(to_dict(settings))
     )

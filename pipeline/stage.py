@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from cache import StageGroup, WorkDir
+from cache import CacheError, Shard, StageGroup, WorkDir
 
 Produce = Callable[[np.ndarray], Iterable[tuple[int, dict[str, Any] | Exception]]]
 
@@ -47,29 +47,39 @@ def run_stage(
     produce: Produce,
     retry_failed: bool = False,
     progress: bool = True,
+    shard: Shard | None = None,
 ) -> StageReport:
-    """Compute the pending rows of `group`.
+    """Compute the pending rows of `group` (only this shard's rows when `shard` is given).
 
     `arrays`: name -> (row shape, dtype, fill value), or a function returning that mapping,
     called only when there is work (so a no-op rerun never loads a model to learn a width).
+    A failed write (disk full, I/O error) stops the stage with a `CacheError`; the rows
+    written before it stay done, and the row being written stays pending for the rerun.
     """
     started = time.monotonic()
-    with work.manifest_lock(shared=True), group.lock():
+    name = group.stage if shard is None or shard.count == 1 else f"{group.stage} {shard}"
+    with work.manifest_lock(shared=True), group.writing(shard):
         keys, present = group.expected()
-        group.ensure_rows(len(keys))
-        todo = group.pending(retry_failed)
-        if len(todo):
-            for name, (shape, dtype, fill) in (arrays() if callable(arrays) else arrays).items():
-                group.array(name, shape, dtype, fill)
+        todo, mine = group.pending(retry_failed), np.flatnonzero(present)
+        if shard is not None:
+            todo, mine = shard.select(todo), shard.select(mine)
         computed, errors = 0, []
+        rows = produce(todo) if len(todo) else iter(())
         bar = tqdm(
             total=len(todo),
-            desc=group.stage,
+            desc=name,
             unit=group.rows.rstrip("s"),
             disable=not progress or not len(todo),
         )
-        with bar:
-            for row, data in produce(todo) if len(todo) else ():
+        row = -1
+        try:
+            if len(todo):
+                layout = arrays() if callable(arrays) else arrays
+                with group.layout_lock():
+                    group.ensure_rows(len(keys))
+                    for array, (shape, dtype, fill) in layout.items():
+                        group.array(array, shape, dtype, fill)
+            for row, data in rows:
                 if isinstance(data, Exception):
                     message = str(data) or type(data).__name__
                     group.fail_row(row, str(keys[row]), message)
@@ -78,15 +88,21 @@ def run_stage(
                     group.write_row(row, str(keys[row]), data)
                     computed += 1
                 bar.update(1)
-    up_to_date = int(present.sum()) - len(todo)
+        except OSError as exc:
+            where = f"row {row}" if row >= 0 else "its arrays"
+            raise CacheError(
+                f"{name} [{group.key}]: cannot write {where} to {work.path} "
+                f"({exc.strerror or exc}); the {computed} row(s) written so far are kept: "
+                "fix the cause (e.g. free disk space) and rerun to finish"
+            ) from None
+        finally:
+            bar.close()
+            close = getattr(rows, "close", None)
+            if close is not None:
+                close()  # stops decoding workers even when a write failed
+    up_to_date = len(mine) - len(todo)
     return StageReport(
-        group.stage,
-        group.key,
-        computed,
-        len(errors),
-        up_to_date,
-        time.monotonic() - started,
-        errors,
+        name, group.key, computed, len(errors), up_to_date, time.monotonic() - started, errors
     )
 
 

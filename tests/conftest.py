@@ -49,3 +49,14 @@ def run_python(code: str, *args: str, timeout: float = 60) -> subprocess.Complet
         timeout=timeout,
         cwd=REPO,
     )
+
+
+def tcd_process(*args: str) -> subprocess.Popen:
+    """Start `tcd ARGS...` in a fresh interpreter (for kill and concurrency tests)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", "from cli.main import main; main()", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

@@ -1,0 +1,242 @@
+"""The crash campaign: SIGKILL a `tcd` command at random moments, rerun it, and compare the
+result with an uninterrupted run of the same command on the same inputs.
+
+`chain(...)` runs the stages ocr -> caption -> encode -> train -> index once, uninterrupted,
+each on a copy of the previous one's result, keeping every stage's input and output work
+directories. `campaign(...)` then kills one stage's command `kills` times: each attempt starts
+the command on the (partly done) work dir and kills it after a delay drawn uniformly from
+[0, uninterrupted duration]; an attempt that finishes first is compared with the reference and
+the next attempt starts again from the stage's input. After every kill the work dir must hold
+no row marked done without its data (each done row equals the reference's row), and a killed
+training run must keep its finished epochs (the rerun resumes from `last.pt`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cache import WorkDir
+from tests.conftest import tcd_process
+
+RUN = "tcd"
+# Each stage's command after `--work W`; small enough for CI, long enough to kill mid-way.
+COMMANDS: dict[str, list[str]] = {
+    "ocr": ["ocr", "-q", "--set", "ocr.max_frames=1"],
+    "caption": ["caption", "-q"],
+    "encode": ["encode", "-q", "--workers", "0", "--batch-size", "8"],
+    "train": [
+        "train", "--config", "configs/tcd.toml", "--name", RUN,
+        "--set", "train.epochs=30", "--set", "train.batch_size=4",
+        "--set", "train.patience=100", "--set", "train.val_fraction=0.3",
+    ],
+    "index": ["index", "--run", RUN],
+}  # fmt: skip
+STAGES = list(COMMANDS)
+TIMING = {"seconds", "train_seconds"}  # the only fields allowed to differ between runs
+
+
+@dataclass
+class Link:
+    """One stage of the chain: its input work dir, its uninterrupted output, how long it took."""
+
+    stage: str
+    before: Path
+    after: Path
+    seconds: float
+
+
+@dataclass
+class CampaignStats:
+    stage: str
+    kills: int = 0
+    kills_mid_work: int = 0  # kills after the attempt had written at least one row or epoch
+    completions: int = 0
+    delays: list[float] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.stage}: {self.kills} kills ({self.kills_mid_work} after some rows or "
+            f"epochs were written), {self.completions} completed runs equal to the reference"
+        )
+
+
+def start(stage: str, work: Path) -> subprocess.Popen:
+    command = COMMANDS[stage]
+    return tcd_process(command[0], "--work", str(work), *command[1:])
+
+
+def run_to_end(stage: str, work: Path, timeout: float = 600) -> float:
+    started = time.monotonic()
+    proc = start(stage, work)
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"{stage} failed:\n{out}\n{err}"
+    return time.monotonic() - started
+
+
+def chain(manifest_work: Path, root: Path) -> dict[str, Link]:
+    """Run every stage once, uninterrupted, each on a copy of the previous output."""
+    links, current = {}, manifest_work
+    for stage in STAGES:
+        after = root / f"after-{stage}"
+        shutil.copytree(current, after)
+        links[stage] = Link(stage, current, after, run_to_end(stage, after))
+        current = after
+    return links
+
+
+# -- what a work dir holds ------------------------------------------------------------------
+def cache_arrays(work: Path) -> dict[str, np.ndarray]:
+    out = {}
+    for group in WorkDir(work).stages():
+        for name in group.group.array_keys():
+            out[f"{group.stage}/{group.key}/{name}"] = np.asarray(group.group[name][:])
+    return out
+
+
+def _without_timing(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in TIMING}
+
+
+def run_files(work: Path) -> dict[str, object]:
+    """The run directory's outputs, timing fields left out."""
+    out: dict[str, object] = {}
+    run = work / "runs" / RUN
+    for path in sorted(run.glob("*")) if run.exists() else []:
+        if path.suffix == ".pt":
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            if "best" in payload:
+                payload["best"] = _without_timing(json.loads(payload["best"]))
+            out[path.name] = payload
+        elif path.name == "metrics.jsonl":
+            lines = path.read_text().splitlines()
+            out[path.name] = [_without_timing(json.loads(line)) for line in lines]
+        elif path.suffix in (".faiss", ".toml"):
+            out[path.name] = path.read_bytes()
+        elif path.suffix != ".png":  # the plot is a picture of metrics.jsonl
+            out[path.name] = path.read_bytes()
+    return out
+
+
+def assert_same(a: object, b: object, where: str = "") -> None:
+    """Bitwise equality of nested dicts/lists of arrays, tensors, bytes and plain values."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: keys differ"
+        for key in a:
+            assert_same(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), f"{where}: lengths differ"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f"{where}: tensors differ"
+    elif isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype, f"{where}: dtypes differ"
+        np.testing.assert_array_equal(a, b, err_msg=where)
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def assert_equal_runs(work: Path, reference: Path) -> None:
+    assert_same(cache_arrays(work), cache_arrays(reference), "caches")
+    assert_same(run_files(work), run_files(reference), "runs")
+
+
+def progress_of(work: Path) -> int:
+    """Rows marked done over all groups, plus finished epochs and the index: grows with work."""
+    done = sum(int(g.group["done"][:].sum()) for g in WorkDir(work).stages())
+    lines = work / "runs" / RUN / "metrics.jsonl"
+    epochs = len(lines.read_text().splitlines()) if lines.exists() else 0
+    return done + epochs + (work / "runs" / RUN / "index_test.faiss").exists()
+
+
+def assert_nothing_half_done(work: Path, reference: Path) -> None:
+    """After a kill: every row marked done holds the reference's data and key; a training
+    checkpoint loads and its epochs match the reference's; an index file is complete."""
+    ref = cache_arrays(reference)
+    for group in WorkDir(work).stages():
+        prefix = f"{group.stage}/{group.key}/"
+        done = np.asarray(group.group["done"][:])
+        for name in group.group.array_keys():
+            values = np.asarray(group.group[name][:])[done]
+            np.testing.assert_array_equal(values, ref[prefix + name][done], err_msg=prefix + name)
+    run, ref_run = work / "runs" / RUN, run_files(reference)
+    if (run / "last.pt").exists():
+        state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+        epochs = int(state["epoch"]) + 1
+        records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert_same(
+            [_without_timing(r) for r in records[:epochs]],
+            ref_run["metrics.jsonl"][:epochs],
+            "metrics.jsonl",
+        )
+    for name in ("best.pt", "index_test.faiss"):
+        if (run / name).exists() and name.endswith(".faiss"):
+            assert (run / name).read_bytes() == ref_run[name]
+        elif (run / name).exists():
+            torch.load(run / name, map_location="cpu", weights_only=True)  # complete
+
+
+def kept_epochs(work: Path) -> list[str]:
+    """The raw metrics lines of the epochs saved in last.pt (a resumed run must keep them)."""
+    run = work / "runs" / RUN
+    if not (run / "last.pt").exists():
+        return []
+    epochs = int(torch.load(run / "last.pt", weights_only=True)["epoch"]) + 1
+    return (run / "metrics.jsonl").read_text().splitlines()[:epochs]
+
+
+def campaign(link: Link, kills: int, scratch: Path, seed: int = 0) -> CampaignStats:
+    """Kill `link.stage` `kills` times at random moments; check every kill and every finish."""
+    rng = random.Random(f"{link.stage}-{seed}")
+    stats = CampaignStats(link.stage)
+    attempt = 0
+
+    def fresh() -> Path:
+        work = scratch / f"{link.stage}-{attempt}"
+        shutil.copytree(link.before, work)
+        return work
+
+    work = fresh()
+    kept: list[str] = []
+    while stats.kills < kills:
+        attempt += 1
+        delay = rng.uniform(0, link.seconds)
+        before = progress_of(work)
+        proc = tcd_process(
+            *COMMANDS[link.stage][:1], "--work", str(work), *COMMANDS[link.stage][1:]
+        )
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:  # still running at the chosen moment: kill it
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate()
+            stats.kills += 1
+            stats.delays.append(round(delay, 2))
+            stats.kills_mid_work += progress_of(work) > before
+            assert_nothing_half_done(work, link.after)
+            now = kept_epochs(work)
+            assert now[: len(kept)] == kept, "a rerun recomputed epochs it had saved"
+            kept = now
+            continue
+        _, err = proc.communicate()
+        assert proc.returncode == 0, f"{link.stage} failed after a kill:\n{err}"
+        assert kept_epochs(work)[: len(kept)] == kept, "a rerun recomputed epochs it had saved"
+        assert_equal_runs(work, link.after)
+        stats.completions += 1
+        shutil.rmtree(work)
+        work, kept = fresh(), []
+    run_to_end(link.stage, work)
+    assert kept_epochs(work)[: len(kept)] == kept, "a rerun recomputed epochs it had saved"
+    assert_equal_runs(work, link.after)
+    stats.completions += 1
+    return stats
