@@ -82,6 +82,10 @@ def _train_one(work: WorkDir, name: str, config: RunConfig, train_data: Features
 
     size = f"{train_data.n_videos} videos, {len(train_data.queries)} captions"
     typer.echo(f"train {name}: {config.head.kind}, {size}")
+    if train_data.missing:
+        typer.echo(
+            f"warning: {len(train_data.missing)} video(s) without features left out", err=True
+        )
     return train(config, train_data, work.path / "runs" / name, progress=show)
 
 

@@ -201,11 +201,16 @@ def train(
     torch.manual_seed(settings.seed)
     device = device_for_training()
     train_idx, val_idx = split_train_val(features, settings.val_fraction, settings.seed)
-    if len(train_idx) < 2:
-        raise TcdError(f"too few train videos ({len(train_idx)}) to train a head")
     val = features.subset(val_idx) if len(val_idx) else None
     captions_of = [np.flatnonzero(features.query_video == v) for v in range(features.n_videos)]
-    train_idx = np.array([v for v in train_idx if len(captions_of[v])])
+    missing = set(features.missing)  # failed videos: zeros would only teach noise
+    train_idx = np.array(
+        [v for v in train_idx if len(captions_of[v]) and features.video_ids[v] not in missing]
+    )
+    if len(train_idx) < 2:
+        raise TcdError(
+            f"too few train videos with features and captions ({len(train_idx)}) to train a head"
+        )
 
     model = build_model(config, features).to(device)
     optimizer = torch.optim.AdamW(
@@ -221,7 +226,7 @@ def train(
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    start_epoch, best, history = 0, {"val_r1": -1.0, "val_loss": math.inf, "epoch": -1}, []
+    start_epoch, best, history = 0, {"val_r1": -math.inf, "val_loss": math.inf, "epoch": -1}, []
     last = run_dir / "last.pt"
     if last.exists() and load_checkpoint(last).get("config") == config_text:
         state = load_checkpoint(last, model)  # same config: resume where the last run stopped

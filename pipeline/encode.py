@@ -164,8 +164,9 @@ def _encode_frames(
         pending: list[tuple[int, np.ndarray, np.ndarray]] = []
 
         def flush() -> Iterator[tuple[int, Any]]:
-            frames = np.concatenate([f for _, _, f in pending])
-            embeds = model["m"](frames).astype(np.float16)
+            # videos differ in size: each is resized to the model's input before batching
+            pixels = torch.cat([model["m"].preprocess(f) for _, _, f in pending])
+            embeds = model["m"].embed(pixels).astype(np.float16)
             for k, (row, times, _) in enumerate(pending):
                 yield (
                     row,

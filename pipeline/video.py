@@ -79,7 +79,7 @@ def read_frames(
     """Yield the frames nearest to `times` (sorted), `batch_size` at a time, streaming.
 
     `backend`: "decord", "pyav" or "auto" (decord when importable, PyAV if decord fails to open
-    the file). Raises `VideoError` naming the file on failure.
+    the file or to decode its first batch). Raises `VideoError` naming the file on failure.
     """
     times = np.asarray(times, dtype=np.float64)
     if backend not in ("auto", "decord", "pyav"):
@@ -92,8 +92,16 @@ def read_frames(
                 raise
             reader = None
         if reader is not None:
-            yield from _decord_batches(path, reader, times, batch_size)
-            return
+            started = False
+            try:
+                for batch in _decord_batches(path, reader, times, batch_size):
+                    started = True
+                    yield batch
+                return
+            except VideoError:
+                if backend == "decord" or started:
+                    raise
+                # auto: decord opened the file but cannot decode it (e.g. 1x1 pixels)
     yield from _pyav_batches(path, times, batch_size)
 
 

@@ -101,6 +101,15 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
     assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2, 3]
 
 
+def test_without_validation_the_lowest_training_loss_is_kept(tmp_path):
+    config = RunConfig(
+        HeadSettings(heads=2), TrainSettings(epochs=2, batch_size=16, val_fraction=0)
+    )
+    best = train(config, planted(n=32), tmp_path)
+    assert best["loss"] > 1 and best["val_r1"] == -best["loss"]  # an R@1 stand-in below -1
+    assert (tmp_path / "best.pt").exists()
+
+
 def test_rerunning_an_early_stopped_run_does_no_work(tmp_path):
     data = planted(n=64)
     # a far too high learning rate: validation soon stops improving and training stops early
