@@ -16,7 +16,7 @@ QUERY  ?= The bakery SUNRISE BREAD is on a busy street
 SET    ?=
 SETS   := $(foreach s,$(SET),--set $(s))
 
-.PHONY: setup test test-slow demo synth manifest ocr caption captions encode features train ablate ablations eval results bench index search report export status gc lint clean
+.PHONY: setup test test-slow soak demo synth manifest ocr caption captions encode features train ablate ablations eval results bench index search report export status gc lint clean
 
 # .venv is (re)built when missing or when the pinned requirements change.
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -28,10 +28,19 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 setup: $(VENV)/.installed
 
 test: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not soak"
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
+
+# The reliability soak (RELIABILITY.md): the whole tests/reliability suite with 20 SIGKILLs per
+# stage and 2000 fuzzed inputs per fuzz test; per-stage kill counts go to $(SOAK_REPORT).
+SOAK_REPORT ?= work/soak/report.jsonl
+soak: setup
+	mkdir -p $(dir $(SOAK_REPORT)) && rm -f $(SOAK_REPORT)
+	TCD_FUZZ_EXAMPLES=2000 TCD_SOAK_REPORT=$(abspath $(SOAK_REPORT)) \
+		$(BIN)/python -m pytest -q -s -p no:cacheprovider tests/reliability --durations=0
+	@echo "kill counts per stage: $(SOAK_REPORT)"
 
 # The demo: synthetic set -> features -> TCD and video-only heads -> eval -> search -> report.
 # Each step prints its elapsed time; a second run reuses every cache.

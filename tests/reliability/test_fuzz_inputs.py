@@ -4,6 +4,7 @@ crash trace (issue: reliability campaign). Inputs are generated with hypothesis.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -13,8 +14,11 @@ from cache.errors import TcdError
 from pipeline.datasets import read_textvr
 from pipeline.ocr import read_kwai_ocr
 
+# `make soak` raises the number of generated inputs per test (TCD_FUZZ_EXAMPLES)
 FUZZ = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=int(os.environ.get("TCD_FUZZ_EXAMPLES", 150)),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 
 # strings that have broken readers elsewhere: climbing and absolute paths, NUL, emoji,
