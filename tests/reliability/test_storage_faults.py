@@ -118,3 +118,26 @@ def test_failed_checkpoint_write_keeps_the_last_good_one_and_the_rerun_resumes(
         clean = load_checkpoint(tmp_path / "clean" / name)["model"]
         resumed = load_checkpoint(tmp_path / "faulty" / name)["model"]
         assert_same(clean, resumed, name)
+
+
+@pytest.mark.parametrize("after", [10, 35])  # creating the tables; updating their rows
+def test_write_error_while_building_the_manifest_is_repaired_by_the_rerun(
+    synth_set, tmp_path, monkeypatch, after
+):
+    from pipeline.datasets import read_textvr
+    from pipeline.manifest import build_manifest
+
+    clean = WorkDir(tmp_path / "clean", create=True)
+    build_manifest(clean, read_textvr(synth_set), progress=False)
+    work = WorkDir(tmp_path / "work", create=True)
+    writes = failing_writes(monkeypatch, after)
+    with pytest.raises(OSError, match="No space left"):
+        build_manifest(work, read_textvr(synth_set), progress=False)
+    monkeypatch.undo()
+    assert writes["writes"] > after  # the fault was hit
+    report = build_manifest(WorkDir(work.path), read_textvr(synth_set), progress=False)
+    assert report.videos.added + report.videos.changed + report.videos.unchanged == 12
+    for table in ("videos", "captions"):
+        a = getattr(WorkDir(work.path).manifest, table).read()
+        b = getattr(clean.manifest, table).read()
+        assert_same(a, b, table)
