@@ -82,9 +82,7 @@ def run_encode(
         return text["model"]
 
     reports = [
-        _encode_frames(
-            work, settings, captions, batch_size, workers, decoder, retry_failed, progress, shard
-        )
+        _encode_frames(work, settings, captions, workers, decoder, retry_failed, progress, shard)
     ]
     captions_group = caption_group(work, captions, ocr_group(work, ocr))
     reports.append(
@@ -137,7 +135,6 @@ def _encode_frames(
     work: WorkDir,
     settings: EncodeSettings,
     captions: CaptionSettings,
-    batch_size: int,
     workers: int,
     decoder: str,
     retry_failed: bool,
@@ -161,28 +158,15 @@ def _encode_frames(
             collate_fn=_keep,
             prefetch_factor=4 if workers else None,
         )
-        pending: list[tuple[int, np.ndarray, np.ndarray]] = []
-
-        def flush() -> Iterator[tuple[int, Any]]:
-            # videos differ in size: each is resized to the model's input before batching
-            pixels = torch.cat([model["m"].preprocess(f) for _, _, f in pending])
-            embeds = model["m"].embed(pixels).astype(np.float16)
-            for k, (row, times, _) in enumerate(pending):
-                yield (
-                    row,
-                    {"frames": embeds[k * n : (k + 1) * n], "times": times.astype(np.float32)},
-                )
-            pending.clear()
-
         for row, times, frames in loader:
             if times is None:
                 yield row, RuntimeError(frames)
                 continue
-            pending.append((row, times, frames))
-            if len(pending) * n >= batch_size:
-                yield from flush()
-        if pending:
-            yield from flush()
+            # One forward pass per video (its T frames): batching several videos would make a
+            # video's float16 embedding depend, in its last bit, on which others were pending,
+            # and a resumed run would then differ from an uninterrupted one.
+            embeds = model["m"](frames).astype(np.float16)
+            yield row, {"frames": embeds, "times": times.astype(np.float32)}
 
     return run_stage(work, group, arrays, produce, retry_failed, progress, shard)
 
@@ -259,20 +243,30 @@ def _encode_queries(
 ) -> StageReport:
     group = query_group(work, settings)
     texts = work.manifest.captions.column("text")
+    present = work.manifest.captions.column("present")
 
     def arrays() -> dict[str, Any]:
         return {"query": ((text_model().dim,), "float16", 0)}
 
     def produce(rows: np.ndarray) -> Iterator[tuple[int, Any]]:
+        # Fixed blocks of rows [b * batch_size, (b + 1) * batch_size), encoded whole even when
+        # some of their rows are done: a query's embedding then never depends (in its last
+        # bit) on which other rows happened to be pending, so a resumed run equals a clean one.
         model = text_model()
-        for start in range(0, len(rows), batch_size):
-            chunk = [int(r) for r in rows[start : start + batch_size]]
+        wanted = set(rows.tolist())
+        for block in np.unique(rows // batch_size):
+            members = [
+                r
+                for r in range(block * batch_size, min((block + 1) * batch_size, len(texts)))
+                if present[r]
+            ]
             batch = [
                 fit_to_tokens(str(texts[r]).strip(), model.count_tokens, model.max_tokens)
-                for r in chunk
+                for r in members
             ]
             embeds = model(batch).astype(np.float16)
-            for row, embed in zip(chunk, embeds, strict=True):
-                yield row, {"query": embed}
+            for row, embed in zip(members, embeds, strict=True):
+                if row in wanted:
+                    yield row, {"query": embed}
 
     return run_stage(work, group, arrays, produce, retry_failed, progress, shard)

@@ -161,12 +161,14 @@ def make_work(root: Path, tmp_path: Path, name: str = "work") -> WorkDir:
     return work
 
 
-def run_all(work: WorkDir, captions=CaptionSettings(), encode=EncodeSettings(), ocr=KWAI):
+def run_all(
+    work: WorkDir, captions=CaptionSettings(), encode=EncodeSettings(), ocr=KWAI, batch_size=64
+):
     reports = [
         run_ocr(work, ocr, progress=False),
         run_captions(work, captions, ocr, progress=False),
     ]
-    return reports + run_encode(work, encode, captions, ocr, workers=0, progress=False)
+    return reports + run_encode(work, encode, captions, ocr, batch_size, workers=0, progress=False)
 
 
 def test_pipeline_shapes_and_incremental_reruns(synth_copy, tmp_path):

@@ -4,9 +4,10 @@ result with an uninterrupted run of the same command on the same inputs.
 `chain(...)` runs the stages ocr -> caption -> encode -> train -> index once, uninterrupted,
 each on a copy of the previous one's result, keeping every stage's input and output work
 directories. `campaign(...)` then kills one stage's command `kills` times: each attempt starts
-the command on the (partly done) work dir and kills it after a delay drawn uniformly from
-[0, uninterrupted duration]; an attempt that finishes first is compared with the reference and
-the next attempt starts again from the stage's input. After every kill the work dir must hold
+the command on the (partly done) work dir and kills it either after a delay drawn uniformly
+from [0, uninterrupted duration] or once a random number of further rows (epochs) is written;
+an attempt that finishes first is compared with the reference and the next attempt starts
+again from the stage's input. After every kill the work dir must hold
 no row marked done without its data (each done row equals the reference's row), and a killed
 training run must keep its finished epochs (the rerun resumes from `last.pt`).
 """
@@ -61,7 +62,7 @@ class CampaignStats:
     kills: int = 0
     kills_mid_work: int = 0  # kills after the attempt had written at least one row or epoch
     completions: int = 0
-    delays: list[float] = field(default_factory=list)
+    moments: list[str] = field(default_factory=list)  # 'time:SECONDS' or 'progress:UNITS'
 
     def __str__(self) -> str:
         return (
@@ -195,10 +196,44 @@ def kept_epochs(work: Path) -> list[str]:
     return (run / "metrics.jsonl").read_text().splitlines()[:epochs]
 
 
-def campaign(link: Link, kills: int, scratch: Path, seed: int = 0) -> CampaignStats:
-    """Kill `link.stage` `kills` times at random moments; check every kill and every finish."""
+def _kill_moment(
+    proc: subprocess.Popen, work: Path, mode: str, value: float, rng: random.Random
+) -> bool:
+    """Wait for the moment, then SIGKILL `proc`; False when it finished first.
+
+    mode "time": `value` seconds after the start (often during start-up or shut-down);
+    mode "progress": once `value` more rows or epochs are written, plus up to 50 ms (so the
+    kill lands among the writes of the next one)."""
+    if mode == "time":
+        try:
+            proc.wait(timeout=value)
+            return False
+        except subprocess.TimeoutExpired:
+            pass
+    else:
+        target = progress_of(work) + value
+        while proc.poll() is None and progress_of(work) < target:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.05))
+        if proc.poll() is not None:
+            return False
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    return True
+
+
+def campaign(
+    link: Link,
+    kills: int,
+    scratch: Path,
+    seed: int = 0,
+    modes: tuple[str, ...] = ("time", "progress"),
+) -> CampaignStats:
+    """Kill `link.stage` `kills` times, cycling through `modes` (a random moment in time, a
+    random point of progress); check the work dir after every kill and every finished run."""
     rng = random.Random(f"{link.stage}-{seed}")
     stats = CampaignStats(link.stage)
+    total = progress_of(link.after) - progress_of(link.before)
     attempt = 0
 
     def fresh() -> Path:
@@ -206,22 +241,19 @@ def campaign(link: Link, kills: int, scratch: Path, seed: int = 0) -> CampaignSt
         shutil.copytree(link.before, work)
         return work
 
-    work = fresh()
-    kept: list[str] = []
+    work, kept = fresh(), []
     while stats.kills < kills:
         attempt += 1
-        delay = rng.uniform(0, link.seconds)
         before = progress_of(work)
-        proc = tcd_process(
-            *COMMANDS[link.stage][:1], "--work", str(work), *COMMANDS[link.stage][1:]
-        )
-        try:
-            proc.wait(timeout=delay)
-        except subprocess.TimeoutExpired:  # still running at the chosen moment: kill it
-            proc.send_signal(signal.SIGKILL)
-            proc.communicate()
+        if modes[attempt % len(modes)] == "time":
+            mode, value = "time", rng.uniform(0, link.seconds)
+        else:
+            left = total - (before - progress_of(link.before))
+            mode, value = "progress", rng.randint(1, max(1, left))
+        proc = start(link.stage, work)
+        if _kill_moment(proc, work, mode, value, rng):
             stats.kills += 1
-            stats.delays.append(round(delay, 2))
+            stats.moments.append(f"{mode}:{round(value, 2)}")
             stats.kills_mid_work += progress_of(work) > before
             assert_nothing_half_done(work, link.after)
             now = kept_epochs(work)
