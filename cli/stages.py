@@ -120,9 +120,7 @@ def register(app: typer.Typer) -> None:
         set_: Set = None,
         batch_size: Annotated[
             int,
-            typer.Option(
-                min=1, help="Queries per text forward pass (frames: one video's T per pass)."
-            ),
+            typer.Option(min=1, help="Images (T per video) or queries per forward pass."),
         ] = 64,
         workers: Annotated[int, typer.Option(min=0, help="Decoding worker processes.")] = min(
             4, os.cpu_count() or 1

@@ -82,7 +82,9 @@ def run_encode(
         return text["model"]
 
     reports = [
-        _encode_frames(work, settings, captions, workers, decoder, retry_failed, progress, shard)
+        _encode_frames(
+            work, settings, captions, batch_size, workers, decoder, retry_failed, progress, shard
+        )
     ]
     captions_group = caption_group(work, captions, ocr_group(work, ocr))
     reports.append(
@@ -135,6 +137,7 @@ def _encode_frames(
     work: WorkDir,
     settings: EncodeSettings,
     captions: CaptionSettings,
+    batch_size: int,
     workers: int,
     decoder: str,
     retry_failed: bool,
@@ -158,15 +161,31 @@ def _encode_frames(
             collate_fn=_keep,
             prefetch_factor=4 if workers else None,
         )
+        # Every forward pass has the same shape, `per_batch` videos of T frames, padded with
+        # blank images when fewer are pending. With a fixed shape a frame's embedding does not
+        # depend (not even in its last bit) on which other videos share its batch, so a
+        # resumed run writes the same bits as an uninterrupted one.
+        per_batch = max(1, batch_size // n)
+        pending: list[tuple[int, np.ndarray, torch.Tensor]] = []
+
+        def flush() -> Iterator[tuple[int, Any]]:
+            encoder = model["m"]
+            pixels = torch.cat([p for _, _, p in pending])  # videos differ in size: resized
+            blank = pixels.new_zeros((per_batch * n - len(pixels), *pixels.shape[1:]))
+            embeds = encoder.embed(torch.cat([pixels, blank])).astype(np.float16)
+            for k, (row, times, _) in enumerate(pending):
+                yield row, {"frames": embeds[k * n : (k + 1) * n], "times": times}
+            pending.clear()
+
         for row, times, frames in loader:
             if times is None:
                 yield row, RuntimeError(frames)
                 continue
-            # One forward pass per video (its T frames): batching several videos would make a
-            # video's float16 embedding depend, in its last bit, on which others were pending,
-            # and a resumed run would then differ from an uninterrupted one.
-            embeds = model["m"](frames).astype(np.float16)
-            yield row, {"frames": embeds, "times": times.astype(np.float32)}
+            pending.append((row, times.astype(np.float32), model["m"].preprocess(frames)))
+            if len(pending) == per_batch:
+                yield from flush()
+        if pending:
+            yield from flush()
 
     return run_stage(work, group, arrays, produce, retry_failed, progress, shard)
 

@@ -95,11 +95,15 @@ class VisionEncoder:
         return (x - mean) / std
 
     @torch.inference_mode()
+    def embed(self, pixels: torch.Tensor) -> np.ndarray:
+        """Preprocessed (B, 3, S, S) -> unit-norm (B, D) embeddings."""
+        with _autocast(self.device):
+            embeds = self.model(pixel_values=pixels).image_embeds
+        return F.normalize(embeds.float(), dim=-1).cpu().numpy()
+
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """uint8 (B, H, W, 3) RGB frames of one size -> unit-norm (B, D) embeddings."""
-        with _autocast(self.device):
-            embeds = self.model(pixel_values=self.preprocess(frames)).image_embeds
-        return F.normalize(embeds.float(), dim=-1).cpu().numpy()
+        return self.embed(self.preprocess(frames))
 
 
 @dataclass

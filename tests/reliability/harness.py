@@ -34,7 +34,7 @@ RUN = "tcd"
 COMMANDS: dict[str, list[str]] = {
     "ocr": ["ocr", "-q", "--set", "ocr.max_frames=1"],
     "caption": ["caption", "-q"],
-    "encode": ["encode", "-q", "--workers", "0", "--batch-size", "8"],
+    "encode": ["encode", "-q", "--workers", "0", "--batch-size", "24"],  # 2 videos a batch
     "train": [
         "train", "--config", "configs/tcd.toml", "--name", RUN,
         "--set", "train.epochs=20", "--set", "train.batch_size=4",

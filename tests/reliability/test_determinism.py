@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from heads.modules import HeadSettings
@@ -44,17 +45,18 @@ def test_two_trainings_with_one_seed_are_identical(tmp_path):
     assert other["loss"] != best[0]["loss"]  # the seed does matter
 
 
-def test_recomputing_some_rows_gives_the_bits_of_a_full_run(synth_set, tmp_path):
+@pytest.mark.parametrize("batch_size", [4, 36])  # queries in blocks of 4; 3 videos per batch
+def test_recomputing_some_rows_gives_the_bits_of_a_full_run(synth_set, tmp_path, batch_size):
     """What a resumed run does: only some rows pending. Embeddings must not depend on which
     other rows are computed alongside (batching them together changes float16 last bits)."""
     work = make_work(synth_set, tmp_path)
-    run_all(work, batch_size=4)  # queries: blocks of 4 rows
+    run_all(work, batch_size=batch_size)
     full = arrays(work)
     rng = np.random.default_rng(0)
     for group in work.stages():
         if group.stage in ("frames", "queries"):
             group.reset_rows(np.flatnonzero(rng.random(group.n_rows) < 0.4).tolist())
-    run_all(work, batch_size=4)  # most blocks now partly done
+    run_all(work, batch_size=batch_size)  # most batches now partly done
     again = arrays(work)
     for name in full:
         np.testing.assert_array_equal(full[name], again[name], err_msg=name)
