@@ -186,6 +186,14 @@ class Manifest:
         return self.videos if rows == "videos" else self.captions
 
 
+_GROUP_ATTRS = ("stage", "key", "rows", "upstream", "settings", "created")
+
+
+def _complete(group: zarr.Group) -> bool:
+    """Whether a stage group's creation finished (all its attributes are written)."""
+    return all(name in group.attrs for name in _GROUP_ATTRS)
+
+
 @dataclass(frozen=True)
 class Shard:
     """Worker `index` of `count` sharing one stage group: it takes the rows r with
@@ -418,7 +426,7 @@ class WorkDir:
             raise CacheError(f"unknown row kind {rows!r}; expected one of {ROW_KINDS}")
         key = settings_key(settings, upstream)
         path = f"stages/{name}/{key}"
-        if path in self.root and "stage" in self.root[path].attrs:
+        if path in self.root and _complete(self.root[path]):
             return StageGroup(self, self.root[path])
         # Creation takes the group's writer lock, so call this before holding that lock.
         with self.stage_lock(name, key, timeout=30.0):
@@ -434,7 +442,7 @@ class WorkDir:
         self, path: str, name: str, key: str, rows: str, upstream: str | None, settings: Any
     ) -> StageGroup:
         if path in self.root:
-            if "stage" in self.root[path].attrs:
+            if _complete(self.root[path]):
                 return StageGroup(self, self.root[path])
             del self.root[path]  # an interrupted creation: start it again
         group = self.root.require_group(path)
@@ -445,8 +453,9 @@ class WorkDir:
             ("done", "bool", False),
         ):
             group.create_array(array, shape=(n,), chunks=(1,), dtype=dtype, fill_value=fill)
-        # attrs last: a group without them is an interrupted creation and is redone
-        group.attrs.update(
+        # attrs last, in one write (attrs.update writes key by key): a group without them is
+        # an interrupted creation and is redone
+        group.attrs.put(
             {
                 "stage": name,
                 "key": key,
@@ -470,7 +479,7 @@ class WorkDir:
                 stage = self.root[f"stages/{stage_name}"]
                 for key in stage.group_keys():
                     group = stage[key]
-                    if "stage" in group.attrs:
+                    if _complete(group):
                         out.append(StageGroup(self, group))
         return sorted(out, key=lambda g: (g.stage, str(g.group.attrs.get("created", ""))))
 

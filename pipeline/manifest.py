@@ -72,7 +72,7 @@ def build_manifest(work: WorkDir, dataset: Dataset, progress: bool = True) -> Ma
             for c in dataset.captions()
         ]
         caption_stats = manifest.captions.upsert(caption_records)
-        manifest.group.attrs.update({"dataset": dataset.name, "root": str(dataset.root)})
+        manifest.group.attrs.put({"dataset": dataset.name, "root": str(dataset.root)})
     unreadable = sum(1 for r in records if r["error"])
     return ManifestReport(video_stats, caption_stats, unreadable)
 

@@ -297,3 +297,16 @@ def test_a_killed_manifest_update_is_repaired_by_the_next(tmp_path):
         "key": 3,
         "path": 3,
     }
+
+
+def test_a_group_creation_killed_between_attribute_writes_is_redone(tmp_path):
+    work = WorkDir(tmp_path, create=True)
+    work.manifest.videos.upsert(video_records(["a", "b"]))
+    group = work.stage("ocr", FakeOcr())
+    path = f"stages/ocr/{group.key}"
+    del work.root[path]
+    work.root.require_group(path).attrs["stage"] = "ocr"  # killed after the first attribute
+    assert WorkDir(tmp_path).stages() == []  # readers skip it
+    again = WorkDir(tmp_path).stage("ocr", FakeOcr())  # the next writer redoes it
+    assert again.key == group.key and again.n_rows == 2
+    assert [g.key for g in WorkDir(tmp_path).stages()] == [group.key]
