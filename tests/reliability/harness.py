@@ -37,7 +37,7 @@ COMMANDS: dict[str, list[str]] = {
     "encode": ["encode", "-q", "--workers", "0", "--batch-size", "24"],  # 2 videos a batch
     "train": [
         "train", "--config", "configs/tcd.toml", "--name", RUN,
-        "--set", "train.epochs=20", "--set", "train.batch_size=4",
+        "--set", "train.epochs=12", "--set", "train.batch_size=4",
         "--set", "train.patience=100", "--set", "train.val_fraction=0.3",
     ],
     "index": ["index", "--run", RUN],

@@ -1,6 +1,7 @@
 """Concurrency: two writers on one stage group (the second is refused, the first is unharmed),
 readers (`cache status`, `eval`) while writers run, and sharded workers (`--shard i/n`) over
-disjoint rows of the same groups, whose result equals a single worker's bitwise."""
+disjoint rows of the same groups, whose result equals a single worker's bitwise. Two real
+writers racing and eval during training run in `make soak`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from pathlib import Path
 import pytest
 
 from cache import Shard, WorkDir
+from cli.train_cmd import features
+from heads.modules import HeadSettings
+from heads.train import RunConfig, TrainSettings, train
 from pipeline.captions import CaptionSettings
 from pipeline.encode import EncodeSettings, frame_group
 from tests.conftest import tcd_process
@@ -53,14 +57,22 @@ def _eval_or_one_line_error(work: Path) -> int:
     return proc.returncode
 
 
-def test_a_second_writer_is_refused_and_neither_corrupts(encoded, tmp_path):
-    before, reference = encoded
+def test_a_second_writer_is_refused_while_readers_read(encoded, tmp_path):
+    before, _ = encoded
     work = Path(shutil.copytree(before, tmp_path / "work"))
     with frame_group(WorkDir(work), EncodeSettings(), CaptionSettings()).writing():
         second = tcd_process(*ENCODE[:1], "--work", str(work), *ENCODE[1:])
+        status = tcd_process("cache", "status", "--work", str(work))
         err = one_line_error(second)
         assert "is in use by another process" in err and f"pid {os.getpid()}" in err
-    # two real writers started together: whichever meets a lock held by the other is refused
+        assert "frames" in finish(status)
+
+
+@pytest.mark.soak
+def test_two_writers_started_together_never_corrupt(encoded, tmp_path):
+    before, reference = encoded
+    work = Path(shutil.copytree(before, tmp_path / "work"))
+    # whichever meets a lock held by the other is refused; the other goes on
     writers = [tcd_process(*ENCODE[:1], "--work", str(work), *ENCODE[1:]) for _ in range(2)]
     wait_for_rows(work, "frames", *writers)
     status = tcd_process("cache", "status", "--work", str(work))  # a reader meanwhile
@@ -76,9 +88,9 @@ def test_a_second_writer_is_refused_and_neither_corrupts(encoded, tmp_path):
     assert_same(cache_arrays(work), cache_arrays(reference))
 
 
-def test_eval_while_a_run_trains_and_while_its_features_are_rewritten(encoded, tmp_path):
-    """`tcd eval` during `tcd train` of the same run (checkpoints replaced under it) and during
-    `tcd encode` of the same groups: each eval succeeds or stops with one clear line."""
+@pytest.mark.soak
+def test_eval_while_the_run_trains(encoded, tmp_path):
+    """`tcd eval` during `tcd train` of the same run: checkpoints are replaced under it."""
     _, reference = encoded
     work = Path(shutil.copytree(reference, tmp_path / "work"))
     trainer = tcd_process(
@@ -91,18 +103,26 @@ def test_eval_while_a_run_trains_and_while_its_features_are_rewritten(encoded, t
     finish(trainer)
     assert succeeded >= 1  # evaluated a checkpoint while later ones were being written
 
-    # now rewrite the features the run is scored on, and evaluate meanwhile
-    for group in WorkDir(work).stages():
+
+def test_eval_while_its_features_are_rewritten(encoded, tmp_path):
+    """`tcd eval` during `tcd encode` of the groups it reads: each eval succeeds or stops with
+    one clear line, and the writer's result equals a clean run's."""
+    _, reference = encoded
+    work = WorkDir(shutil.copytree(reference, tmp_path / "work"))
+    config = RunConfig(HeadSettings(heads=2), TrainSettings(epochs=1, batch_size=4))
+    train(config, features(work, "train"), work.path / "runs" / "r")
+    for group in work.stages():
         if group.stage in ("frames", "ocr_text", "queries"):
-            del group.work.root[f"stages/{group.stage}"]
-    writer = tcd_process(*ENCODE[:1], "--work", str(work), *ENCODE[1:])
+            del work.root[f"stages/{group.stage}"]
+    writer = tcd_process(*ENCODE[:1], "--work", str(work.path), *ENCODE[1:])
     readers = 0
     while writer.poll() is None:
-        _eval_or_one_line_error(work)
+        _eval_or_one_line_error(work.path)
         readers += 1
     finish(writer)
     assert readers >= 1
-    assert_same(cache_arrays(work), cache_arrays(reference))
+    assert _eval_or_one_line_error(work.path) == 0
+    assert_same(cache_arrays(work.path), cache_arrays(reference))
 
 
 def test_sharded_workers_split_the_rows_and_equal_one_worker(encoded, tmp_path):
@@ -111,8 +131,8 @@ def test_sharded_workers_split_the_rows_and_equal_one_worker(encoded, tmp_path):
     frames = frame_group(WorkDir(work), EncodeSettings(), CaptionSettings())
     with frames.writing(Shard(0, 2)):  # as if shard 0/2 were running
         unsharded = tcd_process(*ENCODE[:1], "--work", str(work), *ENCODE[1:])
-        assert "in use by another process" in one_line_error(unsharded)
         same = tcd_process(*ENCODE[:1], "--work", str(work), *ENCODE[1:], "--shard", "0/2")
+        assert "in use by another process" in one_line_error(unsharded)
         assert "shard 0/2 is in use" in one_line_error(same)
     shards = [
         tcd_process(*ENCODE[:1], "--work", str(work), *ENCODE[1:], "--shard", f"{i}/2")
