@@ -9,7 +9,8 @@ done), records failures with their message, and never lets one bad row stop the 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,30 +72,24 @@ def run_stage(
             unit=group.rows.rstrip("s"),
             disable=not progress or not len(todo),
         )
-        row = -1
+        guard = _WriteGuard(work, group, name)
         try:
             if len(todo):
                 layout = arrays() if callable(arrays) else arrays
-                with group.layout_lock():
+                with guard("its arrays", 0), group.layout_lock():
                     group.ensure_rows(len(keys))
                     for array, (shape, dtype, fill) in layout.items():
                         group.array(array, shape, dtype, fill)
             for row, data in rows:
-                if isinstance(data, Exception):
-                    message = str(data) or type(data).__name__
-                    group.fail_row(row, str(keys[row]), message)
-                    errors.append(message)
-                else:
-                    group.write_row(row, str(keys[row]), data)
-                    computed += 1
+                with guard(f"row {row}", computed):
+                    if isinstance(data, Exception):
+                        message = str(data) or type(data).__name__
+                        group.fail_row(row, str(keys[row]), message)
+                        errors.append(message)
+                    else:
+                        group.write_row(row, str(keys[row]), data)
+                        computed += 1
                 bar.update(1)
-        except OSError as exc:
-            where = f"row {row}" if row >= 0 else "its arrays"
-            raise CacheError(
-                f"{name} [{group.key}]: cannot write {where} to {work.path} "
-                f"({exc.strerror or exc}); the {computed} row(s) written so far are kept: "
-                "fix the cause (e.g. free disk space) and rerun to finish"
-            ) from None
         finally:
             bar.close()
             close = getattr(rows, "close", None)
@@ -104,6 +99,25 @@ def run_stage(
     return StageReport(
         name, group.key, computed, len(errors), up_to_date, time.monotonic() - started, errors
     )
+
+
+class _WriteGuard:
+    """`with guard("row 7", kept):` turns an `OSError` of the writes inside (disk full, I/O) into a
+    `CacheError` that says what is kept and to rerun; errors of the computation are not it."""
+
+    def __init__(self, work: WorkDir, group: StageGroup, name: str):
+        self.work, self.group, self.name = work, group, name
+
+    @contextmanager
+    def __call__(self, what: str, kept: int) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            raise CacheError(
+                f"{self.name} [{self.group.key}]: cannot write {what} to {self.work.path} "
+                f"({exc.strerror or exc}); the {kept} row(s) written so far are kept: "
+                "fix the cause (e.g. free disk space) and rerun to finish"
+            ) from None
 
 
 def guarded(
