@@ -72,16 +72,29 @@ def run_stage(
             unit=group.rows.rstrip("s"),
             disable=not progress or not len(todo),
         )
-        guard = _WriteGuard(work, group, name)
+
+        @contextmanager
+        def writing_to_cache(what: str) -> Iterator[None]:
+            """An `OSError` of these writes (disk full, I/O) -> `CacheError`; the computation's
+            own errors are not turned into it."""
+            try:
+                yield
+            except OSError as exc:
+                raise CacheError(
+                    f"{name} [{group.key}]: cannot write {what} to {work.path} "
+                    f"({exc.strerror or exc}); the {computed} row(s) written so far are kept: "
+                    "fix the cause (e.g. free disk space) and rerun to finish"
+                ) from None
+
         try:
             if len(todo):
                 layout = arrays() if callable(arrays) else arrays
-                with guard("its arrays", 0), group.layout_lock():
+                with writing_to_cache("its arrays"), group.layout_lock():
                     group.ensure_rows(len(keys))
                     for array, (shape, dtype, fill) in layout.items():
                         group.array(array, shape, dtype, fill)
             for row, data in rows:
-                with guard(f"row {row}", computed):
+                with writing_to_cache(f"row {row}"):
                     if isinstance(data, Exception):
                         message = str(data) or type(data).__name__
                         group.fail_row(row, str(keys[row]), message)
@@ -99,25 +112,6 @@ def run_stage(
     return StageReport(
         name, group.key, computed, len(errors), up_to_date, time.monotonic() - started, errors
     )
-
-
-class _WriteGuard:
-    """`with guard("row 7", kept):` turns an `OSError` of the writes inside (disk full, I/O) into a
-    `CacheError` that says what is kept and to rerun; errors of the computation are not it."""
-
-    def __init__(self, work: WorkDir, group: StageGroup, name: str):
-        self.work, self.group, self.name = work, group, name
-
-    @contextmanager
-    def __call__(self, what: str, kept: int) -> Iterator[None]:
-        try:
-            yield
-        except OSError as exc:
-            raise CacheError(
-                f"{self.name} [{self.group.key}]: cannot write {what} to {self.work.path} "
-                f"({exc.strerror or exc}); the {kept} row(s) written so far are kept: "
-                "fix the cause (e.g. free disk space) and rerun to finish"
-            ) from None
 
 
 def guarded(
