@@ -22,9 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import peak_rss_mb, save
+from heads.config import RunConfig, TrainSettings
 from heads.data import Features
+from heads.metrics import recall_at_1
 from heads.modules import HeadSettings
-from heads.train import RunConfig, TrainSettings, load_head, recall_at_1, score_matrix, train
+from heads.run_dir import RunDir
+from heads.scoring import score_matrix
+from heads.train import train
 from retrieval.index import build_index, two_stage, video_embeddings
 
 T, D = 12, 512
@@ -79,12 +83,12 @@ def main() -> None:
         TrainSettings(epochs=args.epochs, lr=3e-4, patience=2, val_fraction=args.val_fraction),
     )
     with tempfile.TemporaryDirectory() as tmp:
-        run = Path(tmp) / "run"
+        run = RunDir.at(Path(tmp) / "run")
         started = time.perf_counter()
         best = train(config, train_data, run)
         train_s = time.perf_counter() - started
-        history = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-        head, _ = load_head(run, D, D)
+        history = [json.loads(x) for x in run.epochs_log.read_text().splitlines()]
+        head, _ = run.load_head(D, D)
     epoch_s = [h["seconds"] for h in history]
     step_s = [h["train_seconds"] for h in history]  # the optimisation steps, without validation
     print(

@@ -1,6 +1,6 @@
 """Settings are dataclasses, loaded from TOML and overridden with `--set a.b=c`.
 
-    settings = load_settings(PipelineSettings, "configs/default.toml", ["captions.xi=0.5"])
+    settings = load_settings(PipelineSettings, "configs/pipeline.toml", ["captions.xi=0.5"])
 
 Unknown keys and wrong types are errors (a typo must not silently fall back to a default).
 Values given with `--set` are parsed as TOML values (`0.5`, `true`, `"x"`, `[1, 2]`); anything
@@ -10,13 +10,14 @@ that does not parse as TOML is taken as a plain string (`--set encode.text_model
 from __future__ import annotations
 
 import dataclasses
-import json
 import tomllib
 import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+
+import tomli_w
 
 from cache.errors import SettingsError
 
@@ -68,18 +69,38 @@ def read_toml(path: str | Path, what: str = "settings file") -> dict[str, Any]:
 
 def load_settings(
     cls: type[T],
-    path: str | Path | None = None,
+    layers: str | Path | Sequence[str | Path | None] | None = None,
     overrides: Sequence[str] = (),
     section: str | None = None,
 ) -> T:
-    """Build dataclass `cls` from a TOML file (or one `[section]` of it) plus overrides."""
+    """Build dataclass `cls` from TOML layers (later wins; `None` layers are skipped), then
+    `--set` overrides. `section` takes one `[section]` of each file.
+
+    The project's one settings loader: a run config is one file, the pipeline's settings are
+    the work dir's saved file under `--config` (`pipeline.settings.resolve_settings`).
+    """
+    if layers is None or isinstance(layers, (str, Path)):
+        layers = [layers]
     data: dict[str, Any] = {}
-    if path is not None:
-        data = read_toml(path)
+    for path in layers:
+        if path is None:
+            continue
+        layer = read_toml(path)
         if section is not None:
-            data = data.get(section, {})
-    data = apply_overrides(data, overrides)
-    return from_dict(cls, data)
+            layer = layer.get(section, {})
+        data = _merge(data, layer)
+    return from_dict(cls, apply_overrides(data, overrides))
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = (
+            _merge(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
+    return out
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
@@ -144,29 +165,18 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
 
 
 def dump_toml(data: dict[str, Any]) -> str:
-    """Nested dict of scalars and lists -> TOML text (enough for our settings dataclasses)."""
-    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
-    lines = [f"{key} = {_toml_value(value)}" for key, value in scalars.items()]
-    for key, value in data.items():
-        if isinstance(value, dict):
-            lines.append("")
-            lines.append(f"[{key}]")
-            lines.extend(
-                f"{k} = {_toml_value(v)}" for k, v in value.items() if not isinstance(v, dict)
-            )
-    return "\n".join(lines).strip() + "\n"
+    """Nested dict of scalars, lists and tables -> TOML text (tomli-w)."""
+    return tomli_w.dumps(_no_null(data))
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if value is None:
+def _no_null(data: Any) -> Any:
+    if data is None:
         raise SettingsError("TOML has no null; use an empty string or leave the key out")
-    return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a valid TOML basic string
+    if isinstance(data, dict):
+        return {k: _no_null(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_no_null(v) for v in data]
+    return data
 
 
 def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:

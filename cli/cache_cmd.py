@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from cache import WorkDir
-from pipeline.settings import WORK_SETTINGS, current_keys, resolve_settings
+from pipeline.settings import WORK_SETTINGS, StageGroups, resolve_settings
 
 app = typer.Typer(help="Inspect and maintain the cache of a work directory.", no_args_is_help=True)
 
@@ -26,7 +26,9 @@ def status(
     store = WorkDir(work)
     report = store.status()
     current = (
-        current_keys(resolve_settings(store.path)) if (store.path / WORK_SETTINGS).exists() else {}
+        StageGroups.keys(resolve_settings(store.path))
+        if (store.path / WORK_SETTINGS).exists()
+        else {}
     )
     for group in report["stages"]:
         group["current"] = current.get(group["stage"]) == group["key"]

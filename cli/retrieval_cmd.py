@@ -12,8 +12,10 @@ import torch
 import typer
 
 from cache import WorkDir
-from cli.train_cmd import features
-from heads.train import head_device, load_head, score_matrix
+from cli.common import features
+from heads.metrics import t2v_metrics, v2t_metrics
+from heads.run_dir import RunDir
+from heads.scoring import head_device, score_matrix
 from pipeline.captions import caption_group
 from pipeline.models import load_text
 from pipeline.ocr import ocr_group
@@ -21,7 +23,6 @@ from pipeline.settings import resolve_settings
 from pipeline.video import read_frames, segment_centres
 from retrieval.export import export_h5, write_sim_matrix
 from retrieval.index import build_index, load_index, save_index, two_stage, video_embeddings
-from retrieval.metrics import t2v_metrics, v2t_metrics
 from retrieval.report import Hit, QueryResult, render_report
 
 Work = Annotated[Path, typer.Option("--work", "-w", help="Work directory.")]
@@ -67,8 +68,8 @@ def register(app: typer.Typer) -> None:
         """Score every (caption, video) pair of a split; print t2v and v2t metrics."""
         store = WorkDir(work)
         data = features(store, split)
-        run_dir = store.path / "runs" / run
-        head, _ = load_head(run_dir, data.frames.shape[-1], data.queries.shape[-1])
+        run_dir = RunDir(store.path, run)
+        head, _ = run_dir.load_head(data.frames.shape[-1], data.queries.shape[-1])
         started = time.monotonic()
         report: dict = {
             "run": run,
@@ -77,7 +78,7 @@ def register(app: typer.Typer) -> None:
             "captions": len(data.queries),
         }
         if two_stage_:
-            index_path = run_dir / f"index_{split}.faiss"
+            index_path = run_dir.index_path(split)
             if index_path.exists():  # built by `tcd index` (flat, ivf or hnsw)
                 index = load_index(index_path)
             else:
@@ -96,7 +97,7 @@ def register(app: typer.Typer) -> None:
         report["t2v"] = t2v_metrics(sim, data.query_video)
         report["v2t"] = v2t_metrics(sim, data.query_video)
         report["missing_videos"] = data.missing
-        metrics_path = run_dir / "metrics.json"  # one entry per split, latest eval
+        metrics_path = run_dir.metrics_path  # one entry per split, latest eval
         saved = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
         saved[split] = report
         metrics_path.write_text(json.dumps(saved, indent=2))
@@ -150,12 +151,10 @@ def register(app: typer.Typer) -> None:
         """Build a FAISS index over the run's query-independent video embeddings."""
         store = WorkDir(work)
         data = features(store, split)
-        head, _ = load_head(
-            store.path / "runs" / run, data.frames.shape[-1], data.queries.shape[-1]
-        )
+        head, _ = RunDir(store.path, run).load_head(data.frames.shape[-1], data.queries.shape[-1])
         started = time.monotonic()
         built = build_index(video_embeddings(head, data), index)
-        path = store.path / "runs" / run / f"index_{split}.faiss"
+        path = RunDir(store.path, run).index_path(split)
         save_index(built, path)
         seconds = time.monotonic() - started
         typer.echo(f"{index} index of {built.ntotal} videos in {seconds:.2f} s -> {path}")
@@ -175,13 +174,11 @@ def register(app: typer.Typer) -> None:
         """Rank the split's videos for a free-text query (FAISS, then the full head)."""
         store = WorkDir(work)
         data = features(store, split)
-        head, _ = load_head(
-            store.path / "runs" / run, data.frames.shape[-1], data.queries.shape[-1]
-        )
+        head, _ = RunDir(store.path, run).load_head(data.frames.shape[-1], data.queries.shape[-1])
         settings = resolve_settings(store.path)
         encoder = load_text(settings.encode.text_model)
         query_emb = encoder([query]).astype(np.float16)
-        index_path = store.path / "runs" / run / f"index_{split}.faiss"
+        index_path = RunDir(store.path, run).index_path(split)
         index = (
             load_index(index_path)
             if index_path.exists()
@@ -238,8 +235,8 @@ def register(app: typer.Typer) -> None:
         """Write a self-contained HTML page: top videos per query with frames, captions, scores."""
         store = WorkDir(work)
         data = features(store, split)
-        run_dir = store.path / "runs" / run
-        head, _ = load_head(run_dir, data.frames.shape[-1], data.queries.shape[-1])
+        run_dir = RunDir(store.path, run)
+        head, _ = run_dir.load_head(data.frames.shape[-1], data.queries.shape[-1])
         sim = score_matrix(head, data)
         metrics = {
             "t2v": t2v_metrics(sim, data.query_video),
@@ -284,9 +281,7 @@ def register(app: typer.Typer) -> None:
             )
         title = f"{run} on {split} ({store.path})"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(
-            render_report(title, results, metrics, run_dir / "curves.png"), encoding="utf-8"
-        )
+        out.write_text(render_report(title, results, metrics, run_dir.curves), encoding="utf-8")
         typer.echo(f"report of {len(results)} queries -> {out}")
 
     @app.command("export")
@@ -309,8 +304,8 @@ def register(app: typer.Typer) -> None:
         embeddings = None
         if run:
             any_split = next(iter(splits.values()))
-            head, _ = load_head(
-                store.path / "runs" / run, any_split.frames.shape[-1], any_split.queries.shape[-1]
+            head, _ = RunDir(store.path, run).load_head(
+                any_split.frames.shape[-1], any_split.queries.shape[-1]
             )
             embeddings = {s: video_embeddings(head, d) for s, d in splits.items()}
         export_h5(out, splits, texts, embeddings)

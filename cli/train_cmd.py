@@ -10,6 +10,7 @@ import typer
 
 from cache import WorkDir
 from cache.settings import load_settings
+from cli.common import features
 from heads.ablate import (
     COST_COLUMNS,
     QUALITY_COLUMNS,
@@ -20,14 +21,16 @@ from heads.ablate import (
     run_study,
     summarise,
 )
+from heads.config import RunConfig
 from heads.cost import flops, ms_per_1k_pairs, ocr_texts_per_video
-from heads.data import Features, load_features
-from heads.train import RunConfig, finished_run, load_head, score_matrix, train
-from pipeline.captions import caption_group, run_captions
-from pipeline.encode import frame_group, ocr_text_group, query_group, run_encode
-from pipeline.ocr import ocr_group
-from pipeline.settings import PipelineSettings, resolve_settings
-from retrieval.metrics import t2v_metrics, v2t_metrics
+from heads.data import Features
+from heads.metrics import t2v_metrics, v2t_metrics
+from heads.run_dir import RunDir
+from heads.scoring import score_matrix
+from heads.train import train
+from pipeline.captions import run_captions
+from pipeline.encode import run_encode
+from pipeline.settings import resolve_settings
 
 Work = Annotated[Path, typer.Option("--work", "-w", help="Work directory with encoded features.")]
 Budget = Annotated[
@@ -38,30 +41,9 @@ Set = Annotated[
 ]
 
 
-def features(
-    work: WorkDir,
-    split: str,
-    memory_budget_gb: float = 8.0,
-    settings: PipelineSettings | None = None,
-) -> Features:
-    """The split's cached features for `settings` (default: the work dir's current ones).
-
-    Above the memory budget they are memory-mapped from `W/tmp/features/`.
-    """
-    settings = settings or resolve_settings(work.path)
-    captions = caption_group(work, settings.captions, ocr_group(work, settings.ocr))
-    groups = (
-        frame_group(work, settings.encode, settings.captions),
-        ocr_text_group(work, settings.encode, captions),
-        query_group(work, settings.encode),
-    )
-    spill = work.path / "tmp" / "features"
-    return load_features(work.manifest, *groups, split, memory_budget_gb * 1e9, spill)
-
-
-def evaluate(run_dir: Path, data: Features) -> dict[str, float]:
+def evaluate(run: RunDir, data: Features) -> dict[str, float]:
     """A run's metrics on `data`, and what its head costs (heads/cost.py)."""
-    head, config = load_head(run_dir, data.frames.shape[-1], data.queries.shape[-1])
+    head, config = run.load_head(data.frames.shape[-1], data.queries.shape[-1])
     sim = score_matrix(head, data)
     return {
         **t2v_metrics(sim, data.query_video),
@@ -86,7 +68,7 @@ def _train_one(work: WorkDir, name: str, config: RunConfig, train_data: Features
         typer.echo(
             f"warning: {len(train_data.missing)} video(s) without features left out", err=True
         )
-    return train(config, train_data, work.path / "runs" / name, progress=show)
+    return train(config, train_data, RunDir(work.path, name), progress=show)
 
 
 def register(app: typer.Typer) -> None:
@@ -104,13 +86,15 @@ def register(app: typer.Typer) -> None:
         store = WorkDir(work)
         run_config = load_settings(RunConfig, config, set_ or [])
         name = name or config.stem
-        where = store.path / "runs" / name
-        best = finished_run(run_config, where)
+        run = RunDir(store.path, name)
+        best = run.finished(run_config) if run.config_path.exists() else None
         if best is None:  # (a finished run needs no features: a rerun returns at once)
             best = _train_one(store, name, run_config, features(store, "train", memory_budget_gb))
         else:
             typer.echo(f"{name}: already trained with this config")
-        typer.echo(f"best epoch {best['epoch']} (val t2v R@1 {best['val_r1']:.1f}); run in {where}")
+        typer.echo(
+            f"best epoch {best['epoch']} (val t2v R@1 {best['val_r1']:.1f}); run in {run.path}"
+        )
 
     @app.command("ablate")
     def ablate_command(
@@ -154,11 +138,10 @@ def register(app: typer.Typer) -> None:
 
         def train_and_score(variant: Variant, seed: int, config: RunConfig) -> dict:
             train_data, eval_data = variant_features(variant)
-            run_dir = store.path / "runs" / "ablate" / variant.name / f"seed{seed}"
-            best = train(config, train_data, run_dir)
-            result = evaluate(run_dir, eval_data)
-            epochs = (run_dir / "metrics.jsonl").read_text().splitlines()
-            result["train_s"] = sum(json.loads(line)["seconds"] for line in epochs)
+            run = RunDir.for_ablation(store.path, variant.name, seed)
+            best = train(config, train_data, run)
+            result = evaluate(run, eval_data)
+            result["train_s"] = sum(epoch["seconds"] for epoch in run.epochs())
             typer.echo(
                 f"{variant.name} seed {seed}: best epoch {best['epoch']}, "
                 f"{split} t2v R@1 {result['R@1']:.1f}"
@@ -175,7 +158,7 @@ def register(app: typer.Typer) -> None:
             f"{header}{markdown_table(summary, QUALITY_COLUMNS)}\n"
             f"{markdown_table(summary, COST_COLUMNS)}"
         )
-        out = out or store.path / "runs" / "ablations.md"
+        out = out or RunDir.study_tables(store.path)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(tables)
         results = {"split": split, "seeds": seed_list, "grid": str(grid), "runs": rows}

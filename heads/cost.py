@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from heads.data import Features
 from heads.modules import HeadSettings
-from heads.train import score_matrix
+from heads.scoring import score_matrix
 
 
 def ocr_texts_per_video(settings: HeadSettings, features: Features) -> float:

@@ -18,47 +18,23 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from cache.device import default_device
 from cache.errors import TcdError
-from cache.settings import dump_toml, to_dict
+from heads.checkpoint import load_checkpoint, save_checkpoint
+from heads.config import RunConfig
 from heads.data import Features
-from heads.modules import HeadSettings, build_head, hsc_loss
-
-
-class CheckpointError(TcdError):
-    """A checkpoint is missing, corrupted, or does not fit the model."""
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    epochs: int = 30
-    batch_size: int = 42  # the paper's batch
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup: float = 0.1  # share of all steps
-    grad_clip: float = 1.0
-    hsc: bool = True
-    hsc_weight: float = 0.1  # lambda
-    hsc_temperature: float = 0.1
-    temperature: float = 0.05  # initial InfoNCE temperature (learned)
-    val_fraction: float = 0.1
-    patience: int = 5
-    seed: int = 0
-    score_memory_gb: float = 2.0  # memory budget of validation scoring blocks
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    head: HeadSettings = field(default_factory=HeadSettings)
-    train: TrainSettings = field(default_factory=TrainSettings)
+from heads.losses import hsc_loss, info_nce, retrieval_loss
+from heads.metrics import recall_at_1
+from heads.modules import build_head
+from heads.run_dir import RunDir, same_config
+from heads.scoring import score_matrix
 
 
 class Model(nn.Module):
@@ -68,90 +44,6 @@ class Model(nn.Module):
         super().__init__()
         self.head = head
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
-
-
-def device_for_training() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def head_device(head: nn.Module) -> torch.device:
-    return next(head.parameters()).device
-
-
-@torch.no_grad()
-def score_matrix(
-    head: nn.Module,
-    features: Features,
-    memory_budget: float = 2e9,
-    device: torch.device | str | None = None,
-) -> np.ndarray:
-    """Full scores (queries x videos), computed in square blocks of queries x videos sized so
-    the per-pair tensors (about 8 of Q x N x T x D floats) stay within `memory_budget` bytes.
-    Each video block is encoded once (`head.encode`) and scored against every query block.
-    Runs on the GPU when present."""
-    device = torch.device(device) if device is not None else device_for_training()
-    head = head.to(device).eval()
-    t, d = features.captions.shape[1], max(features.captions.shape[-1], features.frames.shape[-1])
-    block = max(1, int(math.sqrt(memory_budget / (8 * 4 * t * d))))
-    queries = torch.from_numpy(features.queries).float().to(device)
-    out = np.zeros((len(queries), features.n_videos), np.float32)
-    for start in range(0, features.n_videos, block):
-        index = slice(start, min(start + block, features.n_videos))
-        videos = head.encode(**features.video_batch(index, device))  # once per video
-        for q0 in range(0, len(queries), block):
-            scores = head.score(queries[q0 : q0 + block], videos).total
-            out[q0 : q0 + block, index] = scores.float().cpu().numpy()
-    return out
-
-
-def recall_at_1(sim: np.ndarray, query_video: np.ndarray) -> float:
-    """t2v R@1 in percent (ties averaged: a tie for first counts as a miss)."""
-    target = sim[np.arange(len(query_video)), query_video][:, None]
-    first = ((sim > target).sum(1) == 0) & ((sim == target).sum(1) == 1)
-    return float(100 * first.mean())
-
-
-def retrieval_loss(sim: np.ndarray, query_video: np.ndarray, scale: float) -> float:
-    """Mean t2v cross-entropy of `scale * sim` against each query's true video."""
-    logits = torch.from_numpy(sim).double() * scale
-    return float(F.cross_entropy(logits, torch.from_numpy(query_video)))
-
-
-def info_nce(scores: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE over a (B, B) score matrix whose diagonal holds the true pairs."""
-    logits = scores * scale
-    labels = torch.arange(len(scores), device=scores.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-
-
-def save_checkpoint(path: Path, model: nn.Module, extra: dict[str, Any] | None = None) -> None:
-    payload = {"model": model.state_dict(), **(extra or {})}
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)  # a kill never leaves a half-written checkpoint
-
-
-def load_checkpoint(path: Path, model: nn.Module | None = None) -> dict[str, Any]:
-    """Load tensors only (weights_only=True) and, given a model, fill it strictly."""
-    if not path.exists():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors of many kinds for a damaged or unsafe file
-        raise CheckpointError(
-            f"{path}: not a readable tensors-only checkpoint "
-            f"({exc.__class__.__name__}: {str(exc)[:200]})"
-        ) from None
-    if not isinstance(payload, dict) or "model" not in payload:
-        raise CheckpointError(f"{path}: not a checkpoint written by tcd train")
-    if model is not None:
-        try:
-            model.load_state_dict(payload["model"], strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(
-                f"{path}: does not fit this model ({str(exc).splitlines()[0]})"
-            ) from None
-    return payload
 
 
 def build_model(config: RunConfig, features: Features) -> Model:
@@ -168,38 +60,20 @@ def split_train_val(
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def finished_run(config: RunConfig, run_dir: Path) -> dict[str, Any] | None:
-    """The best epoch's record when `run_dir` holds a finished run of this exact config
-    (all epochs done or stopped early), else None. Reads only last.pt."""
-    last = run_dir / "last.pt"
-    if not last.exists():
-        return None
-    state = load_checkpoint(last)
-    if state.get("config") != dump_toml(to_dict(config)):
-        return None
-    best = {"val_loss": math.inf, **json.loads(state["best"])}
-    epoch = int(state["epoch"])
-    stale = epoch - best["epoch"]
-    done = epoch + 1 >= config.train.epochs or stale >= config.train.patience
-    return best if done else None
-
-
 def train(
     config: RunConfig,
     features: Features,
-    run_dir: Path,
+    run: RunDir,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train the configured head on `features` (train split); return the best epoch's record."""
     settings = config.train
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_text = dump_toml(to_dict(config))
-    (run_dir / "config.toml").write_text(config_text)
-    finished = finished_run(config, run_dir)
+    config_text = run.create(config)
+    finished = run.finished(config)
     if finished is not None:
         return finished  # this config already finished here: nothing to do
     torch.manual_seed(settings.seed)
-    device = device_for_training()
+    device = default_device()
     train_idx, val_idx = split_train_val(features, settings.val_fraction, settings.seed)
     val = features.subset(val_idx) if len(val_idx) else None
     captions_of = [np.flatnonzero(features.query_video == v) for v in range(features.n_videos)]
@@ -227,16 +101,15 @@ def train(
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     start_epoch, best, history = 0, {"val_r1": -math.inf, "val_loss": math.inf, "epoch": -1}, []
-    last = run_dir / "last.pt"
-    if last.exists() and load_checkpoint(last).get("config") == config_text:
+    last = run.last
+    if last.exists() and same_config(load_checkpoint(last).get("config", ""), config):
         state = load_checkpoint(last, model)  # same config: resume where the last run stopped
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch = int(state["epoch"]) + 1
         best = {"val_loss": math.inf, **json.loads(state["best"])}
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-        history = [json.loads(line) for line in lines[:start_epoch]]
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+        history = run.epochs()[:start_epoch]
+    run.epochs_log.write_text("".join(json.dumps(h) + "\n" for h in history))
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if device.type == "cuda"
@@ -296,13 +169,13 @@ def train(
             record["val_r1"], record["val_loss"] = -record["loss"], record["loss"]
         record["seconds"] = time.monotonic() - started
         history.append(record)
-        with (run_dir / "metrics.jsonl").open("a") as f:
+        with run.epochs_log.open("a") as f:
             f.write(json.dumps(record) + "\n")
         # best = highest val R@1; a small validation split often ties (e.g. at 100%), and
         # the epoch whose true pairs score most clearly above the rest breaks the tie
         if (record["val_r1"], -record["val_loss"]) > (best["val_r1"], -best["val_loss"]):
             best, stale = record, 0
-            save_checkpoint(run_dir / "best.pt", model.head)
+            save_checkpoint(run.best, model.head)
         else:
             stale += 1
         save_checkpoint(
@@ -320,7 +193,7 @@ def train(
             progress(record)
         if stale >= settings.patience:
             break
-    plot_curves(history, run_dir / "curves.png")
+    plot_curves(history, run.curves)
     return best
 
 
@@ -344,16 +217,3 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def load_head(run_dir: Path, features_frame_dim: int, text_dim: int) -> tuple[nn.Module, RunConfig]:
-    """The best checkpoint of a run, loaded strictly into a head built from its config."""
-    from cache.settings import load_settings
-
-    config_path = run_dir / "config.toml"
-    if not config_path.exists():
-        raise CheckpointError(f"{run_dir}: no config.toml; is this a run directory of tcd train?")
-    config = load_settings(RunConfig, config_path)
-    head = build_head(config.head, features_frame_dim, text_dim)
-    load_checkpoint(run_dir / "best.pt", head)
-    return head.eval(), config

@@ -21,26 +21,17 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from cache import Shard, StageGroup, WorkDir
-from pipeline.ocr import Line, OcrSettings, ocr_group, read_lines
+from pipeline.ocr import Line, ocr_group, read_lines
+from pipeline.settings import CaptionSettings, OcrSettings
 from pipeline.stage import StageReport, guarded, run_stage
 from pipeline.video import segment_centres
 
 _SPACES = re.compile(r"\s+")
-
-
-@dataclass(frozen=True)
-class CaptionSettings:
-    frames: int = 12  # T: captions (and encoded frames) per video
-    xi: float = 1.0  # window length in units of duration / T
-    min_score: float = 0.5
-    separator: str = ", "
-    max_instances: int = 200
 
 
 def normalise(text: str) -> str:

@@ -16,35 +16,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from cache import Shard, StageGroup, TcdError, WorkDir
-from pipeline.captions import CaptionSettings, caption_group, fit_to_tokens
+from pipeline.captions import caption_group, fit_to_tokens
 from pipeline.models import TextEncoder, VisionEncoder, load_text, load_vision
-from pipeline.ocr import OcrSettings, ocr_group
+from pipeline.ocr import ocr_group
+from pipeline.settings import (
+    CaptionSettings,
+    EncodeSettings,
+    FrameSettings,
+    OcrSettings,
+    TextSettings,
+)
 from pipeline.stage import StageReport, guarded, run_stage
 from pipeline.video import read_frames, segment_centres
-
-
-@dataclass(frozen=True)
-class EncodeSettings:
-    vision_model: str = "clip-tiny-random"  # real runs: openai/clip-vit-base-patch32
-    text_model: str = "minilm"
-
-
-@dataclass(frozen=True)
-class FrameSettings:
-    model: str
-    frames: int
-
-
-@dataclass(frozen=True)
-class TextSettings:
-    model: str
 
 
 def frame_group(work: WorkDir, settings: EncodeSettings, captions: CaptionSettings) -> StageGroup:

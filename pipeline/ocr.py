@@ -15,30 +15,20 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from cache import Shard, StageGroup, WorkDir
 from cache.errors import TcdError
+from pipeline.settings import OcrSettings
 from pipeline.stage import StageReport, guarded, run_stage
 from pipeline.video import ocr_times, read_frames
 
 
 class OcrError(TcdError):
     """An OCR engine cannot run (missing package or models) or its input is malformed."""
-
-
-@dataclass(frozen=True)
-class OcrSettings:
-    engine: Literal["rapidocr", "paddleocr", "kwai"] = "rapidocr"
-    fps: float = 2.0  # frames read per second of video
-    max_frames: int = 64  # cap per video (long videos are sampled uniformly)
-    det_limit_side: int = 256  # rapidocr: upscale the short side to at least this
-    paddle_det_dir: str = ""  # paddleocr: local model dirs (the hub is unreachable offline)
-    paddle_rec_dir: str = ""
 
 
 Line = dict[str, Any]

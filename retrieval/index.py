@@ -3,7 +3,9 @@
 Stage 1: the head with text-condition off gives one vector per video (and per query) whose
 inner product is the query-independent score; FAISS returns the top-K videos per query.
 Stage 2: those K are re-scored with the full head (text-condition on). With K = all videos
-two-stage equals exact scoring.
+two-stage equals exact scoring. Pairs outside the K candidates get one finite floor, 1 below
+the lowest real score of the matrix, so an exported matrix holds no -inf and every unscored
+pair ranks below every scored one.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from torch import nn
 
 from cache.errors import TcdError
 from heads.data import Features
-from heads.train import head_device
+from heads.scoring import head_device
 
 INDEX_KINDS = ("flat", "ivf", "hnsw")
+UNSCORED_MARGIN = 1.0  # two-stage: pairs outside the K candidates score min(real) - this
 
 
 class RetrievalError(TcdError):
@@ -98,7 +101,7 @@ def load_index(path: Path) -> faiss.Index:
 
 @dataclass
 class TwoStageResult:
-    scores: np.ndarray  # (Q, N): full-head scores on the K candidates, -inf elsewhere
+    scores: np.ndarray  # (Q, N): full-head scores on the K candidates, a floor elsewhere
     candidates: np.ndarray  # (Q, K) video indices from stage 1
     recall_in_k: float  # share of queries whose true video is among the K (percent)
     stage1_s: float
@@ -129,5 +132,8 @@ def two_stage(head: nn.Module, features: Features, index: faiss.Index, k: int) -
             out = head.score(queries[q : q + 1], picked).total
             scores[q, candidates[q]] = out[0].float().cpu().numpy()
     stage2 = time.monotonic() - started
+    scored = np.isfinite(scores)
+    if scored.any():  # unscored pairs: a finite floor below every real score (see module doc)
+        scores[~scored] = scores[scored].min() - UNSCORED_MARGIN
     hit = (candidates == features.query_video[:, None]).any(axis=1)
     return TwoStageResult(scores, candidates, float(100 * hit.mean()), stage1, stage2)

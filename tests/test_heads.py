@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from heads.modules import HeadSettings, build_head, cosine, hsc_loss
+from heads.losses import hsc_loss
+from heads.modules import HeadSettings, build_head, cosine
 
 T, DV, DT = 12, 16, 24
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from heads.metrics import t2v_metrics, tie_averaged_ranks, v2t_metrics
 from heads.modules import HeadSettings, build_head
-from heads.train import score_matrix
+from heads.scoring import score_matrix
 from pipeline.datasets import textvr_rand_columns
 from retrieval.export import write_sim_matrix
 from retrieval.index import build_index, query_embeddings, two_stage, video_embeddings
-from retrieval.metrics import t2v_metrics, tie_averaged_ranks, v2t_metrics
 from tests.test_train import DT, DV, planted
 
 

@@ -353,10 +353,10 @@ def test_bad_ocr_file_and_odd_unicode(synth_copy, tmp_path):
     assert reports["ocr_text"].failed == 1 and reports["ocr_text"].computed == 11
 
 
-def test_current_keys_match_the_groups_the_stages_use(synth_set, tmp_path):
-    from pipeline.settings import PipelineSettings, current_keys
+def test_stage_groups_keys_name_the_groups_the_stages_write(synth_set, tmp_path):
+    from pipeline.settings import PipelineSettings, StageGroups
 
     settings = PipelineSettings(ocr=KWAI, captions=CaptionSettings(xi=0.6))
     work = make_work(synth_set, tmp_path)
     run_all(work, captions=settings.captions, encode=settings.encode, ocr=settings.ocr)
-    assert {g.stage: g.key for g in work.stages()} == current_keys(settings)
+    assert {g.stage: g.key for g in work.stages()} == StageGroups.keys(settings)

@@ -10,20 +10,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from heads.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from heads.config import RunConfig, TrainSettings
 from heads.data import Features
+from heads.metrics import recall_at_1
 from heads.modules import HeadSettings, build_head
-from heads.train import (
-    CheckpointError,
-    RunConfig,
-    TrainSettings,
-    finished_run,
-    load_checkpoint,
-    load_head,
-    recall_at_1,
-    save_checkpoint,
-    score_matrix,
-    train,
-)
+from heads.run_dir import RunDir
+from heads.scoring import score_matrix
+from heads.train import train
 
 T, DV, DT = 6, 16, 24
 
@@ -63,7 +57,7 @@ FAST = TrainSettings(epochs=6, batch_size=16, lr=1e-3, val_fraction=0.25, patien
 
 def test_tcd_learns_a_planted_signal_far_above_chance(tmp_path):
     data = planted()
-    best = train(RunConfig(HeadSettings(heads=2), FAST), data, tmp_path / "run")
+    best = train(RunConfig(HeadSettings(heads=2), FAST), data, RunDir.at(tmp_path / "run"))
     n_val = 40
     assert best["val_r1"] > 10 * (100 / n_val)  # chance is 2.5%
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -73,7 +67,7 @@ def test_tcd_learns_a_planted_signal_far_above_chance(tmp_path):
     )
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
     assert 'kind = "tcd"' in (tmp_path / "run" / "config.toml").read_text()
-    head, config = load_head(tmp_path / "run", DV, DT)
+    head, config = RunDir.at(tmp_path / "run").load_head(DV, DT)
     assert config.train == FAST
     val = data.subset(np.arange(40))
     assert score_matrix(head, val).shape == (len(val.queries), 40)
@@ -84,15 +78,15 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
     config = RunConfig(
         HeadSettings(heads=2, dropout=0.1), TrainSettings(epochs=4, batch_size=16, patience=10)
     )
-    train(config, data, tmp_path / "clean")
+    train(config, data, RunDir.at(tmp_path / "clean"))
 
     def stop_after_two(record):
         if record["epoch"] == 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(config, data, tmp_path / "resumed", progress=stop_after_two)
-    train(config, data, tmp_path / "resumed")
+        train(config, data, RunDir.at(tmp_path / "resumed"), progress=stop_after_two)
+    train(config, data, RunDir.at(tmp_path / "resumed"))
     clean = load_checkpoint(tmp_path / "clean" / "last.pt")["model"]
     resumed = load_checkpoint(tmp_path / "resumed" / "last.pt")["model"]
     for name in clean:
@@ -105,7 +99,7 @@ def test_without_validation_the_lowest_training_loss_is_kept(tmp_path):
     config = RunConfig(
         HeadSettings(heads=2), TrainSettings(epochs=2, batch_size=16, val_fraction=0)
     )
-    best = train(config, planted(n=32), tmp_path)
+    best = train(config, planted(n=32), RunDir.at(tmp_path))
     assert best["loss"] > 1 and best["val_r1"] == -best["loss"]  # an R@1 stand-in below -1
     assert (tmp_path / "best.pt").exists()
 
@@ -116,14 +110,14 @@ def test_rerunning_an_early_stopped_run_does_no_work(tmp_path):
     config = RunConfig(
         HeadSettings(heads=2), TrainSettings(epochs=40, batch_size=16, lr=0.5, patience=1)
     )
-    first = train(config, data, tmp_path / "run")
+    first = train(config, data, RunDir.at(tmp_path / "run"))
     lines = (tmp_path / "run" / "metrics.jsonl").read_text()
     assert len(lines.splitlines()) < 40  # stopped early
     last = (tmp_path / "run" / "last.pt").read_bytes()
-    assert finished_run(config, tmp_path / "run") == first
+    assert RunDir.at(tmp_path / "run").finished(config) == first
     longer = RunConfig(config.head, dataclasses.replace(config.train, patience=50))
-    assert finished_run(longer, tmp_path / "run") is None  # another config: not finished
-    assert train(config, data, tmp_path / "run") == first
+    assert RunDir.at(tmp_path / "run").finished(longer) is None  # another config: not finished
+    assert train(config, data, RunDir.at(tmp_path / "run")) == first
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == lines
     assert (tmp_path / "run" / "last.pt").read_bytes() == last
 

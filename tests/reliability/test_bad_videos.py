@@ -21,10 +21,12 @@ import pytest
 from typer.testing import CliRunner
 
 from cache import WorkDir
+from cli.common import features
 from cli.main import app
-from cli.train_cmd import features
+from heads.config import RunConfig, TrainSettings
 from heads.modules import HeadSettings
-from heads.train import RunConfig, TrainSettings, train
+from heads.run_dir import RunDir
+from heads.train import train
 from pipeline.datasets import read_textvr
 from pipeline.manifest import build_manifest
 from pipeline.settings import PipelineSettings, save_settings
@@ -202,7 +204,7 @@ def test_broken_videos_fail_alone_and_keep_their_column(synth_set, open_dir):
     train(
         RunConfig(HeadSettings(heads=2), TrainSettings(epochs=1, batch_size=2, val_fraction=0)),
         features(work, "train"),
-        work.path / "runs" / "r",
+        RunDir(work.path, "r"),
     )
     sim = open_dir / "sim.npy"
     result = CliRunner().invoke(

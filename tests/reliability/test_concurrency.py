@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from cache import Shard, WorkDir
-from cli.train_cmd import features
+from cli.common import features
+from heads.config import RunConfig, TrainSettings
 from heads.modules import HeadSettings
-from heads.train import RunConfig, TrainSettings, train
+from heads.run_dir import RunDir
+from heads.train import train
 from pipeline.captions import CaptionSettings
 from pipeline.encode import EncodeSettings, frame_group
 from tests.conftest import tcd_process
@@ -110,7 +112,7 @@ def test_eval_while_its_features_are_rewritten(encoded, tmp_path):
     _, reference = encoded
     work = WorkDir(shutil.copytree(reference, tmp_path / "work"))
     config = RunConfig(HeadSettings(heads=2), TrainSettings(epochs=1, batch_size=4))
-    train(config, features(work, "train"), work.path / "runs" / "r")
+    train(config, features(work, "train"), RunDir(work.path, "r"))
     for group in work.stages():
         if group.stage in ("frames", "ocr_text", "queries"):
             del work.root[f"stages/{group.stage}"]

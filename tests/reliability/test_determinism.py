@@ -5,8 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from heads.checkpoint import load_checkpoint
+from heads.config import RunConfig, TrainSettings
 from heads.modules import HeadSettings
-from heads.train import RunConfig, TrainSettings, load_checkpoint, train
+from heads.run_dir import RunDir
+from heads.train import train
 from tests.reliability.harness import assert_same, cache_arrays
 from tests.test_stages import make_work, run_all
 from tests.test_train import planted
@@ -33,12 +36,14 @@ def test_two_builds_and_a_partial_rebuild_give_identical_caches(synth_set, tmp_p
 def test_two_trainings_with_one_seed_are_identical(tmp_path):
     data = planted(n=64)
     config = RunConfig(HeadSettings(heads=2), TrainSettings(epochs=3, batch_size=16, seed=7))
-    best = [train(config, data, tmp_path / name) for name in ("a", "b")]
+    best = [train(config, data, RunDir.at(tmp_path / name)) for name in ("a", "b")]
     assert best[0]["val_r1"] == best[1]["val_r1"] and best[0]["loss"] == best[1]["loss"]
     weights = [load_checkpoint(tmp_path / name / "best.pt")["model"] for name in ("a", "b")]
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), key
     other = train(
-        RunConfig(config.head, TrainSettings(epochs=3, batch_size=16, seed=8)), data, tmp_path / "c"
+        RunConfig(config.head, TrainSettings(epochs=3, batch_size=16, seed=8)),
+        data,
+        RunDir.at(tmp_path / "c"),
     )
     assert other["loss"] != best[0]["loss"]  # the seed does matter

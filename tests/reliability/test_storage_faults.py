@@ -13,8 +13,11 @@ import pytest
 import zarr.storage._local as zarr_local
 
 from cache import CacheError, WorkDir
+from heads.checkpoint import load_checkpoint
+from heads.config import RunConfig, TrainSettings
 from heads.modules import HeadSettings
-from heads.train import RunConfig, TrainSettings, load_checkpoint, train
+from heads.run_dir import RunDir
+from heads.train import train
 from pipeline.captions import CaptionSettings
 from pipeline.encode import EncodeSettings, run_encode
 from tests.reliability.harness import assert_nothing_half_done, assert_same, cache_arrays
@@ -96,7 +99,7 @@ def test_failed_checkpoint_write_keeps_the_last_good_one_and_the_rerun_resumes(
 ):
     data = planted(n=48)
     config = RunConfig(HeadSettings(heads=2), TrainSettings(epochs=4, batch_size=16, patience=9))
-    train(config, data, tmp_path / "clean")
+    train(config, data, RunDir.at(tmp_path / "clean"))
     import heads.train as trainer
 
     real_save, last_saves = trainer.torch.save, {"n": 0}
@@ -110,10 +113,10 @@ def test_failed_checkpoint_write_keeps_the_last_good_one_and_the_rerun_resumes(
 
     monkeypatch.setattr(trainer.torch, "save", save)
     with pytest.raises(OSError, match="No space left"):
-        train(config, data, tmp_path / "faulty")
+        train(config, data, RunDir.at(tmp_path / "faulty"))
     monkeypatch.undo()
     assert load_checkpoint(tmp_path / "faulty" / "last.pt")["epoch"] == 0  # the good one
-    train(config, data, tmp_path / "faulty")
+    train(config, data, RunDir.at(tmp_path / "faulty"))
     for name in ("best.pt", "last.pt"):
         clean = load_checkpoint(tmp_path / "clean" / name)["model"]
         resumed = load_checkpoint(tmp_path / "faulty" / name)["model"]

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from heads.train import CheckpointError, load_checkpoint
+from heads.checkpoint import CheckpointError, load_checkpoint
 from retrieval.report import Hit, QueryResult, render_report
 from tests.conftest import tcd_process
 from tests.test_retrieval import _parse_images

@@ -1,0 +1,38 @@
+"""One way to write a file so that a kill never leaves it half-written: write a temporary file
+beside it, then rename it over the target (a rename within one directory is atomic on POSIX).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path`, on error it is
+    removed. `suffix` keeps a writer that insists on an extension happy (`.npy`, `.h5`).
+    The pid in the name keeps concurrent writers (sharded workers) off each other's file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp{suffix}")
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: str | os.PathLike[str], data: str | bytes | Callable[[Path], None]) -> Path:
+    """Write text, bytes, or whatever `data(tmp_path)` writes, atomically to `path`."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        elif isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            data(tmp)
+    return path

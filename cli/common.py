@@ -1,0 +1,59 @@
+"""What several commands share: option types and the one wiring "work dir + split -> cached
+features" (pipeline's stage groups handed to heads' loader, which never imports pipeline).
+
+Option types import neither torch nor transformers, so light commands stay light; the features
+loader imports `heads` only when called.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from cache import WorkDir
+from pipeline.settings import PipelineSettings, StageGroups, resolve_settings
+
+if TYPE_CHECKING:
+    from heads.data import Features
+
+Work = Annotated[Path, typer.Option("--work", "-w", help="Work directory (made by `tcd data`).")]
+Config = Annotated[
+    Path | None, typer.Option(help="TOML settings file (see configs/pipeline.toml).")
+]
+Set = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override one setting, e.g. captions.xi=0.5 (repeatable)."),
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+Run = Annotated[str, typer.Option(help="Run name under W/runs/.")]
+Split = Annotated[str, typer.Option(help="Split to use (train or test).")]
+Budget = Annotated[
+    float, typer.Option(help="Above this many GB of features, memory-map them instead.")
+]
+
+
+def features(
+    work: WorkDir,
+    split: str,
+    memory_budget_gb: float = 8.0,
+    settings: PipelineSettings | None = None,
+) -> Features:
+    """The split's cached features for `settings` (default: the work dir's current ones).
+
+    Above the memory budget they are memory-mapped from `W/tmp/features/`.
+    """
+    from heads.data import load_features
+
+    groups = StageGroups.resolve(work, settings or resolve_settings(work.path))
+    spill = work.path / "tmp" / "features"
+    return load_features(
+        work.manifest,
+        groups.frames,
+        groups.ocr_text,
+        groups.queries,
+        split,
+        memory_budget_gb * 1e9,
+        spill,
+    )

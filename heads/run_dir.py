@@ -1,0 +1,167 @@
+"""`W/runs/<name>/`: the one owner of a run's files. No other module builds a path under `runs/`.
+
+    config.toml        the resolved run config (heads/config.py)
+    metrics.jsonl      one line per training epoch
+    best.pt, last.pt   checkpoints (heads/checkpoint.py); last.pt also holds the optimiser
+    curves.png         training loss and validation R@1
+    metrics.json       `tcd eval` results, one entry per split
+    index_<split>.faiss, index_<split>.json   a FAISS index and what it was built from
+    sim_matrix.npy     the default place of `tcd eval --sim-matrix`
+
+Ablation runs live in `runs/ablate/<variant>/seed<S>/`, the study's tables in
+`runs/ablations.md` (and `.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from cache.atomic import atomic_write
+from cache.keys import to_plain
+from cache.settings import dump_toml, load_settings, to_dict
+from heads.checkpoint import CheckpointError, load_checkpoint
+from heads.config import RunConfig
+from heads.modules import build_head
+
+RUNS = "runs"
+
+
+class RunDir:
+    """The files of one run: `RunDir(work_path, name)`."""
+
+    def __init__(self, work: str | Path, name: str):
+        if not name or name in (".", "..") or "/" in name or "\\" in name:
+            raise CheckpointError(f"run name {name!r} must be a plain folder name")
+        self.work = Path(work)
+        self.name = name
+        self.path = self.work / RUNS / name
+
+    @classmethod
+    def at(cls, path: str | Path) -> RunDir:
+        """A run in any folder (tests, benchmarks): the same files, outside a work dir."""
+        run = cls.__new__(cls)
+        run.path = Path(path)
+        run.work, run.name = run.path.parent, run.path.name
+        return run
+
+    @classmethod
+    def for_ablation(cls, work: str | Path, variant: str, seed: int) -> RunDir:
+        run = cls(work, variant)
+        run.name = f"ablate/{variant}/seed{seed}"
+        run.path = Path(work) / RUNS / "ablate" / variant / f"seed{seed}"
+        return run
+
+    @staticmethod
+    def study_tables(work: str | Path) -> Path:
+        """Default place of `tcd ablate`'s Markdown tables (the JSON goes beside it)."""
+        return Path(work) / RUNS / "ablations.md"
+
+    @classmethod
+    def evaluated(cls, work: str | Path) -> list[RunDir]:
+        """Runs with saved `tcd eval` metrics, by name."""
+        root = Path(work) / RUNS
+        return [cls(work, p.parent.name) for p in sorted(root.glob("*/metrics.json"))]
+
+    # -- files --------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.toml"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best.pt"
+
+    @property
+    def last(self) -> Path:
+        return self.path / "last.pt"
+
+    @property
+    def epochs_log(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def curves(self) -> Path:
+        return self.path / "curves.png"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def sim_matrix(self) -> Path:
+        return self.path / "sim_matrix.npy"
+
+    def index_path(self, split: str) -> Path:
+        return self.path / f"index_{split}.faiss"
+
+    def index_meta_path(self, split: str) -> Path:
+        return self.path / f"index_{split}.json"
+
+    # -- contents -----------------------------------------------------------------------------
+    def create(self, config: RunConfig) -> str:
+        """Make the folder and write the resolved config; returns its TOML text."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        text = dump_toml(to_dict(config))
+        atomic_write(self.config_path, text)
+        return text
+
+    def require(self) -> None:
+        if not self.config_path.exists():
+            raise CheckpointError(
+                f"{self.path}: no such run (no config.toml); train it with "
+                f"`tcd train --work {self.work} --config configs/tcd.toml --name {self.name}`"
+            )
+
+    def config(self) -> RunConfig:
+        self.require()
+        return load_settings(RunConfig, self.config_path)
+
+    def load_head(self, frame_dim: int, text_dim: int) -> tuple[nn.Module, RunConfig]:
+        """The best checkpoint, loaded strictly into a head built from the run's config."""
+        config = self.config()
+        head = build_head(config.head, frame_dim, text_dim)
+        load_checkpoint(self.best, head)
+        return head.eval(), config
+
+    def epochs(self) -> list[dict[str, Any]]:
+        """The per-epoch records written so far."""
+        if not self.epochs_log.exists():
+            return []
+        return [json.loads(line) for line in self.epochs_log.read_text().splitlines() if line]
+
+    def finished(self, config: RunConfig | None = None) -> dict[str, Any] | None:
+        """The best epoch's record when this folder holds a finished run of `config` (default:
+        its own config.toml): every epoch done or stopped early. Else None. Reads last.pt only.
+        Configs are compared parsed, so how the TOML was written does not matter."""
+        if not self.last.exists():
+            return None
+        config = config or self.config()
+        state = load_checkpoint(self.last)
+        if not same_config(state.get("config", ""), config):
+            return None
+        best = {"val_loss": math.inf, **json.loads(state["best"])}
+        stale = int(state["epoch"]) - best["epoch"]
+        done = int(state["epoch"]) + 1 >= config.train.epochs or stale >= config.train.patience
+        return best if done else None
+
+    def saved_metrics(self) -> dict[str, Any]:
+        return json.loads(self.metrics_path.read_text()) if self.metrics_path.exists() else {}
+
+    def save_metrics(self, split: str, report: dict[str, Any]) -> None:
+        atomic_write(
+            self.metrics_path, json.dumps({**self.saved_metrics(), split: report}, indent=2)
+        )
+
+
+def same_config(saved_text: str, config: RunConfig) -> bool:
+    """Whether a config saved as TOML text is `config` (parsed, so formatting is irrelevant)."""
+    try:
+        return tomllib.loads(saved_text) == to_plain(config)
+    except (tomllib.TOMLDecodeError, TypeError):
+        return False
