@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import peak_rss_mb, save, synthetic_work
-from pipeline.captions import CaptionSettings, run_captions
-from pipeline.encode import EncodeSettings, run_encode
+from pipeline.captions import run_captions
+from pipeline.encode import run_encode
 from pipeline.models import load_vision
-from pipeline.ocr import OcrSettings, run_ocr
+from pipeline.ocr import run_ocr
+from pipeline.settings import CaptionSettings, EncodeSettings, OcrSettings
 from pipeline.video import ocr_times, read_frames, segment_centres
 
 

@@ -20,11 +20,12 @@ from pathlib import Path
 
 from bench.common import save, synthetic_work
 from cache import WorkDir
-from pipeline.captions import CaptionSettings, run_captions
+from pipeline.captions import run_captions
 from pipeline.datasets import read_textvr
-from pipeline.encode import EncodeSettings, run_encode
+from pipeline.encode import run_encode
 from pipeline.manifest import build_manifest
-from pipeline.ocr import OcrSettings, run_ocr
+from pipeline.ocr import run_ocr
+from pipeline.settings import CaptionSettings, EncodeSettings, OcrSettings
 
 OCR, CAPTIONS, ENCODE = OcrSettings(), CaptionSettings(), EncodeSettings()
 

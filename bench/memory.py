@@ -24,9 +24,10 @@ STAGE = """
 import sys
 from bench.common import peak_rss_mb
 from cache import WorkDir
-from pipeline.captions import CaptionSettings, run_captions
-from pipeline.encode import EncodeSettings, run_encode
-from pipeline.ocr import OcrSettings, run_ocr
+from pipeline.captions import run_captions
+from pipeline.encode import run_encode
+from pipeline.ocr import run_ocr
+from pipeline.settings import CaptionSettings, EncodeSettings, OcrSettings
 work, stage = WorkDir(sys.argv[1]), sys.argv[2]
 if stage == "decode":  # OCR's frame sampling, decoded and dropped: the streaming part alone
     from pipeline.video import ocr_times, read_frames

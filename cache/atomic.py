@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from glob import escape as glob_escape
 from pathlib import Path
 
 
@@ -14,15 +15,35 @@ from pathlib import Path
 def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path`, on error it is
     removed. `suffix` keeps a writer that insists on an extension happy (`.npy`, `.h5`).
-    The pid in the name keeps concurrent writers (sharded workers) off each other's file."""
+    The pid in the name keeps concurrent writers (sharded workers) off each other's file; the
+    files a killed writer left behind are removed by the next write of the same target."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp{suffix}")
     try:
         yield tmp
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _remove_orphans(path: Path) -> None:
+    """Delete `<name>.<pid>.tmp*` siblings whose writer process no longer runs."""
+    for old in path.parent.glob(f"{glob_escape(path.name)}.*.tmp*"):
+        pid = old.name[len(path.name) + 1 :].split(".", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            old.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
 
 
 def atomic_write(path: str | os.PathLike[str], data: str | bytes | Callable[[Path], None]) -> Path:

@@ -181,3 +181,10 @@ def _no_null(data: Any) -> Any:
 
 def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
+
+
+def check_setting(where: str, ok: bool, rule: str, value: Any) -> None:
+    """A range check for a settings dataclass's `__post_init__`: unless `ok`, raise
+    `SettingsError("<where> must be <rule>, got <value>")`."""
+    if not ok:
+        raise SettingsError(f"{where} must be {rule}, got {value!r}")

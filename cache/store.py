@@ -7,7 +7,11 @@ Layout (``W`` is the work dir)::
     W/cache.zarr/stages/<stage>/<key>/done       bool per row, written last
     W/cache.zarr/stages/<stage>/<key>/key        the input key the row was computed for
     W/cache.zarr/stages/<stage>/<key>/error      last failure message of the row ('' if none)
-    W/cache.zarr/stages/<stage>/<key>/<data>     per-row data, one chunk per row
+    W/cache.zarr/stages/<stage>/<key>/<data>     per-row data, one chunk per row (stages that
+                                                 decode add `warning`: '' or why a row's
+                                                 frames are not all real)
+    W/cache.zarr/stages/<stage>/<key> attrs      stage, key, rows, upstream, settings, created,
+                                                 reports (the last run's, per shard)
     W/locks/*.lock                               writer locks (flock)
 
 Row r of every per-video array belongs to manifest video row r (captions likewise). A row is
@@ -360,6 +364,42 @@ class StageGroup:
             count += 1
         return count
 
+    def warnings(self, done: np.ndarray | None = None) -> list[tuple[int, str]]:
+        """(row, warning) of the done rows whose data carries a warning (stages that can
+        warn, e.g. of a truncated stream, write a per-row `warning` array). `done`: the
+        `row_states()["done"]` mask when the caller has it."""
+        if "warning" not in set(self.group.array_keys()):
+            return []
+        rows = np.flatnonzero(self.row_states()["done"] if done is None else done)
+        messages = self.group["warning"]
+        found = [(int(r), str(messages[int(r)])) for r in rows if int(r) < messages.shape[0]]
+        return [(row, message) for row, message in found if message]
+
+    # -- run reports --------------------------------------------------------------------------
+    def save_report(self, report: dict[str, Any], shard: Shard | None = None) -> None:
+        """Keep a run's report in the group's attributes: one per shard (`"all"` unsharded;
+        an unsharded run, or shards of another count, replace the others). One `attrs.put`
+        of the whole attribute dict, under the layout lock, read fresh from the store, so
+        sharded writers never lose each other's report and the group never lacks the
+        attributes `_complete` checks."""
+        sharded = shard is not None and shard.count > 1
+        with self.layout_lock():
+            current = zarr.open_group(
+                self.group.store, path=self.group.path, mode="r+", zarr_format=3
+            )
+            attrs = dict(current.attrs)
+            reports = {
+                name: kept
+                for name, kept in dict(attrs.get("reports", {})).items()
+                if sharded and name.endswith(f"/{shard.count}")
+            }
+            reports[str(shard) if sharded else "all"] = report
+            current.attrs.put({**attrs, "reports": reports})
+
+    def reports(self) -> dict[str, dict[str, Any]]:
+        """The last run's report per shard (see `save_report`); empty before any run."""
+        return dict(self.group.attrs.get("reports", {}))
+
     def errors(self) -> list[tuple[int, str]]:
         """(row, message) of the rows that failed for their current key."""
         states = self.row_states()
@@ -426,8 +466,9 @@ class WorkDir:
             raise CacheError(f"unknown row kind {rows!r}; expected one of {ROW_KINDS}")
         key = settings_key(settings, upstream)
         path = f"stages/{name}/{key}"
-        if path in self.root and _complete(self.root[path]):
-            return StageGroup(self, self.root[path])
+        found = self.find_stage(name, key)
+        if found is not None:
+            return found
         # Creation takes the group's writer lock, so call this before holding that lock.
         with self.stage_lock(name, key, timeout=30.0):
             try:
@@ -437,6 +478,13 @@ class WorkDir:
                     f"cannot create the cache group {path} in {self.path} "
                     f"({exc.strerror or exc}); fix the cause and rerun"
                 ) from None
+
+    def find_stage(self, name: str, key: str) -> StageGroup | None:
+        """The group of stage `name` with this key if it exists (never creates it)."""
+        path = f"stages/{name}/{key}"
+        if path in self.root and _complete(self.root[path]):
+            return StageGroup(self, self.root[path])
+        return None
 
     def _create_stage(
         self, path: str, name: str, key: str, rows: str, upstream: str | None, settings: Any
@@ -484,8 +532,10 @@ class WorkDir:
         return sorted(out, key=lambda g: (g.stage, str(g.group.attrs.get("created", ""))))
 
     # -- reports and maintenance ------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        """Manifest counts and, per stage group, rows done / stale / failed / pending."""
+    def status(self, listed: bool = False) -> dict[str, Any]:
+        """Manifest counts and, per stage group, rows done / stale / failed / pending, rows
+        with warnings and the last run's reports; `listed`: also every failed and warned row
+        (`failed_rows`, `warned_rows`: row, id, message)."""
         manifest = self.manifest
         videos = manifest.videos.read(["present", "split", "error"])
         captions = manifest.captions.read(["present", "split"])
@@ -507,18 +557,33 @@ class WorkDir:
                 "present": int(captions["present"].sum()),
                 "removed": int((~captions["present"]).sum()),
             },
-            "stages": [
-                {
-                    "stage": g.stage,
-                    "key": g.key,
-                    "rows": g.rows,
-                    "upstream": g.upstream,
-                    "created": g.group.attrs.get("created"),
-                    **g.counts(),
-                }
-                for g in self.stages()
-            ],
+            "stages": [self._group_status(group, listed) for group in self.stages()],
         }
+
+    def _group_status(self, group: StageGroup, listed: bool) -> dict[str, Any]:
+        states = group.row_states()
+        warnings = group.warnings(states["done"])
+        entry = {
+            "stage": group.stage,
+            "key": group.key,
+            "rows": group.rows,
+            "upstream": group.upstream,
+            "created": group.group.attrs.get("created"),
+            **{name: int(mask.sum()) for name, mask in states.items()},
+            "warnings": len(warnings),
+            "reports": group.reports(),
+        }
+        if listed:
+            ids = self.manifest.table(group.rows).column("id")
+            errors = group.group["error"]
+            entry["failed_rows"] = [
+                {"row": int(r), "id": str(ids[r]), "error": str(errors[int(r)])}
+                for r in np.flatnonzero(states["failed"])
+            ]
+            entry["warned_rows"] = [
+                {"row": r, "id": str(ids[r]), "warning": message} for r, message in warnings
+            ]
+        return entry
 
     def gc(self, dry_run: bool = False) -> dict[str, int]:
         """Clear stage rows whose videos/captions left the manifest; delete leftover temp files.

@@ -3,61 +3,73 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from cache import WorkDir
+from cli.common import Work
 from pipeline.settings import WORK_SETTINGS, StageGroups, resolve_settings
+from pipeline.stage import last_run
 
-app = typer.Typer(help="Inspect and maintain the cache of a work directory.", no_args_is_help=True)
+_COLUMNS = ("stage", "key", "rows", "done", "stale", "failed", "pending", "removed", "warned")
+_ROW = "{mark}{stage:<10} {key:<16} {rows:<8} {done:>6} {stale:>6} {failed:>6} "
+_ROW += "{pending:>7} {removed:>7} {warned:>6}  {last_run}"
 
-_COLUMNS = ("stage", "key", "rows", "done", "stale", "failed", "pending", "removed")
-Work = Annotated[Path, typer.Option("--work", "-w", help="Work directory.")]
 
-
-@app.command("status")
 def status(
     work: Work,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    failed: Annotated[
+        bool, typer.Option("--failed", help="Also list every failed and warned row.")
+    ] = False,
 ) -> None:
-    """Videos and captions in the manifest; per stage group: rows done/stale/failed/pending."""
+    """Videos and captions in the manifest; per stage group: rows done/stale/failed/pending,
+    rows with a warning, and where the last run's time went."""
     store = WorkDir(work)
-    report = store.status()
-    current = (
-        StageGroups.keys(resolve_settings(store.path))
-        if (store.path / WORK_SETTINGS).exists()
-        else {}
-    )
+    report = store.status(listed=failed)
+    saved = (store.path / WORK_SETTINGS).exists()
+    current = StageGroups.keys(resolve_settings(store.path)) if saved else {}
     for group in report["stages"]:
         group["current"] = current.get(group["stage"]) == group["key"]
-    if as_json:
-        typer.echo(json.dumps(report, indent=2))
-        return
-    videos, captions = report["videos"], report["captions"]
-    dataset = report["dataset"]
-    typer.echo(f"work dir : {report['work']}")
-    typer.echo(f"dataset  : {dataset.get('dataset', '?')} at {dataset.get('root', '?')}")
+    typer.echo(json.dumps(report, indent=2) if as_json else status_table(report, bool(current)))
+
+
+def status_table(report: dict[str, Any], marked: bool) -> str:
+    """`tcd cache status` as text: the manifest's counts, then one row per stage group."""
+    videos, captions, dataset = report["videos"], report["captions"], report["dataset"]
     splits = ", ".join(f"{k} {v}" for k, v in videos["by_split"].items()) or "none"
-    typer.echo(
+    lines = [
+        f"work dir : {report['work']}",
+        f"dataset  : {dataset.get('dataset', '?')} at {dataset.get('root', '?')}",
         f"videos   : {videos['present']} ({splits}); {videos['unreadable']} unreadable, "
-        f"{videos['removed']} removed"
-    )
-    typer.echo(f"captions : {captions['present']}; {captions['removed']} removed")
+        f"{videos['removed']} removed",
+        f"captions : {captions['present']}; {captions['removed']} removed",
+    ]
     if not report["stages"]:
-        typer.echo("stages   : none computed yet")
-        return
-    row = "{mark}{stage:<10} {key:<16} {rows:<8} {done:>6} {stale:>6} {failed:>6} "
-    row += "{pending:>7} {removed:>7}"
-    typer.echo(row.format(mark="  ", **{name: name for name in _COLUMNS}))
+        return "\n".join([*lines, "stages   : none computed yet"])
+    lines.append(_ROW.format(mark="  ", last_run="last run", **{c: c for c in _COLUMNS}))
     for group in report["stages"]:
-        typer.echo(row.format(mark="* " if group["current"] else "  ", **group))
-    if current:
-        typer.echo("* = used by the work dir's current settings (settings.toml)")
+        mark = "* " if group["current"] else "  "
+        run = last_run(group["reports"])
+        lines.append(_ROW.format(mark=mark, warned=group["warnings"], last_run=run, **group))
+    if marked:
+        lines.append("* = used by the work dir's current settings (settings.toml)")
+    return "\n".join([*lines, *_listed_rows(report)])
 
 
-@app.command("gc")
+def _listed_rows(report: dict[str, Any]) -> list[str]:
+    """One line per failed or warned row (`--failed`)."""
+    lines = []
+    for group in report["stages"]:
+        where = f"{group['stage']} [{group['key']}] row"
+        for row in group.get("failed_rows", []):
+            lines.append(f"{where} {row['row']} ({row['id']}): {row['error']}")
+        for row in group.get("warned_rows", []):
+            lines.append(f"{where} {row['row']} ({row['id']}): warning: {row['warning']}")
+    return lines
+
+
 def gc(
     work: Work,
     dry_run: Annotated[bool, typer.Option(help="Only report what would be cleared.")] = False,
@@ -69,3 +81,12 @@ def gc(
         f"{verb} {report['rows_cleared']} row(s) in {report['groups']} group(s); "
         f"{report['partial_files']} partial file(s)"
     )
+
+
+def register(app: typer.Typer) -> None:
+    cache = typer.Typer(
+        help="Inspect and maintain the cache of a work directory.", no_args_is_help=True
+    )
+    cache.command("status")(status)
+    cache.command("gc")(gc)
+    app.add_typer(cache, name="cache")

@@ -8,17 +8,23 @@ from typing import Annotated
 import typer
 
 from cache import WorkDir
-from pipeline.datasets import read_folder, read_textvr
+from cli.common import Quiet
+from pipeline.datasets import Dataset, read_folder, read_textvr
 from pipeline.manifest import build_manifest
 from pipeline.synth import SynthSettings, generate
 
-app = typer.Typer(help="Create or read datasets into a work directory.", no_args_is_help=True)
+NewWork = Annotated[Path, typer.Option("--work", "-w", help="Work directory (created if missing).")]
+Replace = Annotated[
+    bool,
+    typer.Option(help="Replace the dataset the work dir holds (another kind or root)."),
+]
 
-Work = Annotated[Path, typer.Option("--work", "-w", help="Work directory (created if missing).")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+def _read_into(work: Path, dataset: Dataset, replace: bool, quiet: bool) -> None:
+    report = build_manifest(WorkDir(work, create=True), dataset, not quiet, replace)
+    typer.echo(f"manifest {work}: {report}")
 
 
-@app.command("synth")
 def synth(
     out: Annotated[Path, typer.Option(help="Folder to write the TextVR-layout set into.")],
     videos: Annotated[int, typer.Option(min=2, help="Number of videos.")] = 300,
@@ -35,31 +41,35 @@ def synth(
     typer.echo(f"wrote {len(plans)} videos ({len(plans) - n_test} train, {n_test} test) to {out}")
 
 
-@app.command("textvr")
 def textvr(
     root: Annotated[Path, typer.Option(help="TextVR folder (TextVR_*.json, Video/).")],
-    work: Work,
+    work: NewWork,
     split: Annotated[
         list[str] | None, typer.Option(help="Split(s) to read; default: every file present.")
     ] = None,
+    replace: Replace = False,
     quiet: Quiet = False,
 ) -> None:
     """Read TextVR annotations and videos into the manifest (incremental)."""
-    dataset = read_textvr(root, tuple(split) if split else None)
-    report = build_manifest(WorkDir(work, create=True), dataset, progress=not quiet)
-    typer.echo(f"manifest {work}: {report}")
+    _read_into(work, read_textvr(root, tuple(split) if split else None), replace, quiet)
 
 
-@app.command("folder")
 def folder(
     videos: Annotated[Path, typer.Option(help="Folder of videos.")],
     captions: Annotated[
         Path, typer.Option(help="CSV/TSV/JSON table with columns video,caption,split.")
     ],
-    work: Work,
+    work: NewWork,
+    replace: Replace = False,
     quiet: Quiet = False,
 ) -> None:
     """Read a plain folder of videos with a caption table into the manifest (incremental)."""
-    dataset = read_folder(videos, captions)
-    report = build_manifest(WorkDir(work, create=True), dataset, progress=not quiet)
-    typer.echo(f"manifest {work}: {report}")
+    _read_into(work, read_folder(videos, captions), replace, quiet)
+
+
+def register(app: typer.Typer) -> None:
+    data = typer.Typer(help="Create or read datasets into a work directory.", no_args_is_help=True)
+    data.command("synth")(synth)
+    data.command("textvr")(textvr)
+    data.command("folder")(folder)
+    app.add_typer(data, name="data")

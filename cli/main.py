@@ -17,11 +17,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.add_typer(data.app, name="data")
+data.register(app)
 stages.register(app)
 train_cmd.register(app)
 retrieval_cmd.register(app)
-app.add_typer(cache_cmd.app, name="cache")
+cache_cmd.register(app)
 
 
 def main() -> None:

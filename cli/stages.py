@@ -1,31 +1,29 @@
-"""`tcd ocr`, `tcd caption`, `tcd encode`: the offline stages over a work directory."""
+"""`tcd ocr`, `tcd caption`, `tcd encode`: the offline stages over a work directory.
+
+Each command parses its options and calls one stage function; the stage modules are imported
+inside the commands, so this module (and `tcd --help`) never imports torch.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from cache import Shard, WorkDir
-from pipeline.captions import run_captions
-from pipeline.encode import run_encode
-from pipeline.ocr import run_ocr
-from pipeline.settings import PipelineSettings, resolve_settings, save_settings
+from cli.common import Config, Quiet, Set, Work
+from pipeline.settings import OcrEngine, PipelineSettings, resolve_settings, save_settings
 from pipeline.stage import StageReport
+from pipeline.video import Decoder
 
-Work = Annotated[Path, typer.Option("--work", "-w", help="Work directory (made by `tcd data`).")]
-Config = Annotated[
-    Path | None, typer.Option(help="TOML settings file (see configs/pipeline.toml).")
-]
-Set = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override one setting, e.g. captions.xi=0.5 (repeatable)."),
-]
 Strict = Annotated[bool, typer.Option(help="Exit 2 when any video failed.")]
 Retry = Annotated[bool, typer.Option(help="Also retry videos that failed before.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 ShardOption = Annotated[
     str | None,
     typer.Option(
@@ -33,119 +31,140 @@ ShardOption = Annotated[
         help="i/n: this worker takes rows r with r % n == i; start n workers, one per i.",
     ),
 ]
-Decoder = Annotated[
-    str, typer.Option(help="Frame decoder: auto (decord, PyAV fallback), decord or pyav.")
+DecoderOption = Annotated[
+    Decoder, typer.Option(help="Frame decoder: auto (decord, PyAV fallback), decord or pyav.")
+]
+Engine = Annotated[OcrEngine | None, typer.Option(help="OCR engine (sets ocr.engine).")]
+VisionModel = Annotated[
+    str | None,
+    typer.Option(help="CLIP id or dir, or clip-tiny-random (sets encode.vision_model)."),
+]
+TextModel = Annotated[
+    str | None, typer.Option(help="minilm, a CLIP id/dir or a sentence-transformers dir.")
+]
+Workers = Annotated[int, typer.Option(min=0, help="Decoding worker processes.")]
+OcrBatch = Annotated[int, typer.Option(min=1, help="Frames decoded per batch.")]
+EncodeBatch = Annotated[
+    int, typer.Option(min=1, help="Images (T per video) or queries per forward pass.")
 ]
 
 
-def _settings(
-    work: Path, config: Path | None, sets: list[str] | None, extra: list[str]
-) -> PipelineSettings:
-    return resolve_settings(work, config, [*(sets or []), *extra])
+@dataclass(frozen=True)
+class StageRun:
+    """The options every stage command takes; `stage_command` adds them to its signature."""
+
+    config: Path | None = None
+    sets: list[str] | None = None
+    strict: bool = False
+    retry_failed: bool = False
+    quiet: bool = False
+    shard: str | None = None
+
+    def open(self, work: Path, chosen: dict[str, str | None]) -> tuple[WorkDir, PipelineSettings]:
+        """The work dir and its settings; `chosen`: `section.key` -> a value an option gave."""
+        extra = [f"{key}={value}" for key, value in chosen.items() if value]
+        return WorkDir(work), resolve_settings(work, self.config, [*(self.sets or []), *extra])
+
+    @property
+    def parsed_shard(self) -> Shard | None:
+        """The `--shard` this run takes, if any."""
+        return Shard.parse(self.shard) if self.shard else None
 
 
-def _shard(text: str | None) -> Shard | None:
-    return Shard.parse(text) if text else None
+_RUN_OPTIONS = [
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=option)
+    for name, option, default in (
+        ("config", Config, None),
+        ("sets", Set, None),
+        ("strict", Strict, False),
+        ("retry_failed", Retry, False),
+        ("quiet", Quiet, False),
+        ("shard", ShardOption, None),
+    )
+]
 
 
-def _finish(
+def stage_command(command: Callable[..., None]) -> Callable[..., None]:
+    """`command(work, run: StageRun, ...)` as Typer sees it: `StageRun`'s fields as options."""
+    own = inspect.signature(command, eval_str=True).parameters.values()
+
+    @functools.wraps(command)
+    def parsed(**options: Any) -> None:
+        run = StageRun(**{p.name: options.pop(p.name) for p in _RUN_OPTIONS})
+        command(run=run, **options)
+
+    parameters = [p for p in own if p.name != "run"] + _RUN_OPTIONS
+    parsed.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    return parsed
+
+
+def finish(
     work: WorkDir, settings: PipelineSettings, reports: list[StageReport], strict: bool
 ) -> None:
+    """Save the settings the stages ran with, print each report (its failures by type, with
+    one message of each type), and exit 2 under `--strict` when a row failed."""
     save_settings(work.path, settings)
     for report in reports:
         typer.echo(str(report))
-        for message in report.errors[:5]:
-            typer.echo(f"  failed: {message}", err=True)
-        if len(report.errors) > 5:
+        for kind, count in report.failures.items():
+            typer.echo(f"  {count} x {kind}, e.g. {report.examples[kind]}", err=True)
+        if report.failed:
             typer.echo(
-                f"  ... and {len(report.errors) - 5} more (see `tcd cache status`)", err=True
+                f"  (every failed row: `tcd cache status --work {work.path} --failed`)", err=True
             )
     if strict and any(r.failed for r in reports):
         raise typer.Exit(2)
 
 
+def ocr(
+    work: Work,
+    run: StageRun,
+    engine: Engine = None,
+    batch_size: OcrBatch = 8,
+    decoder: DecoderOption = Decoder.auto,
+) -> None:
+    """Spot scene text in sampled frames of every new or changed video."""
+    from pipeline.ocr import run_ocr
+
+    store, settings = run.open(work, {"ocr.engine": engine})
+    report = run_ocr(
+        store, settings.ocr, batch_size, decoder, run.retry_failed, not run.quiet, run.parsed_shard
+    )
+    finish(store, settings, [report], run.strict)
+
+
+def caption(work: Work, run: StageRun) -> None:
+    """Aggregate cached OCR into T window captions (and the OCR word list) per video."""
+    from pipeline.captions import run_captions
+
+    store, settings = run.open(work, {})
+    captions, ocr = settings.captions, settings.ocr
+    report = run_captions(store, captions, ocr, run.retry_failed, not run.quiet, run.parsed_shard)
+    finish(store, settings, [report], run.strict)
+
+
+def encode(
+    work: Work,
+    run: StageRun,
+    vision_model: VisionModel = None,
+    text_model: TextModel = None,
+    workers: Workers = min(4, os.cpu_count() or 1),
+    decoder: DecoderOption = Decoder.auto,
+    batch_size: EncodeBatch = 64,
+) -> None:
+    """Encode sampled frames, window captions, OCR words and queries with frozen models."""
+    from pipeline.encode import run_encode
+
+    chosen = {"encode.vision_model": vision_model, "encode.text_model": text_model}
+    store, settings = run.open(work, chosen)
+    reports = run_encode(
+        store, settings.encode, settings.captions, settings.ocr, batch_size, workers, decoder,
+        run.retry_failed, not run.quiet, run.parsed_shard,
+    )  # fmt: skip
+    finish(store, settings, reports, run.strict)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("ocr")
-    def ocr(
-        work: Work,
-        engine: Annotated[
-            str | None, typer.Option(help="rapidocr | paddleocr | kwai (sets ocr.engine).")
-        ] = None,
-        config: Config = None,
-        set_: Set = None,
-        batch_size: Annotated[int, typer.Option(min=1, help="Frames decoded per batch.")] = 8,
-        decoder: Decoder = "auto",
-        strict: Strict = False,
-        retry_failed: Retry = False,
-        quiet: Quiet = False,
-        shard: ShardOption = None,
-    ) -> None:
-        """Spot scene text in sampled frames of every new or changed video."""
-        store = WorkDir(work)
-        settings = _settings(work, config, set_, [f"ocr.engine={engine}"] if engine else [])
-        report = run_ocr(
-            store, settings.ocr, batch_size, decoder, retry_failed, not quiet, _shard(shard)
-        )
-        _finish(store, settings, [report], strict)
-
-    @app.command("caption")
-    def caption(
-        work: Work,
-        config: Config = None,
-        set_: Set = None,
-        strict: Strict = False,
-        retry_failed: Retry = False,
-        quiet: Quiet = False,
-        shard: ShardOption = None,
-    ) -> None:
-        """Aggregate cached OCR into T window captions (and the OCR word list) per video."""
-        store = WorkDir(work)
-        settings = _settings(work, config, set_, [])
-        report = run_captions(
-            store, settings.captions, settings.ocr, retry_failed, not quiet, _shard(shard)
-        )
-        _finish(store, settings, [report], strict)
-
-    @app.command("encode")
-    def encode(
-        work: Work,
-        vision_model: Annotated[
-            str | None,
-            typer.Option(help="CLIP id or dir, or clip-tiny-random (sets encode.vision_model)."),
-        ] = None,
-        text_model: Annotated[
-            str | None, typer.Option(help="minilm, a CLIP id/dir or a sentence-transformers dir.")
-        ] = None,
-        config: Config = None,
-        set_: Set = None,
-        batch_size: Annotated[
-            int,
-            typer.Option(min=1, help="Images (T per video) or queries per forward pass."),
-        ] = 64,
-        workers: Annotated[int, typer.Option(min=0, help="Decoding worker processes.")] = min(
-            4, os.cpu_count() or 1
-        ),
-        decoder: Decoder = "auto",
-        strict: Strict = False,
-        retry_failed: Retry = False,
-        quiet: Quiet = False,
-        shard: ShardOption = None,
-    ) -> None:
-        """Encode sampled frames, window captions, OCR words and queries with frozen models."""
-        extra = [f"encode.vision_model={vision_model}"] if vision_model else []
-        extra += [f"encode.text_model={text_model}"] if text_model else []
-        store = WorkDir(work)
-        settings = _settings(work, config, set_, extra)
-        reports = run_encode(
-            store,
-            settings.encode,
-            settings.captions,
-            settings.ocr,
-            batch_size,
-            workers,
-            decoder,
-            retry_failed,
-            not quiet,
-            _shard(shard),
-        )
-        _finish(store, settings, reports, strict)
+    app.command("ocr")(stage_command(ocr))
+    app.command("caption")(stage_command(caption))
+    app.command("encode")(stage_command(encode))

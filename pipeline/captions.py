@@ -14,6 +14,8 @@ Cache layout of group `stages/captions/<key>` (one chunk per row):
     captions   str  (T,)  window captions
     mask       bool (T,)  True where the window held text
     instances  str        JSON list of distinct words, best score first
+
+Report phases: reading the OCR rows is read time, building the captions compute.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from cache import Shard, StageGroup, WorkDir
-from pipeline.ocr import Line, ocr_group, read_lines
-from pipeline.settings import CaptionSettings, OcrSettings
-from pipeline.stage import StageReport, guarded, run_stage
+from cache import Shard, WorkDir
+from pipeline.ocr import Line, read_lines
+from pipeline.settings import CaptionSettings, OcrSettings, PipelineSettings, StageGroups
+from pipeline.stage import StageClock, StageReport, Upstream, guarded, run_stage
 from pipeline.video import segment_centres
 
 _SPACES = re.compile(r"\s+")
@@ -45,13 +47,21 @@ def window_captions(
     kept = [
         line for line in lines if line["score"] >= settings.min_score and normalise(line["text"])
     ]
-    centres = segment_centres(duration, settings.frames)
-    half = settings.xi * duration / settings.frames / 2
     captions = []
-    for centre in centres:
-        inside = [line for line in kept if centre - half <= line["t"] <= centre + half]
+    for start, end in zip(*window_spans(duration, settings), strict=True):
+        inside = [line for line in kept if start <= line["t"] <= end]
         captions.append(settings.separator.join(_distinct_in_order(inside)))
     return captions, np.array([bool(c) for c in captions])
+
+
+def window_spans(
+    duration: float | np.ndarray, settings: CaptionSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end times of the T caption windows: segment centre t_i +- xi * dt / 2 with
+    dt = duration / T. `duration` may be an (N, 1) array of several videos' durations."""
+    centres = segment_centres(duration, settings.frames)
+    half = settings.xi * duration / settings.frames / 2
+    return centres - half, centres + half
 
 
 def _distinct_in_order(lines: list[Line]) -> list[str]:
@@ -80,23 +90,22 @@ def ocr_instances(lines: list[Line], settings: CaptionSettings) -> list[str]:
     return [word for _, word in ranked[: settings.max_instances]]
 
 
-def fit_to_tokens(text: str, count_tokens: Callable[[str], int], limit: int) -> str:
-    """Cut `text` to at most `limit` tokens, keeping whole words (binary search on words)."""
-    if count_tokens(text) <= limit:
-        return text
-    words = text.split(" ")
-    lo, hi = 0, len(words)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if count_tokens(" ".join(words[:mid])) <= limit:
-            lo = mid
-        else:
-            hi = mid - 1
-    return " ".join(words[:lo])
+def fit_to_tokens(text: str, token_ends: Callable[[str], list[int]], limit: int) -> str:
+    """Cut `text` to at most `limit` tokens, keeping whole words where it has spaces.
 
-
-def caption_group(work: WorkDir, settings: CaptionSettings, ocr: StageGroup) -> StageGroup:
-    return work.stage("captions", settings, upstream=ocr.key)
+    `token_ends(text)` gives the character offset where each token of `text` ends (special
+    tokens left out; `limit` is what is left for text after them). A text of one long word
+    (CJK has no spaces) is cut inside it, at a token boundary, never emptied.
+    """
+    ends = token_ends(text)
+    while len(ends) > limit > 0:
+        # min(): several tokens can end at one offset (byte-level BPE on an emoji); each
+        # round must shorten the text
+        cut = text[: min(ends[limit - 1], len(text) - 1)].rstrip()
+        if len(cut) < len(text) and not text[len(cut)].isspace() and " " in cut:
+            cut = cut[: cut.rindex(" ")].rstrip()  # the last word does not fit whole: drop it
+        text, ends = cut, token_ends(cut)  # re-tokenised: a cut can merge tokens differently
+    return text if limit > 0 else ""
 
 
 def run_captions(
@@ -107,22 +116,26 @@ def run_captions(
     progress: bool = True,
     shard: Shard | None = None,
 ) -> StageReport:
-    """Build window captions and instance lists for every pending video from cached OCR."""
-    ocr = ocr_group(work, ocr_settings)
-    group = caption_group(work, settings, ocr)
-    durations = work.manifest.videos.column("duration")
-    ocr_done = ocr.row_states()["done"]
+    """Build window captions and instance lists for every pending video from cached OCR.
 
-    def produce(rows: np.ndarray) -> Iterator[tuple[int, Any]]:
+    Refused up front (`UpstreamError`, nothing recorded) while videos it would caption have
+    no OCR for these settings; a video whose OCR failed fails here with that message."""
+    groups = StageGroups.resolve(work, PipelineSettings(ocr=ocr_settings, captions=settings))
+    ocr = Upstream(groups, "captions", "OCR", "tcd ocr")
+    ocr.require(retry_failed, shard)
+    durations = work.manifest.videos.column("duration")
+
+    def produce(rows: np.ndarray, clock: StageClock) -> Iterator[tuple[int, Any]]:
         for row in rows:
+            if not ocr.has(row):
+                continue  # OCR went missing since the check (a concurrent run): stays pending
 
             def compute(row: int = int(row)) -> dict[str, Any]:
-                if not ocr_done[row]:
-                    message = dict(ocr.errors()).get(row, "not computed yet; run `tcd ocr` first")
-                    raise RuntimeError(f"no OCR for this video: {message}")
-                lines = read_lines(ocr, row)
-                captions, mask = window_captions(lines, float(durations[row]), settings)
-                instances = ocr_instances(lines, settings)
+                ocr.check(row)
+                lines = read_lines(ocr.group, row)
+                with clock.computing():
+                    captions, mask = window_captions(lines, float(durations[row]), settings)
+                    instances = ocr_instances(lines, settings)
                 return {
                     "captions": np.array(captions, dtype=str),
                     "mask": mask,
@@ -136,4 +149,4 @@ def run_captions(
         "mask": ((settings.frames,), "bool", False),
         "instances": ((), str, ""),
     }
-    return run_stage(work, group, arrays, produce, retry_failed, progress, shard)
+    return run_stage(work, groups.captions, arrays, produce, retry_failed, progress, shard)

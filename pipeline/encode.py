@@ -10,6 +10,11 @@ Three groups, so that a change of one model recomputes only its half:
                                       key: text model
 Embeddings are L2-normalised; masked entries are zeros. Frames are decoded by DataLoader
 workers while the main process runs the model, so the model does not wait on one video.
+The frames group also holds `warning (str)` per row: why its frames are not all real (a
+truncated stream; '' when they are).
+
+Report phases: decoding (waiting on the workers) and reading the captions rows are read
+time; resizing, tokenising and the forward passes compute; loading a model setup.
 """
 
 from __future__ import annotations
@@ -21,33 +26,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from cache import Shard, StageGroup, TcdError, WorkDir
-from pipeline.captions import caption_group, fit_to_tokens
+from cache import Shard, StageGroup, WorkDir
+from pipeline.captions import fit_to_tokens
+from pipeline.errors import VideoError
 from pipeline.models import TextEncoder, VisionEncoder, load_text, load_vision
-from pipeline.ocr import ocr_group
 from pipeline.settings import (
     CaptionSettings,
     EncodeSettings,
-    FrameSettings,
     OcrSettings,
-    TextSettings,
+    PipelineSettings,
+    StageGroups,
 )
-from pipeline.stage import StageReport, guarded, run_stage
-from pipeline.video import read_frames, segment_centres
-
-
-def frame_group(work: WorkDir, settings: EncodeSettings, captions: CaptionSettings) -> StageGroup:
-    return work.stage("frames", FrameSettings(settings.vision_model, captions.frames))
-
-
-def ocr_text_group(
-    work: WorkDir, settings: EncodeSettings, captions_group: StageGroup
-) -> StageGroup:
-    return work.stage("ocr_text", TextSettings(settings.text_model), upstream=captions_group.key)
-
-
-def query_group(work: WorkDir, settings: EncodeSettings) -> StageGroup:
-    return work.stage("queries", TextSettings(settings.text_model), rows="captions")
+from pipeline.stage import Failure, StageClock, StageReport, Upstream, guarded, run_stage
+from pipeline.video import Decoder, read_frames, segment_centres
 
 
 def run_encode(
@@ -57,12 +48,18 @@ def run_encode(
     ocr: OcrSettings,
     batch_size: int = 64,
     workers: int = 2,
-    decoder: str = "auto",
+    decoder: str = Decoder.auto,
     retry_failed: bool = False,
     progress: bool = True,
     shard: Shard | None = None,
 ) -> list[StageReport]:
-    """Encode frames, window captions + OCR instances, and queries (each only where pending)."""
+    """Encode frames, window captions + OCR instances, and queries (each only where pending).
+
+    Refused up front (`UpstreamError`, nothing computed or recorded) while videos whose
+    captions it would encode have no window captions for these settings."""
+    groups = StageGroups.resolve(work, PipelineSettings(ocr, captions, settings))
+    captions_rows = Upstream(groups, "ocr_text", "window captions", "tcd caption")
+    captions_rows.require(retry_failed, shard)
     text: dict[str, TextEncoder] = {}
 
     def text_model() -> TextEncoder:
@@ -70,21 +67,19 @@ def run_encode(
             text["model"] = load_text(settings.text_model)
         return text["model"]
 
-    reports = [
+    return [
         _encode_frames(
-            work, settings, captions, batch_size, workers, decoder, retry_failed, progress, shard
-        )
-    ]
-    captions_group = caption_group(work, captions, ocr_group(work, ocr))
-    reports.append(
+            work, groups.frames, settings, captions, batch_size, workers, decoder, retry_failed,
+            progress, shard,
+        ),
         _encode_ocr_text(
-            work, settings, captions, captions_group, text_model, retry_failed, progress, shard
-        )
-    )
-    reports.append(
-        _encode_queries(work, settings, text_model, batch_size, retry_failed, progress, shard)
-    )
-    return reports
+            work, groups.ocr_text, captions_rows, captions, text_model, retry_failed, progress,
+            shard,
+        ),
+        _encode_queries(
+            work, groups.queries, text_model, batch_size, retry_failed, progress, shard
+        ),
+    ]  # fmt: skip
 
 
 # -- frames ---------------------------------------------------------------------------------
@@ -99,23 +94,20 @@ class _SampledFrames(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> tuple[int, Any, Any]:
+    def __getitem__(self, i: int) -> tuple[int, Any, Any, str]:
+        """(row, times, frames, warning), or (row, None, its `Failure`, '')."""
         row = int(self.rows[i])
+        warnings: list[str] = []
         try:
             if self.videos["error"][row]:
-                raise RuntimeError(f"unreadable video: {self.videos['error'][row]}")
+                raise VideoError(f"unreadable video: {self.videos['error'][row]}")
             times = segment_centres(float(self.videos["duration"][row]), self.n_frames)
             path = self.videos["path"][row]
-            frames = np.concatenate(
-                [b for _, b in read_frames(path, times, self.n_frames, self.decoder)]
-            )
-            return row, times, frames
+            batches = read_frames(path, times, self.n_frames, self.decoder, warnings.append)
+            frames = np.concatenate([b for _, b in batches])
+            return row, times, frames, "; ".join(warnings)
         except Exception as exc:  # reported as this row's failure by the main process
-            return (
-                row,
-                None,
-                str(exc) if isinstance(exc, TcdError) else f"{type(exc).__name__}: {exc}",
-            )
+            return row, None, Failure.of(exc), ""
 
 
 def _keep(item: Any) -> Any:
@@ -124,6 +116,7 @@ def _keep(item: Any) -> Any:
 
 def _encode_frames(
     work: WorkDir,
+    group: StageGroup,
     settings: EncodeSettings,
     captions: CaptionSettings,
     batch_size: int,
@@ -133,16 +126,19 @@ def _encode_frames(
     progress: bool,
     shard: Shard | None,
 ) -> StageReport:
-    group = frame_group(work, settings, captions)
     videos = work.manifest.videos.read(["path", "duration", "error"])
     model: dict[str, VisionEncoder] = {}
     n = captions.frames
 
     def arrays() -> dict[str, Any]:
         model["m"] = load_vision(settings.vision_model)
-        return {"frames": ((n, model["m"].dim), "float16", 0), "times": ((n,), "float32", 0)}
+        return {
+            "frames": ((n, model["m"].dim), "float16", 0),
+            "times": ((n,), "float32", 0),
+            "warning": ((), str, ""),
+        }
 
-    def produce(rows: np.ndarray) -> Iterator[tuple[int, Any]]:
+    def produce(rows: np.ndarray, clock: StageClock) -> Iterator[tuple[int, Any]]:
         loader = torch.utils.data.DataLoader(
             _SampledFrames(rows, videos, n, decoder),
             batch_size=None,
@@ -155,22 +151,25 @@ def _encode_frames(
         # depend (not even in its last bit) on which other videos share its batch, so a
         # resumed run writes the same bits as an uninterrupted one.
         per_batch = max(1, batch_size // n)
-        pending: list[tuple[int, np.ndarray, torch.Tensor]] = []
+        pending: list[tuple[int, dict[str, Any], torch.Tensor]] = []
 
         def flush() -> Iterator[tuple[int, Any]]:
             encoder = model["m"]
-            pixels = torch.cat([p for _, _, p in pending])  # videos differ in size: resized
-            blank = pixels.new_zeros((per_batch * n - len(pixels), *pixels.shape[1:]))
-            embeds = encoder.embed(torch.cat([pixels, blank])).astype(np.float16)
-            for k, (row, times, _) in enumerate(pending):
-                yield row, {"frames": embeds[k * n : (k + 1) * n], "times": times}
+            with clock.computing():
+                pixels = torch.cat([p for _, _, p in pending])  # videos differ in size: resized
+                blank = pixels.new_zeros((per_batch * n - len(pixels), *pixels.shape[1:]))
+                embeds = encoder.embed(torch.cat([pixels, blank])).astype(np.float16)
+            for k, (row, data, _) in enumerate(pending):
+                yield row, {**data, "frames": embeds[k * n : (k + 1) * n]}
             pending.clear()
 
-        for row, times, frames in loader:
+        for row, times, frames, warning in loader:
             if times is None:
-                yield row, RuntimeError(frames)
+                yield row, frames  # the worker's Failure
                 continue
-            pending.append((row, times.astype(np.float32), model["m"].preprocess(frames)))
+            with clock.computing():
+                pixels = model["m"].preprocess(frames)
+            pending.append((row, {"times": times.astype(np.float32), "warning": warning}, pixels))
             if len(pending) == per_batch:
                 yield from flush()
         if pending:
@@ -182,17 +181,16 @@ def _encode_frames(
 # -- window captions and OCR instances ------------------------------------------------------
 def _encode_ocr_text(
     work: WorkDir,
-    settings: EncodeSettings,
+    group: StageGroup,
+    upstream: Upstream,
     captions: CaptionSettings,
-    captions_group: StageGroup,
     text_model: Any,
     retry_failed: bool,
     progress: bool,
     shard: Shard | None,
 ) -> StageReport:
-    group = ocr_text_group(work, settings, captions_group)
     n, m = captions.frames, captions.max_instances
-    done = captions_group.row_states()["done"]
+    captions_group = upstream.group
 
     def arrays() -> dict[str, Any]:
         d = text_model().dim
@@ -203,19 +201,16 @@ def _encode_ocr_text(
             "instance_mask": ((m,), "bool", False),
         }
 
-    def encode_row(row: int) -> dict[str, Any]:
-        if not done[row]:
-            message = dict(captions_group.errors()).get(
-                row, "not computed yet; run `tcd caption` first"
-            )
-            raise RuntimeError(f"no captions for this video: {message}")
+    def encode_row(row: int, clock: StageClock) -> dict[str, Any]:
+        upstream.check(row)
         model = text_model()
         texts = [str(t) for t in captions_group.group["captions"][row]]
         mask = np.asarray(captions_group.group["mask"][row], bool)
         words = json.loads(str(captions_group.group["instances"][row]) or "[]")[:m]
-        texts = [fit_to_tokens(t, model.count_tokens, model.max_tokens) for t in texts]
-        unique = sorted({t for t, keep in zip(texts, mask, strict=True) if keep} | set(words))
-        table = dict(zip(unique, model(unique), strict=True)) if unique else {}
+        with clock.computing():
+            texts = [fit_to_tokens(t, model.token_ends, model.text_tokens) for t in texts]
+            unique = sorted({t for t, keep in zip(texts, mask, strict=True) if keep} | set(words))
+            table = dict(zip(unique, model(unique), strict=True)) if unique else {}
         caption_emb = np.zeros((n, model.dim), np.float16)
         instance_emb = np.zeros((m, model.dim), np.float16)
         for i, (t, keep) in enumerate(zip(texts, mask, strict=True)):
@@ -232,9 +227,10 @@ def _encode_ocr_text(
             "instance_mask": instance_mask,
         }
 
-    def produce(rows: np.ndarray) -> Iterator[tuple[int, Any]]:
+    def produce(rows: np.ndarray, clock: StageClock) -> Iterator[tuple[int, Any]]:
         for row in rows:
-            yield guarded(int(row), lambda row=int(row): encode_row(row))
+            if upstream.has(row):  # else: missing since the check (a concurrent run)
+                yield guarded(int(row), lambda row=int(row): encode_row(row, clock))
 
     return run_stage(work, group, arrays, produce, retry_failed, progress, shard)
 
@@ -242,21 +238,20 @@ def _encode_ocr_text(
 # -- queries --------------------------------------------------------------------------------
 def _encode_queries(
     work: WorkDir,
-    settings: EncodeSettings,
+    group: StageGroup,
     text_model: Any,
     batch_size: int,
     retry_failed: bool,
     progress: bool,
     shard: Shard | None,
 ) -> StageReport:
-    group = query_group(work, settings)
     texts = work.manifest.captions.column("text")
     present = work.manifest.captions.column("present")
 
     def arrays() -> dict[str, Any]:
         return {"query": ((text_model().dim,), "float16", 0)}
 
-    def produce(rows: np.ndarray) -> Iterator[tuple[int, Any]]:
+    def produce(rows: np.ndarray, clock: StageClock) -> Iterator[tuple[int, Any]]:
         # Fixed blocks of rows [b * batch_size, (b + 1) * batch_size), encoded whole even when
         # some of their rows are done: a query's embedding then never depends (in its last
         # bit) on which other rows happened to be pending, so a resumed run equals a clean one.
@@ -268,11 +263,12 @@ def _encode_queries(
                 for r in range(block * batch_size, min((block + 1) * batch_size, len(texts)))
                 if present[r]
             ]
-            batch = [
-                fit_to_tokens(str(texts[r]).strip(), model.count_tokens, model.max_tokens)
-                for r in members
-            ]
-            embeds = model(batch).astype(np.float16)
+            with clock.computing():
+                batch = [
+                    fit_to_tokens(str(texts[r]).strip(), model.token_ends, model.text_tokens)
+                    for r in members
+                ]
+                embeds = model(batch).astype(np.float16)
             for row, embed in zip(members, embeds, strict=True):
                 if row in wanted:
                     yield row, {"query": embed}

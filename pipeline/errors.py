@@ -9,3 +9,7 @@ class DatasetError(TcdError):
 
 class VideoError(TcdError):
     """A video cannot be opened or decoded."""
+
+
+class UpstreamError(TcdError):
+    """A stage's input is missing (the stage before it has not run) or failed for a row."""

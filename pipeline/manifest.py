@@ -19,7 +19,7 @@ from tqdm import tqdm
 from cache import WorkDir, content_key, text_key
 from cache.store import UpsertStats
 from pipeline.datasets import Dataset, VideoEntry
-from pipeline.errors import VideoError
+from pipeline.errors import DatasetError, VideoError
 from pipeline.video import probe
 
 PROBE_THREADS = 8  # probing is I/O bound and PyAV releases the GIL
@@ -38,10 +38,18 @@ class ManifestReport:
         )
 
 
-def build_manifest(work: WorkDir, dataset: Dataset, progress: bool = True) -> ManifestReport:
-    """Insert or update the dataset's videos and captions in `work` (under the manifest lock)."""
+def build_manifest(
+    work: WorkDir, dataset: Dataset, progress: bool = True, replace: bool = False
+) -> ManifestReport:
+    """Insert or update the dataset's videos and captions in `work` (under the manifest lock).
+
+    A work dir holding another dataset (another kind or root) is refused with a
+    `DatasetError`, since reading this one would mark all its videos removed, unless
+    `replace`."""
     with work.manifest_lock():
         manifest = work.manifest
+        if not replace:
+            _refuse_another_dataset(work, dataset)
         old = manifest.videos.read(["id", "key", "duration", "fps", "n_frames", "error"])
         known = {
             vid: {"key": k, "duration": d, "fps": f, "n_frames": n, "error": e}
@@ -75,6 +83,25 @@ def build_manifest(work: WorkDir, dataset: Dataset, progress: bool = True) -> Ma
         manifest.group.attrs.put({"dataset": dataset.name, "root": str(dataset.root)})
     unreadable = sum(1 for r in records if r["error"])
     return ManifestReport(video_stats, caption_stats, unreadable)
+
+
+def _refuse_another_dataset(work: WorkDir, dataset: Dataset) -> None:
+    """Refuse a dataset of another kind, or one that shares none of the held videos (another
+    root with other files): reading it would mark every held video removed. The same files
+    under a moved root keep their ids, and their caches, so that is no reason to refuse."""
+    held = work.manifest.attrs
+    if not held or not len(work.manifest.videos):
+        return
+    videos = work.manifest.videos.read(["id", "present"])
+    present = {str(v) for v in videos["id"][videos["present"]]}
+    kept = present & {video.id for video in dataset.videos}
+    if present and (held.get("dataset") != dataset.name or not kept):
+        raise DatasetError(
+            f"{work.path} holds {len(present)} video(s) of dataset {held.get('dataset')!r} from "
+            f"{held.get('root')}; reading {dataset.name!r} from {dataset.root} would mark "
+            f"{len(present) - len(kept)} of them removed: pass --replace to do that, or use "
+            "another --work"
+        )
 
 
 def _video_record(video: VideoEntry, previous: dict[str, Any] | None, root: Path) -> dict[str, Any]:

@@ -15,6 +15,7 @@ Names:
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,29 +24,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cache.device import default_device
 from cache.errors import TcdError
 
 TINY_CLIP = "clip-tiny-random"
 B32_RANDOM = "clip-vit-b32-random"
+_VISION_FIELDS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "image_size",
+    "patch_size",
+    "projection_dim",
+)
 RANDOM_VISION = {  # randomly initialised CLIP vision towers (fixed seed), by name
-    TINY_CLIP: dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=64,
-        patch_size=16,
-        projection_dim=64,
-    ),
-    B32_RANDOM: dict(  # openai/clip-vit-base-patch32's vision tower
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        image_size=224,
-        patch_size=32,
-        projection_dim=512,
-    ),
+    TINY_CLIP: dict(zip(_VISION_FIELDS, (64, 128, 2, 2, 64, 16, 64), strict=True)),
+    # openai/clip-vit-base-patch32's vision tower
+    B32_RANDOM: dict(zip(_VISION_FIELDS, (768, 3072, 12, 12, 224, 32, 512), strict=True)),
 }
 MINILM = "minilm"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -54,10 +50,6 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 class ModelError(TcdError):
     """A model cannot be loaded (offline, wrong name, missing files)."""
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _autocast(device: torch.device) -> Any:
@@ -116,8 +108,17 @@ class TextEncoder:
     model: Any
     kind: str  # "sentence-transformers" | "clip"
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, truncation=False)["input_ids"])
+    @property
+    def text_tokens(self) -> int:
+        """Tokens left for text within `max_tokens` once the special tokens are added."""
+        return self.max_tokens - self.tokenizer.num_special_tokens_to_add(pair=False)
+
+    def token_ends(self, text: str) -> list[int]:
+        """Where each token of `text` ends (character offsets; special tokens left out)."""
+        encoded = self.tokenizer(
+            text, add_special_tokens=False, truncation=False, return_offsets_mapping=True
+        )
+        return [end for _, end in encoded["offset_mapping"]]
 
     @torch.inference_mode()
     def __call__(self, texts: list[str]) -> np.ndarray:
@@ -143,6 +144,24 @@ def _quiet_transformers() -> None:
     logging.set_verbosity_error()
 
 
+def _load(from_pretrained: Callable[[str], Any], name: str, what: str, hint: str) -> Any:
+    """`from_pretrained(name)`, its failures turned into one-line `ModelError`s."""
+    try:
+        return from_pretrained(name)
+    except RuntimeError as exc:  # transformers: weights whose shapes differ from config.json
+        if "mismatch" not in str(exc):
+            raise
+        raise ModelError(
+            f"cannot load {what} {name!r}: its weights do not match the shapes in its "
+            "config.json (a damaged or mixed checkpoint); save the model again with "
+            "save_pretrained, or name another model"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"cannot load {what} {name!r} ({exc.__class__.__name__}); offline, give {hint}"
+        ) from None
+
+
 def load_vision(name: str, device: torch.device | None = None) -> VisionEncoder:
     """A frozen CLIP image tower by name (see module docstring)."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
@@ -155,13 +174,12 @@ def load_vision(name: str, device: torch.device | None = None) -> VisionEncoder:
             torch.manual_seed(0)
             model = CLIPVisionModelWithProjection(config)
     else:
-        try:
-            model = CLIPVisionModelWithProjection.from_pretrained(name)
-        except (OSError, ValueError) as exc:
-            raise ModelError(
-                f"cannot load vision model {name!r} ({exc.__class__.__name__}); offline, give a "
-                "local directory holding a CLIP checkpoint, or use clip-tiny-random"
-            ) from None
+        model = _load(
+            CLIPVisionModelWithProjection.from_pretrained,
+            name,
+            "vision model",
+            "a local directory holding a CLIP checkpoint, or use clip-tiny-random",
+        )
     model = model.to(device).eval().requires_grad_(False)
     return VisionEncoder(name, model, model.config.image_size, model.config.projection_dim, device)
 
@@ -200,14 +218,9 @@ def load_text(name: str, device: torch.device | None = None) -> TextEncoder:
         )
     from transformers import CLIPTextModelWithProjection, CLIPTokenizerFast
 
-    try:
-        tokenizer = CLIPTokenizerFast.from_pretrained(name)
-        model = CLIPTextModelWithProjection.from_pretrained(name)
-    except (OSError, ValueError) as exc:
-        raise ModelError(
-            f"cannot load text model {name!r} ({exc.__class__.__name__}); offline, give a local "
-            "CLIP directory or a sentence-transformers directory, or use minilm"
-        ) from None
+    hint = "a local CLIP directory or a sentence-transformers directory, or use minilm"
+    tokenizer = _load(CLIPTokenizerFast.from_pretrained, name, "text model", hint)
+    model = _load(CLIPTextModelWithProjection.from_pretrained, name, "text model", hint)
     model = model.to(device).eval().requires_grad_(False)
     return TextEncoder(
         name,

@@ -7,14 +7,18 @@ provider when onnxruntime-gpu is installed), `paddleocr` (optional; local model 
 Cache layout of group `stages/ocr/<key>` (one chunk per row):
     lines    str   JSON list of {"text", "score", "box": [[x, y] x 4], "t": seconds, "track"}
     n_lines  int32 number of lines
+    warning  str   why the row's frames are not all real ('' if they are: see `read_frames`)
 `track` is the engine's track id where it has one (kwai) and -1 otherwise.
+
+Report phases: decoding frames (and reading Kwai JSON) is read time, engine calls compute,
+loading the engine setup.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +26,9 @@ import numpy as np
 
 from cache import Shard, StageGroup, WorkDir
 from cache.errors import TcdError
-from pipeline.settings import OcrSettings
-from pipeline.stage import StageReport, guarded, run_stage
-from pipeline.video import ocr_times, read_frames
+from pipeline.settings import OcrSettings, PipelineSettings, StageGroups
+from pipeline.stage import StageClock, StageReport, guarded, run_stage
+from pipeline.video import Decoder, ocr_times, read_frames
 
 
 class OcrError(TcdError):
@@ -34,30 +38,27 @@ class OcrError(TcdError):
 Line = dict[str, Any]
 
 
-def ocr_group(work: WorkDir, settings: OcrSettings) -> StageGroup:
-    return work.stage("ocr", settings)
-
-
 def run_ocr(
     work: WorkDir,
     settings: OcrSettings,
     batch_size: int = 8,
-    decoder: str = "auto",
+    decoder: str = Decoder.auto,
     retry_failed: bool = False,
     progress: bool = True,
     shard: Shard | None = None,
 ) -> StageReport:
     """Run OCR on every pending video of the manifest (or of this shard's rows)."""
-    group = ocr_group(work, settings)
+    group = StageGroups.resolve(work, PipelineSettings(ocr=settings)).ocr
     videos = work.manifest.videos.read(["path", "ocr_path", "fps", "duration", "error"])
 
-    def produce(rows: np.ndarray) -> Iterator[tuple[int, Any]]:
-        # only built when there is work: loading the OCR models takes seconds
-        engine = None if settings.engine == "kwai" else make_engine(settings)
+    def produce(rows: np.ndarray, clock: StageClock) -> Iterator[tuple[int, Any]]:
+        with clock.setting_up():  # only when there is work: loading the models takes seconds
+            engine = None if settings.engine == "kwai" else make_engine(settings)
         for row in rows:
             video = {name: values[row] for name, values in videos.items()}
 
             def compute(video: dict[str, Any] = video) -> dict[str, Any]:
+                warnings: list[str] = []
                 if settings.engine == "kwai":
                     lines = read_kwai_ocr(video["ocr_path"], float(video["fps"]))
                 else:
@@ -70,12 +71,22 @@ def run_ocr(
                         settings,
                         batch_size,
                         decoder,
+                        clock,
+                        warnings.append,
                     )
-                return {"lines": json.dumps(lines, ensure_ascii=False), "n_lines": len(lines)}
+                return {
+                    "lines": json.dumps(lines, ensure_ascii=False),
+                    "n_lines": len(lines),
+                    "warning": "; ".join(warnings),
+                }
 
             yield guarded(int(row), compute)
 
-    arrays = {"lines": ((), str, ""), "n_lines": ((), "int32", 0)}
+    arrays = {
+        "lines": ((), str, ""),
+        "n_lines": ((), "int32", 0),
+        "warning": ((), str, ""),
+    }
     return run_stage(work, group, arrays, produce, retry_failed, progress, shard)
 
 
@@ -175,13 +186,23 @@ class PaddleOcrEngine:
 
 
 def spot_video(
-    engine: Any, path: str, duration: float, settings: OcrSettings, batch_size: int, decoder: str
+    engine: Any,
+    path: str,
+    duration: float,
+    settings: OcrSettings,
+    batch_size: int,
+    decoder: str,
+    clock: StageClock,
+    warn: Callable[[str], None],
 ) -> list[Line]:
-    """Decode the sampled frames batch by batch (streaming) and OCR them."""
+    """Decode the sampled frames batch by batch (streaming) and OCR them; `warn` hears of a
+    truncated stream, `clock` times the engine calls."""
     lines: list[Line] = []
     times = ocr_times(duration, settings.fps, settings.max_frames)
-    for batch_times, frames in read_frames(path, times, batch_size, decoder):
-        for t, found in zip(batch_times, engine(frames), strict=True):
+    for batch_times, frames in read_frames(path, times, batch_size, decoder, warn):
+        with clock.computing():
+            found_per_frame = engine(frames)
+        for t, found in zip(batch_times, found_per_frame, strict=True):
             for text, score, box in found:
                 lines.append(
                     {

@@ -16,25 +16,29 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from cache import SettingsError, StageGroup, WorkDir, settings_key
+from cache import StageGroup, WorkDir, settings_key
 from cache.atomic import atomic_write
+from cache.settings import check_setting as _check
 from cache.settings import dump_toml, load_settings, to_dict
 
 WORK_SETTINGS = "settings.toml"
-OCR_ENGINES = ("rapidocr", "paddleocr", "kwai")
 
 
-def _check(where: str, ok: bool, rule: str, value: Any) -> None:
-    if not ok:
-        raise SettingsError(f"{where} must be {rule}, got {value!r}")
+class OcrEngine(StrEnum):
+    """The OCR engines `ocr.engine` names (the CLI's `--engine` choices)."""
+
+    rapidocr = "rapidocr"
+    paddleocr = "paddleocr"
+    kwai = "kwai"
 
 
 @dataclass(frozen=True)
 class OcrSettings:
-    engine: Literal["rapidocr", "paddleocr", "kwai"] = "rapidocr"
+    engine: Literal["rapidocr", "paddleocr", "kwai"] = "rapidocr"  # = OcrEngine's values
     fps: float = 2.0  # frames read per second of video
     max_frames: int = 64  # cap per video (long videos are sampled uniformly)
     det_limit_side: int = 256  # rapidocr: upscale the short side to at least this
@@ -128,24 +132,29 @@ def _chain(settings: PipelineSettings) -> list[tuple[str, Any, str | None, str]]
     ]
 
 
-@dataclass(frozen=True)
 class StageGroups:
-    """The cache groups of one work dir under one set of settings."""
+    """The cache groups of one work dir under one set of settings.
 
+    Each group is opened (created when missing) on first use, so `tcd ocr` never creates the
+    groups of the stages after it: `StageGroups.resolve(work, settings).captions`.
+    """
+
+    # one attribute per stage of STAGES, opened by `__getattr__` -> `group(stage)`
     ocr: StageGroup
     captions: StageGroup
     frames: StageGroup
     ocr_text: StageGroup
     queries: StageGroup
 
+    def __init__(self, work: WorkDir, settings: PipelineSettings):
+        self.work = work
+        self.settings = settings
+        self._opened: dict[str, StageGroup] = {}
+
     @classmethod
     def resolve(cls, work: WorkDir, settings: PipelineSettings) -> StageGroups:
-        """Open (creating when missing) every stage group these settings use."""
-        groups: dict[str, StageGroup] = {}
-        for stage, keyed_by, upstream, rows in _chain(settings):
-            up = groups[upstream].key if upstream else None
-            groups[stage] = work.stage(stage, keyed_by, upstream=up, rows=rows)
-        return cls(**groups)
+        """The stage groups these settings use in `work`."""
+        return cls(work, settings)
 
     @staticmethod
     def keys(settings: PipelineSettings) -> dict[str, str]:
@@ -154,3 +163,29 @@ class StageGroups:
         for stage, keyed_by, upstream, _ in _chain(settings):
             keys[stage] = settings_key(keyed_by, upstream=keys[upstream] if upstream else None)
         return keys
+
+    def __getattr__(self, stage: str) -> StageGroup:
+        if stage not in STAGES:
+            raise AttributeError(f"{type(self).__name__} has no attribute {stage!r}")
+        return self.group(stage)
+
+    def group(self, stage: str) -> StageGroup:
+        """The group of `stage` (one of `STAGES`), opened or created."""
+        if stage not in self._opened:
+            keyed_by, upstream, rows = self.link(stage)
+            up = self.keys(self.settings)[upstream] if upstream else None
+            self._opened[stage] = self.work.stage(stage, keyed_by, upstream=up, rows=rows)
+        return self._opened[stage]
+
+    def find(self, stage: str) -> StageGroup | None:
+        """The group of `stage` if it exists; never creates it."""
+        return self._opened.get(stage) or self.work.find_stage(
+            stage, self.keys(self.settings)[stage]
+        )
+
+    def link(self, stage: str) -> tuple[Any, str | None, str]:
+        """(the settings that key `stage`, the stage it reads or None, its row kind)."""
+        for name, keyed_by, upstream, rows in _chain(self.settings):
+            if name == stage:
+                return keyed_by, upstream, rows
+        raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")

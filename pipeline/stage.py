@@ -1,44 +1,228 @@
 """The one loop every stage runs: pick the rows to do, compute them, write them, report.
 
-A stage supplies `produce(rows)`, a generator of `(row, data)` where `data` is a dict of
-per-row arrays or an `Exception` for a row that failed. The loop holds the group's writer
-lock and the manifest's shared lock, writes each row as it arrives (data, then key, then
-done), records failures with their message, and never lets one bad row stop the others.
+A stage supplies `produce(rows, clock)`, a generator of `(row, data)` where `data` is a dict
+of per-row arrays or a `Failure` (or an exception) for a row that failed. The loop holds the
+group's writer lock and the manifest's shared lock, writes each row as it arrives (data, then
+key, then done), records failures with their message, and never lets one bad row stop the
+others. A row's data may hold a `warning` string (e.g. a truncated stream): it is written
+with the row and counted in the report and in `tcd cache status`.
+
+Where the time went (`StageReport`), in wall-clock seconds of the stage's process:
+    setup    loading models or engines (the stage marks it with `clock.setting_up()`, and
+             the `arrays` function, which loads the model to learn its width, counts here)
+    read     waiting on `produce` for its next row, less the setup and compute inside it:
+             decoding frames (in DataLoader workers for `frames`), reading OCR JSON or the
+             input cache's rows
+    compute  what the stage marks with `clock.computing()`: OCR engine calls, window
+             captioning, encoder forward passes (with tokenising and resizing)
+    write    cache writes: array layout, row data, key and done marks, failure records
+`seconds` is the whole run (locks and bookkeeping included), and items/s counts the rows
+computed or failed per wall-clock second. The last run's report is kept in the group's
+attributes (one per shard) for `tcd cache status`; timings never go into arrays, so caches
+stay bitwise deterministic.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from cache import CacheError, Shard, StageGroup, WorkDir
+from cache import CacheError, Shard, StageGroup, TcdError, WorkDir
+from pipeline.errors import UpstreamError
+from pipeline.settings import StageGroups
 
-Produce = Callable[[np.ndarray], Iterable[tuple[int, dict[str, Any] | Exception]]]
+
+def error_message(exc: BaseException) -> str:
+    """The one rule for an error's text: a `TcdError`'s message as it is (it names the file and
+    what to do); anything else prefixed with its type, e.g. `ValueError: ...`."""
+    if isinstance(exc, TcdError):
+        return str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A row's failure: its error type (what the report counts) and its message (what the
+    row records). Plain data, so it crosses process boundaries (decoding workers)."""
+
+    kind: str
+    message: str
+
+    @classmethod
+    def of(cls, exc: BaseException) -> Failure:
+        return cls(type(exc).__name__, error_message(exc))
+
+
+RowResult = dict[str, Any] | Failure | Exception
+
+
+class StageClock:
+    """Seconds of setup and compute that a stage marks itself; `run_stage` adds read and
+    write (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.seconds = {"setup": 0.0, "read": 0.0, "compute": 0.0, "write": 0.0}
+
+    @contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - started
+
+    def setting_up(self) -> Any:
+        return self._phase("setup")
+
+    def computing(self) -> Any:
+        return self._phase("compute")
+
+    def writing(self) -> Any:
+        return self._phase("write")
+
+    def reading(self, items: Iterable[Any]) -> Iterator[Any]:
+        """Yield from `items`, counting the wait for each as read time, less the setup and
+        compute the stage marked while it was producing the item."""
+        iterator = iter(items)
+        while True:
+            started = time.perf_counter()
+            marked = self.seconds["setup"] + self.seconds["compute"]
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            finally:
+                inside = self.seconds["setup"] + self.seconds["compute"] - marked
+                self.seconds["read"] += time.perf_counter() - started - inside
+            yield item
+
+
+Produce = Callable[[np.ndarray, StageClock], Iterable[tuple[int, RowResult]]]
 
 
 @dataclass
 class StageReport:
     stage: str
     key: str
+    rows: str  # what a row is: videos or captions
     computed: int
     failed: int
     up_to_date: int
     seconds: float
-    errors: list[str]
+    setup_s: float = 0.0
+    read_s: float = 0.0
+    compute_s: float = 0.0
+    write_s: float = 0.0
+    warned: int = 0  # rows written with a warning
+    failures: dict[str, int] = field(default_factory=dict)  # error type -> rows
+    examples: dict[str, str] = field(default_factory=dict)  # error type -> first message
+    errors: list[str] = field(default_factory=list)  # every failure message, in row order
+
+    @property
+    def items_per_s(self) -> float:
+        return (self.computed + self.failed) / self.seconds if self.seconds > 0 else 0.0
+
+    def timing(self) -> str:
+        """`setup 1.2, read 0.3, compute 4.0, write 0.2 s; 2.1 videos/s`."""
+        phases = ", ".join(
+            f"{name} {getattr(self, f'{name}_s'):.1f}"
+            for name in ("setup", "read", "compute", "write")
+        )
+        return f"{phases} s; {self.items_per_s:.1f} {self.rows}/s"
+
+    def failure_counts(self) -> str:
+        """`3 VideoError, 1 ModelError` (most frequent first)."""
+        return ", ".join(f"{n} {kind}" for kind, n in self.failures.items())
 
     def __str__(self) -> str:
         if self.computed == 0 and self.failed == 0:
             return f"{self.stage} [{self.key}]: nothing to do, {self.up_to_date} row(s) up to date"
-        return (
+        text = (
             f"{self.stage} [{self.key}]: {self.computed} computed, {self.failed} failed, "
-            f"{self.up_to_date} up to date in {self.seconds:.1f} s"
+            f"{self.up_to_date} up to date in {self.seconds:.1f} s ({self.timing()})"
         )
+        if self.failures:
+            text += f"; failed: {self.failure_counts()}"
+        if self.warned:
+            text += f"; {self.warned} with a warning (see `tcd cache status`)"
+        return text
+
+    def as_dict(self) -> dict[str, Any]:
+        """What the stage group keeps of its last run (no per-row messages: rows hold them)."""
+        data = asdict(self)
+        del data["errors"]
+        return {**data, "items_per_s": self.items_per_s, "finished": time.strftime("%FT%T")}
+
+
+def last_run(reports: dict[str, dict[str, Any]]) -> str:
+    """One short line for the reports a group keeps (one per shard), for `tcd cache status`:
+    `12 in 3.1 s, 3.9/s (read 0.4, compute 2.2, write 0.3); 1 VideoError`."""
+    if not reports:
+        return "-"
+    runs = list(reports.values())
+    done = sum(r["computed"] + r["failed"] for r in runs)
+    seconds = max(r["seconds"] for r in runs)  # shards run side by side
+    phases = ", ".join(
+        f"{name} {sum(r[f'{name}_s'] for r in runs):.1f}" for name in ("read", "compute", "write")
+    )
+    failures: Counter[str] = Counter()
+    for run in runs:
+        failures.update(run["failures"])
+    text = f"{done} in {seconds:.1f} s, {sum(r['items_per_s'] for r in runs):.1f}/s ({phases})"
+    shards = f" over {len(runs)} shards" if len(runs) > 1 else ""
+    kinds = ", ".join(f"{n} {kind}" for kind, n in failures.most_common())
+    return text + shards + (f"; {kinds}" if kinds else "")
+
+
+class Upstream:
+    """The stage a stage reads (OCR for captions, captions for their encoding): checked up
+    front, so a stage run before it is refused with the command to run first; a row whose
+    upstream failed fails with the upstream's message; a missing upstream row is never
+    recorded as a failure."""
+
+    def __init__(self, groups: StageGroups, stage: str, what: str, command: str):
+        _, upstream, self.rows = groups.link(stage)
+        assert upstream is not None, f"{stage} reads no other stage"
+        self.groups, self.stage, self.name = groups, stage, upstream
+        self.what, self.command = what, command
+
+    def require(self, retry_failed: bool = False, shard: Shard | None = None) -> StageGroup:
+        """The upstream group, or `UpstreamError` when rows the stage would compute have
+        nothing there (neither done nor failed for their current key). Creates nothing."""
+        group, source = self.groups.find(self.stage), self.groups.find(self.name)
+        if group is not None:
+            todo = group.pending(retry_failed)
+        else:
+            todo = np.flatnonzero(self.groups.work.manifest.table(self.rows).column("present"))
+        if shard is not None:
+            todo = shard.select(todo)
+        states = source.row_states() if source is not None else {}
+        missing = int((~(states["done"] | states["failed"]))[todo].sum()) if states else len(todo)
+        if missing:
+            raise UpstreamError(
+                f"{missing} {self.rows[:-1]}(s) have no {self.what} for these settings; "
+                f"run `{self.command} --work {self.groups.work.path}` first"
+            )
+        self.group = source or self.groups.group(self.name)
+        self.states = states or self.group.row_states()
+        return self.group
+
+    def has(self, row: int) -> bool:
+        """Whether the upstream row is there (done, or failed): else it stays pending."""
+        return bool(self.states["done"][row] or self.states["failed"][row])
+
+    def check(self, row: int) -> None:
+        """Raise the upstream's failure of `row` as this row's (`UpstreamError`)."""
+        if not self.states["done"][row]:
+            message = str(self.group.group["error"][row]) or "failed"
+            raise UpstreamError(f"no {self.what} for this {self.rows[:-1]}: {message}")
 
 
 def run_stage(
@@ -58,14 +242,15 @@ def run_stage(
     written before it stay done, and the row being written stays pending for the rerun.
     """
     started = time.monotonic()
+    clock = StageClock()
     name = group.stage if shard is None or shard.count == 1 else f"{group.stage} {shard}"
     with work.manifest_lock(shared=True), group.writing(shard):
         keys, present = group.expected()
         todo, mine = group.pending(retry_failed), np.flatnonzero(present)
         if shard is not None:
             todo, mine = shard.select(todo), shard.select(mine)
-        computed, errors = 0, []
-        rows = produce(todo) if len(todo) else iter(())
+        computed, warned, failures = 0, 0, []
+        rows = produce(todo, clock) if len(todo) else iter(())
         bar = tqdm(
             total=len(todo),
             desc=name,
@@ -78,7 +263,8 @@ def run_stage(
             """An `OSError` of these writes (disk full, I/O) -> `CacheError`; the computation's
             own errors are not turned into it."""
             try:
-                yield
+                with clock.writing():
+                    yield
             except OSError as exc:
                 raise CacheError(
                     f"{name} [{group.key}]: cannot write {what} to {work.path} "
@@ -88,39 +274,58 @@ def run_stage(
 
         try:
             if len(todo):
-                layout = arrays() if callable(arrays) else arrays
+                with clock.setting_up():
+                    layout = arrays() if callable(arrays) else arrays
                 with writing_to_cache("its arrays"), group.layout_lock():
                     group.ensure_rows(len(keys))
                     for array, (shape, dtype, fill) in layout.items():
                         group.array(array, shape, dtype, fill)
-            for row, data in rows:
+            for row, data in clock.reading(rows):
                 with writing_to_cache(f"row {row}"):
-                    if isinstance(data, Exception):
-                        message = str(data) or type(data).__name__
-                        group.fail_row(row, str(keys[row]), message)
-                        errors.append(message)
-                    else:
+                    if isinstance(data, dict):
                         group.write_row(row, str(keys[row]), data)
                         computed += 1
+                        warned += bool(data.get("warning"))
+                    else:
+                        failure = data if isinstance(data, Failure) else Failure.of(data)
+                        group.fail_row(row, str(keys[row]), failure.message)
+                        failures.append(failure)
                 bar.update(1)
         finally:
             bar.close()
             close = getattr(rows, "close", None)
             if close is not None:
                 close()  # stops decoding workers even when a write failed
-    up_to_date = len(mine) - len(todo)
-    return StageReport(
-        name, group.key, computed, len(errors), up_to_date, time.monotonic() - started, errors
-    )
+        report = StageReport(
+            name,
+            group.key,
+            group.rows,
+            computed,
+            len(failures),
+            len(mine) - len(todo),
+            time.monotonic() - started,
+            **{f"{phase}_s": seconds for phase, seconds in clock.seconds.items()},
+            warned=warned,
+            failures=dict(Counter(f.kind for f in failures).most_common()),
+            examples=_first_message_by_kind(failures),
+            errors=[f.message for f in failures],
+        )
+        if len(todo):
+            with writing_to_cache("its run report"):
+                group.save_report(report.as_dict(), shard)
+    return report
 
 
-def guarded(
-    row: int, compute: Callable[[], dict[str, Any]]
-) -> tuple[int, dict[str, Any] | Exception]:
+def _first_message_by_kind(failures: list[Failure]) -> dict[str, str]:
+    examples: dict[str, str] = {}
+    for failure in failures:
+        examples.setdefault(failure.kind, failure.message)
+    return examples
+
+
+def guarded(row: int, compute: Callable[[], dict[str, Any]]) -> tuple[int, RowResult]:
     """Run one row's computation, turning any error into the row's failure record."""
     try:
         return row, compute()
     except Exception as exc:  # one bad video must never stop the stage
-        if type(exc).__module__.startswith(("pipeline", "cache")):
-            return row, exc
-        return row, RuntimeError(f"{type(exc).__name__}: {exc}")
+        return row, Failure.of(exc)

@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
+from cache.atomic import atomic_path
 from pipeline.errors import DatasetError
 
 
@@ -431,10 +432,9 @@ def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
 
 def write_video(plan: VideoPlan, path: Path, settings: SynthSettings) -> None:
     """Encode the video with H.264 (one encoder thread, so bytes are identical per seed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part.mp4")
     n_frames = int(round(plan.seconds * settings.fps))
-    with av.open(str(tmp), "w") as container:
+    # a killed generator leaves no half-written .mp4 (the suffix tells PyAV the container)
+    with atomic_path(path, suffix=".mp4") as tmp, av.open(str(tmp), "w") as container:
         stream = container.add_stream(
             "libx264",
             rate=settings.fps,
@@ -449,7 +449,6 @@ def write_video(plan: VideoPlan, path: Path, settings: SynthSettings) -> None:
             frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(rgb), format="yuv420p")
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
-    tmp.replace(path)  # a killed generator leaves no half-written .mp4
 
 
 def _write_one(args: tuple[VideoPlan, Path, SynthSettings, bool]) -> None:

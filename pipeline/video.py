@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -71,18 +72,54 @@ def ocr_times(duration: float, fps: float, max_frames: int) -> np.ndarray:
 
 # -- decoding -------------------------------------------------------------------------------
 FrameBatch = tuple[np.ndarray, np.ndarray]  # (times in s, frames (B, H, W, 3) uint8 RGB)
+Warn = Callable[[str], None]
+# A sampled time this far past the end of the last frame the stream holds is "not covered":
+# the stream is truncated (or shorter than the container says) and the last frame stands in.
+TRUNCATION_SLACK_S = 0.5
+
+
+class Decoder(StrEnum):
+    """Frame decoders: `auto` (decord, PyAV if decord cannot open or decode the file)."""
+
+    auto = "auto"
+    decord = "decord"
+    pyav = "pyav"
+
+
+def _ignore(message: str) -> None:
+    pass
+
+
+def _warn_truncated(
+    path: str | Path, times: np.ndarray, end: float, warn: Warn, why: str = ""
+) -> None:
+    """Warn when the last frame a stream holds (ending at `end` s) stands in for sampled
+    times: those well past it, or all of `times` after a decode error (`why`)."""
+    late = len(times) if why else int((times > end + TRUNCATION_SLACK_S).sum())
+    if late:
+        reason = f" ({why})" if why else ""
+        warn(
+            f"{path}: truncated stream{reason}: its frames end at {end:.2f} s; "
+            f"the last one stands in for {late} later sampled frame(s)"
+        )
 
 
 def read_frames(
-    path: str | Path, times: np.ndarray, batch_size: int = 8, backend: str = "auto"
+    path: str | Path,
+    times: np.ndarray,
+    batch_size: int = 8,
+    backend: str = "auto",
+    warn: Warn = _ignore,
 ) -> Iterator[FrameBatch]:
     """Yield the frames nearest to `times` (sorted), `batch_size` at a time, streaming.
 
-    `backend`: "decord", "pyav" or "auto" (decord when importable, PyAV if decord fails to open
+    `backend`: a `Decoder` ("auto": decord when importable, PyAV if decord fails to open
     the file or to decode its first batch). Raises `VideoError` naming the file on failure.
+    A truncated stream (frames end before the sampled times do) repeats its last frame for the
+    times past its end and calls `warn` with a message naming the file.
     """
     times = np.asarray(times, dtype=np.float64)
-    if backend not in ("auto", "decord", "pyav"):
+    if backend not in tuple(Decoder):
         raise VideoError(f"unknown decoder backend {backend!r}")
     if backend in ("auto", "decord"):
         try:
@@ -94,7 +131,7 @@ def read_frames(
         if reader is not None:
             started = False
             try:
-                for batch in _decord_batches(path, reader, times, batch_size):
+                for batch in _decord_batches(path, reader, times, batch_size, warn):
                     started = True
                     yield batch
                 return
@@ -102,7 +139,7 @@ def read_frames(
                 if backend == "decord" or started:
                     raise
                 # auto: decord opened the file but cannot decode it (e.g. 1x1 pixels)
-    yield from _pyav_batches(path, times, batch_size)
+    yield from _pyav_batches(path, times, batch_size, warn)
 
 
 def _open_decord(path: str | Path) -> Any:
@@ -116,11 +153,14 @@ def _open_decord(path: str | Path) -> Any:
         raise VideoError(f"{path}: decord cannot open it ({exc})") from None
 
 
-def _decord_batches(path: str | Path, reader: Any, times: np.ndarray, batch_size: int):
+def _decord_batches(
+    path: str | Path, reader: Any, times: np.ndarray, batch_size: int, warn: Warn
+) -> Iterator[FrameBatch]:
     fps = float(reader.get_avg_fps() or 0.0)
-    n = len(reader)
+    n = len(reader)  # decord indexes the frames the file really holds
     if n == 0 or fps <= 0:
         raise VideoError(f"{path}: no frames")
+    _warn_truncated(path, times, float(reader.get_frame_timestamp(n - 1)[-1]), warn)
     index = np.clip(np.round(times * fps - 0.5).astype(int), 0, n - 1)
     for start in range(0, len(times), batch_size):
         chunk = index[start : start + batch_size]
@@ -131,7 +171,9 @@ def _decord_batches(path: str | Path, reader: Any, times: np.ndarray, batch_size
         yield times[start : start + batch_size], frames
 
 
-def _pyav_batches(path: str | Path, times: np.ndarray, batch_size: int):
+def _pyav_batches(
+    path: str | Path, times: np.ndarray, batch_size: int, warn: Warn
+) -> Iterator[FrameBatch]:
     """Decode sequentially, keeping for each target time the last frame starting at or before it."""
     if len(times) == 0:
         return
@@ -148,6 +190,9 @@ def _pyav_batches(path: str | Path, times: np.ndarray, batch_size: int):
         picked_times: list[float] = []
         target = 0
         previous = None
+        rate = float(stream.average_rate or stream.guessed_rate or 0.0)
+        end = 0.0  # where the last decoded frame ends
+        broken = ""
         try:
             for frame in container.decode(stream):
                 t = float(frame.time or 0.0)
@@ -158,15 +203,18 @@ def _pyav_batches(path: str | Path, times: np.ndarray, batch_size: int):
                 if target >= len(times):
                     break
                 previous = frame.to_ndarray(format="rgb24")
+                end = t + (1 / rate if rate > 0 else 0.0)
                 if len(picked) >= batch_size:
                     yield np.array(picked_times), np.stack(picked)
                     picked, picked_times = [], []
         except (av.error.FFmpegError, ValueError) as exc:
             if previous is None:
                 raise VideoError(f"{path}: decode failed ({exc})") from None
-            # a truncated stream: the frames decoded so far stand in for the rest
+            broken = f"decoding stopped: {exc}"
         if previous is None:
             raise VideoError(f"{path}: no frames could be decoded")
+        if target < len(times):  # the frames decoded so far stand in for the rest
+            _warn_truncated(path, times[target:], end, warn, broken)
         while target < len(times):
             picked.append(previous)
             picked_times.append(times[target])

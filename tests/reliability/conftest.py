@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from cache import WorkDir
-from pipeline.captions import CaptionSettings
-from pipeline.encode import EncodeSettings, run_encode
-from pipeline.settings import PipelineSettings, save_settings
+from pipeline.encode import run_encode
+from pipeline.settings import CaptionSettings, EncodeSettings, PipelineSettings, save_settings
 from tests.test_stages import KWAI, make_work, run_all
 
 

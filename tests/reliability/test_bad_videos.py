@@ -104,6 +104,7 @@ def test_odd_but_valid_videos_encode_like_any_other(synth_copy, tmp_path):
         (stage, 12, 0) for stage in ("ocr", "captions", "frames", "ocr_text")
     ]
     frames = next(g for g in work.stages() if g.stage == "frames")
+    assert frames.warnings() == []  # whole streams: no truncation warning
     embeddings = frames.group["frames"][:].astype(np.float32)
     norms = np.linalg.norm(embeddings, axis=-1)
     assert np.isfinite(embeddings).all() and np.allclose(norms, 1, atol=1e-2)

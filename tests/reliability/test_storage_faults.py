@@ -18,8 +18,8 @@ from heads.config import RunConfig, TrainSettings
 from heads.modules import HeadSettings
 from heads.run_dir import RunDir
 from heads.train import train
-from pipeline.captions import CaptionSettings
-from pipeline.encode import EncodeSettings, run_encode
+from pipeline.encode import run_encode
+from pipeline.settings import CaptionSettings, EncodeSettings
 from tests.reliability.harness import assert_nothing_half_done, assert_same, cache_arrays
 from tests.test_stages import KWAI
 from tests.test_train import planted

@@ -1,0 +1,166 @@
+"""The stage, data and cache commands: light imports, up-front refusals (an upstream not run,
+typos, out-of-range settings, another dataset), the one-line summary with failures by type,
+and `tcd cache status` with warnings and the last run's report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from cache import WorkDir
+from cli.main import app
+from pipeline.datasets import read_textvr
+from pipeline.ocr import run_ocr
+from pipeline.settings import WORK_SETTINGS, PipelineSettings, save_settings
+from tests.conftest import run_python
+from tests.test_stages import KWAI, make_work, write_truncated_video
+
+runner = CliRunner()
+
+
+def tcd(*args: str) -> tuple[int, list[str]]:
+    """The real entry point in a fresh interpreter: (exit code, stderr lines)."""
+    result = run_python("from cli.main import main; main()", *args, timeout=300)
+    return result.returncode, result.stderr.strip().splitlines()
+
+
+def test_light_modules_import_neither_torch_nor_transformers():
+    modules = ["pipeline.settings", "heads.config", "cli.common", "cli.main"]
+    code = (
+        f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_a_stage_before_its_upstream_is_refused_up_front(synth_set, tmp_path):
+    work = make_work(synth_set, tmp_path)
+    code, err = tcd("caption", "--work", str(work.path), "-q")
+    assert code == 1 and len(err) == 1, err
+    assert err[0] == (
+        f"error: 12 video(s) have no OCR for these settings; run `tcd ocr --work {work.path}` first"
+    )
+    assert WorkDir(work.path).stages() == []  # nothing recorded, not even an empty group
+    assert not (work.path / WORK_SETTINGS).exists()
+
+    run_ocr(work, KWAI, progress=False)  # OCR only: no captions yet
+    save_settings(work.path, PipelineSettings(ocr=KWAI))
+    code, err = tcd("encode", "--work", str(work.path), "-q", "--workers", "0")
+    assert code == 1 and len(err) == 1, err
+    assert "12 video(s) have no window captions" in err[0] and "run `tcd caption --work" in err[0]
+    groups = WorkDir(work.path).stages()
+    assert [g.stage for g in groups] == ["ocr"]  # no frame was encoded before the refusal
+    assert all(g.counts()["failed"] == 0 for g in groups)
+
+
+def test_typos_in_choices_exit_2_before_any_work(synth_set, tmp_path):
+    work = make_work(synth_set, tmp_path)
+    for option, typo in (("--decoder", "decrod"), ("--engine", "kwia")):
+        result = runner.invoke(app, ["ocr", "--work", str(work.path), "-q", option, typo])
+        assert result.exit_code == 2 and typo in result.output, result.output
+    assert WorkDir(work.path).stages() == []
+
+
+def test_an_out_of_range_setting_is_refused_and_not_saved(synth_set, tmp_path):
+    work = make_work(synth_set, tmp_path)
+    save_settings(work.path, PipelineSettings(ocr=KWAI))
+    saved = (work.path / WORK_SETTINGS).read_text()
+    code, err = tcd("caption", "--work", str(work.path), "-q", "--set", "captions.xi=-1")
+    assert code == 1 and err == ["error: captions.xi must be > 0, got -1.0"]
+    assert (work.path / WORK_SETTINGS).read_text() == saved
+    assert WorkDir(work.path).stages() == []
+
+
+def test_reading_another_dataset_into_a_work_dir_needs_replace(synth_set, tmp_path):
+    work = make_work(synth_set, tmp_path).path
+    table = tmp_path / "caps.csv"
+    first = read_textvr(synth_set).videos[0].id
+    table.write_text(f"video,caption,split\n{first},a caption,test\n")
+    folder = ["data", "folder", "--videos", str(synth_set / "Video"), "--captions", str(table)]
+    code, err = tcd(*folder, "--work", str(work), "-q")
+    assert code == 1 and len(err) == 1 and "pass --replace" in err[0], err
+    assert f"holds 12 video(s) of dataset 'textvr' from {synth_set}" in err[0]
+    assert WorkDir(work).status()["videos"]["present"] == 12  # untouched
+    result = runner.invoke(app, [*folder, "--work", str(work), "-q", "--replace"])
+    assert result.exit_code == 0 and "11 removed" in result.output, result.output
+    assert WorkDir(work).manifest.attrs["dataset"] == "folder"
+    # the same dataset again is an ordinary incremental update
+    result = runner.invoke(app, [*folder, "--work", str(work), "-q"])
+    assert result.exit_code == 0 and "0 removed" in result.output
+
+
+def test_the_same_files_under_a_moved_root_are_no_other_dataset(synth_set, tmp_path):
+    work = make_work(synth_set, tmp_path).path
+    moved = shutil.copytree(synth_set, tmp_path / "moved")
+    code, err = tcd("data", "textvr", "--root", str(moved), "--work", str(work), "-q")
+    assert code == 0 and err == [], err
+    assert WorkDir(work).status()["videos"]["present"] == 12
+
+
+def test_stage_commands_and_strict(synth_copy, tmp_path):
+    (synth_copy / "Video" / read_textvr(synth_copy).videos[2].id).write_bytes(b"")
+    work = str(tmp_path / "w")
+    assert (
+        runner.invoke(
+            app, ["data", "textvr", "--root", str(synth_copy), "--work", work, "-q"]
+        ).exit_code
+        == 0
+    )
+    result = runner.invoke(app, ["ocr", "--work", work, "--engine", "kwai", "-q"])
+    assert result.exit_code == 0 and "11 computed, 1 failed" in result.output  # without --strict
+    assert "frame rate is unknown" in result.output
+    result = runner.invoke(app, ["caption", "--work", work, "-q", "--set", "captions.xi=0.5"])
+    assert result.exit_code == 0 and "11 computed, 1 failed" in result.output  # kwai remembered
+    assert "no OCR for this video" in result.output
+    result = runner.invoke(app, ["encode", "--work", work, "-q", "--workers", "0", "--strict"])
+    assert result.exit_code == 2 and "11 computed, 1 failed" in result.output
+    assert "xi = 0.5" in (tmp_path / "w" / "settings.toml").read_text()
+    result = runner.invoke(app, ["caption", "--work", work, "-q", "--set", "captions.xj=0.5"])
+    assert result.exit_code == 1 or "unknown setting" in str(result.exception)
+
+
+def test_summaries_count_failures_by_type_and_status_shows_runs_and_warnings(synth_copy, tmp_path):
+    videos = read_textvr(synth_copy).videos
+    for video in videos[:2]:
+        video.ocr_path.write_text("{not json")
+    videos[3].path.unlink()
+    write_truncated_video(videos[3].path)  # opens, and its stream ends early
+    work = str(make_work(synth_copy, tmp_path).path)
+    result = runner.invoke(app, ["ocr", "--work", work, "--engine", "kwai", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "10 computed, 2 failed" in result.output and "failed: 2 OcrError" in result.output
+    assert "(setup " in result.output and " videos/s)" in result.output
+    assert "not valid OCR JSON" in result.output  # one message of the type, as an example
+    for command in (["caption"], ["encode", "--workers", "0"]):
+        result = runner.invoke(app, [*command, "--work", work, "-q"])
+        assert result.exit_code == 0, result.output
+    assert "2 UpstreamError" in result.output and "1 with a warning" in result.output
+
+    status = json.loads(runner.invoke(app, ["cache", "status", "--work", work, "--json"]).output)
+    groups = {g["stage"]: g for g in status["stages"]}
+    assert groups["frames"]["warnings"] == 1 and groups["ocr"]["warnings"] == 0
+    ocr_run = groups["ocr"]["reports"]["all"]
+    assert ocr_run["failures"] == {"OcrError": 2} and ocr_run["computed"] == 10
+    assert {"read_s", "compute_s", "write_s", "items_per_s"} <= set(ocr_run)
+    table = runner.invoke(app, ["cache", "status", "--work", work]).output
+    assert "warned" in table and "last run" in table
+    frames_line = next(line for line in table.splitlines() if "frames" in line)
+    assert frames_line.split("videos")[1].split()[5] == "1"  # the warned column
+    ocr_line = next(line for line in table.splitlines() if " ocr " in line)
+    assert "12 in" in ocr_line and "2 OcrError" in ocr_line
+    listed = runner.invoke(app, ["cache", "status", "--work", work, "--failed"]).output
+    assert f"row 3 ({videos[3].id}): warning: " in listed and "truncated stream" in listed
+    assert f"row 0 ({videos[0].id}): " in listed and "not valid OCR JSON" in listed
+
+
+@pytest.mark.parametrize("command", [["data", "--help"], ["cache", "--help"], ["ocr", "--help"]])
+def test_help_lists_the_choices(command):
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0
+    if command == ["ocr", "--help"]:
+        assert "rapidocr" in result.output and "pyav" in result.output
