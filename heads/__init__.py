@@ -1,1 +1,2 @@
-"""Trainable heads (TCD, baselines), losses and the head-only trainer. Lands with issue 4."""
+"""Trainable heads (TCD, baselines), their losses, checkpoints, scoring and metrics, the
+head-only trainer, the run directory and the ablation runner. Never imports `pipeline`."""

@@ -1,22 +1,44 @@
 """Ablation studies: a TOML list of variants (a run config plus overrides), each trained with
 several seeds over the same cached features and scored on one evaluation split.
 
-A variant may also change caption settings (`pipeline = ["captions.xi=0.4"]`): the caller
-then rebuilds only the captions and their encodings for it; OCR and frame features stay
-shared. Results are reported per seed and as mean and spread over seeds.
+A variant may also change caption settings (`pipeline = ["captions.xi=0.4"]`): the caller's
+`features_for` callback then builds only the captions and their encodings for it (heads never
+imports pipeline); OCR and frame features stay shared. Results are reported per seed and as
+mean and spread over seeds, in two Markdown tables (quality, cost) and a JSON file.
+
+    study = ablate(work, grid, "test", "0,1,2", features_for)  # .tables, .tables_path, ...
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from cache.atomic import atomic_write
 from cache.errors import SettingsError
 from cache.settings import load_settings, read_toml
+from heads.config import RunConfig
+from heads.cost import head_cost
+from heads.data import Features
+from heads.metrics import t2v_metrics, v2t_metrics
+from heads.run_dir import RunDir
+from heads.scoring import score_matrix
+from heads.train import train
+
+FeaturesFor = Callable[[tuple[str, ...]], tuple[Features, Features]]
+"""A variant's `pipeline` overrides -> (train features, evaluation-split features)."""
+
+
+class StudyOutput(NamedTuple):
+    tables: str  # the Markdown tables
+    tables_path: Path
+    results_path: Path  # every per-seed result and the summary, as JSON
+
 
 PIPELINE_SECTIONS = ("captions.",)  # what a variant may change upstream of the heads
 
@@ -93,7 +115,7 @@ def run_study(
     base: Path,
     config_cls: type,
     train_and_score: Callable[[Variant, int, Any], dict[str, Any]],
-    overrides: list[str] | None = None,
+    overrides: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Train and score every variant once per seed (`train.seed=S`); one row per run.
 
@@ -199,3 +221,71 @@ COST_COLUMNS = [
     Column("ms_per_1k_pairs", "ms / 1k pairs", 2),
     Column("train_s", "train s", 0),
 ]
+
+
+def evaluate(run: RunDir, data: Features) -> dict[str, float]:
+    """A run's t2v and v2t metrics on `data`, and what its head costs (heads/cost.py)."""
+    head, _ = run.load_head(data.frames.shape[-1], data.queries.shape[-1])
+    sim = score_matrix(head, data)
+    return {
+        **t2v_metrics(sim, data.query_video),
+        **{f"v2t_{k}": v for k, v in v2t_metrics(sim, data.query_video).items()},
+        **head_cost(head, data),
+    }
+
+
+def ablate(
+    work: Path,
+    grid: Path,
+    split: str,
+    seeds: str,
+    features_for: FeaturesFor,
+    overrides: Sequence[str] = (),
+    out: Path | None = None,
+    progress: Callable[[str], None] = print,
+) -> StudyOutput:
+    """Train every variant of `grid` once per seed (`W/runs/ablate/<variant>/seed<S>/`; a
+    finished run is reused) and score it on `split`; write the tables to `out` (default
+    `W/runs/ablations.md`) and every result to the `.json` beside it."""
+    variants, seed_list = read_grid(grid), parse_seeds(seeds)
+    scorer = _variant_scorer(work, split, features_for, progress)
+    rows = run_study(variants, seed_list, Path.cwd(), RunConfig, scorer, overrides)
+    summary = summarise(rows, variants)
+    header = (
+        f"Split `{split}` of `{work}`; grid `{grid}`; head-training seeds "
+        f"{', '.join(map(str, seed_list))} (mean ± sample sd over seeds).\n\n"
+    )
+    tables = (
+        f"{header}{markdown_table(summary, QUALITY_COLUMNS)}\n"
+        f"{markdown_table(summary, COST_COLUMNS)}"
+    )
+    out = out or RunDir.study_tables(work)
+    atomic_write(out, tables)
+    results = {"split": split, "seeds": seed_list, "grid": str(grid), "runs": rows}
+    results_path = out.with_suffix(".json")
+    atomic_write(results_path, json.dumps({**results, "summary": summary}, indent=1))
+    return StudyOutput(tables, out, results_path)
+
+
+def _variant_scorer(
+    work: Path, split: str, features_for: FeaturesFor, progress: Callable[[str], None]
+) -> Callable[[Variant, int, RunConfig], dict[str, Any]]:
+    """Train one variant with one seed and score it; features are loaded once per distinct
+    `pipeline` override list."""
+    loaded: dict[tuple[str, ...], tuple[Features, Features]] = {}
+
+    def train_and_score(variant: Variant, seed: int, config: RunConfig) -> dict[str, Any]:
+        if variant.pipeline not in loaded:
+            loaded[variant.pipeline] = features_for(variant.pipeline)
+        train_data, eval_data = loaded[variant.pipeline]
+        run = RunDir.for_ablation(work, variant.name, seed)
+        best = train(config, train_data, run)
+        result = evaluate(run, eval_data)
+        result["train_s"] = sum(epoch["seconds"] for epoch in run.epochs())
+        progress(
+            f"{variant.name} seed {seed}: best epoch {best['epoch']}, "
+            f"{split} t2v R@1 {result['R@1']:.1f}"
+        )
+        return result
+
+    return train_and_score

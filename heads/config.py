@@ -1,10 +1,67 @@
-"""A run's configuration: the head and how to train it (one TOML file per run, `configs/*.toml`)."""
+"""A run's configuration: the head and how to train it (one TOML file per run, `configs/*.toml`).
+
+Values are checked where they are parsed (`__post_init__`, so `--set` overrides and configs
+written in code alike): an unknown head kind or an out-of-range value is a `SettingsError`
+naming the setting, never a crash later in training. No torch import here.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
-from heads.modules import HeadSettings
+from cache.settings import check_setting
+
+HeadKind = Literal["tcd", "video-only", "ocr-instances"]
+Branch = Literal["tv", "to", "th"]
+HEAD_KINDS: tuple[str, ...] = get_args(HeadKind)
+BRANCHES: tuple[str, ...] = get_args(Branch)
+
+
+def _positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+@dataclass(frozen=True)
+class HeadSettings:
+    kind: HeadKind = "tcd"
+    width: int = 0  # common width; 0 = the text encoder's width
+    heads: int = 4  # attention heads
+    text_condition: Literal["none", "softmax-reweight"] = "softmax-reweight"
+    tau: float = 5.0
+    coattn: bool = True
+    ctcd: bool = True
+    branches: tuple[Branch, ...] = BRANCHES
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_setting("head.kind", self.kind in HEAD_KINDS, f"one of {HEAD_KINDS}", self.kind)
+        check_setting("head.width", self.width >= 0, ">= 0 (0 = the text width)", self.width)
+        check_setting("head.heads", self.heads >= 1, ">= 1", self.heads)
+        check_setting(
+            "head.width",
+            self.width == 0 or self.width % self.heads == 0,
+            f"a multiple of head.heads = {self.heads}",
+            self.width,
+        )
+        check_setting(
+            "head.text_condition",
+            self.text_condition in ("none", "softmax-reweight"),
+            "'none' or 'softmax-reweight'",
+            self.text_condition,
+        )
+        check_setting("head.tau", math.isfinite(self.tau) and self.tau >= 0, ">= 0", self.tau)
+        check_setting("head.dropout", 0 <= self.dropout < 1, "in [0, 1)", self.dropout)
+        usable = [b for b in self.branches if b != "th" or self.ctcd]
+        check_setting(
+            "head.branches",
+            set(self.branches) <= set(BRANCHES)
+            and len(set(self.branches)) == len(self.branches)
+            and bool(usable),
+            f"distinct names out of {BRANCHES}, at least one usable (th needs head.ctcd)",
+            list(self.branches),
+        )
 
 
 @dataclass(frozen=True)
@@ -23,6 +80,26 @@ class TrainSettings:
     patience: int = 5
     seed: int = 0
     score_memory_gb: float = 2.0  # memory budget of validation scoring blocks
+
+    def __post_init__(self) -> None:
+        check_setting("train.epochs", self.epochs >= 1, ">= 1", self.epochs)
+        check_setting("train.batch_size", self.batch_size >= 2, ">= 2 (InfoNCE)", self.batch_size)
+        check_setting("train.lr", _positive(self.lr), "> 0", self.lr)
+        check_setting(
+            "train.weight_decay", 0 <= self.weight_decay < math.inf, ">= 0", self.weight_decay
+        )
+        check_setting("train.warmup", 0 <= self.warmup <= 1, "in [0, 1]", self.warmup)
+        check_setting("train.grad_clip", _positive(self.grad_clip), "> 0", self.grad_clip)
+        check_setting("train.hsc_weight", 0 <= self.hsc_weight < math.inf, ">= 0", self.hsc_weight)
+        for name in ("hsc_temperature", "temperature", "score_memory_gb"):
+            check_setting(
+                f"train.{name}", _positive(getattr(self, name)), "> 0", getattr(self, name)
+            )
+        check_setting(
+            "train.val_fraction", 0 <= self.val_fraction < 1, "in [0, 1)", self.val_fraction
+        )
+        check_setting("train.patience", self.patience >= 1, ">= 1", self.patience)
+        check_setting("train.seed", self.seed >= 0, ">= 0", self.seed)
 
 
 @dataclass(frozen=True)

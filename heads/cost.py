@@ -1,5 +1,5 @@
-"""What a head costs: OCR texts it reads per video, matmul FLOPs per video and per pair, and
-measured time per 1k scored pairs.
+"""What a head costs: parameters, OCR texts it reads per video (`ProjectedHead.ocr_texts`),
+matmul FLOPs per video and per pair, and measured time per 1k scored pairs.
 
 TCD's text-condition makes part of the video side depend on the query, so its cost splits
 into a per-video part (projections, co-attention) and a per-(query, video) part. FLOPs are
@@ -18,17 +18,19 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from heads.data import Features
-from heads.modules import HeadSettings
+from heads.modules import ProjectedHead
 from heads.scoring import score_matrix
 
 
-def ocr_texts_per_video(settings: HeadSettings, features: Features) -> float:
-    """Mean number of non-empty OCR texts the head reads per video."""
-    if settings.kind == "tcd":
-        return float(features.caption_mask.sum(1).mean()) if features.n_videos else 0.0
-    if settings.kind == "ocr-instances":
-        return float(features.instance_mask.sum(1).mean()) if features.n_videos else 0.0
-    return 0.0
+def head_cost(head: ProjectedHead, features: Features) -> dict[str, float]:
+    """Everything the cost table shows of a head on `features` but training time: parameters,
+    OCR texts read per video, MFLOPs per video and per pair, ms per 1k scored pairs."""
+    return {
+        "params": sum(p.numel() for p in head.parameters()),
+        "ocr_texts": head.ocr_texts(features),
+        **flops(head, features),
+        "ms_per_1k_pairs": ms_per_1k_pairs(head, features),
+    }
 
 
 def flops(head: nn.Module, features: Features) -> dict[str, float]:

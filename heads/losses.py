@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from heads.modules import Scores
 
 
 def info_nce(scores: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -12,6 +17,18 @@ def info_nce(scores: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     logits = scores * scale
     labels = torch.arange(len(scores), device=scores.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def contrastive_loss(scores: Scores, scale: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """InfoNCE on the final scores plus InfoNCE on each branch's scores; the sum and each
+    part's value (`nce`, `nce_<branch>`)."""
+    loss = info_nce(scores.total, scale)
+    parts = {"nce": loss.item()}
+    for name, branch in scores.branches.items():
+        branch_loss = info_nce(branch, scale)
+        loss = loss + branch_loss
+        parts[f"nce_{name}"] = branch_loss.item()
+    return loss, parts
 
 
 def retrieval_loss(sim: np.ndarray, query_video: np.ndarray, scale: float) -> float:

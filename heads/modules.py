@@ -22,13 +22,23 @@ Our choices where the paper is silent (also in README):
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-BRANCHES = ("tv", "to", "th")
+from cache.errors import SettingsError
+from heads.config import BRANCHES, HeadSettings
+from heads.losses import hsc_loss
+
+if TYPE_CHECKING:
+    from heads.config import TrainSettings
+    from heads.data import Features
+
+__all__ = ["BRANCHES", "HEADS", "HeadSettings", "ProjectedHead", "Scores", "build_head"]
 
 
 def projection(d_in: int, d_out: int) -> nn.Linear:
@@ -66,21 +76,17 @@ class Scores:
     branches: dict[str, torch.Tensor]
 
 
-@dataclass(frozen=True)
-class HeadSettings:
-    kind: str = "tcd"  # tcd | video-only | ocr-instances
-    width: int = 0  # common width; 0 = the text encoder's width
-    heads: int = 4  # attention heads
-    text_condition: str = "softmax-reweight"  # none | softmax-reweight
-    tau: float = 5.0
-    coattn: bool = True
-    ctcd: bool = True
-    branches: tuple[str, ...] = BRANCHES
-    dropout: float = 0.1
+class ProjectedHead(nn.Module, ABC):
+    """The interface of every head, and the input projections they share (frames and texts to
+    a common width). Callers (trainer, scoring, index, cost) use only this interface, so none
+    needs to know which head it holds.
 
+    Video inputs are the keyword tensors of `Features.video_batch` (frames, captions,
+    caption_mask, instances, instance_mask); each head reads the ones it needs.
+    """
 
-class ProjectedHead(nn.Module):
-    """Input projections every head shares: frames and texts to a common width."""
+    branches: tuple[str, ...] = ()  # names of the branch scores `score` returns
+    ocr_mask: str | None = None  # the `Features` mask of the OCR texts it reads, if any
 
     def __init__(self, settings: HeadSettings, frame_dim: int, text_dim: int):
         super().__init__()
@@ -89,17 +95,39 @@ class ProjectedHead(nn.Module):
         self.frame_in = projection(frame_dim, self.width)
         self.text_in = projection(text_dim, self.width)  # shared by queries and captions
 
+    @abstractmethod
     def encode(self, **videos: torch.Tensor) -> dict[str, torch.Tensor]:
         """The query-independent part of the video side, computed once per video: a dict of
         tensors with the videos on the first axis (so they can be indexed, e.g. candidates)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def score(self, query: torch.Tensor, videos: dict[str, torch.Tensor]) -> Scores:
         """Scores of raw query features (Q, Dt) against encoded videos -> (Q, N)."""
-        raise NotImplementedError
+
+    @abstractmethod
+    def video_embeddings(self, **videos: torch.Tensor) -> torch.Tensor:
+        """Text-condition off: one vector per video (N, E), for FAISS; its inner product with
+        `query_embeddings` equals the query-independent score."""
+
+    @abstractmethod
+    def query_embeddings(self, query: torch.Tensor) -> torch.Tensor:
+        """One vector per raw query feature (Q, E), the other side of `video_embeddings`."""
 
     def forward(self, query: torch.Tensor, **videos: torch.Tensor) -> Scores:
         return self.score(query, self.encode(**videos))
+
+    def auxiliary_losses(
+        self, videos: dict[str, torch.Tensor], settings: TrainSettings
+    ) -> dict[str, tuple[float, torch.Tensor]]:
+        """Training-only losses beside InfoNCE on a batch's video inputs, by name: (weight,
+        unweighted loss). None by default."""
+        return {}
+
+    def ocr_texts(self, features: Features) -> float:
+        """Mean number of non-empty OCR texts the head reads per video of `features`."""
+        if self.ocr_mask is None or not features.n_videos:
+            return 0.0
+        return float(getattr(features, self.ocr_mask).sum(1).mean())
 
 
 class CoAttention(nn.Module):
@@ -269,6 +297,8 @@ class ClueDistiller(nn.Module):
 class TCDHead(ProjectedHead):
     """Text-condition + co-attention + CTCD, three matchings (tv, to, th), mean score."""
 
+    ocr_mask = "caption_mask"
+
     def __init__(self, settings: HeadSettings, frame_dim: int, text_dim: int):
         super().__init__(settings, frame_dim, text_dim)
         width = self.width
@@ -278,10 +308,8 @@ class TCDHead(ProjectedHead):
         self.ctcd = (
             ClueDistiller(width, settings.heads, settings.dropout) if settings.ctcd else None
         )
-        branches = [b for b in settings.branches if b != "th" or settings.ctcd]
-        if not branches:
-            raise ValueError("the TCD head needs at least one branch (tv, to, th; th needs ctcd)")
-        self.branches = tuple(branches)
+        # th needs CTCD (HeadSettings checks that at least one branch remains)
+        self.branches = tuple(b for b in settings.branches if b != "th" or settings.ctcd)
         # ModuleDict keys cannot be "to" (nn.Module.to), hence the "s_" prefix
         self.query_proj = nn.ModuleDict({f"s_{b}": projection(width, width) for b in self.branches})
         self.video_proj = nn.ModuleDict({f"s_{b}": projection(width, width) for b in self.branches})
@@ -370,16 +398,21 @@ class TCDHead(ProjectedHead):
         parts = [F.normalize(self.query_proj[f"s_{b}"](q), dim=-1) for b in self.branches]
         return torch.cat(parts, dim=-1) / len(self.branches)
 
-    def hsc_inputs(self, frames, captions, caption_mask):
-        return self.encode_videos(frames, captions, caption_mask)
+    def auxiliary_losses(
+        self, videos: dict[str, torch.Tensor], settings: TrainSettings
+    ) -> dict[str, tuple[float, torch.Tensor]]:
+        """HSC (`train.hsc`) on the co-attended frames and captions, weight `hsc_weight`."""
+        if not settings.hsc:
+            return {}
+        v, o = self.encode_videos(videos["frames"], videos["captions"], videos["caption_mask"])
+        loss = hsc_loss(v.float(), o.float(), videos["caption_mask"], settings.hsc_temperature)
+        return {"hsc": (settings.hsc_weight, loss)}
 
 
 class VideoOnlyHead(ProjectedHead):
     """CLIP4Clip meanP on frozen features: cos(query, mean of frames)."""
 
-    def __init__(self, settings: HeadSettings, frame_dim: int, text_dim: int):
-        super().__init__(settings, frame_dim, text_dim)
-        self.branches = ("tv",)
+    branches = ("tv",)
 
     def encode(self, frames, **_: object) -> dict[str, torch.Tensor]:
         return {"v": self.frame_in(frames).mean(1)}
@@ -398,6 +431,9 @@ class VideoOnlyHead(ProjectedHead):
 class OcrInstancesHead(ProjectedHead):
     """StarVR-style: OCR word tokens attention-pooled (learned query), fused with the video."""
 
+    branches = ("tv", "to")
+    ocr_mask = "instance_mask"
+
     def __init__(self, settings: HeadSettings, frame_dim: int, text_dim: int):
         super().__init__(settings, frame_dim, text_dim)
         width = self.width
@@ -406,7 +442,6 @@ class OcrInstancesHead(ProjectedHead):
             width, settings.heads, dropout=settings.dropout, batch_first=True
         )
         self.norm = nn.LayerNorm(width)
-        self.branches = ("tv", "to")
 
     def _pooled_ocr(self, instances, instance_mask):
         words = self.text_in(instances)
@@ -442,7 +477,12 @@ class OcrInstancesHead(ProjectedHead):
 HEADS = {"tcd": TCDHead, "video-only": VideoOnlyHead, "ocr-instances": OcrInstancesHead}
 
 
-def build_head(settings: HeadSettings, frame_dim: int, text_dim: int) -> nn.Module:
-    if settings.kind not in HEADS:
-        raise ValueError(f"unknown head {settings.kind!r}; expected one of {', '.join(HEADS)}")
+def build_head(settings: HeadSettings, frame_dim: int, text_dim: int) -> ProjectedHead:
+    """The head `settings.kind` names (the kind is checked when the settings are made)."""
+    width = settings.width or text_dim
+    if width % settings.heads:
+        raise SettingsError(
+            f"head.heads = {settings.heads} must divide the head width {width} (the text "
+            "encoder's width when head.width = 0); change head.heads or set head.width"
+        )
     return HEADS[settings.kind](settings, frame_dim, text_dim)

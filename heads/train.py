@@ -1,19 +1,21 @@
 """The head-only trainer: cached features in, `runs/<name>/` out.
 
 One step: a batch of train videos, one random caption each; symmetric InfoNCE on the final
-score and on each branch score (learned temperature, init 0.05), plus `lambda * L_hsc` for
-TCD. AdamW, linear warm-up then cosine decay, gradient clipping, bf16 autocast on GPU, fixed
-seeds. A held-out part of the train split (never the test split) is scored every epoch; the
-best validation t2v R@1 is kept (ties, common on a small validation split, go to the lower
-validation retrieval loss); training stops after `patience` epochs without gain.
+score and on each branch score (learned temperature, init 0.05), plus the head's auxiliary
+losses (`lambda * L_hsc` for TCD). AdamW, linear warm-up then cosine decay, gradient clipping,
+bf16 autocast on GPU, fixed seeds. A held-out part of the train split (never the test split)
+is scored every epoch; the best validation t2v R@1 is kept (ties, common on a small
+validation split, go to the lower validation retrieval loss); training stops after
+`patience` epochs without gain.
 
-`runs/<name>/`: config.toml (resolved), metrics.jsonl (one line per epoch), best.pt and
-last.pt (tensors only, loaded with weights_only=True and strict=True), curves.png. A run
-killed mid-way resumes from last.pt when started again with the same config.
+`train()` runs the steps of `Trainer`: resume (from last.pt when it holds the same config, so
+a run killed mid-way continues exactly as if never stopped), then per epoch: train, validate,
+checkpoint. The run's files are `RunDir`'s (heads/run_dir.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -28,25 +30,30 @@ from torch import nn
 from cache.device import default_device
 from cache.errors import TcdError
 from heads.checkpoint import load_checkpoint, save_checkpoint
-from heads.config import RunConfig
+from heads.config import RunConfig, TrainSettings
 from heads.data import Features
-from heads.losses import hsc_loss, info_nce, retrieval_loss
+from heads.losses import contrastive_loss, retrieval_loss
 from heads.metrics import recall_at_1
-from heads.modules import build_head
+from heads.modules import ProjectedHead, build_head
 from heads.run_dir import RunDir, same_config
 from heads.scoring import score_matrix
+
+Record = dict[str, Any]
 
 
 class Model(nn.Module):
     """A head plus its learned InfoNCE temperature."""
 
-    def __init__(self, head: nn.Module, temperature: float):
+    def __init__(self, head: ProjectedHead, temperature: float):
         super().__init__()
         self.head = head
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
 
 
-def build_model(config: RunConfig, features: Features) -> Model:
+def initial_model(config: RunConfig, features: Features) -> Model:
+    """The model training starts from (seeded by `train.seed`): `.head` is the untrained head
+    a trained one is compared with."""
+    torch.manual_seed(config.train.seed)
     head = build_head(config.head, features.frames.shape[-1], features.queries.shape[-1])
     return Model(head, config.train.temperature)
 
@@ -60,144 +67,176 @@ def split_train_val(
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def train(
-    config: RunConfig,
-    features: Features,
-    run: RunDir,
-    progress: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Train the configured head on `features` (train split); return the best epoch's record."""
-    settings = config.train
-    config_text = run.create(config)
-    finished = run.finished(config)
-    if finished is not None:
-        return finished  # this config already finished here: nothing to do
-    torch.manual_seed(settings.seed)
-    device = default_device()
+def train_videos(
+    features: Features, settings: TrainSettings
+) -> tuple[np.ndarray, Features | None, list[np.ndarray]]:
+    """The videos to train on (with features and captions), the held-out split (None when
+    `val_fraction` is 0), and each video's caption indices."""
     train_idx, val_idx = split_train_val(features, settings.val_fraction, settings.seed)
-    val = features.subset(val_idx) if len(val_idx) else None
     captions_of = [np.flatnonzero(features.query_video == v) for v in range(features.n_videos)]
     missing = set(features.missing)  # failed videos: zeros would only teach noise
-    train_idx = np.array(
-        [v for v in train_idx if len(captions_of[v]) and features.video_ids[v] not in missing]
-    )
-    if len(train_idx) < 2:
+    usable = [v for v in train_idx if len(captions_of[v]) and features.video_ids[v] not in missing]
+    if len(usable) < 2:
         raise TcdError(
-            f"too few train videos with features and captions ({len(train_idx)}) to train a head"
+            f"too few train videos with features and captions ({len(usable)}) to train a head"
         )
+    val = features.subset(val_idx) if len(val_idx) else None
+    return np.array(usable), val, captions_of
 
-    model = build_model(config, features).to(device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
-    )
-    steps_per_epoch = max(1, len(train_idx) // settings.batch_size)
-    total = steps_per_epoch * settings.epochs
-    warmup = int(settings.warmup * total)
 
-    def lr_factor(step: int) -> float:
+def warmup_cosine(total: int, warmup: int) -> Callable[[int], float]:
+    """Learning-rate factor per step: linear warm-up over `warmup` steps, then cosine decay."""
+
+    def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    start_epoch, best, history = 0, {"val_r1": -math.inf, "val_loss": math.inf, "epoch": -1}, []
-    last = run.last
-    if last.exists() and same_config(load_checkpoint(last).get("config", ""), config):
-        state = load_checkpoint(last, model)  # same config: resume where the last run stopped
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch = int(state["epoch"]) + 1
-        best = {"val_loss": math.inf, **json.loads(state["best"])}
-        history = run.epochs()[:start_epoch]
-    run.epochs_log.write_text("".join(json.dumps(h) + "\n" for h in history))
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device.type == "cuda"
-        else torch.autocast("cpu", enabled=False)
-    )
-    use_hsc = settings.hsc and config.head.kind == "tcd"
-    stale = 0 if best["epoch"] < 0 else start_epoch - 1 - best["epoch"]
+    return factor
 
-    for epoch in range(start_epoch, settings.epochs):
-        started = time.monotonic()
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+class Trainer:
+    """One run's training state (model, optimiser, schedule, data split, best epoch) and its
+    steps: `resume`, then per epoch `train_epoch`, `validate`, `checkpoint`."""
+
+    def __init__(self, config: RunConfig, features: Features, run: RunDir, config_text: str):
+        self.config, self.settings, self.run = config, config.train, run
+        self.features, self.config_text = features, config_text
+        self.device = default_device()
+        self.train_idx, self.val, self.captions_of = train_videos(features, self.settings)
+        self.model = initial_model(config, features).to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=self.settings.lr, weight_decay=self.settings.weight_decay
+        )
+        self.steps_per_epoch = max(1, len(self.train_idx) // self.settings.batch_size)
+        total = self.steps_per_epoch * self.settings.epochs
+        schedule = warmup_cosine(total, int(self.settings.warmup * total))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.start_epoch, self.stale, self.history = 0, 0, []
+        self.best: Record = {"val_r1": -math.inf, "val_loss": math.inf, "epoch": -1}
+
+    def resume(self) -> None:
+        """Continue from last.pt when it holds this config; rewrite the epoch log to match."""
+        last = self.run.last
+        if last.exists() and same_config(load_checkpoint(last).get("config", ""), self.config):
+            state = load_checkpoint(last, self.model)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.start_epoch = int(state["epoch"]) + 1
+            self.best = {"val_loss": math.inf, **json.loads(state["best"])}
+            self.history = self.run.epochs()[: self.start_epoch]
+            if self.best["epoch"] >= 0:  # epochs since the best one
+                self.stale = self.start_epoch - 1 - self.best["epoch"]
+        self.run.epochs_log.write_text("".join(json.dumps(h) + "\n" for h in self.history))
+
+    def train_epoch(self, epoch: int, started: float) -> Record:
+        """One pass over the train videos; the epoch's mean losses, learning rate, temperature."""
         # per-epoch seeds: a run resumed from last.pt continues exactly as if never stopped
-        rng = np.random.default_rng([settings.seed, epoch])
-        torch.manual_seed(settings.seed * 100_003 + epoch)
-        model.train()
-        order = rng.permutation(train_idx)
-        sums: dict[str, float] = {}
-        for step in range(steps_per_epoch):
-            videos = order[step * settings.batch_size : (step + 1) * settings.batch_size]
-            picks = np.array([rng.choice(captions_of[v]) for v in videos])
-            query = torch.from_numpy(features.queries[picks]).float().to(device)
-            inputs = features.video_batch(videos, device)
-            with autocast:
-                scores = model.head(query=query, **inputs)
-                scale = model.log_scale.exp().clamp(max=100)
-                loss = info_nce(scores.total, scale)
-                parts = {"nce": loss.item()}
-                for name, branch in scores.branches.items():
-                    branch_loss = info_nce(branch, scale)
-                    loss = loss + branch_loss
-                    parts[f"nce_{name}"] = branch_loss.item()
-                if use_hsc:
-                    v, o = model.head.hsc_inputs(
-                        inputs["frames"], inputs["captions"], inputs["caption_mask"]
-                    )
-                    hsc = hsc_loss(
-                        v.float(), o.float(), inputs["caption_mask"], settings.hsc_temperature
-                    )
-                    loss = loss + settings.hsc_weight * hsc
-                    parts["hsc"] = hsc.item()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            parts["loss"] = loss.item()
-            for key, value in parts.items():
+        rng = np.random.default_rng([self.settings.seed, epoch])
+        torch.manual_seed(self.settings.seed * 100_003 + epoch)
+        self.model.train()
+        order = rng.permutation(self.train_idx)
+        size, sums = self.settings.batch_size, {}
+        for step in range(self.steps_per_epoch):
+            videos = order[step * size : (step + 1) * size]
+            picks = np.array([rng.choice(self.captions_of[v]) for v in videos])
+            for key, value in self.step(videos, picks).items():
                 sums[key] = sums.get(key, 0.0) + value
-        record = {"epoch": epoch, **{k: v / steps_per_epoch for k, v in sums.items()}}
-        record["lr"] = scheduler.get_last_lr()[0]
-        record["temperature"] = float(1 / model.log_scale.exp().item())
+        record = {"epoch": epoch, **{k: v / self.steps_per_epoch for k, v in sums.items()}}
+        record["lr"] = self.scheduler.get_last_lr()[0]
+        record["temperature"] = float(1 / self.model.log_scale.exp().item())
         record["train_seconds"] = time.monotonic() - started
-        if val is not None and len(val.queries):
-            sim = score_matrix(model.head, val, settings.score_memory_gb * 1e9, device)
-            record["val_r1"] = recall_at_1(sim, val.query_video)
-            record["val_loss"] = retrieval_loss(sim, val.query_video, model.log_scale.exp().item())
-        else:  # no validation split: keep the lowest training loss
+        return record
+
+    def step(self, videos: np.ndarray, picks: np.ndarray) -> dict[str, float]:
+        """One optimisation step on `videos` with caption `picks`; each loss part's value."""
+        query = torch.from_numpy(self.features.queries[picks]).float().to(self.device)
+        inputs = self.features.video_batch(videos, self.device)
+        head = self.model.head
+        with _autocast(self.device):
+            scores = head(query=query, **inputs)
+            loss, parts = contrastive_loss(scores, self.model.log_scale.exp().clamp(max=100))
+            for name, (weight, extra) in head.auxiliary_losses(inputs, self.settings).items():
+                loss = loss + weight * extra
+                parts[name] = extra.item()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        parts["loss"] = loss.item()
+        return parts
+
+    def validate(self, record: Record) -> None:
+        """Add the held-out split's t2v R@1 and retrieval loss to `record` (without a held-out
+        split: minus the training loss and the training loss, so the lowest loss is kept)."""
+        val = self.val
+        if val is None or not len(val.queries):
             record["val_r1"], record["val_loss"] = -record["loss"], record["loss"]
-        record["seconds"] = time.monotonic() - started
-        history.append(record)
-        with run.epochs_log.open("a") as f:
+            return
+        memory = self.settings.score_memory_gb * 1e9
+        sim = score_matrix(self.model.head, val, memory, self.device)
+        record["val_r1"] = recall_at_1(sim, val.query_video)
+        record["val_loss"] = retrieval_loss(sim, val.query_video, self.model.log_scale.exp().item())
+
+    def checkpoint(self, record: Record) -> bool:
+        """Log the epoch, keep the best head (best.pt) and the state to resume from (last.pt);
+        whether `patience` epochs passed without gain."""
+        self.history.append(record)
+        with self.run.epochs_log.open("a") as f:
             f.write(json.dumps(record) + "\n")
         # best = highest val R@1; a small validation split often ties (e.g. at 100%), and
         # the epoch whose true pairs score most clearly above the rest breaks the tie
-        if (record["val_r1"], -record["val_loss"]) > (best["val_r1"], -best["val_loss"]):
-            best, stale = record, 0
-            save_checkpoint(run.best, model.head)
+        if (record["val_r1"], -record["val_loss"]) > (self.best["val_r1"], -self.best["val_loss"]):
+            self.best, self.stale = record, 0
+            save_checkpoint(self.run.best, self.model.head)
         else:
-            stale += 1
-        save_checkpoint(
-            last,
-            model,
-            {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch,
-                "best": json.dumps(best),
-                "config": config_text,
-            },
-        )
+            self.stale += 1
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": record["epoch"],
+            "best": json.dumps(self.best),
+            "config": self.config_text,
+        }
+        save_checkpoint(self.run.last, self.model, state)
+        return self.stale >= self.settings.patience
+
+
+def train(
+    config: RunConfig,
+    features: Features,
+    run: RunDir,
+    progress: Callable[[Record], None] | None = None,
+) -> Record:
+    """Train the configured head on `features` (train split); return the best epoch's record."""
+    config_text = run.create(config)
+    finished = run.finished(config)
+    if finished is not None:
+        return finished  # this config already finished here: nothing to do
+    trainer = Trainer(config, features, run, config_text)
+    trainer.resume()
+    for epoch in range(trainer.start_epoch, config.train.epochs):
+        started = time.monotonic()
+        record = trainer.train_epoch(epoch, started)
+        trainer.validate(record)
+        record["seconds"] = time.monotonic() - started
+        stop = trainer.checkpoint(record)
         if progress:
             progress(record)
-        if stale >= settings.patience:
+        if stop:
             break
-    plot_curves(history, run.curves)
-    return best
+    plot_curves(trainer.history, run.curves)
+    return trainer.best
 
 
-def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+def plot_curves(history: list[Record], path: Path) -> None:
     """Training loss and validation R@1 per epoch."""
     import matplotlib
 

@@ -36,11 +36,16 @@ def test_retrieval_scale(results, monkeypatch):
 def test_heads_scale(results, monkeypatch):
     from bench import heads_scale
 
-    args = ["--videos", "200", "--captions", "400", "--test", "60", "--epochs", "2", "--k", "10"]
-    run(heads_scale, monkeypatch, *args)
+    # a narrow width and small batches, so that a few seconds of training learn the signal
+    args = ["--videos", "200", "--captions", "400", "--test", "60", "--epochs", "6", "--k", "10"]
+    run(heads_scale, monkeypatch, *args, "--dim", "32", "--batch-size", "16", "--lr", "1e-2")
     out = json.loads((results / "heads_scale.json").read_text())["results"]
-    assert out["epochs_run"] == 2 and out["train_captions"] == 400
-    assert out["test_t2v_r1"] > 10 * 100 / 60  # the planted signal is learned
+    assert out["epochs_run"] == 6 and out["train_captions"] == 400 and out["D"] == 32
+    chance = out["chance_r1"]
+    assert chance == 100 / 60
+    # the untrained head cannot read the planted signal; training learns it
+    assert out["test_t2v_r1_untrained"] <= 3 * chance
+    assert out["test_t2v_r1"] >= out["test_t2v_r1_untrained"] + 10 * chance
     assert out["two_stage"]["k"] == 10 and out["peak_rss_mb"] > 0
 
 

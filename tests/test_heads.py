@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from cache.errors import SettingsError
+from heads.config import HEAD_KINDS, HeadSettings, TrainSettings
 from heads.losses import hsc_loss
-from heads.modules import HeadSettings, build_head, cosine
+from heads.modules import HEADS, ProjectedHead, build_head, cosine
 
 T, DV, DT = 12, 16, 24
 
@@ -178,8 +181,8 @@ def test_gradients_reach_every_part():
         head.coattn.gate_o.fill_(0.5)
     data = batch()
     scores = head(**data)
-    v, o = head.hsc_inputs(data["frames"], data["captions"], data["caption_mask"])
-    (scores.total.sum() + hsc_loss(v, o, data["caption_mask"])).backward()
+    _, hsc = head.auxiliary_losses(data, TrainSettings())["hsc"]
+    (scores.total.sum() + hsc).backward()
     missing = [
         name for name, p in head.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0
     ]
@@ -197,7 +200,37 @@ def test_ablation_switches_and_bad_settings():
         head = build_head(dataclasses.replace(HeadSettings(), **change), DV, DT).eval()
         assert head(**data).total.shape == (3, 5)
     assert set(build_head(HeadSettings(ctcd=False), DV, DT)(**data).branches) == {"tv", "to"}
-    with pytest.raises(ValueError, match="unknown head"):
-        build_head(HeadSettings(kind="clip"), DV, DT)
-    with pytest.raises(ValueError, match="at least one branch"):
-        build_head(HeadSettings(ctcd=False, branches=("th",)), DV, DT)
+    with pytest.raises(SettingsError, match="head.kind must be one of"):
+        HeadSettings(kind="clip")
+    with pytest.raises(SettingsError, match="head.branches .* at least one usable"):
+        HeadSettings(ctcd=False, branches=("th",))
+    with pytest.raises(SettingsError, match="head.heads = 5 must divide the head width 24"):
+        build_head(HeadSettings(heads=5), DV, DT)
+
+
+def test_every_kind_the_settings_accept_builds():
+    assert set(HEAD_KINDS) == set(HEADS)
+    for kind in HEAD_KINDS:
+        assert isinstance(build_head(HeadSettings(kind=kind), DV, DT), ProjectedHead)
+
+
+def test_auxiliary_losses_and_ocr_texts_come_from_the_head():
+    """What the trainer and the cost table ask a head, so neither branches on its kind."""
+    data = batch()
+    tcd = build_head(HeadSettings(dropout=0.0), DV, DT)
+    settings = TrainSettings(hsc_weight=0.25, hsc_temperature=0.2)
+    (name, (weight, loss)), *more = tcd.auxiliary_losses(data, settings).items()
+    v, o = tcd.encode_videos(data["frames"], data["captions"], data["caption_mask"])
+    assert name == "hsc" and weight == 0.25 and more == []
+    torch.testing.assert_close(loss, hsc_loss(v, o, data["caption_mask"], 0.2))
+    assert tcd.auxiliary_losses(data, TrainSettings(hsc=False)) == {}
+    features = SimpleNamespace(
+        n_videos=5,
+        caption_mask=data["caption_mask"].numpy(),
+        instance_mask=data["instance_mask"].numpy(),
+    )
+    assert tcd.ocr_texts(features) == data["caption_mask"].sum(1).float().mean().item()
+    for kind, texts in (("video-only", 0.0), ("ocr-instances", (3 + 0 + 7 + 1 + 5) / 5)):
+        head = build_head(HeadSettings(kind=kind), DV, DT)
+        assert head.auxiliary_losses(data, settings) == {}
+        assert head.ocr_texts(features) == texts

@@ -4,27 +4,36 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 
 import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
+from cache.settings import dump_toml, to_dict
 from heads.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from heads.config import RunConfig, TrainSettings
+from heads.config import HeadSettings, RunConfig, TrainSettings
 from heads.data import Features
 from heads.metrics import recall_at_1
-from heads.modules import HeadSettings, build_head
+from heads.modules import build_head
 from heads.run_dir import RunDir
 from heads.scoring import score_matrix
-from heads.train import train
+from heads.train import initial_model, train
 
 T, DV, DT = 6, 16, 24
 
 
+# A fixed random rotation between the query space and the caption space: the planted signal is
+# invisible to the identity-initialised projections (the untrained head scores near chance)
+# and must be learned. Fixed apart from the data seed, so held-out data share it.
+ROTATION = np.linalg.qr(np.random.default_rng(1234).normal(size=(DT, DT)))[0]
+
+
 def planted(n=160, seed=0) -> Features:
-    """Random features where each video's caption embeddings share a signal with its queries
-    (scene text), and frames share a weaker, coarse one (4 scene classes)."""
+    """Random features where each video's caption embeddings share a key with its queries (the
+    scene text), seen through `ROTATION` on the query side; frames carry only a coarse scene
+    class (4 classes) that the queries do not name."""
     rng = np.random.default_rng(seed)
     key = rng.normal(size=(n, DT))
     scene = rng.normal(size=(4, DV))[rng.integers(0, 4, n)]
@@ -33,7 +42,7 @@ def planted(n=160, seed=0) -> Features:
     mask[:, 0] = True
     captions = (key[:, None] + 0.7 * rng.normal(size=(n, T, DT))) * mask[..., None]
     q_video = np.repeat(np.arange(n), 2)
-    queries = key[q_video] + 0.7 * rng.normal(size=(2 * n, DT))
+    queries = key[q_video] @ ROTATION + 0.7 * rng.normal(size=(2 * n, DT))
 
     def unit(x):
         return (x / np.linalg.norm(x, axis=-1, keepdims=True).clip(1e-6)).astype(np.float16)
@@ -52,25 +61,33 @@ def planted(n=160, seed=0) -> Features:
     )
 
 
-FAST = TrainSettings(epochs=6, batch_size=16, lr=1e-3, val_fraction=0.25, patience=10)
+def held_out_r1(head, data: Features) -> float:
+    return recall_at_1(score_matrix(head, data), data.query_video)
 
 
-def test_tcd_learns_a_planted_signal_far_above_chance(tmp_path):
-    data = planted()
-    best = train(RunConfig(HeadSettings(heads=2), FAST), data, RunDir.at(tmp_path / "run"))
-    n_val = 40
-    assert best["val_r1"] > 10 * (100 / n_val)  # chance is 2.5%
+FAST = TrainSettings(epochs=8, batch_size=16, lr=1e-2, val_fraction=0.25, patience=10)
+
+
+def test_tcd_learns_a_planted_signal_the_untrained_head_cannot_read(tmp_path):
+    data, held_out = planted(), planted(n=80, seed=1)
+    config = RunConfig(HeadSettings(heads=2), FAST)
+    untrained = held_out_r1(initial_model(config, data).head, held_out)  # what training starts from
+    best = train(config, data, RunDir.at(tmp_path / "run"))
+    head, loaded = RunDir.at(tmp_path / "run").load_head(DV, DT)
+    trained = held_out_r1(head, held_out)
+    chance = 100 / held_out.n_videos  # 1.25%
+    assert untrained <= 3 * chance  # the rotation hides the signal from the initial head
+    assert trained >= untrained + 40 and trained >= 20 * chance
+    assert best["val_r1"] >= 20 * (100 / 40)  # 40 validation videos
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [x["epoch"] for x in lines] == list(range(6))
+    assert [x["epoch"] for x in lines] == list(range(8))
     assert {"loss", "nce", "nce_tv", "nce_to", "nce_th", "hsc", "val_r1", "val_loss", "lr"} <= set(
         lines[0]
     )
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
     assert 'kind = "tcd"' in (tmp_path / "run" / "config.toml").read_text()
-    head, config = RunDir.at(tmp_path / "run").load_head(DV, DT)
-    assert config.train == FAST
-    val = data.subset(np.arange(40))
-    assert score_matrix(head, val).shape == (len(val.queries), 40)
+    assert loaded.train == FAST
+    assert score_matrix(head, held_out).shape == (len(held_out.queries), 80)
 
 
 def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
@@ -122,6 +139,100 @@ def test_rerunning_an_early_stopped_run_does_no_work(tmp_path):
     assert (tmp_path / "run" / "last.pt").read_bytes() == last
 
 
+# What the hand-written TOML writer (replaced by tomli-w) stored in last.pt for OLD_CONFIG.
+OLD_WRITER_TEXT = """[head]
+kind = "tcd"
+width = 0
+heads = 2
+text_condition = "softmax-reweight"
+tau = 5.0
+coattn = true
+ctcd = true
+branches = ["tv", "to", "th"]
+dropout = 0.1
+
+[train]
+epochs = 2
+batch_size = 16
+lr = 0.0001
+weight_decay = 0.01
+warmup = 0.1
+grad_clip = 1.0
+hsc = true
+hsc_weight = 0.1
+hsc_temperature = 0.1
+temperature = 0.05
+val_fraction = 0.1
+patience = 10
+seed = 0
+score_memory_gb = 2.0
+"""
+OLD_CONFIG = RunConfig(HeadSettings(heads=2), TrainSettings(epochs=2, batch_size=16, patience=10))
+
+
+def _store_old_writer_text(last_pt) -> None:
+    payload = torch.load(last_pt, weights_only=True)
+    payload["config"] = OLD_WRITER_TEXT
+    torch.save(payload, last_pt)
+
+
+def test_runs_saved_by_the_old_toml_writer_are_finished_or_resumed_not_retrained(tmp_path):
+    assert OLD_WRITER_TEXT != dump_toml(to_dict(OLD_CONFIG))  # the writer did change
+    data = planted(n=32)
+    done = RunDir.at(tmp_path / "done")
+    best = train(OLD_CONFIG, data, done)
+    _store_old_writer_text(done.last)
+    log, last = done.epochs_log.read_text(), done.last.read_bytes()
+    assert done.finished(OLD_CONFIG) == best
+    assert train(OLD_CONFIG, data, done) == best
+    assert done.epochs_log.read_text() == log and done.last.read_bytes() == last
+
+    def stop_after_first(record):
+        if record["epoch"] == 0:
+            raise KeyboardInterrupt
+
+    killed = RunDir.at(tmp_path / "killed")
+    with pytest.raises(KeyboardInterrupt):
+        train(OLD_CONFIG, data, killed, progress=stop_after_first)
+    _store_old_writer_text(killed.last)
+    ran = []
+    train(OLD_CONFIG, data, killed, progress=lambda record: ran.append(record["epoch"]))
+    assert ran == [1]  # resumed after epoch 0, not started afresh
+    assert [record["epoch"] for record in killed.epochs()] == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("head.kind=nope", "head.kind: 'nope' is not one of 'tcd', 'video-only', 'ocr-instances'"),
+        ("head.text_condition=soft", "head.text_condition: 'soft' is not one of"),
+        ("head.branches=['tv', 'xx']", "head.branches[1]: 'xx' is not one of 'tv', 'to', 'th'"),
+        ("head.dropout=1.0", "head.dropout must be in [0, 1), got 1.0"),
+        ("head.width=30", "head.width must be a multiple of head.heads = 4, got 30"),
+        ("train.epochs=0", "train.epochs must be >= 1, got 0"),
+        ("train.batch_size=1", "train.batch_size must be >= 2"),
+        ("train.val_fraction=1.0", "train.val_fraction must be in [0, 1), got 1.0"),
+        ("train.lr=0", "train.lr must be > 0, got 0.0"),
+        ("train.patience=0", "train.patience must be >= 1, got 0"),
+        ("train.seed=-1", "train.seed must be >= 0, got -1"),
+    ],
+)
+def test_bad_run_settings_are_one_error_line(override, message, tmp_path, monkeypatch, capsys):
+    from cache import WorkDir
+    from cli.main import main
+    from tests.conftest import REPO
+
+    work = WorkDir(tmp_path / "w", create=True).path
+    config = str(REPO / "configs" / "tcd.toml")
+    argv = ["tcd", "train", "--work", str(work), "--config", config, "--set", override]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exited:
+        main()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exited.value.code == 1 and len(lines) == 1, lines
+    assert lines[0].startswith("error: ") and message in lines[0], lines
+
+
 def test_checkpoint_round_trip_and_refusals(tmp_path):
     head = build_head(HeadSettings(), DV, DT)
     save_checkpoint(tmp_path / "a.pt", head)
@@ -145,8 +256,7 @@ def test_recall_at_1_counts_ties_as_misses():
 
 def test_train_and_ablate_commands_on_synthetic_caches(synth_copy, tmp_path):
     from cli.main import app
-    from pipeline.ocr import OcrSettings
-    from pipeline.settings import PipelineSettings, save_settings
+    from pipeline.settings import OcrSettings, PipelineSettings, save_settings
     from tests.test_stages import make_work, run_all
 
     work = make_work(synth_copy, tmp_path)
@@ -236,19 +346,13 @@ def test_train_and_ablate_commands_on_synthetic_caches(synth_copy, tmp_path):
 
 def test_features_over_budget_are_memory_mapped(synth_copy, tmp_path):
     from heads.data import load_features
-    from pipeline.captions import CaptionSettings, caption_group
-    from pipeline.encode import EncodeSettings, frame_group, ocr_text_group, query_group
-    from pipeline.ocr import OcrSettings, ocr_group
+    from pipeline.settings import OcrSettings, PipelineSettings, StageGroups
     from tests.test_stages import make_work, run_all
 
     work = make_work(synth_copy, tmp_path)
     run_all(work)
-    captions = caption_group(work, CaptionSettings(), ocr_group(work, OcrSettings(engine="kwai")))
-    groups = (
-        frame_group(work, EncodeSettings(), CaptionSettings()),
-        ocr_text_group(work, EncodeSettings(), captions),
-        query_group(work, EncodeSettings()),
-    )
+    resolved = StageGroups.resolve(work, PipelineSettings(ocr=OcrSettings(engine="kwai")))
+    groups = (resolved.frames, resolved.ocr_text, resolved.queries)
     memory = load_features(work.manifest, *groups, "train")
     mapped = load_features(
         work.manifest, *groups, "train", memory_budget=0, spill_dir=tmp_path / "spill"

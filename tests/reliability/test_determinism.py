@@ -6,8 +6,7 @@ import numpy as np
 import torch
 
 from heads.checkpoint import load_checkpoint
-from heads.config import RunConfig, TrainSettings
-from heads.modules import HeadSettings
+from heads.config import HeadSettings, RunConfig, TrainSettings
 from heads.run_dir import RunDir
 from heads.train import train
 from tests.reliability.harness import assert_same, cache_arrays
