@@ -14,6 +14,8 @@ import numpy as np
 
 from cache.errors import TcdError
 
+METRICS = ("R@1", "R@5", "R@10", "MdR", "MnR")  # the columns of every metrics table
+
 
 class MetricsError(TcdError):
     """A similarity matrix cannot be ranked (non-finite scores, no queries)."""
@@ -47,7 +49,7 @@ def summarise(ranks: np.ndarray) -> dict[str, float]:
     ranks = np.asarray(ranks, dtype=np.float64)
     if ranks.size == 0:
         raise MetricsError("no queries to rank: the split has no captions with videos")
-    return {
+    return {  # in the order of METRICS
         "R@1": float(100 * (ranks <= 1).mean()),
         "R@5": float(100 * (ranks <= 5).mean()),
         "R@10": float(100 * (ranks <= 10).mean()),

@@ -14,6 +14,7 @@ Ablation runs live in `runs/ablate/<variant>/seed<S>/`, the study's tables in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import tomllib
@@ -30,6 +31,11 @@ from heads.config import RunConfig
 from heads.modules import build_head
 
 RUNS = "runs"
+
+
+def _run_file(name: str) -> property:
+    """A read-only attribute of `RunDir`: the path of `name` in the run's folder."""
+    return property(lambda run: run.path / name, doc=f"`{name}` in the run's folder")
 
 
 class RunDir:
@@ -68,39 +74,21 @@ class RunDir:
         root = Path(work) / RUNS
         return [cls(work, p.parent.name) for p in sorted(root.glob("*/metrics.json"))]
 
-    # -- files --------------------------------------------------------------------------------
-    @property
-    def config_path(self) -> Path:
-        return self.path / "config.toml"
-
-    @property
-    def best(self) -> Path:
-        return self.path / "best.pt"
-
-    @property
-    def last(self) -> Path:
-        return self.path / "last.pt"
-
-    @property
-    def epochs_log(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    @property
-    def curves(self) -> Path:
-        return self.path / "curves.png"
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.path / "metrics.json"
-
-    @property
-    def sim_matrix(self) -> Path:
-        return self.path / "sim_matrix.npy"
+    # -- files (listed in the module docstring) ------------------------------------------------
+    config_path = _run_file("config.toml")
+    best = _run_file("best.pt")
+    last = _run_file("last.pt")
+    epochs_log = _run_file("metrics.jsonl")
+    curves = _run_file("curves.png")
+    metrics_path = _run_file("metrics.json")
+    sim_matrix = _run_file("sim_matrix.npy")
 
     def index_path(self, split: str) -> Path:
+        """The split's FAISS index (`tcd index`)."""
         return self.path / f"index_{split}.faiss"
 
     def index_meta_path(self, split: str) -> Path:
+        """The record of what the split's index was built from (retrieval/run_split.py)."""
         return self.path / f"index_{split}.json"
 
     # -- contents -----------------------------------------------------------------------------
@@ -128,6 +116,16 @@ class RunDir:
         head = build_head(config.head, frame_dim, text_dim)
         load_checkpoint(self.best, head)
         return head.eval(), config
+
+    def checkpoint_identity(self) -> dict[str, Any]:
+        """What identifies the best checkpoint's content: its size and SHA-256 (no timestamps,
+        so a copied work dir keeps its indexes and the same build records the same bytes)."""
+        self.require()
+        if not self.best.exists():
+            raise CheckpointError(f"{self.best}: checkpoint not found; train the run first")
+        data = self.best.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        return {"file": self.best.name, "bytes": len(data), "sha256": digest}
 
     def epochs(self) -> list[dict[str, Any]]:
         """The per-epoch records written so far."""

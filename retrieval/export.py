@@ -18,13 +18,19 @@ HDF5 layout (`tcd export --format h5`), one group per split:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from cache.atomic import atomic_path
 from heads.data import Features
-from retrieval.index import RetrievalError
+from heads.metrics import check_finite
+from heads.run_dir import RunDir
+from retrieval.choices import ColumnOrder
+from retrieval.index import RetrievalError, video_embeddings
+from retrieval.run_split import WindowLookup
 
 
 def rand_column_order(video_ids: list[str], rand_file: Path) -> np.ndarray:
@@ -44,6 +50,19 @@ def rand_column_order(video_ids: list[str], rand_file: Path) -> np.ndarray:
     return np.array([position[p] for p in paths], dtype=np.int64)
 
 
+def sim_matrix_columns(
+    video_ids: list[str], order: str = "annotation", rand_file: Path | None = None
+) -> np.ndarray:
+    """The video index of each column of an exported matrix (checked before any scoring)."""
+    if order == ColumnOrder.rand:
+        if rand_file is None:
+            raise RetrievalError("--order rand needs --rand-file TextVR_test_rand.json")
+        return rand_column_order(video_ids, rand_file)
+    if order != ColumnOrder.annotation:
+        raise RetrievalError(f"unknown column order {order!r}; expected annotation or rand")
+    return np.arange(len(video_ids))
+
+
 def write_sim_matrix(
     path: Path,
     sim: np.ndarray,
@@ -51,31 +70,48 @@ def write_sim_matrix(
     order: str = "annotation",
     rand_file: Path | None = None,
 ) -> np.ndarray:
-    """Write float32 (captions x videos); returns what was written."""
+    """Write float32 (captions x videos); returns what was written. Refuses NaN/inf scores
+    (the evaluation server would rank them arbitrarily)."""
+    columns = sim_matrix_columns(video_ids, order, rand_file)
     sim = np.asarray(sim, dtype=np.float32)
-    if order == "rand":
-        if rand_file is None:
-            raise RetrievalError("--order rand needs --rand-file TextVR_test_rand.json")
-        sim = sim[:, rand_column_order(video_ids, rand_file)]
-    elif order != "annotation":
-        raise RetrievalError(f"unknown column order {order!r}; expected annotation or rand")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, sim)
-    tmp.replace(path)
+    check_finite(sim, f"the matrix for {path}")
+    sim = sim[:, columns]
+    with atomic_path(path, ".npy") as tmp:
+        np.save(tmp, sim)
     return sim
+
+
+def export_splits(
+    path: Path,
+    names: list[str],
+    features_of: Callable[[str], Features],
+    windows: WindowLookup,
+    run: RunDir | None = None,
+) -> dict[str, int]:
+    """`tcd export`: the named splits' features, window caption texts and, given a run, its
+    query-independent video embeddings, to one HDF5 file. Returns videos per split."""
+    if not names:
+        raise RetrievalError("the work dir has no videos to export; add some with `tcd data`")
+    splits = {name: features_of(name) for name in names}
+    embeddings = None
+    if run is not None:
+        first = next(iter(splits.values()))
+        head, _ = run.load_head(first.frames.shape[-1], first.queries.shape[-1])
+        embeddings = {s: video_embeddings(head, d) for s, d in splits.items() if d.n_videos}
+    texts = {split: windows(np.asarray(data.rows)).texts for split, data in splits.items()}
+    export_h5(path, splits, texts, embeddings)
+    return {split: data.n_videos for split, data in splits.items()}
 
 
 def export_h5(
     path: Path,
     splits: dict[str, Features],
     caption_text: dict[str, np.ndarray],
-    video_embeddings: dict[str, np.ndarray] | None = None,
+    embeddings: dict[str, np.ndarray] | None = None,
 ) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the HDF5 layout of the module docstring, atomically."""
     strings = h5py.string_dtype("utf-8")
-    tmp = path.with_suffix(".tmp.h5")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path, ".h5") as tmp, h5py.File(tmp, "w") as f:
         for split, data in splits.items():
             g = f.create_group(split)
             g.create_dataset(
@@ -95,6 +131,5 @@ def export_h5(
                 "query_text", data=np.array(data.query_text, dtype=object), dtype=strings
             )
             g.create_dataset("caption_text", data=caption_text[split].astype(object), dtype=strings)
-            if video_embeddings and split in video_embeddings:
-                g.create_dataset("video_embeddings", data=video_embeddings[split])
-    tmp.replace(path)
+            if embeddings and split in embeddings:
+                g.create_dataset("video_embeddings", data=embeddings[split])

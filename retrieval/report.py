@@ -3,19 +3,30 @@
 For each query: the top videos with a strip of frame thumbnails, their window captions, the
 three branch scores and the final score, the true video marked; then the metrics table and
 the training curves. Images are embedded as base64, so the page opens without a server.
-All text from videos and annotations is HTML-escaped.
+All text from videos and annotations is HTML-escaped. Frames come from a `Thumbnails`
+callable (the CLI decodes them; retrieval never imports `pipeline`).
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from cache.atomic import atomic_write
+from heads.metrics import METRICS, check_finite, t2v_metrics, v2t_metrics
+from heads.scoring import score_matrix
+from retrieval.run_split import RunSplit
+from retrieval.search import branch_scores
+
+Thumbnails = Callable[[int], list[np.ndarray]]  # manifest row -> uint8 RGB frames ([] if none)
 
 
 @dataclass
@@ -68,10 +79,9 @@ def render_report(
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"]
     out.append(f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1>")
     out.append("<h2>Metrics</h2><table class='metrics'><tr><th></th>")
-    columns = ["R@1", "R@5", "R@10", "MdR", "MnR"]
-    out.append("".join(f"<th>{c}</th>" for c in columns) + "</tr>")
+    out.append("".join(f"<th>{c}</th>" for c in METRICS) + "</tr>")
     for name, values in metrics.items():
-        cells = "".join(f"<td>{values[c]:.1f}</td>" for c in columns)
+        cells = "".join(f"<td>{values[c]:.1f}</td>" for c in METRICS)
         out.append(f"<tr><th>{escape(name)}</th>{cells}</tr>")
     out.append("</table>")
     if curves_png is not None and curves_png.exists():
@@ -97,3 +107,47 @@ def render_report(
         out.append("</div>")
     out.append("</body></html>")
     return "\n".join(out)
+
+
+def query_results(
+    split: RunSplit, sim: np.ndarray, thumbnails: Thumbnails, *, queries: int = 12, top: int = 5
+) -> list[QueryResult]:
+    """The `top` videos of the first `queries` captions, with branch scores, window captions
+    and frames (each video decoded once however often it appears)."""
+    data = split.features
+    frames_of = functools.cache(thumbnails)
+    results = []
+    for q in range(min(queries, len(data.queries))):
+        order = np.argsort(-sim[q], kind="stable")[:top]
+        branches = branch_scores(split.head, data.queries[q : q + 1], data, order)
+        texts = split.windows(np.asarray(data.rows)[order]).texts
+        hits = [
+            Hit(
+                data.video_ids[v],
+                float(sim[q, v]),
+                {name: float(values[i]) for name, values in branches.items()},
+                [str(t) for t in texts[i]],
+                frames_of(int(data.rows[v])),
+                bool(v == data.query_video[q]),
+            )
+            for i, v in enumerate(order)
+        ]
+        results.append(QueryResult(data.query_text[q], data.video_ids[data.query_video[q]], hits))
+    return results
+
+
+def write_report(
+    path: Path, split: RunSplit, thumbnails: Thumbnails, *, queries: int = 12, top: int = 5
+) -> int:
+    """Score the split exactly and write the page; returns how many queries it shows."""
+    data = split.features
+    sim = score_matrix(split.head, data)
+    check_finite(sim, f"the scores of run {split.run.name} on {split.split}")
+    metrics = {
+        "t2v": t2v_metrics(sim, data.query_video),
+        "v2t": v2t_metrics(sim, data.query_video),
+    }
+    results = query_results(split, sim, thumbnails, queries=queries, top=top)
+    title = f"{split.run.name} on {split.split} ({split.run.work})"
+    atomic_write(path, render_report(title, results, metrics, split.run.curves))
+    return len(results)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
 import pytest
 from typer.testing import CliRunner
 
+from cache.errors import TcdError
 from cli.main import app
 from tests.conftest import REPO
 
@@ -102,3 +104,64 @@ def test_help_lists_every_command():
         assert all(c in output for c in commands)
         for command in commands:
             assert runner.invoke(app, [group, command, "--help"]).exit_code == 0
+
+
+# -- retrieval commands: one `error:` line where users met tracebacks ------------------------
+@pytest.fixture(scope="module")
+def trained(synth_set, tmp_path_factory):
+    """A small work dir with every stage run and run `r` trained (nothing evaluated)."""
+    from tests.test_retrieval import trained_work
+
+    root = tmp_path_factory.mktemp("cli-trained")
+    return trained_work(shutil.copytree(synth_set, root / "synth"), root)
+
+
+def tcd_error(*args: str) -> str:
+    """Run `tcd ARGS` in-process; it must stop with a TcdError, which `main` prints as one
+    line. Returns that line."""
+    result = runner.invoke(app, list(args))
+    assert isinstance(result.exception, TcdError), (result.exception, result.output)
+    line = f"error: {result.exception}"
+    assert "\n" not in line
+    return line
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["search", "a bakery sign"], ["index"], ["eval"], ["report", "--out", "page.html"]],
+)
+def test_an_empty_split_is_one_error_line(trained, command, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = ["--work", str(trained), "--run", "r", "--split", "val"]
+    line = tcd_error(command[0], *run, *command[1:])
+    assert "split 'val' has no videos" in line and "choose another --split" in line
+    assert not (tmp_path / "page.html").exists()
+
+
+def test_an_empty_query_is_refused(trained):
+    for query in ("", "   "):
+        line = tcd_error("search", "--work", str(trained), "--run", "r", "--split", "train", query)
+        assert "the query is empty" in line
+
+
+def test_results_with_nothing_evaluated_and_eval_of_an_empty_split_print_one_line(trained):
+    for args, message in [
+        (["results", "--work", str(trained)], "no run in"),
+        (["eval", "--work", str(trained), "--run", "r", "--split", "val"], "has no videos"),
+    ]:
+        result = tcd(*args)  # the real entry point: exit 1 and one line, no usage box
+        assert result.returncode == 1, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+def test_retrieval_commands_list_their_choices():
+    for command, choices in {
+        "index": ["flat", "ivf", "hnsw"],
+        "eval": ["annotation", "rand"],
+        "export": ["h5"],
+    }.items():
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0 and all(c in result.output for c in choices)
+    result = runner.invoke(app, ["index", "--work", "w", "--run", "r", "--index", "ivf-typo"])
+    assert result.exit_code == 2 and "ivf-typo" in result.output  # refused before any work

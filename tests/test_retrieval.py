@@ -1,22 +1,83 @@
 """Retrieval: metrics by hand, FAISS against brute force, two-stage against exact, exports,
-and the eval/search/index/export commands on a tiny trained run."""
+the index's record of what it was built from, and the eval/search/index/report/export/results
+commands on a tiny trained run."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
-from heads.metrics import t2v_metrics, tie_averaged_ranks, v2t_metrics
+from cli.main import app
+from heads.checkpoint import save_checkpoint
+from heads.config import RunConfig
+from heads.metrics import MetricsError, recall_at_1, t2v_metrics, tie_averaged_ranks, v2t_metrics
 from heads.modules import HeadSettings, build_head
+from heads.run_dir import RunDir
 from heads.scoring import score_matrix
 from pipeline.datasets import textvr_rand_columns
+from retrieval import index as index_module
 from retrieval.export import write_sim_matrix
-from retrieval.index import build_index, query_embeddings, two_stage, video_embeddings
-from tests.test_train import DT, DV, planted
+from retrieval.index import (
+    GPU_MAX_K,
+    build_index,
+    query_embeddings,
+    search_device,
+    two_stage,
+    video_embeddings,
+)
+from retrieval.run_split import IndexSource, RunSplit, Windows
+from retrieval.search import search
+from tests.test_train import DT, DV, T, planted
+
+runner = CliRunner()
+TRAIN = [
+    "--set",
+    "train.epochs=3",
+    "--set",
+    "train.batch_size=4",
+    "--set",
+    "train.val_fraction=0.2",
+]
+
+
+def trained_work(synth_root: Path, root: Path) -> Path:
+    """A work dir under `root` with every stage run on `synth_root` (ground-truth OCR) and run
+    `r` trained on its train split; returns its path."""
+    from pipeline.ocr import OcrSettings
+    from pipeline.settings import PipelineSettings, save_settings
+    from tests.test_stages import make_work, run_all
+
+    work = make_work(synth_root, root)
+    run_all(work)
+    save_settings(work.path, PipelineSettings(ocr=OcrSettings(engine="kwai")))
+    args = ["train", "--work", str(work.path), "--config", "configs/tcd.toml", "--name", "r"]
+    result = runner.invoke(app, [*args, *TRAIN])
+    assert result.exit_code == 0, result.output
+    return work.path
+
+
+@pytest.fixture(scope="module")
+def trained_root(synth_set, tmp_path_factory) -> Path:
+    """`synth/` (a copy of the session's set) and `work/` (trained_work on it), built once."""
+    root = tmp_path_factory.mktemp("trained")
+    trained_work(Path(shutil.copytree(synth_set, root / "synth")), root)
+    return root
+
+
+@pytest.fixture
+def trained(trained_root, tmp_path) -> Path:
+    """A private copy of the trained work dir, for a test to change (its manifest still names
+    the videos of `trained_root`)."""
+    shutil.copytree(trained_root, tmp_path, dirs_exist_ok=True)
+    return tmp_path / "work"
 
 
 def test_metrics_by_hand():
@@ -89,31 +150,225 @@ def test_sim_matrix_orientation_and_rand_order_on_real_files(textvr_files, tmp_p
     assert (rand.argmax(axis=1) == cols).all()
 
 
-def test_eval_search_index_export_commands(synth_copy, tmp_path):
-    from cli.main import app
-    from pipeline.ocr import OcrSettings
-    from pipeline.settings import PipelineSettings, save_settings
-    from tests.test_stages import make_work, run_all
+# -- defect: NaN scores counted as hits ---------------------------------------------------
+NAN_SIM = np.array([[np.nan, 0.9, 0.8], [0.1, 0.2, 0.9], [0.5, 0.6, 0.1]])
 
-    work = make_work(synth_copy, tmp_path)
-    run_all(work)
-    save_settings(work.path, PipelineSettings(ocr=OcrSettings(engine="kwai")))
-    runner = CliRunner()
-    w = str(work.path)
-    sets = [
-        "--set",
-        "train.epochs=3",
-        "--set",
-        "train.batch_size=4",
-        "--set",
-        "train.val_fraction=0.2",
-    ]
-    assert (
-        runner.invoke(
-            app, ["train", "--work", w, "--config", "configs/tcd.toml", "--name", "r", *sets]
-        ).exit_code
-        == 0
+
+def test_nan_scores_are_refused_not_counted_as_hits(tmp_path):
+    # the NaN sits on caption 0's true pair; old code ranked it 0.5 -> a hit (t2v R@1 33.3)
+    for metric in (t2v_metrics, v2t_metrics, recall_at_1):
+        with pytest.raises(MetricsError, match=r"1 non-finite score\(s\) in 1 row\(s\) and 1 col"):
+            metric(NAN_SIM, np.arange(3))
+    with pytest.raises(MetricsError, match=r"non-finite .* 1 row\(s\) and 1 column"):
+        write_sim_matrix(tmp_path / "sim.npy", NAN_SIM, ["a", "b", "c"])
+    inf = np.where(np.isnan(NAN_SIM), -np.inf, NAN_SIM)
+    with pytest.raises(MetricsError):
+        write_sim_matrix(tmp_path / "sim.npy", inf, ["a", "b", "c"])
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even a temporary file
+
+
+def test_two_stage_floors_unscored_pairs_below_every_real_score():
+    data = planted(n=40)
+    head = build_head(HeadSettings(heads=2), DV, DT).eval()
+    result = two_stage(head, data, build_index(video_embeddings(head, data)), k=3)
+    assert np.isfinite(result.scores).all()  # exportable: no -inf
+    scored = np.zeros(result.scores.shape, bool)
+    np.put_along_axis(scored, result.candidates, True, axis=1)
+    real = result.scores[scored]
+    assert scored.sum(axis=1).tolist() == [3] * len(data.queries)
+    assert (result.scores[~scored] == real.min() - 1).all()  # the documented floor
+
+
+# -- defect: FAISS "no result" labels (-1) scored as the last video ------------------------
+def run_split_of(data, tmp_path: Path) -> RunSplit:
+    """A RunSplit over synthetic features with a fresh, untrained head saved as its run."""
+    run = RunDir.at(tmp_path / "run")
+    config = RunConfig(HeadSettings(heads=2))
+    run.create(config)
+    save_checkpoint(run.best, build_head(config.head, DV, DT))
+    data = dataclasses.replace(data, rows=np.arange(data.n_videos))
+    videos = {
+        "key": np.array([f"key{i}" for i in range(data.n_videos)], dtype=object),
+        "path": np.array([f"/videos/{i}.mp4" for i in range(data.n_videos)], dtype=object),
+    }
+
+    def windows(rows: np.ndarray) -> Windows:
+        return Windows(np.full((len(rows), T), "", dtype=object))
+
+    return RunSplit.open(run, "test", data, videos, {"frames": "f", "ocr_text": "t"}, windows)
+
+
+def test_faiss_no_result_labels_are_dropped_not_scored(tmp_path):
+    data = planted(n=2000)
+    some = np.arange(0, len(data.queries), 200)  # 20 queries
+    data = dataclasses.replace(
+        data, queries=data.queries[some], query_video=data.query_video[some], query_text=["q"] * 20
     )
+    split = run_split_of(data, tmp_path)
+    ivf = build_index(video_embeddings(split.head, data), "ivf", nprobe=1)
+    result = two_stage(split.head, data, ivf, k=1000)
+    assert (result.candidates == -1).any()  # one probed list holds fewer than K videos
+    floor = result.scores.min()
+    last = data.n_videos - 1
+    for q, labels in enumerate(result.candidates):
+        found = labels[labels >= 0]
+        assert set(np.flatnonzero(result.scores[q] > floor)) == set(found.tolist())
+        if last not in found:  # old code scored the last video for every -1
+            assert result.scores[q, last] == floor
+    # search: a saved IVF index (nprobe 16 of 51 lists) returns fewer than K; only real hits
+    split.build_index("ivf")
+    query = data.queries[:1]
+    _, labels = split.current_index().search(query_embeddings(split.head, query), 1000)
+    hits = search(
+        split,
+        "a query",
+        lambda texts: query,
+        top_k=1000,
+        k=1000,
+    )
+    assert 0 < len(hits) == int((labels >= 0).sum()) < 1000
+    assert len({hit.video for hit in hits}) == len(hits)
+    assert [hit.score for hit in hits] == sorted((hit.score for hit in hits), reverse=True)
+
+
+# -- defect: the GPU index path --------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kind, k, nprobe, gpus, device, reason",
+    [
+        ("flat", 100, 0, 1, "gpu", ""),
+        ("ivf", GPU_MAX_K, GPU_MAX_K, 1, "gpu", ""),
+        ("hnsw", 10, 0, 1, "cpu", "no GPU HNSW"),
+        ("flat", GPU_MAX_K + 1, 0, 1, "cpu", f"k={GPU_MAX_K + 1} is above"),
+        ("ivf", 10, GPU_MAX_K + 1, 1, "cpu", f"nprobe={GPU_MAX_K + 1} is above"),
+        ("flat", 10, 0, 0, "cpu", "no GPU"),
+    ],
+)
+def test_search_device(kind, k, nprobe, gpus, device, reason):
+    where, why = search_device(kind, k, nprobe, gpus)
+    assert where == device and reason in why
+
+
+def test_a_search_the_gpu_cannot_run_stays_on_the_cpu_and_says_why_once(monkeypatch):
+    # as if faiss-gpu saw a GPU: moving HNSW, or searching k > 2048, would raise there (and
+    # here, where faiss has no GPU classes at all)
+    monkeypatch.setattr(index_module, "faiss_gpus", lambda: 1)
+    vectors = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
+    lines: list[str] = []
+    hnsw = build_index(vectors, "hnsw")
+    hnsw.log = lines.append
+    hnsw.search(vectors[:3], 5)
+    hnsw.search(vectors[:3], 5)
+    assert len(lines) == 1 and "no GPU HNSW" in lines[0]
+    flat = build_index(vectors, "flat")
+    flat.log = lines.append
+    _, labels = flat.search(vectors[:2], GPU_MAX_K + 1)
+    assert len(lines) == 2 and f"k={GPU_MAX_K + 1}" in lines[1]
+    assert (labels[:, :300] >= 0).all() and (labels[:, 300:] == -1).all()
+
+
+# -- defect: a stale index used silently -----------------------------------------------------
+def test_index_record_says_what_changed():
+    source = IndexSource(
+        {"file": "best.pt", "bytes": 10, "sha256": "aa"},
+        "test",
+        ["a", "b"],
+        [0, 1],
+        ["ka", "kb"],
+        [],
+        {"frames": "f1"},
+    )
+    saved = json.loads(source.record("flat"))
+    assert source.changes_since(saved) == "" and saved["kind"] == "flat"
+
+    def changed(**fields) -> str:
+        return dataclasses.replace(source, **fields).changes_since(saved)
+
+    assert changed(checkpoint={**source.checkpoint, "sha256": "bb"}) == (
+        "the run's checkpoint changed"
+    )
+    grown = {"videos": ["a", "b", "c"], "rows": [0, 1, 2], "content_keys": ["ka", "kb", "kc"]}
+    assert changed(**grown) == "1 video(s) added"
+    assert changed(videos=["a"], rows=[0], content_keys=["ka"]) == "1 video(s) removed"
+    assert changed(content_keys=["ka", "new"]) == "1 video(s) changed"
+    assert changed(rows=[0, 5]) == "the videos were reordered"
+    assert changed(missing=["b"]) == "the set of videos with features changed"
+    assert changed(feature_groups={"frames": "f2"}) == "it was built from other features"
+    assert source.changes_since({"kind": "flat"}) == "its record is unreadable"
+
+
+def add_copy(synth: Path, video: str, name: str) -> str:
+    """Add a copy of `video` (file, OCR and captions) to the synthetic set's train split."""
+    folder = video.split("/")[0]
+    new = f"{folder}/{name}"
+    shutil.copy(synth / "Video" / video, synth / "Video" / new)
+    ocr = synth / "Kwai_VideoOCR" / Path(video).with_suffix(".json")
+    shutil.copy(ocr, synth / "Kwai_VideoOCR" / Path(new).with_suffix(".json"))
+    annotations = synth / "TextVR_train.json"
+    entries = json.loads(annotations.read_text())
+    entry = next(e for e in entries if e["path"] == video)
+    info = {**entry["videos_info"], "Kwai_OCR": str(Path(new).with_suffix(".json"))}
+    entries.append({**entry, "path": new, "videos_info": info})
+    annotations.write_text(json.dumps(entries))
+    return new
+
+
+def search_json(work: Path, query: str, *args: str):
+    result = runner.invoke(
+        app,
+        ["search", "--work", str(work), "--run", "r", "--split", "train", query, "--json", *args],
+    )
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)["results"], result.stderr
+
+
+def test_a_stale_index_is_rebuilt_never_searched(synth_copy, tmp_path):
+    """The user's report: after adding two videos (one an exact copy of the top hit), search
+    used the saved index, never returned the copy, and returned the last video instead."""
+    from cache import WorkDir
+    from tests.test_stages import run_all
+
+    trained = trained_work(synth_copy, tmp_path)  # its own: the test adds videos to its set
+    synth, w = synth_copy, str(trained)
+    index = ["index", "--work", w, "--run", "r", "--split", "train"]
+    assert runner.invoke(app, index).exit_code == 0
+    record = RunDir(trained, "r").index_meta_path("train")
+    built = record.read_bytes()
+    assert runner.invoke(app, index).exit_code == 0
+    assert record.read_bytes() == built  # deterministic: no timestamps
+    meta = json.loads((synth / "synth_meta.json").read_text())
+    target, other = [v["path"] for v in meta["videos"] if v["split"] == "train"][:2]
+    train = json.loads((synth / "TextVR_train.json").read_text())
+    query = next(e for e in train if e["path"] == target)["captions_info"][0]["caption"]
+    hits, _ = search_json(trained, query, "--top-k", "3")
+    assert hits[0]["video"] == target
+
+    copy = add_copy(synth, target, "copy_of_top_hit.mp4")
+    add_copy(synth, other, "copy_of_other.mp4")
+    result = runner.invoke(app, ["data", "textvr", "--root", str(synth), "--work", w, "-q"])
+    assert result.exit_code == 0 and "2 added" in result.output, result.output
+    run_all(WorkDir(trained))  # ocr, caption and encode the two new videos
+    hits, warned = search_json(trained, query, "--top-k", "3")
+    assert {hit["video"] for hit in hits[:2]} == {target, copy}  # equal features, equal scores
+    assert hits[0]["score"] == pytest.approx(hits[1]["score"], abs=1e-4)
+    assert "index_train.faiss is stale (2 video(s) added); rebuilding it (flat)" in warned
+    assert copy in json.loads(record.read_text())["videos"]
+    again, warned = search_json(trained, query, "--top-k", "3")
+    assert again == hits and "stale" not in warned  # the rebuilt index was saved
+
+    # a retrained run (another best.pt) makes it stale again
+    best = RunDir(trained, "r").best
+    payload = torch.load(best, weights_only=True)
+    payload["model"] = {
+        k: v * 1.01 if v.is_floating_point() else v for k, v in payload["model"].items()
+    }
+    torch.save(payload, best)
+    _, warned = search_json(trained, query)
+    assert "stale (the run's checkpoint changed)" in warned
+
+
+# -- the commands --------------------------------------------------------------------------
+def test_eval_search_index_export_commands(trained, tmp_path):
+    w = str(trained)
     result = runner.invoke(
         app,
         [
@@ -130,10 +385,11 @@ def test_eval_search_index_export_commands(synth_copy, tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     sim = np.load(tmp_path / "s.npy")
     assert sim.shape == (report["captions"], report["videos"]) and sim.dtype == np.float32
     assert set(report["t2v"]) == {"R@1", "R@5", "R@10", "MdR", "MnR"}
+    assert report["training_finished"] is True
     result = runner.invoke(
         app, ["eval", "--work", w, "--run", "r", "--split", "train", "--two-stage", "--k", "1000"]
     )
@@ -143,23 +399,19 @@ def test_eval_search_index_export_commands(synth_copy, tmp_path):
     row = next(line for line in result.output.splitlines() if line.startswith("r "))
     assert f"{report['t2v']['R@1']:.1f}" in row and f"x {report['videos']} videos" in row
     assert runner.invoke(app, ["results", "--work", w, "--split", "test"]).exit_code != 0
-    assert (
-        runner.invoke(app, ["index", "--work", w, "--run", "r", "--split", "train"]).exit_code == 0
-    )
-    # a query naming a video's key text and scene finds that video first
-    meta = json.loads((synth_copy / "synth_meta.json").read_text())
-    target = next(v for v in meta["videos"] if v["split"] == "train")
-    train = json.loads((synth_copy / "TextVR_train.json").read_text())
-    query = next(e for e in train if e["path"] == target["path"])["captions_info"][0]["caption"]
-    result = runner.invoke(
-        app,
-        ["search", "--work", w, "--run", "r", "--split", "train", query, "--json", "--top-k", "3"],
-    )
+    result = runner.invoke(app, ["index", "--work", w, "--run", "r", "--split", "train"])
     assert result.exit_code == 0, result.output
-    hits = json.loads(result.output)["results"]
+    # a query naming a video's key text and scene finds that video first
+    synth = trained.parent / "synth"
+    meta = json.loads((synth / "synth_meta.json").read_text())
+    target = next(v for v in meta["videos"] if v["split"] == "train")
+    train = json.loads((synth / "TextVR_train.json").read_text())
+    query = next(e for e in train if e["path"] == target["path"])["captions_info"][0]["caption"]
+    hits, _ = search_json(trained, query, "--top-k", "3")
     assert hits[0]["video"] == target["path"]
-    assert {"score", "S_tv", "S_to", "S_th", "path", "caption"} <= set(hits[0])
+    assert {"score", "S_tv", "S_to", "S_th", "path", "caption", "start", "end"} <= set(hits[0])
     assert target["key_text"] in hits[0]["caption"]
+    assert 0 <= hits[0]["start"] < hits[0]["end"] <= target["seconds"] + 1e-6
     page = tmp_path / "report.html"
     result = runner.invoke(
         app,
@@ -190,6 +442,52 @@ def test_eval_search_index_export_commands(synth_copy, tmp_path):
         assert f["train/frames"].shape[:2] == (n, 12) and f["train/caption_text"].shape == (n, 12)
         assert f["train/video_embeddings"].shape[0] == n
         assert f["train/queries"].shape[0] == f["train/query_video"].shape[0]
+
+
+def test_eval_refuses_nan_scores_and_writes_no_matrix(trained, tmp_path):
+    best = RunDir(trained, "r").best
+    payload = torch.load(best, weights_only=True)
+    payload["model"] = {
+        k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+        for k, v in payload["model"].items()
+    }
+    torch.save(payload, best)
+    out = tmp_path / "sim.npy"
+    args = ["eval", "--work", str(trained), "--run", "r", "--split", "train"]
+    result = runner.invoke(app, [*args, "--sim-matrix", str(out)])
+    assert isinstance(result.exception, MetricsError), result.output
+    message = str(result.exception)
+    assert "\n" not in message and "the scores of run r on train hold" in message
+    assert "row(s)" in message and "column(s)" in message
+    assert not out.exists() and not RunDir(trained, "r").metrics_path.exists()
+
+
+def test_eval_of_a_killed_training_run_says_it_is_unfinished(trained):
+    from cache import WorkDir
+    from cli.common import features
+    from heads.config import TrainSettings
+    from heads.train import train
+
+    class Killed(Exception):
+        pass
+
+    def kill(record):
+        raise Killed
+
+    config = RunConfig(HeadSettings(heads=2), TrainSettings(epochs=3, batch_size=4))
+    with pytest.raises(Killed):  # stops after the first epoch's checkpoints, like a kill
+        train(config, features(WorkDir(trained), "train"), RunDir(trained, "cut"), kill)
+    w = str(trained)
+    result = runner.invoke(app, ["eval", "--work", w, "--run", "cut", "--split", "train", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["training_finished"] is False
+    assert "warning: run cut has not finished training" in result.stderr
+    assert RunDir(trained, "cut").saved_metrics()["train"]["training_finished"] is False
+    result = runner.invoke(app, ["eval", "--work", w, "--run", "r", "--split", "train"])
+    assert result.exit_code == 0 and "not finished" not in result.output
+    table = runner.invoke(app, ["results", "--work", w, "--split", "train"]).output.splitlines()
+    assert next(line for line in table if line.startswith("cut ")).endswith("unfinished")
+    assert not next(line for line in table if line.startswith("r ")).endswith("unfinished")
 
 
 def _parse_images(page: str) -> list[str]:

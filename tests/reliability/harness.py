@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -44,6 +45,9 @@ COMMANDS: dict[str, list[str]] = {
 }  # fmt: skip
 STAGES = list(COMMANDS)
 TIMING = {"seconds", "train_seconds"}  # the only fields allowed to differ between runs
+# cache/atomic.py's temporary file, NAME.<pid>.tmp[.ext]: a kill leaves the one it was writing
+# (a rerun, with another pid, never reads it), so it is not part of a run's result
+LEFT_BY_A_KILL = re.compile(r"\.\d+\.tmp(\.\w+)?$")
 
 
 @dataclass
@@ -113,6 +117,8 @@ def run_files(work: Path) -> dict[str, object]:
     out: dict[str, object] = {}
     run = work / "runs" / RUN
     for path in sorted(run.glob("*")) if run.exists() else []:
+        if LEFT_BY_A_KILL.search(path.name):
+            continue
         if path.suffix == ".pt":
             payload = torch.load(path, map_location="cpu", weights_only=True)
             if "best" in payload:
@@ -162,7 +168,8 @@ def progress_of(work: Path) -> int:
 
 def assert_nothing_half_done(work: Path, reference: Path) -> None:
     """After a kill: every row marked done holds the reference's data and key; a training
-    checkpoint loads and its epochs match the reference's; an index file is complete."""
+    checkpoint loads and its epochs match the reference's; an index file and its record of
+    what it was built from (written after it) are complete and the reference's bytes."""
     ref = cache_arrays(reference)
     for group in WorkDir(work).stages():
         prefix = f"{group.stage}/{group.key}/"
@@ -180,9 +187,9 @@ def assert_nothing_half_done(work: Path, reference: Path) -> None:
             ref_run["metrics.jsonl"][:epochs],
             "metrics.jsonl",
         )
-    for name in ("best.pt", "index_test.faiss"):
-        if (run / name).exists() and name.endswith(".faiss"):
-            assert (run / name).read_bytes() == ref_run[name]
+    for name in ("best.pt", "index_test.faiss", "index_test.json"):
+        if (run / name).exists() and name.startswith("index_"):
+            assert (run / name).read_bytes() == ref_run[name], name
         elif (run / name).exists():
             torch.load(run / name, map_location="cpu", weights_only=True)  # complete
 

@@ -18,8 +18,7 @@ from heads.config import RunConfig, TrainSettings
 from heads.modules import HeadSettings
 from heads.run_dir import RunDir
 from heads.train import train
-from pipeline.captions import CaptionSettings
-from pipeline.encode import EncodeSettings, frame_group
+from pipeline.settings import PipelineSettings, StageGroups
 from tests.conftest import tcd_process
 from tests.reliability.harness import assert_same, cache_arrays
 
@@ -62,7 +61,7 @@ def _eval_or_one_line_error(work: Path) -> int:
 def test_a_second_writer_is_refused_while_readers_read(encoded, tmp_path):
     before, _ = encoded
     work = Path(shutil.copytree(before, tmp_path / "work"))
-    with frame_group(WorkDir(work), EncodeSettings(), CaptionSettings()).writing():
+    with StageGroups.resolve(WorkDir(work), PipelineSettings()).frames.writing():
         second = tcd_process(*ENCODE[:1], "--work", str(work), *ENCODE[1:])
         status = tcd_process("cache", "status", "--work", str(work))
         err = one_line_error(second)
@@ -130,7 +129,7 @@ def test_eval_while_its_features_are_rewritten(encoded, tmp_path):
 def test_sharded_workers_split_the_rows_and_equal_one_worker(encoded, tmp_path):
     before, reference = encoded
     work = Path(shutil.copytree(before, tmp_path / "work"))
-    frames = frame_group(WorkDir(work), EncodeSettings(), CaptionSettings())
+    frames = StageGroups.resolve(WorkDir(work), PipelineSettings()).frames
     with frames.writing(Shard(0, 2)):  # as if shard 0/2 were running
         unsharded = tcd_process(*ENCODE[:1], "--work", str(work), *ENCODE[1:])
         same = tcd_process(*ENCODE[:1], "--work", str(work), *ENCODE[1:], "--shard", "0/2")

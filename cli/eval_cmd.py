@@ -1,0 +1,58 @@
+"""`tcd eval` and `tcd results`: a run's metrics on a split, and a table of every run's.
+
+Like every command module, it imports torch and the heads only when a command runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.common import Run, Split, Work
+from retrieval.choices import ColumnOrder
+
+SimMatrix = Annotated[
+    Path | None, typer.Option(help="Write the float32 captions x videos matrix (.npy).")
+]
+Order = Annotated[ColumnOrder, typer.Option(help="Column order of --sim-matrix.")]
+RandFile = Annotated[Path | None, typer.Option(help="TextVR_test_rand.json, for --order rand.")]
+TwoStage = Annotated[bool, typer.Option("--two-stage", help="FAISS top-K, then full rerank.")]
+K = Annotated[int, typer.Option(min=1, help="Candidates per query for --two-stage.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")]
+
+
+def eval_command(
+    work: Work,
+    run: Run,
+    split: Split = "test",
+    sim_matrix: SimMatrix = None,
+    order: Order = ColumnOrder.annotation,
+    rand_file: RandFile = None,
+    two_stage: TwoStage = False,
+    k: K = 100,
+    as_json: AsJson = False,
+) -> None:
+    """Score every (caption, video) pair of a split; print t2v and v2t metrics."""
+    from cli.retrieval_wiring import open_split, warn
+    from retrieval.evaluate import SimMatrixExport, evaluate, evaluation_warnings, format_evaluation
+
+    export = SimMatrixExport(sim_matrix, order, rand_file) if sim_matrix else None
+    scored = open_split(work, run, split, need_queries=True)
+    report = evaluate(scored, k if two_stage else None, export, log=warn)
+    typer.echo(json.dumps(report, indent=2) if as_json else format_evaluation(report, export))
+    for line in evaluation_warnings(report):
+        warn(line)
+
+
+def results_command(work: Work, split: Split = "test") -> None:
+    """One table of the saved metrics of every evaluated run (from `tcd eval`)."""
+    from retrieval.evaluate import results_table
+
+    typer.echo(results_table(work, split))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_command)
+    app.command("results")(results_command)

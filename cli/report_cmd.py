@@ -1,0 +1,56 @@
+"""`tcd report` and `tcd export`: an HTML page of a run's results, features to HDF5."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cache import WorkDir
+from cli.common import Run, Split, Work, features
+from retrieval.choices import ExportFormat
+
+Format = Annotated[ExportFormat, typer.Option("--format", help="h5 (HDF5).")]
+ExportRun = Annotated[str | None, typer.Option(help="Also export this run's video embeddings.")]
+
+
+def report_command(
+    work: Work,
+    run: Run,
+    out: Annotated[Path, typer.Option(help="HTML file to write.")],
+    split: Split = "test",
+    queries: Annotated[int, typer.Option(min=1, help="Queries to show.")] = 12,
+    top: Annotated[int, typer.Option(min=1, help="Videos per query.")] = 5,
+) -> None:
+    """Write a self-contained HTML page: top videos per query with frames, captions, scores."""
+    from cli.retrieval_wiring import open_split, thumbnails
+    from retrieval.report import write_report
+
+    scored = open_split(work, run, split, need_queries=True)
+    shown = write_report(out, scored, thumbnails(work), queries=queries, top=top)
+    typer.echo(f"report of {shown} queries -> {out}")
+
+
+def export_command(
+    work: Work,
+    out: Annotated[Path, typer.Option(help="Output file.")],
+    format_: Format = ExportFormat.h5,
+    run: ExportRun = None,
+) -> None:
+    """Export cached features (and a run's video embeddings) for other tools."""
+    from cli.retrieval_wiring import window_lookup
+    from heads.run_dir import RunDir
+    from retrieval.export import export_splits
+
+    store = WorkDir(work)
+    names = sorted(store.status()["videos"]["by_split"])
+    run_dir = RunDir(store.path, run) if run else None
+    sizes = export_splits(out, names, lambda s: features(store, s), window_lookup(store), run_dir)
+    listed = ", ".join(f"{split} ({n} videos)" for split, n in sizes.items())
+    typer.echo(f"exported {listed} -> {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report_command)
+    app.command("export")(export_command)
