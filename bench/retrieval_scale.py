@@ -5,7 +5,8 @@ queries searched one by one), batch throughput (all queries at once) and recall@
 exact search, for the index settings of `retrieval.index.build_index` and a sweep of its
 search parameter (IVF nprobe, HNSW efSearch). Vectors are unit-normalised points around
 `--clusters` random centres, so an ANN index has structure to exploit, as real video
-embeddings do.
+embeddings do. It measures the CPU indexes (`VideoIndex.cpu`), also on a machine with
+faiss-gpu, where `tcd` would search a GPU copy of flat and IVF indexes.
 
     python -m bench.retrieval_scale [--sizes 10000,100000,1000000] [--hnsw-max 100000]
 """

@@ -5,22 +5,26 @@ beside it, then rename it over the target (a rename within one directory is atom
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from glob import escape as glob_escape
 from pathlib import Path
+
+_HOST = socket.gethostname().replace(".", "_") or "host"
 
 
 @contextmanager
 def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path`, on error it is
     removed. `suffix` keeps a writer that insists on an extension happy (`.npy`, `.h5`).
-    The pid in the name keeps concurrent writers (sharded workers) off each other's file; the
-    files a killed writer left behind are removed by the next write of the same target."""
+    Host and pid in the name keep concurrent writers (sharded workers, on one machine or on
+    several sharing the work dir) off each other's file; the files a killed writer of this
+    host left behind are removed by the next write of the same target."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_orphans(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp{suffix}")
+    tmp = path.with_name(f"{path.name}.{_HOST}.{os.getpid()}.tmp{suffix}")
     try:
         yield tmp
         tmp.replace(path)
@@ -29,9 +33,11 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
 
 
 def _remove_orphans(path: Path) -> None:
-    """Delete `<name>.<pid>.tmp*` siblings whose writer process no longer runs."""
-    for old in path.parent.glob(f"{glob_escape(path.name)}.*.tmp*"):
-        pid = old.name[len(path.name) + 1 :].split(".", 1)[0]
+    """Delete `<name>.<host>.<pid>.tmp*` siblings of this host whose writer no longer runs
+    (another host's processes cannot be asked, so their files are left alone)."""
+    prefix = f"{path.name}.{_HOST}."
+    for old in path.parent.glob(f"{glob_escape(prefix)}*.tmp*"):
+        pid = old.name[len(prefix) :].split(".", 1)[0]
         if pid.isdigit() and not _running(int(pid)):
             old.unlink(missing_ok=True)
 

@@ -370,10 +370,11 @@ class StageGroup:
         `row_states()["done"]` mask when the caller has it."""
         if "warning" not in set(self.group.array_keys()):
             return []
-        rows = np.flatnonzero(self.row_states()["done"] if done is None else done)
-        messages = self.group["warning"]
-        found = [(int(r), str(messages[int(r)])) for r in rows if int(r) < messages.shape[0]]
-        return [(row, message) for row, message in found if message]
+        done = self.row_states()["done"] if done is None else done
+        messages = self.group["warning"][:]  # one read, not one per row
+        n = min(len(done), len(messages))
+        rows = np.flatnonzero(done[:n] & (messages[:n] != ""))
+        return [(int(r), str(messages[r])) for r in rows]
 
     # -- run reports --------------------------------------------------------------------------
     def save_report(self, report: dict[str, Any], shard: Shard | None = None) -> None:
@@ -429,6 +430,11 @@ class WorkDir:
         except Exception as exc:  # zarr raises many kinds for a damaged store
             raise CacheError(f"{store_path}: cannot open the Zarr store ({exc})") from exc
         self._manifest: Manifest | None = None
+
+    @property
+    def spill_dir(self) -> Path:
+        """Where features over the memory budget are copied to be memory-mapped."""
+        return self.path / "tmp" / "features"
 
     @property
     def manifest(self) -> Manifest:

@@ -47,7 +47,6 @@ def features(
     from heads.data import load_features
 
     groups = StageGroups.resolve(work, settings or resolve_settings(work.path))
-    spill = work.path / "tmp" / "features"
     return load_features(
         work.manifest,
         groups.frames,
@@ -55,5 +54,5 @@ def features(
         groups.queries,
         split,
         memory_budget_gb * 1e9,
-        spill,
+        work.spill_dir,
     )

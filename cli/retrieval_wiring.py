@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from cache import WorkDir
+from cache import CacheError, WorkDir
 from cli.common import features
 from heads.run_dir import RunDir
 from pipeline.captions import window_spans
 from pipeline.errors import VideoError
 from pipeline.models import load_text
-from pipeline.settings import StageGroups, resolve_settings
+from pipeline.settings import PipelineSettings, StageGroups, resolve_settings
 from pipeline.video import read_frames, segment_centres
 from retrieval.report import Thumbnails
 from retrieval.run_split import RunSplit, WindowLookup, Windows
@@ -32,22 +32,30 @@ def open_split(work: Path, run: str, split: str, need_queries: bool = False) -> 
     """The run's best head on the split's features for the work dir's current settings."""
     store = WorkDir(work)
     settings = resolve_settings(store.path)
+    run_dir = RunDir(store.path, run)
+    run_dir.require()  # a mistyped --run: said before any features are read
     return RunSplit.open(
-        RunDir(store.path, run),
+        run_dir,
         split,
         features(store, split, settings=settings),
         store.manifest.videos.read(["key", "path"]),
         StageGroups.keys(settings),
-        window_lookup(store),
+        window_lookup(store, settings),
         need_queries,
     )
 
 
-def window_lookup(store: WorkDir) -> WindowLookup:
+def window_lookup(store: WorkDir, settings: PipelineSettings | None = None) -> WindowLookup:
     """Manifest rows -> their window captions and spans (`pipeline.captions.window_spans`,
     clipped to the video)."""
-    settings = resolve_settings(store.path)
-    captions = StageGroups.resolve(store, settings).captions.group
+    settings = settings or resolve_settings(store.path)
+    found = StageGroups.resolve(store, settings).find("captions")  # a reader creates nothing
+    if found is None:
+        raise CacheError(
+            f"{store.path}: no window captions for the current settings; run "
+            f"`tcd caption --work {store.path}` first"
+        )
+    captions = found.group
     durations = store.manifest.videos.column("duration")
 
     def windows(rows: np.ndarray) -> Windows:

@@ -24,7 +24,7 @@ class MetricsError(TcdError):
 def check_finite(sim: np.ndarray, what: str = "similarity matrix") -> None:
     """Refuse NaN or infinite scores, naming how many rows and columns hold them: a NaN
     compares false with everything, so it would otherwise rank as a tie or a hit."""
-    bad = ~np.isfinite(np.asarray(sim, dtype=np.float64))
+    bad = ~np.isfinite(np.asarray(sim))  # (no float64 copy of a large matrix)
     if bad.any():
         rows, cols = int(bad.any(axis=1).sum()), int(bad.any(axis=0).sum())
         raise MetricsError(

@@ -6,7 +6,6 @@
     curves.png         training loss and validation R@1
     metrics.json       `tcd eval` results, one entry per split
     index_<split>.faiss, index_<split>.json   a FAISS index and what it was built from
-    sim_matrix.npy     the default place of `tcd eval --sim-matrix`
 
 Ablation runs live in `runs/ablate/<variant>/seed<S>/`, the study's tables in
 `runs/ablations.md` (and `.json`).
@@ -81,7 +80,6 @@ class RunDir:
     epochs_log = _run_file("metrics.jsonl")
     curves = _run_file("curves.png")
     metrics_path = _run_file("metrics.json")
-    sim_matrix = _run_file("sim_matrix.npy")
 
     def index_path(self, split: str) -> Path:
         """The split's FAISS index (`tcd index`)."""

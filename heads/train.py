@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cache.atomic import atomic_write
 from cache.device import default_device
 from cache.errors import TcdError
 from heads.checkpoint import load_checkpoint, save_checkpoint
@@ -133,7 +134,7 @@ class Trainer:
             self.history = self.run.epochs()[: self.start_epoch]
             if self.best["epoch"] >= 0:  # epochs since the best one
                 self.stale = self.start_epoch - 1 - self.best["epoch"]
-        self.run.epochs_log.write_text("".join(json.dumps(h) + "\n" for h in self.history))
+        atomic_write(self.run.epochs_log, "".join(json.dumps(h) + "\n" for h in self.history))
 
     def train_epoch(self, epoch: int, started: float) -> Record:
         """One pass over the train videos; the epoch's mean losses, learning rate, temperature."""

@@ -38,7 +38,7 @@ from pipeline.settings import (
     StageGroups,
 )
 from pipeline.stage import Failure, StageClock, StageReport, Upstream, guarded, run_stage
-from pipeline.video import Decoder, read_frames, segment_centres
+from pipeline.video import Decoder, read_frames, require_decoder, segment_centres
 
 
 def run_encode(
@@ -57,6 +57,7 @@ def run_encode(
 
     Refused up front (`UpstreamError`, nothing computed or recorded) while videos whose
     captions it would encode have no window captions for these settings."""
+    require_decoder(decoder)
     groups = StageGroups.resolve(work, PipelineSettings(ocr, captions, settings))
     captions_rows = Upstream(groups, "ocr_text", "window captions", "tcd caption")
     captions_rows.require(retry_failed, shard)

@@ -86,16 +86,18 @@ def build_manifest(
 
 
 def _refuse_another_dataset(work: WorkDir, dataset: Dataset) -> None:
-    """Refuse a dataset of another kind, or one that shares none of the held videos (another
-    root with other files): reading it would mark every held video removed. The same files
-    under a moved root keep their ids, and their caches, so that is no reason to refuse."""
+    """Refuse a dataset of another kind, or one from another root that would mark any held
+    video removed: that is another dataset, not an update. The same files under a moved root
+    keep their ids (and their caches), and videos leaving the same root are an ordinary
+    incremental update, so neither is refused."""
     held = work.manifest.attrs
     if not held or not len(work.manifest.videos):
         return
     videos = work.manifest.videos.read(["id", "present"])
     present = {str(v) for v in videos["id"][videos["present"]]}
     kept = present & {video.id for video in dataset.videos}
-    if present and (held.get("dataset") != dataset.name or not kept):
+    same_root = Path(str(held.get("root", ""))).resolve() == dataset.root.resolve()
+    if present and (held.get("dataset") != dataset.name or (kept != present and not same_root)):
         raise DatasetError(
             f"{work.path} holds {len(present)} video(s) of dataset {held.get('dataset')!r} from "
             f"{held.get('root')}; reading {dataset.name!r} from {dataset.root} would mark "

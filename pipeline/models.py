@@ -205,7 +205,14 @@ def load_text(name: str, device: torch.device | None = None) -> TextEncoder:
     if path is not None:
         from sentence_transformers import SentenceTransformer
 
-        model = SentenceTransformer(str(path), device=str(device))
+        try:
+            model = SentenceTransformer(str(path), device=str(device))
+        except (OSError, ValueError, RuntimeError) as exc:  # missing files, mismatched shapes
+            raise ModelError(
+                f"cannot load text model {name!r} from {path} ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200]}); give a complete sentence-transformers "
+                "directory, or use minilm"
+            ) from None
         model.eval()
         return TextEncoder(
             name,

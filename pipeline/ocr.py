@@ -28,7 +28,7 @@ from cache import Shard, StageGroup, WorkDir
 from cache.errors import TcdError
 from pipeline.settings import OcrSettings, PipelineSettings, StageGroups
 from pipeline.stage import StageClock, StageReport, guarded, run_stage
-from pipeline.video import Decoder, ocr_times, read_frames
+from pipeline.video import Decoder, ocr_times, read_frames, require_decoder
 
 
 class OcrError(TcdError):
@@ -48,6 +48,8 @@ def run_ocr(
     shard: Shard | None = None,
 ) -> StageReport:
     """Run OCR on every pending video of the manifest (or of this shard's rows)."""
+    if settings.engine != "kwai":
+        require_decoder(decoder)
     group = StageGroups.resolve(work, PipelineSettings(ocr=settings)).ocr
     videos = work.manifest.videos.read(["path", "ocr_path", "fps", "duration", "error"])
 

@@ -20,7 +20,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from cache import StageGroup, WorkDir, settings_key
+from cache import SettingsError, StageGroup, WorkDir, settings_key
 from cache.atomic import atomic_write
 from cache.settings import check_setting as _check
 from cache.settings import dump_toml, load_settings, to_dict
@@ -103,7 +103,12 @@ def resolve_settings(
 ) -> PipelineSettings:
     """Settings for a stage command on work dir `work` (see the module docstring)."""
     saved = work / WORK_SETTINGS
-    return load_settings(PipelineSettings, [saved if saved.exists() else None, config], overrides)
+    layers = [saved if saved.exists() else None, config]
+    try:
+        return load_settings(PipelineSettings, layers, overrides)
+    except SettingsError as exc:
+        sources = [str(p) for p in layers if p is not None] + [f"--set {o}" for o in overrides]
+        raise SettingsError(f"{exc} (settings from {', '.join(sources) or 'defaults'})") from None
 
 
 def save_settings(work: Path, settings: PipelineSettings) -> None:

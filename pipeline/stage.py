@@ -215,8 +215,10 @@ class Upstream:
         return self.group
 
     def has(self, row: int) -> bool:
-        """Whether the upstream row is there (done, or failed): else it stays pending."""
-        return bool(self.states["done"][row] or self.states["failed"][row])
+        """Whether the upstream row is there (done, or failed): else it stays pending, as do
+        rows added to the manifest after the check (past the end of its snapshot)."""
+        done, failed = self.states["done"], self.states["failed"]
+        return row < len(done) and bool(done[row] or failed[row])
 
     def check(self, row: int) -> None:
         """Raise the upstream's failure of `row` as this row's (`UpstreamError`)."""

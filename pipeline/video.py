@@ -142,6 +142,19 @@ def read_frames(
     yield from _pyav_batches(path, times, batch_size, warn)
 
 
+def require_decoder(backend: str) -> None:
+    """Refuse, before any video is read, a decoder this install cannot run (otherwise every
+    video would be recorded as failed)."""
+    if backend == Decoder.decord:
+        try:
+            import decord  # noqa: F401
+        except ImportError as exc:
+            raise VideoError(
+                f"--decoder decord needs the decord package ({exc}); install it "
+                "(requirements.txt pins it) or use --decoder auto or pyav"
+            ) from None
+
+
 def _open_decord(path: str | Path) -> Any:
     try:
         import decord

@@ -179,8 +179,10 @@ class TwoStageResult:
 
 def floor_unscored(scores: np.ndarray, scored: np.ndarray) -> np.ndarray:
     """Give the pairs outside `scored` one finite floor, UNSCORED_MARGIN below every real
-    score (0 when nothing was scored); returns `scores`, changed in place."""
+    score (0 when nothing was scored); returns `scores`, changed in place. A non-finite real
+    score stays as it is, for the metrics' check to report, and does not move the floor."""
     real = scores[scored]
+    real = real[np.isfinite(real)]
     scores[~scored] = real.min() - UNSCORED_MARGIN if real.size else 0.0
     return scores
 

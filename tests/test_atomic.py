@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from cache.atomic import atomic_write
+from cache.atomic import _HOST, atomic_write
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
@@ -30,10 +30,12 @@ def test_files_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
     target = tmp_path / "last.pt"
     finished = subprocess.Popen([sys.executable, "-c", "pass"])
     finished.wait()
-    orphan = tmp_path / f"last.pt.{finished.pid}.tmp"  # what a SIGKILL mid-write leaves
+    orphan = tmp_path / f"last.pt.{_HOST}.{finished.pid}.tmp"  # what a SIGKILL mid-write leaves
     orphan.write_text("half")
-    live = tmp_path / f"last.pt.{os.getpid()}.tmp.npy"  # a running writer's: left alone
-    live.write_text("in progress")
+    live = tmp_path / f"last.pt.{_HOST}.{os.getpid()}.tmp.npy"  # a running writer's
+    elsewhere = tmp_path / f"last.pt.other-host.{finished.pid}.tmp"  # cannot be asked: kept
+    for kept in (live, elsewhere):
+        kept.write_text("in progress")
     atomic_write(target, b"whole")
     assert target.read_bytes() == b"whole"
-    assert not orphan.exists() and live.exists()
+    assert not orphan.exists() and live.exists() and elsewhere.exists()

@@ -71,9 +71,19 @@ def test_an_out_of_range_setting_is_refused_and_not_saved(synth_set, tmp_path):
     save_settings(work.path, PipelineSettings(ocr=KWAI))
     saved = (work.path / WORK_SETTINGS).read_text()
     code, err = tcd("caption", "--work", str(work.path), "-q", "--set", "captions.xi=-1")
-    assert code == 1 and err == ["error: captions.xi must be > 0, got -1.0"]
-    assert (work.path / WORK_SETTINGS).read_text() == saved
+    settings_file = work.path / WORK_SETTINGS
+    assert code == 1 and err == [
+        f"error: captions.xi must be > 0, got -1.0 (settings from {settings_file}, "
+        "--set captions.xi=-1)"
+    ]
+    assert settings_file.read_text() == saved
     assert WorkDir(work.path).stages() == []
+    # a bad value already saved (older versions saved them) names the file it came from
+    settings_file.write_text(saved.replace("xi = 1.0", "xi = -1.0"))
+    code, err = tcd("cache", "status", "--work", str(work.path))
+    assert code == 1 and err == [
+        f"error: captions.xi must be > 0, got -1.0 (settings from {settings_file})"
+    ], err
 
 
 def test_reading_another_dataset_into_a_work_dir_needs_replace(synth_set, tmp_path):
@@ -94,12 +104,33 @@ def test_reading_another_dataset_into_a_work_dir_needs_replace(synth_set, tmp_pa
     assert result.exit_code == 0 and "0 removed" in result.output
 
 
+def test_decord_without_the_package_is_refused_before_any_video(synth_set, tmp_path):
+    work = make_work(synth_set, tmp_path)
+    code = (
+        "import sys; sys.modules['decord'] = None\n"  # as if decord were not installed
+        "from cli.main import main; main()"
+    )
+    result = run_python(code, "ocr", "--work", str(work.path), "-q", "--decoder", "decord")
+    err = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(err) == 1, err
+    assert "--decoder decord needs the decord package" in err[0]
+    assert WorkDir(work.path).stages() == []  # nothing recorded as failed
+
+
 def test_the_same_files_under_a_moved_root_are_no_other_dataset(synth_set, tmp_path):
+    """Moved files keep their ids; a different folder sharing only some names is refused."""
     work = make_work(synth_set, tmp_path).path
     moved = shutil.copytree(synth_set, tmp_path / "moved")
     code, err = tcd("data", "textvr", "--root", str(moved), "--work", str(work), "-q")
     assert code == 0 and err == [], err
     assert WorkDir(work).status()["videos"]["present"] == 12
+    other = shutil.copytree(synth_set, tmp_path / "other")  # another set sharing one video
+    shared = read_textvr(synth_set).videos[0].id
+    for name in ("TextVR_train.json", "TextVR_test.json"):
+        entries = json.loads((other / name).read_text())
+        (other / name).write_text(json.dumps([e for e in entries if e["path"] == shared]))
+    code, err = tcd("data", "textvr", "--root", str(other), "--work", str(work), "-q")
+    assert code == 1 and "would mark 11 of them removed" in err[0], err
 
 
 def test_stage_commands_and_strict(synth_copy, tmp_path):
@@ -121,7 +152,7 @@ def test_stage_commands_and_strict(synth_copy, tmp_path):
     assert result.exit_code == 2 and "11 computed, 1 failed" in result.output
     assert "xi = 0.5" in (tmp_path / "w" / "settings.toml").read_text()
     result = runner.invoke(app, ["caption", "--work", work, "-q", "--set", "captions.xj=0.5"])
-    assert result.exit_code == 1 or "unknown setting" in str(result.exception)
+    assert result.exit_code == 1 and "unknown setting 'captions.xj'" in str(result.exception)
 
 
 def test_summaries_count_failures_by_type_and_status_shows_runs_and_warnings(synth_copy, tmp_path):

@@ -28,6 +28,7 @@ from retrieval.export import write_sim_matrix
 from retrieval.index import (
     GPU_MAX_K,
     build_index,
+    floor_unscored,
     query_embeddings,
     search_device,
     two_stage,
@@ -502,3 +503,13 @@ def _parse_images(page: str) -> list[str]:
 
     Parser().feed(page)
     return sources
+
+
+def test_a_nan_among_scored_pairs_stays_for_the_check_and_does_not_move_the_floor():
+    scores = np.array([[np.nan, 0.5, 7.0], [0.2, 9.0, 3.0]], np.float32)
+    scored = np.array([[True, True, False], [True, False, False]])
+    floor_unscored(scores, scored)
+    assert np.isnan(scores[0, 0])  # reported by check_finite, not hidden under the floor
+    assert scores[0, 2] == scores[1, 1] == scores[1, 2] == np.float32(0.2 - 1.0)
+    with pytest.raises(MetricsError, match="1 non-finite score"):
+        t2v_metrics(scores, np.array([0, 1]))

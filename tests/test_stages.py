@@ -399,6 +399,15 @@ def test_a_local_clip_dir_with_mismatched_shapes_is_one_model_error(tmp_path):
     assert str(tmp_path / "clip") in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_broken_sentence_transformers_dir_is_one_model_error(tmp_path):
+    module = {"idx": 0, "name": "0", "path": "0_Transformer"}
+    module["type"] = "sentence_transformers.models.Transformer"
+    (tmp_path / "modules.json").write_text(json.dumps([module]))  # its model files are missing
+    with pytest.raises(ModelError, match="give a complete sentence-transformers") as info:
+        load_text(str(tmp_path), torch.device("cpu"))
+    assert str(tmp_path) in str(info.value) and "\n" not in str(info.value)
+
+
 class PlantedError(TcdError):
     """A typed error defined outside `pipeline` and `cache`."""
 

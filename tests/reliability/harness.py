@@ -45,9 +45,10 @@ COMMANDS: dict[str, list[str]] = {
 }  # fmt: skip
 STAGES = list(COMMANDS)
 TIMING = {"seconds", "train_seconds"}  # the only fields allowed to differ between runs
-# cache/atomic.py's temporary file, NAME.<pid>.tmp[.ext]: a kill leaves the one it was writing
-# (a rerun, with another pid, never reads it), so it is not part of a run's result
-LEFT_BY_A_KILL = re.compile(r"\.\d+\.tmp(\.\w+)?$")
+# cache/atomic.py's temporary file, NAME.<host>.<pid>.tmp[.ext]: a kill leaves the one it was
+# writing (a rerun never reads it, and clears it when it writes that file again), so it is not
+# part of a run's result
+LEFT_BY_A_KILL = re.compile(r"\.[^.]+\.\d+\.tmp(\.\w+)?$")
 
 
 @dataclass
