@@ -244,9 +244,9 @@ def ablate(
     out: Path | None = None,
     progress: Callable[[str], None] = print,
 ) -> StudyOutput:
-    """Train every variant of `grid` once per seed (`W/runs/ablate/<variant>/seed<S>/`; a
-    finished run is reused) and score it on `split`; write the tables to `out` (default
-    `W/runs/ablations.md`) and every result to the `.json` beside it."""
+    """Train every variant of `grid` once per seed (in `RunDir.for_ablation`; a finished run
+    is reused) and score it on `split`; write the tables to `out` (default
+    `RunDir.study_tables`) and every result to the `.json` beside it."""
     variants, seed_list = read_grid(grid), parse_seeds(seeds)
     scorer = _variant_scorer(work, split, features_for, progress)
     rows = run_study(variants, seed_list, Path.cwd(), RunConfig, scorer, overrides)
