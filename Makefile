@@ -81,7 +81,9 @@ encode: setup
 
 captions: caption
 
-features: ocr caption encode
+# the three stages in one process (each model loaded once, only for a stage with work to do)
+features: setup
+	$(TCD) extract --work $(WORK) --engine $(OCR_ENGINE) $(SETS)
 
 train: setup
 	$(TCD) train --work $(WORK) --config $(CONFIG) $(SETS)

@@ -1,4 +1,5 @@
-"""`tcd ocr`, `tcd caption`, `tcd encode`: the offline stages over a work directory.
+"""`tcd ocr`, `tcd caption`, `tcd encode` (and `tcd extract`, all three in one process): the
+offline stages over a work directory.
 
 Each command parses its options and calls one stage function; the stage modules are imported
 inside the commands, so this module (and `tcd --help`) never imports torch.
@@ -164,7 +165,29 @@ def encode(
     finish(store, settings, reports, run.strict)
 
 
+def extract(
+    work: Work,
+    run: StageRun,
+    engine: Engine = None,
+    vision_model: VisionModel = None,
+    text_model: TextModel = None,
+    workers: Workers = min(4, os.cpu_count() or 1),
+    decoder: DecoderOption = Decoder.auto,
+) -> None:
+    """ocr, caption and encode in one process: each model loads once, and only for a stage
+    with rows to compute."""
+    from pipeline.extract import run_extract
+
+    chosen = {"ocr.engine": engine, "encode.vision_model": vision_model}
+    store, settings = run.open(work, {**chosen, "encode.text_model": text_model})
+    reports = run_extract(
+        store, settings, workers, decoder, run.retry_failed, not run.quiet, run.parsed_shard
+    )
+    finish(store, settings, reports, run.strict)
+
+
 def register(app: typer.Typer) -> None:
+    app.command("extract")(stage_command(extract))
     app.command("ocr")(stage_command(ocr))
     app.command("caption")(stage_command(caption))
     app.command("encode")(stage_command(encode))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -195,3 +196,34 @@ def test_help_lists_the_choices(command):
     assert result.exit_code == 0
     if command == ["ocr", "--help"]:
         assert "rapidocr" in result.output and "pyav" in result.output
+
+
+def test_extract_equals_the_three_stages_and_a_rerun_loads_no_model(
+    synth_set, tmp_path, monkeypatch
+):
+    """`tcd extract` writes bitwise what `ocr`, `caption` and `encode` write one by one; with
+    nothing to do it loads no model (a model load would fail the rerun here)."""
+    import pipeline.encode
+    from tests.reliability.harness import cache_arrays
+    from tests.test_stages import run_all
+
+    staged = make_work(synth_set, tmp_path, "staged")
+    run_all(staged)  # kwai OCR, captions, encode, by the library one stage at a time
+    work = make_work(synth_set, tmp_path, "extracted").path
+    command = ["extract", "--work", str(work), "--engine", "kwai", "--workers", "0", "-q"]
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert result.output.count(" computed, ") == 5  # ocr, captions, frames, ocr_text, queries
+    extracted, reference = cache_arrays(work), cache_arrays(staged.path)
+    assert extracted.keys() == reference.keys()
+    for name, array in reference.items():
+        assert np.array_equal(extracted[name], array), name
+
+    def no_model(*_: object, **__: object) -> None:
+        raise AssertionError("a no-op extract loaded a model")
+
+    monkeypatch.setattr(pipeline.encode, "load_text", no_model)
+    monkeypatch.setattr(pipeline.encode, "load_vision", no_model)
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("nothing to do") == 5
