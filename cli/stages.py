@@ -181,8 +181,9 @@ def extract(
     chosen = {"ocr.engine": engine, "encode.vision_model": vision_model}
     store, settings = run.open(work, {**chosen, "encode.text_model": text_model})
     reports = run_extract(
-        store, settings, workers, decoder, run.retry_failed, not run.quiet, run.parsed_shard
-    )
+        store, settings, workers, decoder,
+        retry_failed=run.retry_failed, progress=not run.quiet, shard=run.parsed_shard,
+    )  # fmt: skip
     finish(store, settings, reports, run.strict)
 
 

@@ -7,7 +7,9 @@ loads no model and an incremental rebuild pays one start-up instead of three.
 
 from __future__ import annotations
 
-from cache import Shard, WorkDir
+from typing import Any
+
+from cache import WorkDir
 from pipeline.captions import run_captions
 from pipeline.encode import run_encode
 from pipeline.ocr import run_ocr
@@ -21,18 +23,13 @@ def run_extract(
     settings: PipelineSettings,
     workers: int = 2,
     decoder: str = Decoder.auto,
-    retry_failed: bool = False,
-    progress: bool = True,
-    shard: Shard | None = None,
-    ocr_batch: int = 8,
-    encode_batch: int = 64,
+    **common: Any,
 ) -> list[StageReport]:
-    """Run ocr, captions and encode over `work` in order; their reports, upstream first."""
+    """Run ocr, captions and encode over `work` in order; their reports, upstream first.
+    `common` (retry_failed, progress, shard) goes to every stage; batch sizes are the stages'."""
     ocr, captions = settings.ocr, settings.captions
-    reports = [run_ocr(work, ocr, ocr_batch, decoder, retry_failed, progress, shard)]
-    reports.append(run_captions(work, captions, ocr, retry_failed, progress, shard))
-    reports += run_encode(
-        work, settings.encode, captions, ocr, encode_batch, workers, decoder, retry_failed,
-        progress, shard,
-    )  # fmt: skip
+    reports = [run_ocr(work, ocr, decoder=decoder, **common)]
+    reports.append(run_captions(work, captions, ocr, **common))
+    encode = settings.encode
+    reports += run_encode(work, encode, captions, ocr, workers=workers, decoder=decoder, **common)
     return reports
