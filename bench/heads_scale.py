@@ -163,6 +163,7 @@ def main() -> None:
             "exact_scoring_s": exact_s,
             "chance_r1": 100 / test_data.n_videos,
             "test_t2v_r1_untrained": untrained_r1,
+            "untrained_scoring_s": untrained_s,
             "test_t2v_r1": trained_r1,
             "two_stage": {
                 "k": args.k,
