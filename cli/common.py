@@ -42,11 +42,13 @@ def features(
 ) -> Features:
     """The split's cached features for `settings` (default: the work dir's current ones).
 
-    Above the memory budget they are memory-mapped from `W/tmp/features/`.
+    Above the memory budget they are memory-mapped from `W/tmp/features/`. Frames and texts
+    share one space when one two-tower model (a CLIP directory) encodes both.
     """
     from heads.data import load_features
 
-    groups = StageGroups.resolve(work, settings or resolve_settings(work.path))
+    settings = settings or resolve_settings(work.path)
+    groups = StageGroups.resolve(work, settings)
     return load_features(
         work.manifest,
         groups.frames,
@@ -55,4 +57,5 @@ def features(
         split,
         memory_budget_gb * 1e9,
         work.spill_dir,
+        shared_space=settings.encode.vision_model == settings.encode.text_model,
     )

@@ -38,6 +38,10 @@ class Features:
     query_text: list[str]
     missing: list[str]  # ids of videos without features (zeros stand in)
     rows: np.ndarray | None = None  # manifest row of each video
+    query_ids: list[str] | None = None  # caption id of each query (`<video id>#<k>`)
+    # frames and texts come from one two-tower model (CLIP image and text towers), so a
+    # query can be matched against frames without training (the zero-shot S_TV)
+    shared_space: bool = False
 
     @property
     def n_videos(self) -> int:
@@ -73,6 +77,8 @@ class Features:
             [self.query_text[i] for i in keep],
             [v for v in self.missing if v in {self.video_ids[i] for i in videos}],
             None if self.rows is None else self.rows[videos],
+            None if self.query_ids is None else [self.query_ids[i] for i in keep],
+            self.shared_space,
         )
 
 
@@ -84,8 +90,10 @@ def load_features(
     split: str,
     memory_budget: float = 8e9,
     spill_dir: Path | None = None,
+    shared_space: bool = False,
 ) -> Features:
     """Read the split's videos and queries from the given groups (annotation order).
+    `shared_space`: the frame and text encoders are one two-tower model (see `Features`).
 
     When the per-video arrays would exceed `memory_budget` bytes and `spill_dir` is given, they
     are copied (in row chunks) to `.npy` files there and opened memory-mapped instead.
@@ -124,7 +132,7 @@ def load_features(
                 out[part] = array.get_orthogonal_selection((rows[part],) + rest)
         return out
 
-    captions = manifest.captions.read(["split", "present", "order", "video_row", "text"])
+    captions = manifest.captions.read(["id", "split", "present", "order", "video_row", "text"])
     q_rows = np.flatnonzero((captions["split"] == split) & captions["present"])
     q_rows = q_rows[np.argsort(captions["order"][q_rows], kind="stable")]
     position = {int(r): i for i, r in enumerate(rows)}
@@ -153,4 +161,6 @@ def load_features(
         query_text=[str(t) for t in captions["text"][q_rows]],
         missing=[str(v) for v in videos["id"][rows[~ok]]],
         rows=rows,
+        query_ids=[str(i) for i in captions["id"][q_rows]],
+        shared_space=shared_space,
     )
