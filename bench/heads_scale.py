@@ -96,7 +96,7 @@ def timed_training(config: RunConfig, data: Features) -> dict[str, Any]:
         started = time.perf_counter()
         best = train(config, data, run)
         seconds = time.perf_counter() - started
-        head, _ = run.load_head(data.frames.shape[-1], data.queries.shape[-1])
+        head, _ = run.load_head(data.frames.shape[-1], data.queries.shape[-1], data.shared_space)
         return {"head": head, "history": run.epochs(), "best": best, "seconds": seconds}
 
 

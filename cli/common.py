@@ -57,5 +57,12 @@ def features(
         split,
         memory_budget_gb * 1e9,
         work.spill_dir,
-        shared_space=settings.encode.vision_model == settings.encode.text_model,
+        shared_space=_same_model(settings.encode.vision_model, settings.encode.text_model),
     )
+
+
+def _same_model(a: str, b: str) -> bool:
+    """Whether two model names are one model (local directories compared resolved)."""
+    if Path(a).is_dir() and Path(b).is_dir():
+        return Path(a).resolve() == Path(b).resolve()
+    return a == b

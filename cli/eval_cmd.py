@@ -21,6 +21,14 @@ RandFile = Annotated[Path | None, typer.Option(help="TextVR_test_rand.json, for 
 TwoStage = Annotated[bool, typer.Option("--two-stage", help="FAISS top-K, then full rerank.")]
 K = Annotated[int, typer.Option(min=1, help="Candidates per query for --two-stage.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")]
+Groups = Annotated[
+    str | None,
+    typer.Option(
+        "--groups",
+        help="t2v metrics per query group: a JSON or CSV file (caption id or row -> group, "
+        "twin video for twin-swap), or `domain` (the manifest's domain of each video).",
+    ),
+]
 
 
 def eval_command(
@@ -33,14 +41,23 @@ def eval_command(
     two_stage: TwoStage = False,
     k: K = 100,
     as_json: AsJson = False,
+    groups: Groups = None,
 ) -> None:
-    """Score every (caption, video) pair of a split; print t2v and v2t metrics."""
+    """Score every (caption, video) pair of a split; print t2v and v2t metrics (and per
+    query group with --groups)."""
+    from cache import WorkDir
     from cli.retrieval_wiring import open_split, warn
+    from heads.groups import parse_groups
     from retrieval.evaluate import SimMatrixExport, evaluate, evaluation_warnings, format_evaluation
 
     export = SimMatrixExport(sim_matrix, order, rand_file) if sim_matrix else None
+    spec = parse_groups(groups) if groups else None  # a malformed file fails before scoring
     scored = open_split(work, run, split, need_queries=True)
-    report = evaluate(scored, k if two_stage else None, export, log=warn)
+    query_groups = None
+    if spec is not None:
+        manifest = WorkDir(work).manifest if spec.by_domain else None
+        query_groups = spec.resolve(scored.features, manifest)
+    report = evaluate(scored, k if two_stage else None, export, log=warn, groups=query_groups)
     typer.echo(json.dumps(report, indent=2) if as_json else format_evaluation(report, export))
     for line in evaluation_warnings(report):
         warn(line)

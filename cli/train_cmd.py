@@ -6,6 +6,7 @@ and the light commands do not pay for them.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -30,6 +31,13 @@ Grid = Annotated[
 ]
 EvalSplit = Annotated[str, typer.Option(help="Split to score each variant on.")]
 Seeds = Annotated[str, typer.Option(help="Comma-separated head-training seeds, e.g. 0,1,2.")]
+AblateGroups = Annotated[
+    str | None,
+    typer.Option(
+        "--groups",
+        help="Add per-group t2v R@1 and pair accuracy: a JSON or CSV groups file, or `domain`.",
+    ),
+]
 TablesOut = Annotated[
     Path | None,
     typer.Option(help="Markdown tables (default W/runs/ablations.md; .json beside it)."),
@@ -110,13 +118,21 @@ def ablate_command(
     out: TablesOut = None,
     set_: RunSet = None,
     memory_budget_gb: Budget = 8.0,
+    groups: AblateGroups = None,
 ) -> None:
     """Train every variant (once per seed) over the same caches; tables of mean ± sd."""
     from heads.ablate import ablate
+    from heads.groups import parse_groups
 
+    spec = parse_groups(groups) if groups else None  # a malformed file fails before training
     store = WorkDir(work)
     features_for = caption_features(store, split, memory_budget_gb)
-    study = ablate(store.path, grid, split, seeds, features_for, set_ or [], out, typer.echo)
+    groups_for = None  # evaluation features -> their query groups
+    if spec is not None:
+        groups_for = partial(spec.resolve, manifest=store.manifest if spec.by_domain else None)
+    study = ablate(
+        store.path, grid, split, seeds, features_for, set_ or [], out, typer.echo, groups_for
+    )
     typer.echo(study.tables)
     typer.echo(f"tables written to {study.tables_path} (per-seed results in {study.results_path})")
 

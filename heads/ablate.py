@@ -4,7 +4,10 @@ several seeds over the same cached features and scored on one evaluation split.
 A variant may also change caption settings (`pipeline = ["captions.xi=0.4"]`): the caller's
 `features_for` callback then builds only the captions and their encodings for it (heads never
 imports pipeline); OCR and frame features stay shared. Results are reported per seed and as
-mean and spread over seeds, in two Markdown tables (quality, cost) and a JSON file.
+mean and spread over seeds, in three Markdown tables (quality, cost, training diagnostics)
+and a JSON file. With query
+groups (`groups`, heads/groups.py) the quality table also has each group's t2v R@1 and pair
+accuracy.
 
     study = ablate(work, grid, "test", "0,1,2", features_for)  # .tables, .tables_path, ...
 """
@@ -25,6 +28,13 @@ from cache.settings import load_settings, read_toml
 from heads.config import RunConfig
 from heads.cost import head_cost
 from heads.data import Features
+from heads.groups import (
+    QueryGroups,
+    flat_group_header,
+    flat_group_metrics,
+    group_metrics,
+    skipped_lines,
+)
 from heads.metrics import t2v_metrics, v2t_metrics
 from heads.run_dir import RunDir
 from heads.scoring import score_matrix
@@ -32,6 +42,8 @@ from heads.train import train
 
 FeaturesFor = Callable[[tuple[str, ...]], tuple[Features, Features]]
 """A variant's `pipeline` overrides -> (train features, evaluation-split features)."""
+GroupsFor = Callable[[Features], QueryGroups]
+"""Evaluation-split features -> the groups of their queries (`GroupSpec.resolve`)."""
 
 
 class StudyOutput(NamedTuple):
@@ -223,15 +235,39 @@ COST_COLUMNS = [
 ]
 
 
-def evaluate(run: RunDir, data: Features) -> dict[str, float]:
-    """A run's t2v and v2t metrics on `data`, and what its head costs (heads/cost.py)."""
-    head, _ = run.load_head(data.frames.shape[-1], data.queries.shape[-1])
+DIAGNOSTICS = ("val_loss", "val_r1", "hsc", "hsc_uniform", "calib_acc", "calib_chance")
+DIAGNOSTIC_COLUMNS = [
+    Column("variant", "variant"),
+    Column("pipeline", "captions"),
+    Column("windows_with_text", "windows with text %", spread=False),
+    Column("val_loss", "val loss", 3),
+    Column("val_r1", "val R@1"),
+    Column("hsc", "HSC loss", 4),
+    Column("hsc_uniform", "HSC uniform guess", 4, spread=False),
+    Column("calib_acc", "calibration acc", 3),
+    Column("calib_chance", "calibration chance", 3, spread=False),
+]
+
+
+def evaluate(run: RunDir, data: Features, groups: QueryGroups | None = None) -> dict[str, float]:
+    """A run's t2v and v2t metrics on `data`, each query group's R@1 and pair accuracy, and
+    what its head costs (heads/cost.py)."""
+    head, _ = run.load_head(data.frames.shape[-1], data.queries.shape[-1], data.shared_space)
     sim = score_matrix(head, data)
+    by_group = group_metrics(sim, data.query_video, groups) if groups is not None else {}
     return {
         **t2v_metrics(sim, data.query_video),
         **{f"v2t_{k}": v for k, v in v2t_metrics(sim, data.query_video).items()},
+        **flat_group_metrics(by_group),
         **head_cost(head, data),
     }
+
+
+def quality_columns(summary: list[dict[str, Any]]) -> list[Column]:
+    """`QUALITY_COLUMNS` with the query groups' columns before the paper's figure."""
+    keys = dict.fromkeys(k for row in summary for k in row if flat_group_header(k))
+    groups = [Column(k, flat_group_header(k)) for k in keys]
+    return [*QUALITY_COLUMNS[:-1], *groups, QUALITY_COLUMNS[-1]]
 
 
 def ablate(
@@ -243,12 +279,14 @@ def ablate(
     overrides: Sequence[str] = (),
     out: Path | None = None,
     progress: Callable[[str], None] = print,
+    groups: GroupsFor | None = None,
 ) -> StudyOutput:
     """Train every variant of `grid` once per seed (in `RunDir.for_ablation`; a finished run
     is reused) and score it on `split`; write the tables to `out` (default
-    `RunDir.study_tables`) and every result to the `.json` beside it."""
+    `RunDir.study_tables`) and every result to the `.json` beside it. `groups` adds per-group
+    columns."""
     variants, seed_list = read_grid(grid), parse_seeds(seeds)
-    scorer = _variant_scorer(work, split, features_for, progress)
+    scorer = _variant_scorer(work, split, features_for, progress, groups)
     rows = run_study(variants, seed_list, Path.cwd(), RunConfig, scorer, overrides)
     summary = summarise(rows, variants)
     header = (
@@ -256,8 +294,11 @@ def ablate(
         f"{', '.join(map(str, seed_list))} (mean ± sample sd over seeds).\n\n"
     )
     tables = (
-        f"{header}{markdown_table(summary, QUALITY_COLUMNS)}\n"
-        f"{markdown_table(summary, COST_COLUMNS)}"
+        f"{header}{markdown_table(summary, quality_columns(summary))}\n"
+        f"{markdown_table(summary, COST_COLUMNS)}\n"
+        "Diagnostics of each run's best epoch (validation = a held-out share of the train "
+        "split; HSC on train batches; calibration accuracy on held-out frames):\n\n"
+        f"{markdown_table(summary, DIAGNOSTIC_COLUMNS)}"
     )
     out = out or RunDir.study_tables(work)
     atomic_write(out, tables)
@@ -268,20 +309,35 @@ def ablate(
 
 
 def _variant_scorer(
-    work: Path, split: str, features_for: FeaturesFor, progress: Callable[[str], None]
+    work: Path,
+    split: str,
+    features_for: FeaturesFor,
+    progress: Callable[[str], None],
+    groups_for: GroupsFor | None = None,
 ) -> Callable[[Variant, int, RunConfig], dict[str, Any]]:
-    """Train one variant with one seed and score it; features are loaded once per distinct
-    `pipeline` override list."""
+    """Train one variant with one seed and score it; features (and their query groups) are
+    loaded once per distinct `pipeline` override list."""
     loaded: dict[tuple[str, ...], tuple[Features, Features]] = {}
+    grouped: dict[tuple[str, ...], QueryGroups | None] = {}
 
     def train_and_score(variant: Variant, seed: int, config: RunConfig) -> dict[str, Any]:
         if variant.pipeline not in loaded:
             loaded[variant.pipeline] = features_for(variant.pipeline)
         train_data, eval_data = loaded[variant.pipeline]
+        if variant.pipeline not in grouped:
+            groups = groups_for(eval_data) if groups_for is not None else None
+            if groups is not None and not grouped:  # (every variant has the same queries)
+                for line in skipped_lines(groups.not_in_split, groups.twins_not_in_split):
+                    progress(f"groups {groups.source}: {line}")
+            grouped[variant.pipeline] = groups
         run = RunDir.for_ablation(work, variant.name, seed)
         best = train(config, train_data, run)
-        result = evaluate(run, eval_data)
+        result = evaluate(run, eval_data, grouped[variant.pipeline])
         result["train_s"] = sum(epoch["seconds"] for epoch in run.epochs())
+        result["windows_with_text"] = 100 * float(eval_data.caption_mask.mean())
+        for key in DIAGNOSTICS:  # the best epoch's validation and HSC diagnostics
+            if isinstance(best.get(key), int | float):
+                result[key] = float(best[key])
         progress(
             f"{variant.name} seed {seed}: best epoch {best['epoch']}, "
             f"{split} t2v R@1 {result['R@1']:.1f}"

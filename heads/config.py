@@ -13,7 +13,10 @@ from typing import Literal, get_args
 
 from cache.settings import check_setting
 
-HeadKind = Literal["tcd", "video-only", "ocr-instances"]
+HeadKind = Literal["tcd", "video-only", "ocr-instances", "zero-shot"]
+Fusion = Literal["mean", "learned", "validation"]
+Selection = Literal["loss", "r1"]
+HscForm = Literal["cycle", "cycle+index"]
 Branch = Literal["tv", "to", "th"]
 HEAD_KINDS: tuple[str, ...] = get_args(HeadKind)
 BRANCHES: tuple[str, ...] = get_args(Branch)
@@ -34,11 +37,24 @@ class HeadSettings:
     ctcd: bool = True
     branches: tuple[Branch, ...] = BRANCHES
     dropout: float = 0.1
+    # time (README "A head that knows when"); each can be switched off for the ablation
+    time_embedding: bool = True  # co-attention routes by a time code shared by frame i, caption i
+    time_bias: bool = True  # co-attention prefers nearby times (learned distance penalty)
+    cotimed_pooling: bool = True  # frame weights also follow the co-timed captions' relevance
+    # how branch scores combine: the paper's mean, learned weights, or weights chosen on the
+    # validation split after training
+    fusion: Fusion = "mean"
 
     def __post_init__(self) -> None:
         check_setting("head.kind", self.kind in HEAD_KINDS, f"one of {HEAD_KINDS}", self.kind)
         check_setting("head.width", self.width >= 0, ">= 0 (0 = the text width)", self.width)
         check_setting("head.heads", self.heads >= 1, ">= 1", self.heads)
+        check_setting(
+            "head.width",
+            self.kind != "zero-shot" or self.width == 0,
+            "0 for head.kind = 'zero-shot' (its projections are the identity)",
+            self.width,
+        )
         check_setting(
             "head.width",
             self.width == 0 or self.width % self.heads == 0,
@@ -53,6 +69,12 @@ class HeadSettings:
         )
         check_setting("head.tau", math.isfinite(self.tau) and self.tau >= 0, ">= 0", self.tau)
         check_setting("head.dropout", 0 <= self.dropout < 1, "in [0, 1)", self.dropout)
+        check_setting(
+            "head.fusion",
+            self.fusion in get_args(Fusion),
+            f"one of {get_args(Fusion)}",
+            self.fusion,
+        )
         usable = [b for b in self.branches if b != "th" or self.ctcd]
         check_setting(
             "head.branches",
@@ -66,7 +88,7 @@ class HeadSettings:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    epochs: int = 30
+    epochs: int = 30  # 0: keep the initial head (the untrained row of a study)
     batch_size: int = 42  # the paper's batch
     lr: float = 1e-4
     weight_decay: float = 0.01
@@ -74,15 +96,17 @@ class TrainSettings:
     grad_clip: float = 1.0
     hsc: bool = True
     hsc_weight: float = 0.1  # lambda
-    hsc_temperature: float = 0.1
+    hsc_temperature: float = 0.1  # s in HSC's softmaxes (README: chosen by a validation sweep)
+    hsc_form: HscForm = "cycle"  # cycle+index also ties frame i's soft-nearest caption to i
     temperature: float = 0.05  # initial InfoNCE temperature (learned)
     val_fraction: float = 0.1
     patience: int = 5
+    select: Selection = "loss"  # best epoch by validation loss (does not saturate), or by R@1
     seed: int = 0
     score_memory_gb: float = 2.0  # memory budget of validation scoring blocks
 
     def __post_init__(self) -> None:
-        check_setting("train.epochs", self.epochs >= 1, ">= 1", self.epochs)
+        check_setting("train.epochs", self.epochs >= 0, ">= 0 (0 = untrained)", self.epochs)
         check_setting("train.batch_size", self.batch_size >= 2, ">= 2 (InfoNCE)", self.batch_size)
         check_setting("train.lr", _positive(self.lr), "> 0", self.lr)
         check_setting(
@@ -99,6 +123,15 @@ class TrainSettings:
             "train.val_fraction", 0 <= self.val_fraction < 1, "in [0, 1)", self.val_fraction
         )
         check_setting("train.patience", self.patience >= 1, ">= 1", self.patience)
+        check_setting(
+            "train.hsc_form",
+            self.hsc_form in get_args(HscForm),
+            f"one of {get_args(HscForm)}",
+            self.hsc_form,
+        )
+        check_setting(
+            "train.select", self.select in get_args(Selection), "'loss' or 'r1'", self.select
+        )
         check_setting("train.seed", self.seed >= 0, ">= 0", self.seed)
 
 
@@ -106,3 +139,11 @@ class TrainSettings:
 class RunConfig:
     head: HeadSettings = field(default_factory=HeadSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
+
+    def __post_init__(self) -> None:
+        check_setting(
+            "train.epochs",
+            self.head.kind != "zero-shot" or self.train.epochs == 0,
+            "0 for head.kind = 'zero-shot' (it has nothing to train)",
+            self.train.epochs,
+        )

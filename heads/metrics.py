@@ -80,3 +80,16 @@ def v2t_metrics(sim: np.ndarray, query_video: np.ndarray) -> dict[str, float]:
         row = by_video[video]
         ranks.append(min(tie_averaged_ranks(np.tile(row, (len(own), 1)), own)))
     return summarise(np.array(ranks))
+
+
+def pair_accuracy(sim: np.ndarray, query_video: np.ndarray, other_video: np.ndarray) -> float:
+    """Percent of queries whose own video scores above `other_video[i]` (a hard negative
+    such as a twin); a tie counts half, so a constant matrix scores 50."""
+    rows = np.arange(len(query_video))
+    if rows.size == 0:
+        raise MetricsError("no query pairs to compare")
+    sim = np.asarray(sim)
+    own = np.asarray(sim[rows, np.asarray(query_video)], dtype=np.float64)
+    other = np.asarray(sim[rows, np.asarray(other_video)], dtype=np.float64)
+    check_finite(np.stack([own, other]), "the scores of the pairs")
+    return float(100 * ((own > other) + 0.5 * (own == other)).mean())

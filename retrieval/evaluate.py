@@ -6,6 +6,8 @@ candidates per caption from the run's current index (retrieval/run_split.py) and
 unscored pairs getting a finite floor below every real score (retrieval/index.py). A matrix
 holding NaN or inf is refused with one line naming how many rows and columns hold them. A run
 whose training did not finish is scored, flagged (`training_finished: false`) and warned about.
+With query groups (`--groups`, heads/groups.py) the report also holds each group's t2v metrics
+and pair accuracy under `groups`, printed after the t2v/v2t table.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from heads.groups import TWIN_SWAP, QueryGroups, group_report, skipped_lines
 from heads.metrics import METRICS, check_finite, t2v_metrics, v2t_metrics
 from heads.run_dir import RunDir
 from heads.scoring import score_matrix
@@ -41,8 +44,10 @@ def evaluate(
     two_stage_k: int | None = None,
     export: SimMatrixExport | None = None,
     log: Callable[[str], None] = LOG.warning,
+    groups: QueryGroups | None = None,
 ) -> dict[str, Any]:
-    """Score the split, save and return its report (metrics, sizes, timing, flags)."""
+    """Score the split, save and return its report (metrics, sizes, timing, flags, and the
+    metrics of each query group of `groups`)."""
     data, run = split.features, split.run
     if export is not None:  # a bad --rand-file fails before the scoring, not after
         sim_matrix_columns(data.video_ids, export.order, export.rand_file)
@@ -70,6 +75,8 @@ def evaluate(
     check_finite(sim, f"the scores of run {run.name} on {split.split}")
     report["t2v"] = t2v_metrics(sim, data.query_video)
     report["v2t"] = v2t_metrics(sim, data.query_video)
+    if groups is not None:
+        report["groups"] = group_report(sim, data.query_video, groups)
     report["missing_videos"] = data.missing
     run.save_metrics(split.split, report)
     if export is not None:
@@ -82,6 +89,36 @@ def metrics_table(rows: dict[str, dict[str, float]]) -> str:
     lines = [f"{'':<5}" + "".join(f"{c:>8}" for c in METRICS)]
     for name, values in rows.items():
         lines.append(f"{name:<5}" + "".join(f"{values[c]:>8.1f}" for c in METRICS))
+    return "\n".join(lines)
+
+
+GROUP_COLUMNS = ("R@1", "R@5", "MnR")  # printed per group (metrics.json holds all of METRICS)
+
+
+def group_table(groups: dict[str, Any]) -> str:
+    """One row per query group (name, queries, R@1, R@5, MnR), each group's pair accuracy,
+    and what the groups file named outside the split."""
+    by_group = groups["by_group"]
+    lines = [f"t2v by group ({groups['source']}):"]
+    if by_group:
+        width = max(len(name) for name in [*by_group, "group"]) + 2
+        lines.append(
+            f"{'group':<{width}}{'queries':>8}" + "".join(f"{c:>8}" for c in GROUP_COLUMNS)
+        )
+        for name, values in by_group.items():
+            cells = "".join(f"{values[c]:>8.1f}" for c in GROUP_COLUMNS)
+            lines.append(f"{name:<{width}}{values['queries']:>8}{cells}")
+    else:
+        lines.append("no query of this split is in a group")
+    for name, values in by_group.items():
+        if "pair_accuracy" in values:
+            lines.append(
+                f"{name} pair accuracy: {values['pair_accuracy']:.1f}% of {values['pairs']} "
+                "pairs (true video above its twin, ties half)"
+            )
+        elif name == TWIN_SWAP:
+            lines.append(f"{name} pair accuracy: no twin is a video of this split")
+    lines += skipped_lines(groups["entries_not_in_split"], groups["twins_not_in_split"])
     return "\n".join(lines)
 
 
@@ -98,6 +135,8 @@ def format_evaluation(report: dict[str, Any], export: SimMatrixExport | None = N
             f"two-stage K={ts['k']}: true video in K for {ts['recall_in_k']:.1f}% of queries; "
             f"stage 1 {ts['stage1_s']:.3f} s, stage 2 {ts['stage2_s']:.2f} s"
         )
+    if "groups" in report:
+        lines.append(group_table(report["groups"]))
     if export is not None:
         lines.append(f"sim matrix ({export.order} column order) -> {export.path}")
     return "\n".join(lines)

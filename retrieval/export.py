@@ -96,7 +96,7 @@ def export_splits(
     embeddings = None
     if run is not None:
         first = next(iter(splits.values()))
-        head, _ = run.load_head(first.frames.shape[-1], first.queries.shape[-1])
+        head, _ = run.load_head(first.frames.shape[-1], first.queries.shape[-1], first.shared_space)
         embeddings = {s: video_embeddings(head, d) for s, d in splits.items() if d.n_videos}
     texts = {split: windows(np.asarray(data.rows)).texts for split, data in splits.items()}
     export_h5(path, splits, texts, embeddings)

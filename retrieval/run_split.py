@@ -129,7 +129,9 @@ class RunSplit:
         # identified before loading: a best.pt replaced meanwhile makes the index stale, never
         # wrongly current
         checkpoint = run.checkpoint_identity()
-        head, _ = run.load_head(features.frames.shape[-1], features.queries.shape[-1])
+        head, _ = run.load_head(
+            features.frames.shape[-1], features.queries.shape[-1], features.shared_space
+        )
         rows = np.asarray(features.rows)
         source = IndexSource(
             checkpoint,

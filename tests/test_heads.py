@@ -67,8 +67,8 @@ def reference_scores(head, query, frames, captions, caption_mask, **_):
     q = head.text_in(query)
     v, o = head.encode_videos(frames, captions, caption_mask)
     nq, (n, t, d) = len(q), v.shape
-    v_t = head.condition(q, v, None).unsqueeze(-1) * v
-    o_t = head.condition(q, o, caption_mask).unsqueeze(-1) * o
+    v_w, o_w = head.condition(q, v, o, caption_mask)
+    v_t, o_t = v_w.unsqueeze(-1) * v, o_w.unsqueeze(-1) * o
     mask = caption_mask.unsqueeze(0).expand(nq, -1, -1)
     pooled = {
         "tv": v_t.mean(2),

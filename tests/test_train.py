@@ -150,6 +150,10 @@ coattn = true
 ctcd = true
 branches = ["tv", "to", "th"]
 dropout = 0.1
+time_embedding = true
+time_bias = true
+cotimed_pooling = true
+fusion = "mean"
 
 [train]
 epochs = 2
@@ -161,9 +165,11 @@ grad_clip = 1.0
 hsc = true
 hsc_weight = 0.1
 hsc_temperature = 0.1
+hsc_form = "cycle"
 temperature = 0.05
 val_fraction = 0.1
 patience = 10
+select = "loss"
 seed = 0
 score_memory_gb = 2.0
 """
@@ -209,7 +215,7 @@ def test_runs_saved_by_the_old_toml_writer_are_finished_or_resumed_not_retrained
         ("head.branches=['tv', 'xx']", "head.branches[1]: 'xx' is not one of 'tv', 'to', 'th'"),
         ("head.dropout=1.0", "head.dropout must be in [0, 1), got 1.0"),
         ("head.width=30", "head.width must be a multiple of head.heads = 4, got 30"),
-        ("train.epochs=0", "train.epochs must be >= 1, got 0"),
+        ("train.epochs=-1", "train.epochs must be >= 0 (0 = untrained), got -1"),
         ("train.batch_size=1", "train.batch_size must be >= 2"),
         ("train.val_fraction=1.0", "train.val_fraction must be in [0, 1), got 1.0"),
         ("train.lr=0", "train.lr must be > 0, got 0.0"),
