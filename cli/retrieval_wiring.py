@@ -28,16 +28,27 @@ def warn(message: str) -> None:
     typer.echo(f"warning: {message}", err=True)
 
 
+ZERO_SHOT = "zero-shot"  # the run every work dir can be searched with before any training
+
+
 def open_split(work: Path, run: str, split: str, need_queries: bool = False) -> RunSplit:
-    """The run's best head on the split's features for the work dir's current settings."""
+    """The run's best head on the split's features for the work dir's current settings.
+    The run `zero-shot` is made on first use (the frozen encoders: nothing to train)."""
     store = WorkDir(work)
     settings = resolve_settings(store.path)
     run_dir = RunDir(store.path, run)
-    run_dir.require()  # a mistyped --run: said before any features are read
+    if run != ZERO_SHOT or run_dir.path.exists():
+        run_dir.require()  # a mistyped --run: said before any features are read
+    data = features(store, split, settings=settings)
+    if not run_dir.path.exists():
+        from heads.config import HeadSettings, RunConfig, TrainSettings
+        from heads.train import train
+
+        train(RunConfig(HeadSettings(kind=ZERO_SHOT), TrainSettings(epochs=0)), data, run_dir)
     return RunSplit.open(
         run_dir,
         split,
-        features(store, split, settings=settings),
+        data,
         store.manifest.videos.read(["key", "path"]),
         StageGroups.keys(settings),
         window_lookup(store, settings),

@@ -17,6 +17,13 @@ Query = Annotated[
 TopK = Annotated[int, typer.Option(min=1, help="Results to show.")]
 K = Annotated[int, typer.Option(min=1, help="Stage-1 candidates to rerank.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the hits as JSON.")]
+SearchRun = Annotated[
+    str,
+    typer.Option(
+        help="Run name under W/runs/; `zero-shot` (the default) is the frozen encoders, made "
+        "on first use, so a work dir can be searched before any training."
+    ),
+]
 Kind = Annotated[IndexKind, typer.Option("--index", help="flat (exact), ivf or hnsw.")]
 
 
@@ -36,8 +43,8 @@ def index_command(
 
 def search_command(
     work: Work,
-    run: Run,
     query: Query,
+    run: SearchRun = "zero-shot",
     split: Split = "test",
     top_k: TopK = 10,
     k: K = 100,

@@ -45,10 +45,16 @@ TablesOut = Annotated[
 
 
 def show_epoch(record: dict[str, Any]) -> None:
-    typer.echo(
+    """One line per epoch: losses, validation, and HSC's diagnostics beside their baselines."""
+    line = (
         f"  epoch {record['epoch']:>3}  loss {record['loss']:.3f}  "
-        f"val R@1 {record['val_r1']:.1f}  ({record['seconds']:.1f} s)"
+        f"val loss {record['val_loss']:.3f}  val R@1 {record['val_r1']:.1f}"
     )
+    if "hsc" in record:
+        line += f"  hsc {record['hsc']:.4f} (uniform {record['hsc_uniform']:.4f})"
+    if record.get("calib_frames"):
+        line += f"  calib {record['calib_acc']:.2f} (chance {record['calib_chance']:.2f})"
+    typer.echo(f"{line}  ({record['seconds']:.1f} s)")
 
 
 def announce(name: str, config: RunConfig, data: Features) -> None:
@@ -81,7 +87,12 @@ def train_command(
         best = train(run_config, data, run, progress=show_epoch)
     else:
         typer.echo(f"{run.name}: already trained with this config")
-    typer.echo(f"best epoch {best['epoch']} (val t2v R@1 {best['val_r1']:.1f}); run in {run.path}")
+    if best["epoch"] < 0:
+        typer.echo(f"kept the initial head (train.epochs = 0: nothing trained); run in {run.path}")
+    else:
+        typer.echo(
+            f"best epoch {best['epoch']} (val t2v R@1 {best['val_r1']:.1f}); run in {run.path}"
+        )
 
 
 def caption_features(store: WorkDir, split: str, memory_budget_gb: float) -> FeaturesFor:

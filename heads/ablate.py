@@ -336,7 +336,7 @@ def _variant_scorer(
         result["train_s"] = sum(epoch["seconds"] for epoch in run.epochs())
         result["windows_with_text"] = 100 * float(eval_data.caption_mask.mean())
         for key in DIAGNOSTICS:  # the best epoch's validation and HSC diagnostics
-            if isinstance(best.get(key), int | float):
+            if isinstance(best.get(key), int | float) and math.isfinite(best[key]):
                 result[key] = float(best[key])
         progress(
             f"{variant.name} seed {seed}: best epoch {best['epoch']}, "

@@ -258,18 +258,6 @@ class Trainer:
         save_checkpoint(self.run.last, self.model, state)
         return self.stale >= self.settings.patience
 
-    def keep_initial(self) -> Record:
-        """`train.epochs = 0`: the initial head is the run's checkpoint (scored on the held-out
-        split like an epoch, logged as epoch -1)."""
-        record: Record = {"epoch": -1, "seconds": 0.0}
-        self.validate(record)
-        self.best = record
-        save_checkpoint(self.run.best, self.model.head)
-        state = {"epoch": -1, "best": json.dumps(record), "config": self.config_text}
-        save_checkpoint(self.run.last, self.model, state)
-        atomic_write(self.run.epochs_log, json.dumps(record) + "\n")
-        return record
-
     @torch.no_grad()
     def choose_fusion(self) -> None:
         """`head.fusion = "validation"`: load the best head, pick the branch weights (a 0.1
@@ -289,6 +277,18 @@ class Trainer:
         head.fusion_chosen.copy_(torch.as_tensor(best[1], dtype=torch.float32))
         save_checkpoint(self.run.best, head)
         self.best = {**self.best, "fusion": dict(zip(head.branches, best[1].tolist(), strict=True))}
+
+
+def keep_initial(config: RunConfig, features: Features, run: RunDir, config_text: str) -> Record:
+    """`train.epochs = 0` (every zero-shot run): the initial head is the run's checkpoint,
+    logged as epoch -1. Needs no captions, so a folder of videos can be searched with it."""
+    model = initial_model(config, features)
+    record: Record = {"epoch": -1, "seconds": 0.0}
+    save_checkpoint(run.best, model.head)
+    state = {"epoch": -1, "best": json.dumps(record), "config": config_text}
+    save_checkpoint(run.last, model, state)
+    atomic_write(run.epochs_log, json.dumps(record) + "\n")
+    return run.finished(config)
 
 
 def simplex_grid(n: int, steps: int) -> list[np.ndarray]:
@@ -315,9 +315,9 @@ def train(
     finished = run.finished(config)
     if finished is not None:
         return finished  # this config already finished here: nothing to do
-    trainer = Trainer(config, features, run, config_text)
     if config.train.epochs == 0:
-        return trainer.keep_initial()
+        return keep_initial(config, features, run, config_text)
+    trainer = Trainer(config, features, run, config_text)
     trainer.resume()
     for epoch in range(trainer.start_epoch, config.train.epochs):
         started = time.monotonic()
