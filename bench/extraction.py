@@ -25,9 +25,9 @@ from bench.common import peak_rss_mb, save, synthetic_work
 from pipeline.captions import run_captions
 from pipeline.encode import run_encode
 from pipeline.models import load_vision
-from pipeline.ocr import run_ocr
+from pipeline.ocr import ocr_sample_times, run_ocr
 from pipeline.settings import CaptionSettings, EncodeSettings, OcrSettings
-from pipeline.video import ocr_times, read_frames, segment_centres
+from pipeline.video import read_frames, segment_centres
 
 
 def decode_rate(paths: list[str], durations: np.ndarray, times_of) -> dict[str, float]:
@@ -57,7 +57,7 @@ def main() -> None:
         videos = work.manifest.videos.read(["path", "duration"])
         paths, durations = [str(p) for p in videos["path"]], videos["duration"]
         results["decode_ocr_sampling"] = decode_rate(
-            paths, durations, lambda d: ocr_times(d, ocr.fps, ocr.max_frames)
+            paths, durations, lambda d: ocr_sample_times(d, ocr, captions.frames)
         )
         results["decode_encode_sampling"] = decode_rate(
             paths, durations, lambda d: segment_centres(d, captions.frames)

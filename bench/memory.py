@@ -30,10 +30,12 @@ from pipeline.ocr import run_ocr
 from pipeline.settings import CaptionSettings, EncodeSettings, OcrSettings
 work, stage = WorkDir(sys.argv[1]), sys.argv[2]
 if stage == "decode":  # OCR's frame sampling, decoded and dropped: the streaming part alone
-    from pipeline.video import ocr_times, read_frames
+    from pipeline.ocr import ocr_sample_times
+    from pipeline.video import read_frames
     videos = work.manifest.videos.read(["path", "duration"])
     for path, duration in zip(videos["path"], videos["duration"]):
-        for _ in read_frames(str(path), ocr_times(float(duration), 2, 64), 8):
+        times = ocr_sample_times(float(duration), OcrSettings(), CaptionSettings().frames)
+        for _ in read_frames(str(path), times, 8):
             pass
 elif stage == "ocr":
     run_ocr(work, OcrSettings(), progress=False)

@@ -129,7 +129,14 @@ def ocr(
 
     store, settings = run.open(work, {"ocr.engine": engine})
     report = run_ocr(
-        store, settings.ocr, batch_size, decoder, run.retry_failed, not run.quiet, run.parsed_shard
+        store,
+        settings.ocr,
+        batch_size,
+        decoder,
+        run.retry_failed,
+        not run.quiet,
+        run.parsed_shard,
+        captions=settings.captions,
     )
     finish(store, settings, [report], run.strict)
 

@@ -8,12 +8,18 @@ right), and join. An empty window gives an empty caption and a False mask bit. T
 text encoder's token limit happens in `encode`, which owns the tokenizer (`fit_to_tokens`).
 
 Also the StarVR-style instance list: the video's distinct OCR words by best score, up to
-`max_instances`.
+`max_instances`, and the share of the T windows that hold at least one OCR sample time
+(`sampled_window_share`): 1.0 at every xi for an engine that decodes frames, since OCR reads
+the T segment centres (`pipeline.ocr.ocr_sample_times`); NaN for imported OCR (kwai), whose
+sample times are not known. Its mean over the group's videos is `window_sample_share(group)`
+and the `window_sample_share` figure of the stage's report (`tcd cache status`).
 
 Cache layout of group `stages/captions/<key>` (one chunk per row):
-    captions   str  (T,)  window captions
-    mask       bool (T,)  True where the window held text
-    instances  str        JSON list of distinct words, best score first
+    captions      str     (T,)  window captions
+    mask          bool    (T,)  True where the window held text
+    instances     str           JSON list of distinct words, best score first
+    sample_share  float32       share of the T windows holding an OCR sample time, or -1
+                                where unknown (kwai; never NaN, so two builds compare equal)
 
 Report phases: reading the OCR rows is read time, building the captions compute.
 """
@@ -21,19 +27,27 @@ Report phases: reading the OCR rows is read time, building the captions compute.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
-from cache import Shard, WorkDir
-from pipeline.ocr import Line, read_lines
-from pipeline.settings import CaptionSettings, OcrSettings, PipelineSettings, StageGroups
+from cache import Shard, StageGroup, WorkDir
+from pipeline.ocr import Line, line_time, ocr_sample_times, read_lines
+from pipeline.settings import (
+    CaptionSettings,
+    OcrSettings,
+    PipelineSettings,
+    StageGroups,
+    samples_frames,
+)
 from pipeline.stage import StageClock, StageReport, Upstream, guarded, run_stage
 from pipeline.video import segment_centres
 
 _SPACES = re.compile(r"\s+")
+UNKNOWN_SHARE = -1.0  # `sample_share` of a video whose OCR sample times are not known
 
 
 def normalise(text: str) -> str:
@@ -62,6 +76,41 @@ def window_spans(
     centres = segment_centres(duration, settings.frames)
     half = settings.xi * duration / settings.frames / 2
     return centres - half, centres + half
+
+
+def sampled_window_share(
+    times: np.ndarray | list[float], spans: tuple[np.ndarray, np.ndarray]
+) -> float:
+    """Share of the windows `spans` = (starts, ends) (`window_spans`) that hold at least one of
+    the sample `times`, bounds included as in `window_captions`. NaN for no windows."""
+    starts, ends = (np.asarray(a, dtype=np.float64).ravel() for a in spans)
+    if not len(starts):
+        return math.nan
+    times = np.sort(np.asarray(times, dtype=np.float64).ravel())
+    first_in = np.searchsorted(times, starts, side="left")  # first time >= start
+    past_end = np.searchsorted(times, ends, side="right")  # first time > end
+    return float((past_end > first_in).mean())
+
+
+def video_sample_share(duration: float, ocr: OcrSettings, settings: CaptionSettings) -> float:
+    """`sampled_window_share` of one video: the times OCR reads (to the millisecond its lines
+    keep) against its T windows; NaN for imported OCR (kwai: sample times unknown)."""
+    if not samples_frames(ocr):
+        return math.nan
+    times = [line_time(t) for t in ocr_sample_times(duration, ocr, settings.frames)]
+    return sampled_window_share(times, window_spans(duration, settings))
+
+
+def window_sample_share(group: StageGroup) -> float:
+    """Mean over the captions group's done videos of the share of windows holding an OCR
+    sample (the `sample_share` array); NaN when no done video has one (kwai OCR, or none
+    captioned yet). For the ablation table: `window_sample_share(groups.captions)`."""
+    done = group.row_states()["done"]
+    if "sample_share" not in set(group.group.array_keys()) or not done.any():
+        return math.nan
+    shares = group.group["sample_share"][:][np.flatnonzero(done)]  # done rows < n_rows
+    shares = shares[shares >= 0]  # UNKNOWN_SHARE left out
+    return float(shares.mean()) if len(shares) else math.nan
 
 
 def _distinct_in_order(lines: list[Line]) -> list[str]:
@@ -133,13 +182,16 @@ def run_captions(
             def compute(row: int = int(row)) -> dict[str, Any]:
                 ocr.check(row)
                 lines = read_lines(ocr.group, row)
+                duration = float(durations[row])
                 with clock.computing():
-                    captions, mask = window_captions(lines, float(durations[row]), settings)
+                    captions, mask = window_captions(lines, duration, settings)
                     instances = ocr_instances(lines, settings)
+                    share = video_sample_share(duration, ocr_settings, settings)
                 return {
                     "captions": np.array(captions, dtype=str),
                     "mask": mask,
                     "instances": json.dumps(instances, ensure_ascii=False),
+                    "sample_share": np.float32(share if share >= 0 else UNKNOWN_SHARE),
                 }
 
             yield guarded(int(row), compute)
@@ -148,5 +200,11 @@ def run_captions(
         "captions": ((settings.frames,), str, ""),
         "mask": ((settings.frames,), "bool", False),
         "instances": ((), str, ""),
+        "sample_share": ((), "float32", UNKNOWN_SHARE),
     }
-    return run_stage(work, groups.captions, arrays, produce, retry_failed, progress, shard)
+
+    def figures() -> dict[str, float]:
+        share = window_sample_share(groups.captions)
+        return {"window_sample_share": round(share, 4)} if math.isfinite(share) else {}
+
+    return run_stage(work, groups.captions, arrays, produce, retry_failed, progress, shard, figures)

@@ -28,7 +28,7 @@ def run_extract(
     """Run ocr, captions and encode over `work` in order; their reports, upstream first.
     `common` (retry_failed, progress, shard) goes to every stage; batch sizes are the stages'."""
     ocr, captions = settings.ocr, settings.captions
-    reports = [run_ocr(work, ocr, decoder=decoder, **common)]
+    reports = [run_ocr(work, ocr, decoder=decoder, captions=captions, **common)]
     reports.append(run_captions(work, captions, ocr, **common))
     encode = settings.encode
     reports += run_encode(work, encode, captions, ocr, workers=workers, decoder=decoder, **common)

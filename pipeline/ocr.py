@@ -1,5 +1,9 @@
 """The OCR stage: every text line of every sampled frame, per video.
 
+Sampled frames (`ocr_sample_times`): the T segment centres that captions and encode use,
+always, plus frames at `ocr.fps`, so every caption window holds at least its centre's sample
+at any xi. The ocr group of a decoding engine is therefore keyed by T too (`StageGroups`).
+
 Engines: `rapidocr` (default; PP-OCR det/rec ONNX models bundled in the wheel, CPU or the CUDA
 provider when onnxruntime-gpu is installed), `paddleocr` (optional; local model dirs), `kwai`
 (imports TextVR's Kwai_VideoOCR JSON, no decoding).
@@ -26,9 +30,16 @@ import numpy as np
 
 from cache import Shard, StageGroup, WorkDir
 from cache.errors import TcdError
-from pipeline.settings import OcrSettings, PipelineSettings, StageGroups
+from pipeline.settings import (
+    CaptionSettings,
+    OcrSettings,
+    PipelineSettings,
+    StageGroups,
+    resolve_settings,
+    samples_frames,
+)
 from pipeline.stage import StageClock, StageReport, guarded, run_stage
-from pipeline.video import Decoder, ocr_times, read_frames, require_decoder
+from pipeline.video import Decoder, ocr_times, read_frames, require_decoder, segment_centres
 
 
 class OcrError(TcdError):
@@ -36,6 +47,27 @@ class OcrError(TcdError):
 
 
 Line = dict[str, Any]
+TIME_DECIMALS = 3  # a line's time `t` is kept to the millisecond
+
+
+def line_time(seconds: float) -> float:
+    """A sampled time as a line records it (`t`): to the millisecond."""
+    return round(float(seconds), TIME_DECIMALS)
+
+
+def ocr_sample_times(duration: float, settings: OcrSettings, frames: int) -> np.ndarray:
+    """The times (s, sorted) a decoding engine reads in a video of `duration` s.
+
+    The `frames` (T) segment centres that captions and encode use (`segment_centres`), always,
+    whatever `max_frames`; then the samples at `settings.fps` (`ocr_times`), thinned uniformly
+    to the `max_frames - T` places the centres leave (none when `max_frames <= T`). A sample
+    on a centre's millisecond is that centre. So a video gets at most max(max_frames, T)
+    frames, and every caption window, centred on its segment centre, holds a sample at any xi.
+    """
+    centres = segment_centres(duration, frames)
+    others = ocr_times(duration, settings.fps, max(0, settings.max_frames - frames))
+    on_centre = np.isin(np.round(others, TIME_DECIMALS), np.round(centres, TIME_DECIMALS))
+    return np.sort(np.concatenate([centres, others[~on_centre]]))
 
 
 def run_ocr(
@@ -46,11 +78,20 @@ def run_ocr(
     retry_failed: bool = False,
     progress: bool = True,
     shard: Shard | None = None,
+    captions: CaptionSettings | None = None,
 ) -> StageReport:
-    """Run OCR on every pending video of the manifest (or of this shard's rows)."""
-    if settings.engine != "kwai":
+    """Run OCR on every pending video of the manifest (or of this shard's rows).
+
+    `captions` gives T (`captions.frames`), whose segment centres are read besides the
+    `ocr.fps` samples (`ocr_sample_times`) and which keys the group; by default the work
+    dir's saved settings (`W/settings.toml`) give it, as they give a stage command's."""
+    if samples_frames(settings):
         require_decoder(decoder)
-    group = StageGroups.resolve(work, PipelineSettings(ocr=settings)).ocr
+        if captions is None:
+            captions = resolve_settings(work.path).captions
+    captions = captions or CaptionSettings()  # kwai: T keys nothing (`StageGroups`)
+    frames = captions.frames
+    group = StageGroups.resolve(work, PipelineSettings(ocr=settings, captions=captions)).ocr
     videos = work.manifest.videos.read(["path", "ocr_path", "fps", "duration", "error"])
 
     def produce(rows: np.ndarray, clock: StageClock) -> Iterator[tuple[int, Any]]:
@@ -69,8 +110,7 @@ def run_ocr(
                     lines = spot_video(
                         engine,
                         video["path"],
-                        float(video["duration"]),
-                        settings,
+                        ocr_sample_times(float(video["duration"]), settings, frames),
                         batch_size,
                         decoder,
                         clock,
@@ -190,17 +230,15 @@ class PaddleOcrEngine:
 def spot_video(
     engine: Any,
     path: str,
-    duration: float,
-    settings: OcrSettings,
+    times: np.ndarray,
     batch_size: int,
     decoder: str,
     clock: StageClock,
     warn: Callable[[str], None],
 ) -> list[Line]:
-    """Decode the sampled frames batch by batch (streaming) and OCR them; `warn` hears of a
-    truncated stream, `clock` times the engine calls."""
+    """Decode the frames at `times` (sorted; `ocr_sample_times`) batch by batch (streaming)
+    and OCR them; `warn` hears of a truncated stream, `clock` times the engine calls."""
     lines: list[Line] = []
-    times = ocr_times(duration, settings.fps, settings.max_frames)
     for batch_times, frames in read_frames(path, times, batch_size, decoder, warn):
         with clock.computing():
             found_per_frame = engine(frames)
@@ -211,7 +249,7 @@ def spot_video(
                         "text": text,
                         "score": round(score, 4),
                         "box": box,
-                        "t": round(float(t), 3),
+                        "t": line_time(t),
                         "track": -1,
                     }
                 )
@@ -261,7 +299,7 @@ def read_kwai_ocr(path: str | Path, fps: float) -> list[Line]:
                     "text": track["text"],
                     "score": float(score),
                     "box": box.tolist(),
-                    "t": round(index / fps, 3),
+                    "t": line_time(index / fps),
                     "track": track_id,
                 }
             )

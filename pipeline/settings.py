@@ -85,6 +85,15 @@ class FrameSettings:
 
 
 @dataclass(frozen=True)
+class OcrSampling:
+    """What keys the ocr group of an engine that decodes frames: its settings and T, whose
+    segment centres are among the times it reads (`pipeline.ocr.ocr_sample_times`)."""
+
+    ocr: OcrSettings
+    frames: int
+
+
+@dataclass(frozen=True)
 class TextSettings:
     """What keys the ocr_text and queries groups: the text model."""
 
@@ -120,11 +129,27 @@ def save_settings(work: Path, settings: PipelineSettings) -> None:
 STAGES = ("ocr", "captions", "frames", "ocr_text", "queries")
 
 
+def samples_frames(ocr: OcrSettings) -> bool:
+    """Whether the engine decodes frames itself (at `ocr.fps` plus the T segment centres),
+    so that its group depends on T; `kwai` imports lines found elsewhere and does not."""
+    return ocr.engine != OcrEngine.kwai
+
+
 def _chain(settings: PipelineSettings) -> list[tuple[str, Any, str | None, str]]:
-    """(stage, the settings that key it, the stage it reads, row kind), upstream first."""
+    """(stage, the settings that key it, the stage it reads, row kind), upstream first.
+
+    T (`captions.frames`) keys the ocr group of an engine that decodes frames (it reads the T
+    segment centres too), while `captions.xi` keys only the captions group and, through its
+    key, the ocr_text group."""
     text = TextSettings(settings.encode.text_model)
+    ocr = settings.ocr
     return [
-        ("ocr", settings.ocr, None, "videos"),
+        (
+            "ocr",
+            OcrSampling(ocr, settings.captions.frames) if samples_frames(ocr) else ocr,
+            None,
+            "videos",
+        ),
         ("captions", settings.captions, "ocr", "videos"),
         (
             "frames",

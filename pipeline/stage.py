@@ -17,9 +17,10 @@ Where the time went (`StageReport`), in wall-clock seconds of the stage's proces
              captioning, encoder forward passes (with tokenising and resizing)
     write    cache writes: array layout, row data, key and done marks, failure records
 `seconds` is the whole run (locks and bookkeeping included), and items/s counts the rows
-computed or failed per wall-clock second. The last run's report is kept in the group's
-attributes (one per shard) for `tcd cache status`; timings never go into arrays, so caches
-stay bitwise deterministic.
+computed or failed per wall-clock second. A stage may add `figures`, measures over the
+group's done rows taken when the run ends (captions: `window_sample_share`). The last run's
+report is kept in the group's attributes (one per shard) for `tcd cache status`; timings
+never go into arrays, so caches stay bitwise deterministic.
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ class StageReport:
     failures: dict[str, int] = field(default_factory=dict)  # error type -> rows
     examples: dict[str, str] = field(default_factory=dict)  # error type -> first message
     errors: list[str] = field(default_factory=list)  # every failure message, in row order
+    figures: dict[str, float] = field(default_factory=dict)  # stage measures over done rows
 
     @property
     def items_per_s(self) -> float:
@@ -152,7 +154,7 @@ class StageReport:
             text += f"; failed: {self.failure_counts()}"
         if self.warned:
             text += f"; {self.warned} with a warning (see `tcd cache status`)"
-        return text
+        return text + _figures(self.figures)
 
     def as_dict(self) -> dict[str, Any]:
         """What the stage group keeps of its last run (no per-row messages: rows hold them)."""
@@ -161,9 +163,15 @@ class StageReport:
         return {**data, "items_per_s": self.items_per_s, "finished": time.strftime("%FT%T")}
 
 
+def _figures(figures: dict[str, float]) -> str:
+    """`; window sample share 1.00` (nothing without figures)."""
+    return "".join(f"; {name.replace('_', ' ')} {value:.2f}" for name, value in figures.items())
+
+
 def last_run(reports: dict[str, dict[str, Any]]) -> str:
     """One short line for the reports a group keeps (one per shard), for `tcd cache status`:
-    `12 in 3.1 s, 3.9/s (read 0.4, compute 2.2, write 0.3); 1 VideoError`."""
+    `12 in 3.1 s, 3.9/s (read 0.4, compute 2.2, write 0.3); 1 VideoError`, then the figures
+    of the run that finished last (`; window sample share 1.00`)."""
     if not reports:
         return "-"
     runs = list(reports.values())
@@ -178,7 +186,8 @@ def last_run(reports: dict[str, dict[str, Any]]) -> str:
     text = f"{done} in {seconds:.1f} s, {sum(r['items_per_s'] for r in runs):.1f}/s ({phases})"
     shards = f" over {len(runs)} shards" if len(runs) > 1 else ""
     kinds = ", ".join(f"{n} {kind}" for kind, n in failures.most_common())
-    return text + shards + (f"; {kinds}" if kinds else "")
+    latest = max(runs, key=lambda r: str(r.get("finished", "")))
+    return text + shards + (f"; {kinds}" if kinds else "") + _figures(latest.get("figures", {}))
 
 
 class Upstream:
@@ -235,11 +244,14 @@ def run_stage(
     retry_failed: bool = False,
     progress: bool = True,
     shard: Shard | None = None,
+    figures: Callable[[], dict[str, float]] | None = None,
 ) -> StageReport:
     """Compute the pending rows of `group` (only this shard's rows when `shard` is given).
 
     `arrays`: name -> (row shape, dtype, fill value), or a function returning that mapping,
     called only when there is work (so a no-op rerun never loads a model to learn a width).
+    `figures`: called once the rows are written, its measures (finite floats) go into the
+    report (`StageReport.figures`).
     A failed write (disk full, I/O error) stops the stage with a `CacheError`; the rows
     written before it stay done, and the row being written stays pending for the rerun.
     """
@@ -298,6 +310,7 @@ def run_stage(
             close = getattr(rows, "close", None)
             if close is not None:
                 close()  # stops decoding workers even when a write failed
+        measured = figures() if figures is not None else {}
         report = StageReport(
             name,
             group.key,
@@ -311,6 +324,7 @@ def run_stage(
             failures=dict(Counter(f.kind for f in failures).most_common()),
             examples=_first_message_by_kind(failures),
             errors=[f.message for f in failures],
+            figures=measured,
         )
         if len(todo):
             with writing_to_cache("its run report"):

@@ -161,7 +161,7 @@ def run_all(
     work: WorkDir, captions=CaptionSettings(), encode=EncodeSettings(), ocr=KWAI, batch_size=64
 ):
     reports = [
-        run_ocr(work, ocr, progress=False),
+        run_ocr(work, ocr, progress=False, captions=captions),
         run_captions(work, captions, ocr, progress=False),
     ]
     return reports + run_encode(work, encode, captions, ocr, batch_size, workers=0, progress=False)
