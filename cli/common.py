@@ -46,10 +46,11 @@ def features(
     share one space when one two-tower model (a CLIP directory) encodes both.
     """
     from heads.data import load_features
+    from pipeline.captions import window_sample_share
 
     settings = settings or resolve_settings(work.path)
     groups = StageGroups.resolve(work, settings)
-    return load_features(
+    data = load_features(
         work.manifest,
         groups.frames,
         groups.ocr_text,
@@ -59,6 +60,8 @@ def features(
         work.spill_dir,
         shared_space=_same_model(settings.encode.vision_model, settings.encode.text_model),
     )
+    data.window_sample_share = window_sample_share(groups.captions)
+    return data
 
 
 def _same_model(a: str, b: str) -> bool:

@@ -239,6 +239,7 @@ DIAGNOSTICS = ("val_loss", "val_r1", "hsc", "hsc_uniform", "calib_acc", "calib_c
 DIAGNOSTIC_COLUMNS = [
     Column("variant", "variant"),
     Column("pipeline", "captions"),
+    Column("windows_with_sample", "windows with an OCR sample %", spread=False),
     Column("windows_with_text", "windows with text %", spread=False),
     Column("val_loss", "val loss", 3),
     Column("val_r1", "val R@1"),
@@ -335,6 +336,8 @@ def _variant_scorer(
         result = evaluate(run, eval_data, grouped[variant.pipeline])
         result["train_s"] = sum(epoch["seconds"] for epoch in run.epochs())
         result["windows_with_text"] = 100 * float(eval_data.caption_mask.mean())
+        if math.isfinite(eval_data.window_sample_share):
+            result["windows_with_sample"] = 100 * eval_data.window_sample_share
         for key in DIAGNOSTICS:  # the best epoch's validation and HSC diagnostics
             if isinstance(best.get(key), int | float) and math.isfinite(best[key]):
                 result[key] = float(best[key])

@@ -42,6 +42,8 @@ class Features:
     # frames and texts come from one two-tower model (CLIP image and text towers), so a
     # query can be matched against frames without training (the zero-shot S_TV)
     shared_space: bool = False
+    # mean share of caption windows holding an OCR sample (NaN: unknown), for the study tables
+    window_sample_share: float = float("nan")
 
     @property
     def n_videos(self) -> int:
@@ -79,6 +81,7 @@ class Features:
             None if self.rows is None else self.rows[videos],
             None if self.query_ids is None else [self.query_ids[i] for i in keep],
             self.shared_space,
+            self.window_sample_share,
         )
 
 

@@ -342,6 +342,10 @@ def test_train_and_ablate_commands_on_synthetic_caches(synth_copy, tmp_path):
     by_name = {r["variant"]: r for r in results["summary"]}
     assert by_name["vo"]["ocr_texts"] == 0 and 0 < by_name["tcd-xi"]["ocr_texts"] <= 12
     assert by_name["tcd-xi"]["pair_mflops"] > by_name["vo"]["pair_mflops"] > 0
+    # the diagnostics table: validation, HSC against its uniform guess, windows with text
+    assert "| variant | captions | windows with an OCR sample % | windows with text % |" in table
+    assert by_name["tcd-xi"]["val_loss"] > 0 and 0 < by_name["tcd-xi"]["windows_with_text"] <= 100
+    assert "hsc" not in by_name["tcd-xi"] and "hsc" not in by_name["vo"]  # hsc off; no HSC
     for seed in (0, 1):
         assert (work.path / "runs" / "ablate" / "tcd-xi" / f"seed{seed}" / "best.pt").exists()
     bad = tmp_path / "bad.toml"
