@@ -379,9 +379,12 @@ def test_shipped_configs_and_grid_load():
     from pipeline.settings import PipelineSettings
     from tests.conftest import REPO
 
-    for name in ("tcd", "video_only", "ocr_instances"):
+    for name in ("tcd", "video_only", "ocr_instances", "zero_shot"):
         load_settings(RunConfig, REPO / "configs" / f"{name}.toml")
     assert load_settings(PipelineSettings, REPO / "configs" / "pipeline.toml") == PipelineSettings()
-    for variant in read_grid(REPO / "configs" / "ablations.toml"):
-        config = load_settings(RunConfig, REPO / variant.config, variant.set)
-        build_head(config.head, DV, DT)  # every variant builds
+    for grid in ("ablations.toml", "study_temporal.toml"):
+        variants = read_grid(REPO / "configs" / grid)
+        assert {"zero-shot", "untrained", "tcd"} <= {v.name for v in variants}  # every study
+        for variant in variants:
+            config = load_settings(RunConfig, REPO / variant.config, variant.set)
+            build_head(config.head, DV, DT)  # every variant builds
