@@ -4,9 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 WORK   ?= work/demo
 SYNTH  ?= work/synth
+PROFILE ?= simple
 VIDEOS ?= 300
 SEED   ?= 0
 SEEDS  ?= 0
+STUDY_SEEDS ?= 0,1,2
+GRID   ?= configs/ablations.toml
 TCD    := $(BIN)/tcd
 
 OCR_ENGINE ?= rapidocr
@@ -16,7 +19,7 @@ QUERY  ?= The bakery SUNRISE BREAD is on a busy street
 SET    ?=
 SETS   := $(foreach s,$(SET),--set $(s))
 
-.PHONY: setup test test-slow soak demo synth manifest ocr caption captions encode features train ablate ablations eval results bench index search report export status gc lint clean
+.PHONY: setup test test-slow soak demo synth manifest ocr caption captions encode features train ablate ablations study eval results bench index search report export status gc lint clean
 
 # .venv is (re)built when missing or when the pinned requirements change.
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -65,7 +68,7 @@ demo: setup
 
 synth: setup
 	@if [ -f $(SYNTH)/TextVR_test.json ]; then echo "synthetic set in $(SYNTH) (rm -r it to regenerate)"; \
-	else $(TCD) data synth --out $(SYNTH) --videos $(VIDEOS) --seed $(SEED) --with-ocr-json; fi
+	else $(TCD) data synth --out $(SYNTH) --videos $(VIDEOS) --seed $(SEED) --profile $(PROFILE) --with-ocr-json; fi
 
 manifest: setup
 	$(TCD) data textvr --root $(SYNTH) --work $(WORK)
@@ -96,10 +99,23 @@ ablate: setup
 ablations: setup
 	$(MAKE) --no-print-directory synth
 	$(TCD) data textvr --root $(SYNTH) --work $(WORK) -q
-	$(TCD) ocr --work $(WORK) --engine $(OCR_ENGINE) -q
-	$(TCD) caption --work $(WORK) -q
-	$(TCD) encode --work $(WORK) -q
-	$(TCD) ablate --work $(WORK) --grid configs/ablations.toml --seeds 0,1,2 $(SETS)
+	$(TCD) extract --work $(WORK) --engine $(OCR_ENGINE) -q
+	$(TCD) ablate --work $(WORK) --grid $(GRID) --seeds $(STUDY_SEEDS) $(SETS)
+
+# The temporal study of README: configs/study_temporal.toml on the temporal profile of the
+# synthetic set (2-4 shots per video, dense text, overlays, labelled hard-negative families),
+# with per-family columns and the twin-swap pair accuracy.
+STUDY_SYNTH  ?= work/synth-temporal
+STUDY_WORK   ?= work/study
+STUDY_VIDEOS ?= 240
+study: setup
+	@if [ -f $(STUDY_SYNTH)/TextVR_test.json ]; then echo "temporal set in $(STUDY_SYNTH)"; \
+	else $(TCD) data synth --profile temporal --out $(STUDY_SYNTH) --videos $(STUDY_VIDEOS) \
+		--seed $(SEED) --workers 2; fi
+	$(TCD) data textvr --root $(STUDY_SYNTH) --work $(STUDY_WORK) -q
+	$(TCD) extract --work $(STUDY_WORK) --engine $(OCR_ENGINE) -q
+	$(TCD) ablate --work $(STUDY_WORK) --grid configs/study_temporal.toml --seeds $(STUDY_SEEDS) \
+		--groups $(STUDY_SYNTH)/synth_groups.json $(SETS)
 
 eval: setup
 	$(TCD) eval --work $(WORK) --run $(RUN) --sim-matrix $(WORK)/runs/$(RUN)/sim_matrix.npy

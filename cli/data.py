@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -9,6 +10,7 @@ import typer
 
 from cache import WorkDir
 from cli.common import Quiet
+from pipeline import synth_temporal
 from pipeline.datasets import Dataset, read_folder, read_textvr
 from pipeline.manifest import build_manifest
 from pipeline.synth import SynthSettings, generate
@@ -18,6 +20,14 @@ Replace = Annotated[
     bool,
     typer.Option(help="Replace the dataset the work dir holds (another kind or root)."),
 ]
+
+
+class SynthProfile(StrEnum):
+    """simple: one scene and one key text per video (fast tests); temporal: 2-4 shots of
+    different scenes, dense text, overlays and labelled hard-negative families."""
+
+    simple = "simple"
+    temporal = "temporal"
 
 
 def _read_into(work: Path, dataset: Dataset, replace: bool, quiet: bool) -> None:
@@ -33,10 +43,22 @@ def synth(
         bool, typer.Option(help="Also write ground-truth OCR in Kwai_VideoOCR/ format.")
     ] = False,
     workers: Annotated[int, typer.Option(min=1, help="Parallel video writers.")] = 2,
+    profile: Annotated[
+        SynthProfile,
+        typer.Option(
+            help="simple: one scene and key text per video; temporal: 2-4 shots per video, "
+            "dense text, overlays, hard-negative families (synth_groups.json)."
+        ),
+    ] = SynthProfile.simple,
     quiet: Quiet = False,
 ) -> None:
     """Generate the synthetic set: scene text + scene videos with queries needing both."""
-    plans = generate(out, videos, seed, with_ocr_json, SynthSettings(), workers, not quiet)
+    if profile is SynthProfile.temporal:
+        plans: list = synth_temporal.generate(
+            out, videos, seed, with_ocr_json, synth_temporal.TemporalSettings(), workers, not quiet
+        )
+    else:
+        plans = generate(out, videos, seed, with_ocr_json, SynthSettings(), workers, not quiet)
     n_test = sum(p.split == "test" for p in plans)
     typer.echo(f"wrote {len(plans)} videos ({len(plans) - n_test} train, {n_test} test) to {out}")
 

@@ -15,6 +15,11 @@ both the key text and the scene ("The bakery SUNRISE BREAD is on a busy street")
 hard negatives: pairs of videos sharing the key text in different scenes, many videos of the
 same scene, distractors that are other videos' key texts, and key text shown in only part of
 the video. Output is a pure function of (n_videos, seed, settings).
+
+This is the `simple` profile of `tcd data synth`; the `temporal` profile (2-4 shots per video,
+dense text, overlays, labelled hard-negative families) is `pipeline.synth_temporal`, which
+writes its videos and annotations with this module's writer (`write_videos`,
+`write_textvr_files`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -293,6 +299,9 @@ def _text_item(
 
 
 # -- rendering ------------------------------------------------------------------------------
+RenderFn = Callable[[Any, float, SynthSettings], Image.Image]
+
+
 @lru_cache(maxsize=64)
 def _font(index: int, size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     """A DejaVu font shipped with matplotlib; Pillow's own font if matplotlib is absent."""
@@ -430,8 +439,15 @@ def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
     return np.clip(np.round(planes), 0, 255).astype(np.uint8).reshape(h * 3 // 2, w)
 
 
-def write_video(plan: VideoPlan, path: Path, settings: SynthSettings) -> None:
-    """Encode the video with H.264 (one encoder thread, so bytes are identical per seed)."""
+def write_video(
+    plan: Any, path: Path, settings: SynthSettings, render: RenderFn | None = None
+) -> None:
+    """Encode the video with H.264 (one encoder thread, so bytes are identical per seed).
+
+    `render(plan, t, settings)` draws the frame at `t` seconds (default: `render_frame`); any
+    plan with a `seconds` attribute will do (the temporal profile passes its own renderer).
+    """
+    render = render or render_frame
     n_frames = int(round(plan.seconds * settings.fps))
     # a killed generator leaves no half-written .mp4 (the suffix tells PyAV the container)
     with atomic_path(path, suffix=".mp4") as tmp, av.open(str(tmp), "w") as container:
@@ -445,15 +461,15 @@ def write_video(plan: VideoPlan, path: Path, settings: SynthSettings) -> None:
         stream.codec_context.thread_count = 1
         stream.codec_context.thread_type = "NONE"
         for f in range(n_frames):
-            rgb = np.asarray(render_frame(plan, f / settings.fps, settings))
+            rgb = np.asarray(render(plan, f / settings.fps, settings))
             frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(rgb), format="yuv420p")
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
 
 
-def _write_one(args: tuple[VideoPlan, Path, SynthSettings, bool]) -> None:
-    plan, out, settings, with_ocr_json = args
-    write_video(plan, out / "Video" / plan.rel_path, settings)
+def _write_one(args: tuple[Any, Path, SynthSettings, bool, RenderFn | None]) -> None:
+    plan, out, settings, with_ocr_json, render = args
+    write_video(plan, out / "Video" / plan.rel_path, settings, render)
     if with_ocr_json:
         ocr_path = out / "Kwai_VideoOCR" / Path(plan.rel_path).with_suffix(".json")
         ocr_path.parent.mkdir(parents=True, exist_ok=True)
@@ -471,6 +487,17 @@ def generate(
 ) -> list[VideoPlan]:
     """Write the synthetic set to `out` (see the module docstring) and return its plans."""
     settings = settings or SynthSettings()
+    check_settings(n_videos, settings)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plans = plan_videos(n_videos, seed, settings)
+    write_videos(out, plans, settings, with_ocr_json, workers, progress)
+    _write_annotations(out, plans, seed, settings)
+    return plans
+
+
+def check_settings(n_videos: int, settings: SynthSettings) -> None:
+    """Refuse sets the generator cannot make (or cannot make byte-identical per seed)."""
     if n_videos < 2:
         raise DatasetError("the synthetic set needs at least 2 videos")
     if settings.width < 320 or settings.height < 180 or settings.fps < 10:
@@ -480,10 +507,22 @@ def generate(
             "synthetic video width must be a multiple of 128 and height even "
             "(byte-identical H.264 output per seed needs it)"
         )
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    plans = plan_videos(n_videos, seed, settings)
-    jobs = [(plan, out, settings, with_ocr_json) for plan in plans]
+
+
+def write_videos(
+    out: Path,
+    plans: list[Any],
+    settings: SynthSettings,
+    with_ocr_json: bool,
+    workers: int,
+    progress: bool,
+    render: RenderFn | None = None,
+) -> None:
+    """Write every plan's video (and its ground-truth OCR JSON) with `workers` processes.
+
+    `render` (see `write_video`) must be a module-level function: it travels to the workers.
+    """
+    jobs = [(plan, out, settings, with_ocr_json, render) for plan in plans]
     bar = dict(total=len(jobs), desc="synth", unit="video", disable=not progress)
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -491,14 +530,37 @@ def generate(
     else:
         for job in tqdm(jobs, **bar):
             _write_one(job)
-    _write_annotations(out, plans, seed, settings)
-    return plans
 
 
 def _write_annotations(
     out: Path, plans: list[VideoPlan], seed: int, settings: SynthSettings
 ) -> None:
-    def entry(plan: VideoPlan) -> dict[str, Any]:
+    write_textvr_files(out, plans, seed)
+    meta = {
+        "seed": seed,
+        "settings": asdict(settings),
+        "videos": [
+            {
+                "path": p.rel_path,
+                "scene": p.scene,
+                "kind": p.kind,
+                "key_text": p.key_text,
+                "split": p.split,
+                "seconds": p.seconds,
+                "texts": [asdict(t) for t in p.texts],
+            }
+            for p in plans
+        ],
+    }
+    (out / "synth_meta.json").write_text(json.dumps(meta, indent=1))
+
+
+def write_textvr_files(out: Path, plans: list[Any], seed: int) -> None:
+    """TextVR_train.json, TextVR_test.json and the scrambled TextVR_test_rand.json.
+
+    A plan needs `rel_path`, `captions`, `seconds` and `split`."""
+
+    def entry(plan: Any) -> dict[str, Any]:
         return {
             "path": plan.rel_path,
             "captions_info": [
@@ -523,20 +585,3 @@ def _write_annotations(
                 for i, j in enumerate(order)
             ]
             (out / "TextVR_test_rand.json").write_text(json.dumps(rand, indent=1))
-    meta = {
-        "seed": seed,
-        "settings": asdict(settings),
-        "videos": [
-            {
-                "path": p.rel_path,
-                "scene": p.scene,
-                "kind": p.kind,
-                "key_text": p.key_text,
-                "split": p.split,
-                "seconds": p.seconds,
-                "texts": [asdict(t) for t in p.texts],
-            }
-            for p in plans
-        ],
-    }
-    (out / "synth_meta.json").write_text(json.dumps(meta, indent=1))
