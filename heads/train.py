@@ -225,6 +225,8 @@ class Trainer:
         v, o = features
         mask = torch.from_numpy(probe.caption_mask).to(self.device)
         accuracy, chance, frames = calibration_accuracy(v.float(), o.float(), mask, self.shots)
+        if not frames:  # no held-out video with two shots and text: nothing to measure
+            return {"calib_frames": 0}
         return {"calib_acc": accuracy, "calib_chance": chance, "calib_frames": frames}
 
     def better(self, record: Record) -> bool:
