@@ -37,10 +37,12 @@ def test_heads_scale(results, monkeypatch):
     from bench import heads_scale
 
     # a narrow width and small batches, so that a few seconds of training learn the signal
-    args = ["--videos", "200", "--captions", "400", "--test", "60", "--epochs", "6", "--k", "10"]
+    # a held-out share large enough to choose the epoch (10 videos at the default 0.05 cannot)
+    args = ["--videos", "200", "--captions", "400", "--test", "60", "--epochs", "8", "--k", "10"]
+    args += ["--val-fraction", "0.2"]
     run(heads_scale, monkeypatch, *args, "--dim", "32", "--batch-size", "16", "--lr", "1e-2")
     out = json.loads((results / "heads_scale.json").read_text())["results"]
-    assert out["epochs_run"] == 6 and out["train_captions"] == 400 and out["D"] == 32
+    assert out["epochs_run"] == 8 and out["train_captions"] == 400 and out["D"] == 32
     chance = out["chance_r1"]
     assert chance == 100 / 60
     # the untrained head cannot read the planted signal; training learns it
