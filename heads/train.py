@@ -141,8 +141,8 @@ class Trainer:
         # HSC diagnostics: a uniform guess on the train videos' masks; shots of held-out videos
         mask = torch.from_numpy(features.caption_mask[self.train_idx])
         self.hsc_uniform = hsc_uniform(mask, form=self.settings.hsc_form)
-        probe = self.val or features.subset(self.train_idx)
-        self.shots = shot_ids(probe.frames)
+        self.probe = self.val or features.subset(self.train_idx)  # where calibration is measured
+        self.shots = shot_ids(self.probe.frames)
 
     def resume(self) -> None:
         """Continue from last.pt when it holds this config; rewrite the epoch log to match."""
@@ -217,7 +217,7 @@ class Trainer:
     def calibration(self) -> Record:
         """Calibration accuracy and its chance level on the held-out videos (the train videos
         without a held-out split), from the head's features before time; {} without HSC."""
-        probe = self.val or self.features.subset(self.train_idx)
+        probe = self.probe
         head = self.model.head.eval()
         features = head.hsc_features(**probe.video_batch(slice(None), self.device))
         if features is None:

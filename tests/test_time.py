@@ -120,7 +120,7 @@ def test_hsc_back_step_is_cosine():
 
 def test_hsc_uniform_guess_value():
     mask = torch.ones(2, 12, dtype=torch.bool)
-    assert hsc_uniform(mask) == pytest.approx((12**2 - 1) / 12 / 12**2, rel=1e-5)  # 0.0799
+    assert hsc_uniform(mask) == pytest.approx((12**2 - 1) / 12 / 12**2, rel=1e-5)  # 0.0828
 
 
 def test_shots_and_calibration_accuracy():
