@@ -179,6 +179,10 @@ def _decord_batches(
         chunk = index[start : start + batch_size]
         try:
             frames = reader.get_batch(chunk.tolist()).asnumpy()
+            # decord goes on decoding in the background after a seek and keeps what it
+            # decodes (dmlc/decord#157, #197): on a 10-minute video that tripled peak memory
+            # while the frames were being read by OCR. Seeking back to 0 stops it.
+            reader.seek(0)
         except Exception as exc:
             raise VideoError(f"{path}: decode failed near frame {int(chunk[0])} ({exc})") from None
         yield times[start : start + batch_size], frames
