@@ -3,6 +3,10 @@
 - content key of a video: size + mtime + a hash of its first and last MiB (cheap, catches edits);
 - text key of a caption: a hash of its text;
 - settings key of a stage: a stable hash of its resolved settings plus the key of its input stage.
+
+A setting added after caches exist is declared with `added_setting(default)`: the key leaves it
+out while it holds that default, so adding it keeps every existing cache valid, and any other
+value keys the group like every setting.
 """
 
 from __future__ import annotations
@@ -35,6 +39,27 @@ def text_key(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
 
 
+ADDED = "tcd_added_setting"  # dataclass field metadata: left out of keys at its default
+
+
+def added_setting(default: Any) -> Any:
+    """A dataclass field for a setting added after caches exist (see the module docstring)."""
+    return dataclasses.field(default=default, metadata={ADDED: True})
+
+
+def _keyed(value: Any) -> Any:
+    """`to_plain(value)`, less the added settings that hold their default, at any depth."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: _keyed(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if not (f.metadata.get(ADDED) and getattr(value, f.name) == f.default)
+        }
+    if isinstance(value, dict):
+        return {str(k): _keyed(v) for k, v in value.items()}
+    return to_plain(value)
+
+
 def to_plain(value: Any) -> Any:
     """Dataclasses, tuples and paths -> dicts, lists and strings (JSON/TOML friendly)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -55,7 +80,7 @@ def settings_key(settings: Any, upstream: str | None = None) -> str:
     """
     payload = {
         "type": type(settings).__name__,
-        "settings": to_plain(settings),
+        "settings": _keyed(settings),
         "upstream": upstream,
     }
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)

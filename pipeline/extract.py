@@ -23,12 +23,15 @@ def run_extract(
     settings: PipelineSettings,
     workers: int = 2,
     decoder: str = Decoder.auto,
+    ocr_threads: int = 1,
     **common: Any,
 ) -> list[StageReport]:
     """Run ocr, captions and encode over `work` in order; their reports, upstream first.
-    `common` (retry_failed, progress, shard) goes to every stage; batch sizes are the stages'."""
+    `common` (retry_failed, progress, shard) goes to every stage; batch sizes are the stages';
+    `ocr_threads` is onnxruntime's thread count (`run_ocr`'s `threads`)."""
     ocr, captions = settings.ocr, settings.captions
-    reports = [run_ocr(work, ocr, decoder=decoder, captions=captions, **common)]
+    common_ocr = {"decoder": decoder, "captions": captions, "threads": ocr_threads}
+    reports = [run_ocr(work, ocr, **common_ocr, **common)]
     reports.append(run_captions(work, captions, ocr, **common))
     encode = settings.encode
     reports += run_encode(work, encode, captions, ocr, workers=workers, decoder=decoder, **common)

@@ -30,6 +30,7 @@ import numpy as np
 
 from cache import Shard, StageGroup, WorkDir
 from cache.errors import TcdError
+from pipeline.ocr_reuse import BoxGate, FrameGate
 from pipeline.settings import (
     CaptionSettings,
     OcrSettings,
@@ -79,12 +80,14 @@ def run_ocr(
     progress: bool = True,
     shard: Shard | None = None,
     captions: CaptionSettings | None = None,
+    threads: int = 1,
 ) -> StageReport:
     """Run OCR on every pending video of the manifest (or of this shard's rows).
 
     `captions` gives T (`captions.frames`), whose segment centres are read besides the
     `ocr.fps` samples (`ocr_sample_times`) and which keys the group; by default the work
-    dir's saved settings (`W/settings.toml`) give it, as they give a stage command's."""
+    dir's saved settings (`W/settings.toml`) give it, as they give a stage command's.
+    `threads`: onnxruntime's intra-op threads per engine (`RapidOcrEngine`)."""
     if samples_frames(settings):
         require_decoder(decoder)
         if captions is None:
@@ -94,9 +97,12 @@ def run_ocr(
     group = StageGroups.resolve(work, PipelineSettings(ocr=settings, captions=captions)).ocr
     videos = work.manifest.videos.read(["path", "ocr_path", "fps", "duration", "error"])
 
+    readers: list[Any] = []
+
     def produce(rows: np.ndarray, clock: StageClock) -> Iterator[tuple[int, Any]]:
         with clock.setting_up():  # only when there is work: loading the models takes seconds
-            engine = None if settings.engine == "kwai" else make_engine(settings)
+            reader = None if settings.engine == "kwai" else make_reader(settings, threads)
+            readers.append(reader)
         for row in rows:
             video = {name: values[row] for name, values in videos.items()}
 
@@ -107,8 +113,10 @@ def run_ocr(
                 else:
                     if video["error"]:
                         raise OcrError(f"unreadable video: {video['error']}")
+                    if hasattr(reader, "start_video"):
+                        reader.start_video()
                     lines = spot_video(
-                        engine,
+                        reader,
                         video["path"],
                         ocr_sample_times(float(video["duration"]), settings, frames),
                         batch_size,
@@ -129,7 +137,18 @@ def run_ocr(
         "n_lines": ((), "int32", 0),
         "warning": ((), str, ""),
     }
-    return run_stage(work, group, arrays, produce, retry_failed, progress, shard)
+
+    def figures() -> dict[str, float]:
+        """The share of frames (and boxes) a gate read rather than reused, this run."""
+        counts = getattr(readers[0], "counts", None) if readers else None
+        if counts is None or not counts.frames:
+            return {}
+        shares = {"frames_read_share": counts.frames_read / counts.frames}
+        if counts.boxes:
+            shares["boxes_read_share"] = counts.boxes_read / counts.boxes
+        return shares
+
+    return run_stage(work, group, arrays, produce, retry_failed, progress, shard, figures)
 
 
 def read_lines(group: StageGroup, row: int) -> list[Line]:
@@ -138,18 +157,50 @@ def read_lines(group: StageGroup, row: int) -> list[Line]:
 
 
 # -- engines --------------------------------------------------------------------------------
-def make_engine(settings: OcrSettings) -> Any:
-    if settings.engine == "rapidocr":
-        return RapidOcrEngine(settings)
-    if settings.engine == "paddleocr":
-        return PaddleOcrEngine(settings)
-    raise OcrError(f"unknown OCR engine {settings.engine!r}")
+_ENGINES: dict[tuple[OcrSettings, int], Any] = {}  # per process: each engine loads once
+
+
+def make_engine(settings: OcrSettings, threads: int = 1) -> Any:
+    """The decoding engine `settings` name, loaded once per process (a Ray actor or an
+    `extract` run reuses it across calls)."""
+    key = (settings, threads)
+    if key not in _ENGINES:
+        if settings.engine == "rapidocr":
+            _ENGINES[key] = RapidOcrEngine(settings, threads)
+        elif settings.engine == "paddleocr":
+            _ENGINES[key] = PaddleOcrEngine(settings)
+        else:
+            raise OcrError(f"unknown OCR engine {settings.engine!r}")
+    return _ENGINES[key]
+
+
+def make_reader(settings: OcrSettings, threads: int = 1) -> Any:
+    """What reads a video's frames: the engine itself (`ocr.reuse = "off"`) or a temporal
+    gate around it (`pipeline.ocr_reuse`); a gate's `start_video()` is called per video."""
+    engine = make_engine(settings, threads)
+    if settings.reuse == "frame":
+        return FrameGate(engine, settings.reuse_frame_diff)
+    if settings.reuse in ("boxes", "frame+boxes"):
+        if not hasattr(engine, "detect"):
+            raise OcrError(
+                f'ocr.reuse = "{settings.reuse}" needs an engine with separate detection and '
+                f'recognition (rapidocr), not {settings.engine}; use "frame" or "off"'
+            )
+        frame_diff = settings.reuse_frame_diff if settings.reuse == "frame+boxes" else None
+        return BoxGate(engine, settings.reuse_iou, settings.reuse_diff, frame_diff)
+    return engine
 
 
 class RapidOcrEngine:
-    """rapidocr with its bundled PP-OCR models; frames are read one image at a time."""
+    """rapidocr with its bundled PP-OCR models; frames are read one image at a time.
 
-    def __init__(self, settings: OcrSettings):
+    onnxruntime runs `threads` intra-op threads (1 measured faster than 2 on 2 cores:
+    parallelise by processes, `--shard` or `--executor ray`); it ignores OMP_NUM_THREADS,
+    so the count is always set here. `detect` and `recognize` are the two halves of a call,
+    for the "boxes" gate (`pipeline.ocr_reuse.BoxGate`).
+    """
+
+    def __init__(self, settings: OcrSettings, threads: int = 1):
         try:
             import onnxruntime
             from rapidocr import RapidOCR
@@ -162,7 +213,10 @@ class RapidOcrEngine:
                 "Global.use_cls": False,  # scene text here is upright; the classifier costs ~20%
                 "Det.limit_side_len": settings.det_limit_side,
                 "Det.limit_type": "min",
+                "Rec.rec_batch_num": settings.rec_batch,
                 "EngineConfig.onnxruntime.use_cuda": cuda,
+                "EngineConfig.onnxruntime.intra_op_num_threads": threads,
+                "EngineConfig.onnxruntime.inter_op_num_threads": 1,
             }
         )
 
@@ -179,6 +233,31 @@ class RapidOcrEngine:
                 ]
             )
         return out
+
+    def detect(self, frame: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One RGB frame's text boxes (N x 4 x 2, frame pixels) and the crops the recogniser
+        reads, as a whole call makes them."""
+        from rapidocr.main import RapidOCRError
+        from rapidocr.utils.process_img import map_boxes_to_original
+
+        image = np.ascontiguousarray(frame[..., ::-1])
+        resized, record = self.engine.preprocess_img(image)
+        try:
+            crops, detected = self.engine.detect_and_crop(resized, record)
+        except RapidOCRError:  # no text found
+            return np.zeros((0, 4, 2)), []
+        boxes = map_boxes_to_original(detected.boxes, record, *image.shape[:2])
+        return np.asarray(boxes, dtype=float).reshape(-1, 4, 2), list(crops)
+
+    def recognize(self, crops: list[np.ndarray]) -> list[tuple[str, float]]:
+        """Text and score of each crop, in `rec_batch` batches; ('', 0) for a crop a whole
+        call would drop (blank text or a score under rapidocr's text_score)."""
+        result = self.engine.recognize_txt(crops)
+        minimum = self.engine.text_score
+        return [
+            (str(t), float(s)) if str(t).strip() and s >= minimum else ("", 0.0)
+            for t, s in zip(result.txts, result.scores, strict=True)
+        ]
 
 
 class PaddleOcrEngine:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from cache import SettingsError, StageGroup, WorkDir, settings_key
 from cache.atomic import atomic_write
+from cache.keys import added_setting
 from cache.settings import check_setting as _check
 from cache.settings import dump_toml, load_settings, to_dict
 
@@ -36,6 +37,9 @@ class OcrEngine(StrEnum):
     kwai = "kwai"
 
 
+REUSE_MODES = ("off", "frame", "boxes", "frame+boxes")
+
+
 @dataclass(frozen=True)
 class OcrSettings:
     engine: Literal["rapidocr", "paddleocr", "kwai"] = "rapidocr"  # = OcrEngine's values
@@ -44,11 +48,29 @@ class OcrSettings:
     det_limit_side: int = 256  # rapidocr: upscale the short side to at least this
     paddle_det_dir: str = ""  # paddleocr: local model dirs (the hub is unreachable offline)
     paddle_rec_dir: str = ""
+    # The temporal gate (`pipeline.ocr_reuse`): "off" reads every sampled frame; "frame"
+    # reuses the last read frame's lines while no 8x8 block of the 64x36 grey thumbnail has
+    # changed by more than reuse_frame_diff; "boxes" detects every frame and recognises only
+    # the boxes that are new (IoU < reuse_iou with the previous frame's) or changed (some
+    # character-sized patch of the aligned crop differs by more than reuse_diff);
+    # "frame+boxes" also skips the detector on frames "frame" calls unchanged.
+    # Differences are mean absolute differences of pixels in [0, 1].
+    reuse: Literal["off", "frame", "boxes", "frame+boxes"] = added_setting("off")
+    reuse_iou: float = added_setting(0.7)
+    reuse_diff: float = added_setting(0.15)
+    reuse_frame_diff: float = added_setting(0.05)
+    rec_batch: int = added_setting(6)  # rapidocr: crops per recogniser call (its rec_batch_num)
 
     def __post_init__(self) -> None:
         _check("ocr.fps", math.isfinite(self.fps) and self.fps > 0, "> 0", self.fps)
         _check("ocr.max_frames", self.max_frames >= 1, ">= 1", self.max_frames)
         _check("ocr.det_limit_side", self.det_limit_side >= 1, ">= 1", self.det_limit_side)
+        _check("ocr.reuse", self.reuse in REUSE_MODES, f"one of {REUSE_MODES}", self.reuse)
+        _check("ocr.reuse_iou", 0 < self.reuse_iou <= 1, "in (0, 1]", self.reuse_iou)
+        _check("ocr.reuse_diff", 0 <= self.reuse_diff <= 1, "in [0, 1]", self.reuse_diff)
+        frame_diff = self.reuse_frame_diff
+        _check("ocr.reuse_frame_diff", 0 <= frame_diff <= 1, "in [0, 1]", frame_diff)
+        _check("ocr.rec_batch", self.rec_batch >= 1, ">= 1", self.rec_batch)
 
 
 @dataclass(frozen=True)

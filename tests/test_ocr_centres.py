@@ -116,7 +116,7 @@ def test_t_keys_the_ocr_group_and_xi_does_not():
 class SeesText:
     """A stand-in OCR engine that reads one line in every frame it is given."""
 
-    def __init__(self, settings: OcrSettings):
+    def __init__(self, settings: OcrSettings, threads: int = 1):
         pass
 
     def __call__(self, frames: np.ndarray) -> list[list[tuple[str, float, list]]]:

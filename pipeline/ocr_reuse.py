@@ -1,0 +1,240 @@
+"""The OCR stage's temporal gate (`ocr.reuse`): do not read the same text twice.
+
+Video text is redundant: a sign stays on screen for seconds, so consecutive sampled frames
+mostly hold the lines already read. Each reader below takes the frames of one video in time
+order, batch by batch, and returns each frame's lines as the engine would, computing only
+what changed:
+
+- `FrameGate` ("frame"): a frame takes the lines of the last frame that was read when no
+  8x8 block of their 64x36 grey thumbnails differs by more than `reuse_frame_diff` (a block's
+  mean absolute difference, pixels in [0, 1]); any other frame is read whole. A block, not
+  the whole thumbnail, so that a small sign appearing is a change.
+- `BoxGate` ("boxes"): the detector runs on every frame; a box takes the text of a box of the
+  previous frame when their IoU is >= `reuse_iou` and its crop is unchanged since that text
+  was recognised: the crop's inner part (a quarter of the box height in from each side) is
+  aligned within the frame of recognition (best match within half a box height), and no
+  character-sized patch (box height x half of it) of the aligned difference exceeds
+  `reuse_diff`. Aligning absorbs drift of a few pixels; the patch maximum sees one changed
+  character, which a mean over the whole crop would dilute. The boxes left are recognised
+  together, `ocr.rec_batch` crops per call. Comparing with the frame of recognition, not the
+  previous one, keeps slow changes from accumulating unseen.
+- "frame+boxes": both; a frame "frame" calls unchanged takes the last detected frame's
+  boxes and texts without running the detector, any other goes through "boxes".
+
+Lines keep the current frame's time (and, for "boxes", its box). What a gate can lose is
+text that changes below its thresholds; `bench.ocr_reuse` measures it (key-text recall and
+retrieval R@1 against the ungated cache). The thresholds are ocr settings, so they key the
+ocr group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+Found = list[tuple[str, float, list]]  # one frame's lines: (text, score, box 4x2)
+FRAME_THUMB = (64, 36)  # (width, height) of the grey thumbnail "frame" compares
+FRAME_BLOCK = 8  # side of the thumbnail blocks whose change counts
+
+
+def grey(image: np.ndarray) -> np.ndarray:
+    """The grey (uint8) copy of an RGB image."""
+    return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+
+
+def frame_thumbnail(image: np.ndarray) -> np.ndarray:
+    """The 64x36 area-downscaled grey thumbnail of an RGB frame, float32 in [0, 1]."""
+    small = cv2.resize(grey(image), FRAME_THUMB, interpolation=cv2.INTER_AREA)
+    return small.astype(np.float32) / 255.0
+
+
+def frame_change(a: np.ndarray, b: np.ndarray) -> float:
+    """The largest mean absolute difference of an 8x8 block of two frame thumbnails."""
+    return float(cv2.blur(np.abs(a - b), (FRAME_BLOCK, FRAME_BLOCK)).max())
+
+
+def box_rect(box: np.ndarray) -> tuple[float, float, float, float]:
+    """The axis-aligned rectangle (x0, y0, x1, y1) around a 4-point box."""
+    box = np.asarray(box, dtype=float).reshape(4, 2)
+    return box[:, 0].min(), box[:, 1].min(), box[:, 0].max(), box[:, 1].max()
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boxes' rectangles."""
+    ax0, ay0, ax1, ay1 = box_rect(a)
+    bx0, by0, bx1, by1 = box_rect(b)
+    w, h = min(ax1, bx1) - max(ax0, bx0), min(ay1, by1) - max(ay0, by0)
+    inter = max(0.0, w) * max(0.0, h)
+    union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def box_change(current: np.ndarray, seen: np.ndarray, box: np.ndarray) -> float:
+    """How much the text in `box` of grey frame `current` differs from grey frame `seen`
+    (see the module docstring): the largest character-sized patch mean of the absolute
+    difference after aligning the box's inner crop within `seen`; 1.0 when the box is too
+    small or too near the border to compare."""
+    height, width = current.shape
+    x0, y0, x1, y1 = box_rect(box)
+    x0, y0 = int(max(0, np.floor(x0))), int(max(0, np.floor(y0)))
+    x1, y1 = int(min(width, np.ceil(x1))), int(min(height, np.ceil(y1)))
+    inset, margin = max(1, (y1 - y0) // 4), max(2, (y1 - y0) // 2)
+    inner = current[y0 + inset : y1 - inset, x0 + inset : x1 - inset].astype(np.float32)
+    area = seen[
+        max(0, y0 + inset - margin) : min(height, y1 - inset + margin),
+        max(0, x0 + inset - margin) : min(width, x1 - inset + margin),
+    ].astype(np.float32)
+    rows, cols = inner.shape
+    if rows < 2 or cols < 2 or area.shape[0] < rows or area.shape[1] < cols:
+        return 1.0
+    y, x = np.unravel_index(
+        cv2.matchTemplate(area, inner, cv2.TM_SQDIFF).argmin(),
+        (area.shape[0] - rows + 1, area.shape[1] - cols + 1),
+    )
+    diff = np.abs(inner - area[y : y + rows, x : x + cols]) / 255.0
+    return float(cv2.blur(diff, (max(1, rows // 2), rows)).max())
+
+
+@dataclass
+class GateCounts:
+    """What a gate did over its frames: read whole or reused (frame), boxes recognised or
+    reused (boxes); for the stage's report."""
+
+    frames: int = 0
+    frames_read: int = 0
+    boxes: int = 0
+    boxes_read: int = 0
+
+
+class FrameGate:
+    """`ocr.reuse = "frame"` over a whole-frame engine (`engine(frames) -> [Found]`)."""
+
+    def __init__(self, engine: Callable[[np.ndarray], list[Found]], reuse_frame_diff: float):
+        self.engine, self.reuse_frame_diff = engine, reuse_frame_diff
+        self.counts = GateCounts()
+        self.start_video()
+
+    def start_video(self) -> None:
+        self.last_thumb: np.ndarray | None = None
+        self.last_found: Found = []
+
+    def __call__(self, frames: np.ndarray) -> list[Found]:
+        source: list[int] = []  # per frame: index of the read frame whose lines it takes
+        read: list[int] = []
+        for i, frame in enumerate(frames):
+            thumb = frame_thumbnail(frame)
+            last = self.last_thumb
+            if last is None or frame_change(thumb, last) > self.reuse_frame_diff:
+                self.last_thumb = thumb
+                read.append(i)
+            source.append(read[-1] if read else -1)  # -1: the last frame of an earlier batch
+        found = dict(zip(read, self.engine(frames[read]) if read else [], strict=True))
+        out = [found[s] if s >= 0 else self.last_found for s in source]
+        if out:
+            self.last_found = out[-1]
+        self.counts.frames += len(frames)
+        self.counts.frames_read += len(read)
+        return out
+
+
+@dataclass
+class _Track:
+    """A box of the previous frame: where it is, the grey frame where its text was
+    recognised, and the index of that recognition in the batch's results (or its text, once
+    known)."""
+
+    box: np.ndarray
+    seen: np.ndarray
+    slot: int  # index into the pending recognitions, -1 once `result` is known
+    result: tuple[str, float] | None
+
+
+class BoxGate:
+    """`ocr.reuse = "boxes"` over an engine with `detect(frame) -> (boxes, crops)` and
+    `recognize(crops) -> [(text, score)]` (`pipeline.ocr.RapidOcrEngine`). With
+    `reuse_frame_diff` ("frame+boxes"), a frame that "frame" would call unchanged since the
+    last detected one takes that frame's boxes and texts without running the detector."""
+
+    def __init__(
+        self,
+        engine: Any,
+        reuse_iou: float,
+        reuse_diff: float,
+        reuse_frame_diff: float | None = None,
+    ):
+        self.engine, self.reuse_iou, self.reuse_diff = engine, reuse_iou, reuse_diff
+        self.reuse_frame_diff = reuse_frame_diff
+        self.counts = GateCounts()
+        self.start_video()
+
+    def start_video(self) -> None:
+        self.tracks: list[_Track] = []
+        self.last_thumb: np.ndarray | None = None  # of the last frame the detector ran on
+
+    def _unchanged(self, frame: np.ndarray) -> bool:
+        """Whether the frame gate lets this frame skip detection (and, if not, it becomes
+        the frame later ones are compared with)."""
+        if self.reuse_frame_diff is None:
+            return False
+        thumb, last = frame_thumbnail(frame), self.last_thumb
+        if last is not None and frame_change(thumb, last) <= self.reuse_frame_diff:
+            return True
+        self.last_thumb = thumb
+        return False
+
+    def _match(self, box: np.ndarray, frame: np.ndarray) -> _Track | None:
+        """The previous frame's box this one continues unchanged, if any."""
+        best, best_iou = None, self.reuse_iou
+        for track in self.tracks:
+            overlap = iou(box, track.box)
+            if overlap >= best_iou:
+                best, best_iou = track, overlap
+        if best is None:
+            return None
+        return best if box_change(frame, best.seen, box) <= self.reuse_diff else None
+
+    def __call__(self, frames: np.ndarray) -> list[Found]:
+        crops: list[np.ndarray] = []  # to recognise, pooled over the batch's frames
+        per_frame: list[list[_Track]] = []
+        detected = 0
+        for frame in frames:
+            if self._unchanged(frame):
+                per_frame.append(self.tracks)
+                self.counts.boxes += len(self.tracks)
+                continue
+            detected += 1
+            boxes, box_crops = self.engine.detect(frame)
+            frame_grey = grey(frame)
+            current = []
+            for box, crop in zip(boxes, box_crops, strict=True):
+                track = self._match(box, frame_grey)
+                if track is None:
+                    current.append(_Track(box, frame_grey, len(crops), None))
+                    crops.append(crop)
+                else:
+                    current.append(_Track(box, track.seen, track.slot, track.result))
+            per_frame.append(current)
+            self.tracks = current
+            self.counts.boxes += len(current)
+        results = self.engine.recognize(crops) if crops else []
+        self.counts.frames += len(frames)
+        self.counts.frames_read += detected
+        self.counts.boxes_read += len(crops)
+        out = []
+        for current in per_frame:
+            for track in current:
+                if track.result is None:
+                    track.result, track.slot = results[track.slot], -1
+            out.append(
+                [
+                    (text, score, np.asarray(track.box, dtype=float).reshape(4, 2).tolist())
+                    for track in current
+                    for text, score in [track.result]
+                    if text
+                ]
+            )
+        return out

@@ -1,0 +1,219 @@
+"""The OCR stage's temporal gate (`ocr.reuse`, pipeline/ocr_reuse.py): what it reuses, what it
+must read again, how it keys the cache; and settings added later keeping existing keys."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+
+import cv2
+import numpy as np
+import pytest
+
+import pipeline.ocr
+from cache import SettingsError, settings_key
+from pipeline.ocr import OcrError, make_engine, make_reader, read_lines, run_ocr
+from pipeline.ocr_reuse import BoxGate, FrameGate, box_change, grey
+from pipeline.settings import CaptionSettings, OcrSettings, PipelineSettings, StageGroups
+from tests.test_stages import make_work
+
+CAPTIONS = CaptionSettings(frames=4)
+
+
+def scene(text: str = "", dx: int = 0, extra: str = "") -> np.ndarray:
+    """A 384x216 RGB frame: a textured wall, a sign reading `text` shifted by `dx` pixels,
+    and, when given, a second small sign `extra` in a corner."""
+    rng = np.random.default_rng(0)
+    frame = np.full((216, 384, 3), 180, np.uint8)
+    frame += rng.integers(0, 20, frame.shape, dtype=np.uint8)
+    if text:
+        cv2.rectangle(frame, (60 + dx, 80), (330 + dx, 140), (40, 40, 120), -1)
+        cv2.putText(frame, text, (75 + dx, 125), cv2.FONT_HERSHEY_SIMPLEX, 1.3, (250,) * 3, 3)
+    if extra:
+        cv2.rectangle(frame, (10, 10), (110, 40), (20, 90, 20), -1)
+        cv2.putText(frame, extra, (16, 33), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (250,) * 3, 2)
+    return frame
+
+
+class CountingEngine:
+    """A whole-frame engine that says which frames it was given (one line naming the call)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, frames: np.ndarray) -> list[list[tuple[str, float, list]]]:
+        box = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
+        out = []
+        for _ in frames:
+            self.calls += 1
+            out.append([(f"READ{self.calls}", 0.9, box)])
+        return out
+
+
+# -- settings and keys -----------------------------------------------------------------------
+def test_settings_added_later_keep_the_keys_of_existing_caches():
+    """An OcrSettings as it was before the gate existed keys exactly as today's default."""
+    added = {"reuse", "reuse_iou", "reuse_diff", "reuse_frame_diff", "rec_batch"}
+    before = dataclasses.make_dataclass(
+        "OcrSettings",
+        [
+            (f.name, f.type, dataclasses.field(default=f.default))
+            for f in dataclasses.fields(OcrSettings)
+            if f.name not in added
+        ],
+        frozen=True,
+    )
+    assert settings_key(before()) == settings_key(OcrSettings())
+    assert settings_key(OcrSettings(reuse="boxes")) != settings_key(OcrSettings())
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"reuse": "boxes"}, {"reuse": "frame"}, {"reuse": "frame+boxes"}, {"reuse_iou": 0.9},
+     {"reuse_diff": 0.1}, {"reuse_frame_diff": 0.1}, {"rec_batch": 16}],
+)  # fmt: skip
+def test_a_gate_setting_invalidates_the_ocr_group_and_what_reads_it(change):
+    default = StageGroups.keys(PipelineSettings())
+    changed = StageGroups.keys(PipelineSettings(ocr=OcrSettings(**change)))
+    assert changed["ocr"] != default["ocr"] and changed["captions"] != default["captions"]
+    assert changed["frames"] == default["frames"]  # the frames never read OCR
+
+
+@pytest.mark.parametrize(
+    "bad", [{"reuse": "sometimes"}, {"reuse_iou": 0}, {"reuse_diff": 2}, {"rec_batch": 0}]
+)
+def test_bad_gate_settings_are_refused_by_name(bad):
+    with pytest.raises(SettingsError, match=f"ocr.{next(iter(bad))}"):
+        OcrSettings(**bad)
+
+
+# -- "frame" ---------------------------------------------------------------------------------
+def test_the_frame_gate_reads_a_frame_only_when_it_changed():
+    engine = CountingEngine()
+    gate = FrameGate(engine, reuse_frame_diff=0.05)
+    same = np.stack([scene("OPEN 24H")] * 3)
+    first = gate(same)
+    assert engine.calls == 1 and [f[0][0] for f in first] == ["READ1"] * 3
+    # a small sign appearing in a corner is a change, though the frame's mean hardly moves
+    changed = np.stack([scene("OPEN 24H", extra="EXIT"), scene("OPEN 24H", extra="EXIT")])
+    second = gate(changed)
+    assert engine.calls == 2 and [f[0][0] for f in second] == ["READ2"] * 2
+    gate.start_video()  # a new video never takes the last one's lines
+    assert gate(same[:1])[0][0][0] == "READ3"
+    assert (gate.counts.frames, gate.counts.frames_read) == (6, 3)
+
+
+# -- "boxes" ---------------------------------------------------------------------------------
+def test_box_change_sees_one_changed_character_but_not_a_small_drift():
+    seen = grey(scene("SCORE 12"))
+    box = np.array([[60, 80], [330, 80], [330, 140], [60, 140]], float)
+    drifted = np.array(box) + [3, 0]
+    assert box_change(grey(scene("SCORE 12", dx=3)), seen, drifted) < 0.15
+    assert box_change(grey(scene("SCORE 13")), seen, box) > 0.15
+
+
+@pytest.fixture(scope="module")
+def rapidocr() -> pipeline.ocr.RapidOcrEngine:
+    return make_engine(OcrSettings())
+
+
+def texts(found: list[list[tuple[str, float, list]]]) -> list[list[str]]:
+    return [sorted(text for text, _, _ in frame) for frame in found]
+
+
+def test_the_box_gate_reads_what_changed_and_reuses_what_did_not(rapidocr):
+    frames = np.stack(
+        [scene("SCORE 12"), scene("SCORE 12", dx=2), scene("SCORE 13", dx=2), scene("SCORE 13")]
+    )
+    gate = BoxGate(rapidocr, reuse_iou=0.7, reuse_diff=0.15)
+    gated = gate(frames)
+    assert texts(gated) == texts(rapidocr(frames))  # the same lines as reading every frame
+    assert texts(gated)[0] == ["SCORE 12"] and texts(gated)[2] == ["SCORE 13"]
+    # the drifted frame 1 and the unchanged frame 3 reuse their box: 2 of 4 recognised
+    assert (gate.counts.boxes, gate.counts.boxes_read) == (4, 2)
+
+
+def fading(brightness: int) -> np.ndarray:
+    """The sign of `scene`, its letters at grey level `brightness`."""
+    frame = scene()
+    cv2.rectangle(frame, (60, 80), (330, 140), (40, 40, 120), -1)
+    cv2.putText(frame, "SCORE 12", (75, 125), cv2.FONT_HERSHEY_SIMPLEX, 1.3, (brightness,) * 3, 3)
+    return frame
+
+
+def test_a_box_is_compared_with_the_frame_where_its_text_was_read(rapidocr):
+    """Letters fading in steps that are each below reuse_diff add up: against the frame of
+    recognition the change shows, so the box is read again rather than carried forever."""
+    box = np.array([[60, 80], [330, 80], [330, 140], [60, 140]], float)
+    steps = [grey(fading(b)) for b in (250, 220, 190)]
+    assert box_change(steps[1], steps[0], box) < 0.15 and box_change(steps[2], steps[1], box) < 0.15
+    assert box_change(steps[2], steps[0], box) > 0.15
+    gate = BoxGate(rapidocr, reuse_iou=0.7, reuse_diff=0.15)
+    gate(np.stack([fading(b) for b in (250, 220, 190)]))
+    assert gate.counts.boxes_read == 2  # frame 0, and frame 2 (changed since frame 0)
+
+
+class SplitEngine:
+    """An engine in two halves that counts its calls: one box per frame, read as 'SIGN'."""
+
+    def __init__(self) -> None:
+        self.detected = self.recognised = 0
+
+    def detect(self, frame: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        self.detected += 1
+        box = np.array([[60, 80], [330, 80], [330, 140], [60, 140]], float)
+        return box[None], [frame[80:140, 60:330]]
+
+    def recognize(self, crops: list[np.ndarray]) -> list[tuple[str, float]]:
+        self.recognised += len(crops)
+        return [("SIGN", 0.9)] * len(crops)
+
+
+def test_frame_plus_boxes_skips_the_detector_on_unchanged_frames():
+    engine = SplitEngine()
+    gate = BoxGate(engine, reuse_iou=0.7, reuse_diff=0.15, reuse_frame_diff=0.05)
+    frames = np.stack([scene("SIGN")] * 3 + [scene("SIGN", extra="EXIT")])
+    assert texts(gate(frames)) == [["SIGN"]] * 4
+    # frame 0 detected and recognised; 1-2 unchanged; 3 changed: detected, its box reused
+    assert (engine.detected, engine.recognised) == (2, 1)
+    assert (gate.counts.frames_read, gate.counts.boxes, gate.counts.boxes_read) == (2, 4, 1)
+    plain = SplitEngine()
+    BoxGate(plain, reuse_iou=0.7, reuse_diff=0.15)(frames)
+    assert plain.detected == 4  # "boxes" alone detects every frame
+
+
+def test_boxes_needs_an_engine_with_detection_and_recognition(monkeypatch):
+    monkeypatch.setattr(pipeline.ocr, "make_engine", lambda settings, threads=1: CountingEngine())
+    for mode in ("boxes", "frame+boxes"):
+        with pytest.raises(OcrError, match=re.escape(f'"{mode}" needs an engine')):
+            make_reader(OcrSettings(reuse=mode))
+    assert isinstance(make_reader(OcrSettings(reuse="frame")), FrameGate)
+
+
+# -- the stage ------------------------------------------------------------------------------
+def test_a_gated_stage_keeps_the_key_texts_in_its_own_group(synth_set, tmp_path):
+    """The real engine, gated and not, on the 12 synthetic videos (T = 4, 0.5 OCR frames/s):
+    each writes its own group, the gate reports what it read, and every key text the ungated
+    run found, the gated run found too."""
+    work = make_work(synth_set, tmp_path)
+    meta = {
+        v["path"]: v["key_text"]
+        for v in json.loads((synth_set / "synth_meta.json").read_text())["videos"]
+    }  # noqa: E501
+    paths = work.manifest.videos.column("path")
+    found = {}
+    for reuse in ("off", "boxes"):
+        ocr = OcrSettings(fps=0.5, reuse=reuse)
+        report = run_ocr(work, ocr, progress=False, captions=CAPTIONS)
+        assert report.computed == len(paths) and report.failed == 0
+        group = StageGroups.resolve(work, PipelineSettings(ocr=ocr, captions=CAPTIONS)).ocr
+        found[reuse] = {
+            row: {line["text"] for line in read_lines(group, row)} for row in range(len(paths))
+        }
+        if reuse == "boxes":
+            assert 0 < report.figures["boxes_read_share"] < 1
+    keys = {row: meta[next(p for p in meta if str(paths[row]).endswith(p))] for row in found["off"]}
+    read_off = {row for row, key in keys.items() if key in found["off"][row]}
+    read_gated = {row for row, key in keys.items() if key in found["boxes"][row]}
+    assert read_off and read_off <= read_gated
