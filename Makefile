@@ -19,7 +19,7 @@ QUERY  ?= The bakery SUNRISE BREAD is on a busy street
 SET    ?=
 SETS   := $(foreach s,$(SET),--set $(s))
 
-.PHONY: setup test test-slow soak demo synth manifest ocr caption captions encode features train ablate ablations study eval results bench index search report export status gc lint clean
+.PHONY: setup setup-ray test test-slow soak demo synth manifest ocr caption captions encode features train ablate ablations study eval results bench index search report export status gc lint clean
 
 # .venv is (re)built when missing or when the pinned requirements change.
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -29,6 +29,11 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 setup: $(VENV)/.installed
+
+# The optional Ray executor (`tcd ocr|caption|encode|extract --executor ray`), pinned in
+# pyproject.toml's `ray` extra; its tests skip without it.
+setup-ray: setup
+	$(BIN)/pip install --quiet -e ".[ray]"
 
 test: setup
 	$(BIN)/python -m pytest -q -m "not slow and not soak"
@@ -142,8 +147,8 @@ gc: setup
 	$(TCD) cache gc --work $(WORK)
 
 # Benchmarks (not tests): each prints its figures and writes bench/results/NAME.json.
-BENCHES ?= extraction incremental memory heads_scale retrieval_scale
-bench: setup
+BENCHES ?= extraction incremental memory heads_scale retrieval_scale ray_executor
+bench: setup setup-ray
 	@for b in $(BENCHES); do echo "== bench.$$b"; s=$$(date +%s); \
 	$(BIN)/python -m bench.$$b || exit 1; echo "[bench] $$b: $$(( $$(date +%s) - s )) s"; done
 

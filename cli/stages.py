@@ -1,8 +1,9 @@
 """`tcd ocr`, `tcd caption`, `tcd encode` (and `tcd extract`, all three in one process): the
 offline stages over a work directory.
 
-Each command parses its options and calls one stage function; the stage modules are imported
-inside the commands, so this module (and `tcd --help`) never imports torch.
+Each command parses its options and calls one stage function (or, with `--executor ray`,
+`pipeline.distributed.run_on_ray`); the stage modules are imported inside the commands, so
+this module (and `tcd --help`) never imports torch or ray.
 """
 
 from __future__ import annotations
@@ -12,16 +13,25 @@ import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from cache import Shard, WorkDir
+from cache import Shard, TcdError, WorkDir
 from cli.common import Config, Quiet, Set, Work
 from pipeline.settings import OcrEngine, PipelineSettings, resolve_settings, save_settings
 from pipeline.stage import StageReport
 from pipeline.video import Decoder
+
+
+class Executor(StrEnum):
+    """Where a stage's rows are computed."""
+
+    local = "local"  # this process (or this `--shard` worker)
+    ray = "ray"  # actors of a Ray cluster (`pipeline.distributed`)
+
 
 Strict = Annotated[bool, typer.Option(help="Exit 2 when any video failed.")]
 Retry = Annotated[bool, typer.Option(help="Also retry videos that failed before.")]
@@ -45,8 +55,32 @@ TextModel = Annotated[
 ]
 Workers = Annotated[int, typer.Option(min=0, help="Decoding worker processes.")]
 OcrBatch = Annotated[int, typer.Option(min=1, help="Frames decoded per batch.")]
+OcrThreads = Annotated[
+    int,
+    typer.Option(
+        "--threads",
+        min=1,
+        help="onnxruntime threads per OCR process (1 reads fastest per core: add processes "
+        "with --shard or --executor ray instead).",
+    ),
+]
 EncodeBatch = Annotated[
     int, typer.Option(min=1, help="Images (T per video) or queries per forward pass.")
+]
+ExecutorOption = Annotated[
+    Executor, typer.Option(help="local: this process; ray: actors on a Ray cluster.")
+]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(help="--executor ray: a running cluster's address (default: start a local Ray)."),
+]
+Actors = Annotated[
+    int | None,
+    typer.Option(min=1, help="--executor ray: actors (default: the cluster's CPUs, or GPUs)."),
+]
+ActorCpus = Annotated[
+    float | None,
+    typer.Option(min=0.01, help="--executor ray: CPUs per actor (default: all but one, shared)."),
 ]
 
 
@@ -60,6 +94,10 @@ class StageRun:
     retry_failed: bool = False
     quiet: bool = False
     shard: str | None = None
+    executor: Executor = Executor.local
+    ray_address: str | None = None
+    actors: int | None = None
+    actor_cpus: float | None = None
 
     def open(self, work: Path, chosen: dict[str, str | None]) -> tuple[WorkDir, PipelineSettings]:
         """The work dir and its settings; `chosen`: `section.key` -> a value an option gave."""
@@ -71,6 +109,37 @@ class StageRun:
         """The `--shard` this run takes, if any."""
         return Shard.parse(self.shard) if self.shard else None
 
+    @property
+    def on_ray(self) -> bool:
+        """Whether the stages run on Ray (refused with `--shard`: Ray splits the rows itself)."""
+        if self.executor != Executor.ray:
+            if self.ray_address or self.actors or self.actor_cpus:
+                raise TcdError("--ray-address, --actors and --actor-cpus need --executor ray")
+            return False
+        if self.shard:
+            raise TcdError(
+                "--executor ray cannot take --shard: Ray splits the rows among its actors "
+                "itself (use --shard i/n for Slurm array jobs, without --executor ray)"
+            )
+        return True
+
+    def on_cluster(
+        self,
+        work: WorkDir,
+        settings: PipelineSettings,
+        stages: list[str],
+        ocr_threads: int | None = None,
+        **options: Any,
+    ) -> list[StageReport]:
+        """Run `stages` with `--executor ray`; `options`: decoder, batch sizes."""
+        from pipeline.distributed import RayOptions, run_on_ray
+
+        ray = RayOptions(self.ray_address, self.actors, self.actor_cpus, ocr_threads)
+        return run_on_ray(
+            work, settings, stages, ray, retry_failed=self.retry_failed,
+            progress=not self.quiet, **options,
+        )  # fmt: skip
+
 
 _RUN_OPTIONS = [
     inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=option)
@@ -81,6 +150,10 @@ _RUN_OPTIONS = [
         ("retry_failed", Retry, False),
         ("quiet", Quiet, False),
         ("shard", ShardOption, None),
+        ("executor", ExecutorOption, Executor.local),
+        ("ray_address", RayAddress, None),
+        ("actors", Actors, None),
+        ("actor_cpus", ActorCpus, None),
     )
 ]
 
@@ -123,22 +196,26 @@ def ocr(
     engine: Engine = None,
     batch_size: OcrBatch = 8,
     decoder: DecoderOption = Decoder.auto,
+    threads: OcrThreads = 1,
 ) -> None:
     """Spot scene text in sampled frames of every new or changed video."""
     from pipeline.ocr import run_ocr
 
     store, settings = run.open(work, {"ocr.engine": engine})
-    report = run_ocr(
-        store,
-        settings.ocr,
-        batch_size,
-        decoder,
-        run.retry_failed,
-        not run.quiet,
-        run.parsed_shard,
-        captions=settings.captions,
-    )
-    finish(store, settings, [report], run.strict)
+    if run.on_ray:
+        batch = {"ocr": batch_size}
+        reports = run.on_cluster(
+            store, settings, ["ocr"], threads, decoder=decoder, batch_sizes=batch
+        )
+    else:
+        shard = run.parsed_shard
+        reports = [
+            run_ocr(
+                store, settings.ocr, batch_size, decoder, run.retry_failed, not run.quiet, shard,
+                captions=settings.captions, threads=threads,
+            )
+        ]  # fmt: skip
+    finish(store, settings, reports, run.strict)
 
 
 def caption(work: Work, run: StageRun) -> None:
@@ -146,9 +223,12 @@ def caption(work: Work, run: StageRun) -> None:
     from pipeline.captions import run_captions
 
     store, settings = run.open(work, {})
-    captions, ocr = settings.captions, settings.ocr
-    report = run_captions(store, captions, ocr, run.retry_failed, not run.quiet, run.parsed_shard)
-    finish(store, settings, [report], run.strict)
+    if run.on_ray:
+        reports = run.on_cluster(store, settings, ["caption"])
+    else:
+        captions, ocr, shard = settings.captions, settings.ocr, run.parsed_shard
+        reports = [run_captions(store, captions, ocr, run.retry_failed, not run.quiet, shard)]
+    finish(store, settings, reports, run.strict)
 
 
 def encode(
@@ -165,10 +245,14 @@ def encode(
 
     chosen = {"encode.vision_model": vision_model, "encode.text_model": text_model}
     store, settings = run.open(work, chosen)
-    reports = run_encode(
-        store, settings.encode, settings.captions, settings.ocr, batch_size, workers, decoder,
-        run.retry_failed, not run.quiet, run.parsed_shard,
-    )  # fmt: skip
+    if run.on_ray:  # actors decode frames themselves: --workers is for a local run
+        batch = {"encode": batch_size}
+        reports = run.on_cluster(store, settings, ["encode"], decoder=decoder, batch_sizes=batch)
+    else:
+        reports = run_encode(
+            store, settings.encode, settings.captions, settings.ocr, batch_size, workers, decoder,
+            run.retry_failed, not run.quiet, run.parsed_shard,
+        )  # fmt: skip
     finish(store, settings, reports, run.strict)
 
 
@@ -180,6 +264,7 @@ def extract(
     text_model: TextModel = None,
     workers: Workers = min(4, os.cpu_count() or 1),
     decoder: DecoderOption = Decoder.auto,
+    threads: OcrThreads = 1,
 ) -> None:
     """ocr, caption and encode in one process: each model loads once, and only for a stage
     with rows to compute."""
@@ -187,10 +272,14 @@ def extract(
 
     chosen = {"ocr.engine": engine, "encode.vision_model": vision_model}
     store, settings = run.open(work, {**chosen, "encode.text_model": text_model})
-    reports = run_extract(
-        store, settings, workers, decoder,
-        retry_failed=run.retry_failed, progress=not run.quiet, shard=run.parsed_shard,
-    )  # fmt: skip
+    if run.on_ray:
+        stages = ["ocr", "caption", "encode"]
+        reports = run.on_cluster(store, settings, stages, threads, decoder=decoder)
+    else:
+        reports = run_extract(
+            store, settings, workers, decoder, threads,
+            retry_failed=run.retry_failed, progress=not run.quiet, shard=run.parsed_shard,
+        )  # fmt: skip
     finish(store, settings, reports, run.strict)
 
 

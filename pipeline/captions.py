@@ -170,7 +170,7 @@ def run_captions(
     Refused up front (`UpstreamError`, nothing recorded) while videos it would caption have
     no OCR for these settings; a video whose OCR failed fails here with that message."""
     groups = StageGroups.resolve(work, PipelineSettings(ocr=ocr_settings, captions=settings))
-    ocr = Upstream(groups, "captions", "OCR", "tcd ocr")
+    ocr = Upstream(groups, "captions")
     ocr.require(retry_failed, shard)
     durations = work.manifest.videos.column("duration")
 

@@ -59,7 +59,7 @@ def run_encode(
     captions it would encode have no window captions for these settings."""
     require_decoder(decoder)
     groups = StageGroups.resolve(work, PipelineSettings(ocr, captions, settings))
-    captions_rows = Upstream(groups, "ocr_text", "window captions", "tcd caption")
+    captions_rows = Upstream(groups, "ocr_text")
     captions_rows.require(retry_failed, shard)
     text: dict[str, TextEncoder] = {}
 

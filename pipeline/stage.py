@@ -196,11 +196,14 @@ class Upstream:
     upstream failed fails with the upstream's message; a missing upstream row is never
     recorded as a failure."""
 
-    def __init__(self, groups: StageGroups, stage: str, what: str, command: str):
+    # what each stage that is read is called in messages, and the command that computes it
+    NAMES = {"ocr": ("OCR", "tcd ocr"), "captions": ("window captions", "tcd caption")}
+
+    def __init__(self, groups: StageGroups, stage: str):
         _, upstream, self.rows = groups.link(stage)
         assert upstream is not None, f"{stage} reads no other stage"
         self.groups, self.stage, self.name = groups, stage, upstream
-        self.what, self.command = what, command
+        self.what, self.command = self.NAMES[upstream]
 
     def require(self, retry_failed: bool = False, shard: Shard | None = None) -> StageGroup:
         """The upstream group, or `UpstreamError` when rows the stage would compute have

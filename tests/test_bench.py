@@ -58,10 +58,13 @@ def test_heads_scale(results, monkeypatch):
         ("extraction", ["--videos", "3"]),
         ("incremental", ["--videos", "10"]),
         ("memory", ["--short-seconds", "3", "--long-seconds", "20"]),
+        ("ray_executor", ["--videos", "2"]),
     ],
 )
 def test_pipeline_benchmarks(results, monkeypatch, name, argv):
     import importlib
 
+    if name == "ray_executor":
+        pytest.importorskip("ray", reason="the Ray extra is not installed (make setup-ray)")
     run(importlib.import_module(f"bench.{name}"), monkeypatch, *argv)
     assert json.loads((results / f"{name}.json").read_text())["results"]

@@ -1,0 +1,186 @@
+"""The Ray executor (`--executor ray`, pipeline/distributed.py): each stage on Ray equals a single
+process bitwise, an actor killed mid-stage loses no row, a plain run is refused while a Ray run
+holds the group, and the CLI's refusals. Skipped where the optional `ray` extra is absent.
+
+One local Ray (2 CPUs, actors at fractional CPUs) serves the whole session; every wait is
+bounded (`RayOptions.timeout`, thread joins, subprocess timeouts)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cache import LockBusy, WorkDir
+from cli.main import app
+from pipeline.captions import run_captions
+from pipeline.distributed import (
+    RayExecutorError,
+    RayOptions,
+    import_ray,
+    ray_session,
+    run_on_ray,
+)
+from pipeline.encode import run_encode
+from pipeline.ocr import run_ocr
+from pipeline.settings import (
+    CaptionSettings,
+    OcrSettings,
+    PipelineSettings,
+    StageGroups,
+    save_settings,
+)
+from tests.conftest import run_python
+from tests.reliability.harness import assert_same, cache_arrays
+from tests.test_stages import make_work
+
+ray = pytest.importorskip("ray", reason="the optional Ray extra is absent: `make setup-ray`")
+
+# 4 frames per video (the T = 4 segment centres) keep rapidocr to ~50 frames for 12 videos
+SETTINGS = PipelineSettings(ocr=OcrSettings(max_frames=4), captions=CaptionSettings(frames=4))
+OPTIONS = RayOptions(actors=2, timeout=180)
+runner = CliRunner()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray per test session with 2 CPUs, whatever the machine has; the runs below
+    find it started and reuse it."""
+    with ray_session(num_cpus=2) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def reference(synth_set, tmp_path_factory) -> dict[str, Path]:
+    """Work dirs of a single-process run: 'manifest' (no stage yet), then after each stage."""
+    root = tmp_path_factory.mktemp("ray-reference")
+    work = make_work(synth_set, root, "manifest")
+    save_settings(work.path, SETTINGS)  # what the CLI reads back
+    dirs = {"manifest": work.path}
+    steps = {
+        "ocr": lambda w: run_ocr(w, SETTINGS.ocr, progress=False, captions=SETTINGS.captions),
+        "caption": lambda w: run_captions(w, SETTINGS.captions, SETTINGS.ocr, progress=False),
+        "encode": lambda w: run_encode(
+            w, SETTINGS.encode, SETTINGS.captions, SETTINGS.ocr, workers=0, progress=False
+        ),
+    }
+    previous = work.path
+    for stage, step in steps.items():
+        dirs[stage] = Path(shutil.copytree(previous, root / stage))
+        step(WorkDir(dirs[stage]))
+        previous = dirs[stage]
+    return dirs
+
+
+def copy_of(reference: dict[str, Path], stage: str, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(reference[stage], tmp_path / "work"))
+
+
+def test_each_stage_on_ray_equals_a_single_process(ray_cluster, reference, tmp_path):
+    path = copy_of(reference, "manifest", tmp_path)
+    work = WorkDir(path)
+    (ocr,) = run_on_ray(work, SETTINGS, ["ocr"], OPTIONS, progress=False)
+    assert (ocr.computed, ocr.failed, str(ocr).split(":")[0]) == (
+        12,
+        0,
+        f"ocr [{ocr.key}] on ray (2 actors)",
+    )
+    assert_same(cache_arrays(path), cache_arrays(reference["ocr"]), "ocr")
+    group = StageGroups.resolve(work, SETTINGS).ocr
+    assert list(WorkDir(path).find_stage("ocr", group.key).reports()) == ["all"]  # merged
+
+    # the CLI wiring; the work dir's saved settings give T and the OCR settings
+    result = runner.invoke(
+        app, ["caption", "--work", str(path), "--executor", "ray", "--actors", "2", "-q"]
+    )
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "on ray (2 actors): 12 computed, 0 failed" in result.output
+    assert_same(cache_arrays(path), cache_arrays(reference["caption"]), "caption")
+
+    reports = run_on_ray(work, SETTINGS, ["encode"], OPTIONS, progress=False)
+    assert [(r.stage, r.computed) for r in reports] == [
+        ("frames", 12),
+        ("ocr_text", 12),
+        ("queries", len(work.manifest.captions)),
+    ]
+    assert_same(cache_arrays(path), cache_arrays(reference["encode"]), "encode")
+    # nothing left: no Ray task, no model load, nothing computed
+    again = run_on_ray(work, SETTINGS, ["ocr", "caption", "encode"], OPTIONS, progress=False)
+    assert all(r.computed == 0 and r.failed == 0 for r in again)
+
+
+def test_killed_actor_loses_no_row_and_a_plain_run_is_refused_meanwhile(
+    ray_cluster, reference, tmp_path
+):
+    path = copy_of(reference, "manifest", tmp_path)
+    outcome: dict[str, object] = {}
+
+    def coordinator() -> None:
+        try:
+            outcome["reports"] = run_on_ray(
+                WorkDir(path), SETTINGS, ["ocr"], OPTIONS, progress=False
+            )
+        except BaseException as exc:  # reported by the test thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=coordinator, daemon=True)
+    thread.start()
+    group, done = None, 0
+    deadline = time.monotonic() + 120
+    while not done and time.monotonic() < deadline and thread.is_alive():
+        group = group or StageGroups.resolve(WorkDir(path), SETTINGS).find("ocr")
+        done = group.counts()["done"] if group is not None else 0
+        time.sleep(0.05)
+    assert 0 < done < 12, f"no row to kill in the middle of: {done} done, {outcome}"
+
+    # a plain run is refused while the Ray run holds the group (as while --shard runs)
+    with pytest.raises(LockBusy, match="in use by another process"):
+        run_ocr(WorkDir(path), SETTINGS.ocr, progress=False, captions=SETTINGS.captions)
+
+    names = sorted(n for n in ray.util.list_named_actors() if n.startswith("tcd-ocr-"))
+    assert len(names) == 2, names
+    ray.kill(ray.get_actor(names[0]), no_restart=False)  # Ray restarts it and reruns its task
+
+    thread.join(timeout=240)
+    assert not thread.is_alive(), "the Ray run did not finish"
+    assert "error" not in outcome, outcome.get("error")
+    (report,) = outcome["reports"]
+    assert (report.computed, report.failed) == (12, 0)
+    assert_same(cache_arrays(path), cache_arrays(reference["ocr"]), "ocr after a kill")
+    rerun = run_ocr(WorkDir(path), SETTINGS.ocr, progress=False, captions=SETTINGS.captions)
+    assert rerun.computed == 0
+
+
+def test_ray_refuses_shard_and_other_executors_options(reference, tmp_path):
+    path = copy_of(reference, "manifest", tmp_path)
+    result = runner.invoke(app, ["ocr", "--work", str(path), "--executor", "ray", "--shard", "0/2"])
+    assert result.exit_code != 0
+    assert "--executor ray cannot take --shard" in str(result.exception)
+    result = runner.invoke(app, ["ocr", "--work", str(path), "--actors", "2"])
+    assert "need --executor ray" in str(result.exception)
+    assert WorkDir(path).stages() == []  # refused before any work
+
+
+def test_missing_ray_is_a_clear_error(reference, tmp_path, monkeypatch):
+    path = copy_of(reference, "ocr", tmp_path)
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    with pytest.raises(RayExecutorError, match=r"pip install -e \.\[ray\]"):
+        import_ray()
+    result = runner.invoke(app, ["caption", "--work", str(path), "--executor", "ray", "-q"])
+    assert isinstance(result.exception, RayExecutorError), result.output
+    assert "optional extra" in str(result.exception)
+
+
+def test_the_cli_and_the_executor_module_do_not_import_ray():
+    code = (
+        "import sys, cli.main, pipeline.distributed\n"
+        "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))"
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
