@@ -42,12 +42,11 @@ import numpy as np
 from tqdm import tqdm
 
 from cache import Shard, StageGroup, TcdError, WorkDir
-from pipeline.settings import PipelineSettings, StageGroups
+from pipeline.settings import COMMAND_GROUPS, PipelineSettings, StageGroups
 from pipeline.stage import StageReport, Upstream
 from pipeline.video import Decoder
 
 STAGES = ("ocr", "caption", "encode")  # in pipeline order, as the commands name them
-GROUPS = {"ocr": ("ocr",), "caption": ("captions",), "encode": ("frames", "ocr_text", "queries")}
 # The group whose upstream a stage checks before it runs, as `run_captions` / `run_encode` do.
 UPSTREAM = {"caption": "captions", "encode": "ocr_text"}
 # Tasks per actor: small tasks balance the load and lose little to a crash. `run_encode` loads
@@ -189,7 +188,7 @@ def run_on_ray(
                 stage, str(work.path.resolve()), settings, None, retry_failed, decoder,
                 (batch_sizes or {}).get(stage), options.ocr_threads,
             )  # fmt: skip
-            if not _has_work(groups, stage, retry_failed):
+            if not any(groups.todo(name, retry_failed) for name in COMMAND_GROUPS[stage]):
                 reports += run_task(task)  # nothing to do: no model loads, no Ray
                 continue
             if stage in UPSTREAM:  # refused up front, creating nothing, as a plain run is
@@ -229,19 +228,6 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         yield ray
     finally:
         ray.shutdown()
-
-
-def _has_work(groups: StageGroups, stage: str, retry_failed: bool) -> bool:
-    """Whether any group of `stage` has a row to compute (creates nothing)."""
-    for name in GROUPS[stage]:
-        group = groups.find(name)
-        if group is None:
-            _, _, rows = groups.link(name)
-            if groups.work.manifest.table(rows).column("present").any():
-                return True
-        elif len(group.pending(retry_failed)):
-            return True
-    return False
 
 
 @dataclass
@@ -307,7 +293,7 @@ class _StageRun:
         """Run `base`'s stage over its pending rows in tasks `Shard(i, n)`; one merged
         report per group of the stage, saved in the group as a plain run's."""
         started = time.monotonic()
-        groups = [self.groups.group(name) for name in GROUPS[self.stage]]  # created here
+        groups = [self.groups.group(name) for name in COMMAND_GROUPS[self.stage]]  # created here
         with ExitStack() as held:
             held.enter_context(self.work.manifest_lock(shared=True))
             for group in groups:  # the name `StageGroup.writing` shares between shards

@@ -30,7 +30,6 @@ import numpy as np
 
 from cache import Shard, StageGroup, WorkDir
 from cache.errors import TcdError
-from pipeline.ocr_reuse import BoxGate, FrameGate
 from pipeline.settings import (
     CaptionSettings,
     OcrSettings,
@@ -177,6 +176,8 @@ def make_engine(settings: OcrSettings, threads: int = 1) -> Any:
 def make_reader(settings: OcrSettings, threads: int = 1) -> Any:
     """What reads a video's frames: the engine itself (`ocr.reuse = "off"`) or a temporal
     gate around it (`pipeline.ocr_reuse`); a gate's `start_video()` is called per video."""
+    from pipeline.ocr_reuse import BoxGate, FrameGate  # OpenCV: only where a gate is built
+
     engine = make_engine(settings, threads)
     if settings.reuse == "frame":
         return FrameGate(engine, settings.reuse_frame_diff)

@@ -20,7 +20,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from cache import SettingsError, StageGroup, WorkDir, settings_key
+import numpy as np
+
+from cache import SettingsError, Shard, StageGroup, WorkDir, settings_key
 from cache.atomic import atomic_write
 from cache.keys import added_setting
 from cache.settings import check_setting as _check
@@ -149,6 +151,12 @@ def save_settings(work: Path, settings: PipelineSettings) -> None:
 
 # -- the chain settings -> stage groups -----------------------------------------------------
 STAGES = ("ocr", "captions", "frames", "ocr_text", "queries")
+# the groups each stage command (`tcd ocr`, `tcd caption`, `tcd encode`) computes
+COMMAND_GROUPS = {
+    "ocr": ("ocr",),
+    "caption": ("captions",),
+    "encode": ("frames", "ocr_text", "queries"),
+}
 
 
 def samples_frames(ocr: OcrSettings) -> bool:
@@ -228,6 +236,16 @@ class StageGroups:
             up = self.keys(self.settings)[upstream] if upstream else None
             self._opened[stage] = self.work.stage(stage, keyed_by, upstream=up, rows=rows)
         return self._opened[stage]
+
+    def todo(self, stage: str, retry_failed: bool = False, shard: Shard | None = None) -> int:
+        """How many rows `stage` would compute (of `shard`'s rows); creates nothing."""
+        group = self.find(stage)
+        if group is not None:
+            rows = group.pending(retry_failed)
+        else:
+            _, _, kind = self.link(stage)
+            rows = np.flatnonzero(self.work.manifest.table(kind).column("present"))
+        return len(shard.select(rows) if shard is not None else rows)
 
     def find(self, stage: str) -> StageGroup | None:
         """The group of `stage` if it exists; never creates it."""

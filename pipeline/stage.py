@@ -335,6 +335,16 @@ def run_stage(
     return report
 
 
+def idle_report(groups: StageGroups, stage: str, shard: Shard | None = None) -> StageReport:
+    """The report `run_stage` gives a group with nothing to do (`StageGroups.todo` is 0),
+    made without loading the stage: `tcd extract` skips a stage's imports and models so."""
+    _, _, rows = groups.link(stage)
+    present = np.flatnonzero(groups.work.manifest.table(rows).column("present"))
+    name = stage if shard is None or shard.count == 1 else f"{stage} {shard}"
+    up_to_date = len(shard.select(present) if shard is not None else present)
+    return StageReport(name, StageGroups.keys(groups.settings)[stage], rows, 0, 0, up_to_date, 0.0)
+
+
 def _first_message_by_kind(failures: list[Failure]) -> dict[str, str]:
     examples: dict[str, str] = {}
     for failure in failures:

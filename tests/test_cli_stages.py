@@ -227,3 +227,12 @@ def test_extract_equals_the_three_stages_and_a_rerun_loads_no_model(
     result = runner.invoke(app, command)
     assert result.exit_code == 0, result.output
     assert result.output.count("nothing to do") == 5
+    # in a fresh process, a no-op extract imports neither the stages' modules nor torch
+    code = (
+        "import sys\nfrom cli.main import main\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'pipeline.encode', 'pipeline.ocr', 'cv2') "
+        "if m in sys.modules))"
+    )
+    fresh = run_python(code, *command)
+    assert fresh.returncode == 0, fresh.stderr
+    assert fresh.stdout.count("nothing to do") == 5 and fresh.stdout.rstrip().endswith("[]")
