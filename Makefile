@@ -19,7 +19,7 @@ QUERY  ?= The bakery SUNRISE BREAD is on a busy street
 SET    ?=
 SETS   := $(foreach s,$(SET),--set $(s))
 
-.PHONY: setup setup-ray test test-slow soak demo synth manifest ocr caption captions encode features train ablate ablations study eval results bench index search report export status gc lint clean
+.PHONY: setup setup-ray serve screenshot test test-slow soak demo synth manifest ocr caption captions encode features train ablate ablations study eval results bench index search report export status gc lint clean
 
 # .venv is (re)built when missing or when the pinned requirements change.
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -146,8 +146,16 @@ status: setup
 gc: setup
 	$(TCD) cache gc --work $(WORK)
 
+# The search page on loopback (no --run: the zero-shot run; SERVE_RUN=tcd for a trained one).
+serve: setup
+	$(TCD) serve --work $(WORK) --run $(or $(SERVE_RUN),zero-shot)
+
+# README's screenshot of the search page, made in headless system Chromium.
+screenshot: setup
+	$(BIN)/python -m bench.screenshot --work $(WORK) --out docs/serve.png
+
 # Benchmarks (not tests): each prints its figures and writes bench/results/NAME.json.
-BENCHES ?= extraction incremental memory heads_scale retrieval_scale ray_executor
+BENCHES ?= extraction incremental memory heads_scale retrieval_scale ray_executor serve_latency
 bench: setup setup-ray
 	@for b in $(BENCHES); do echo "== bench.$$b"; s=$$(date +%s); \
 	$(BIN)/python -m bench.$$b || exit 1; echo "[bench] $$b: $$(( $$(date +%s) - s )) s"; done

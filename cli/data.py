@@ -78,14 +78,19 @@ def textvr(
 
 def folder(
     videos: Annotated[Path, typer.Option(help="Folder of videos.")],
-    captions: Annotated[
-        Path, typer.Option(help="CSV/TSV/JSON table with columns video,caption,split.")
-    ],
     work: NewWork,
+    captions: Annotated[
+        Path | None,
+        typer.Option(
+            help="CSV/TSV/JSON table with columns video,caption,split. Without it every video "
+            "under the folder is read into split `all`, to search (zero-shot) rather than train."
+        ),
+    ] = None,
     replace: Replace = False,
     quiet: Quiet = False,
 ) -> None:
-    """Read a plain folder of videos with a caption table into the manifest (incremental)."""
+    """Read a plain folder of videos (with an optional caption table) into the manifest
+    (incremental)."""
     _read_into(work, read_folder(videos, captions), replace, quiet)
 
 

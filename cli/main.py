@@ -8,7 +8,7 @@ import sys
 import typer
 
 from cache.errors import TcdError
-from cli import cache_cmd, data, retrieval_cmd, stages, train_cmd
+from cli import cache_cmd, data, retrieval_cmd, serve_cmd, show_cmd, stages, train_cmd
 
 app = typer.Typer(
     name="tcd",
@@ -22,6 +22,8 @@ stages.register(app)
 train_cmd.register(app)
 retrieval_cmd.register(app)
 cache_cmd.register(app)
+show_cmd.register(app)
+serve_cmd.register(app)
 
 
 def main() -> None:

@@ -11,11 +11,13 @@ import typer
 
 from cache import CacheError, WorkDir
 from cli.common import features
+from heads.checkpoint import CheckpointError
 from heads.run_dir import RunDir
 from pipeline.captions import window_spans
+from pipeline.datasets import COLLECTION_SPLIT
 from pipeline.errors import VideoError
 from pipeline.models import load_text
-from pipeline.settings import PipelineSettings, StageGroups, resolve_settings
+from pipeline.settings import WORK_SETTINGS, PipelineSettings, StageGroups, resolve_settings
 from pipeline.video import read_frames, segment_centres
 from retrieval.report import Thumbnails
 from retrieval.run_split import RunSplit, WindowLookup, Windows
@@ -31,12 +33,20 @@ def warn(message: str) -> None:
 ZERO_SHOT = "zero-shot"  # the run every work dir can be searched with before any training
 
 
-def open_split(work: Path, run: str, split: str, need_queries: bool = False) -> RunSplit:
-    """The run's best head on the split's features for the work dir's current settings.
-    The run `zero-shot` is made on first use (the frozen encoders: nothing to train)."""
+def open_split(
+    work: Path,
+    run: str,
+    split: str,
+    need_queries: bool = False,
+    settings: PipelineSettings | None = None,
+) -> RunSplit:
+    """The run's best head on the split's features for `settings` (by default the work dir's
+    current ones). The run `zero-shot` is made on first use (the frozen encoders: nothing to
+    train). `run` may also be the path of a run folder of another work dir with the same
+    encoders (`run_folder`); its folder is then only read (its index is built in memory)."""
     store = WorkDir(work)
-    settings = resolve_settings(store.path)
-    run_dir = RunDir(store.path, run)
+    settings = settings or resolve_settings(store.path)
+    run_dir, foreign = run_folder(store.path, run, settings)
     if run != ZERO_SHOT or run_dir.path.exists():
         run_dir.require()  # a mistyped --run: said before any features are read
     data = features(store, split, settings=settings)
@@ -53,7 +63,41 @@ def open_split(work: Path, run: str, split: str, need_queries: bool = False) -> 
         StageGroups.keys(settings),
         window_lookup(store, settings),
         need_queries,
+        read_only=foreign,
     )
+
+
+def is_run_path(run: str) -> bool:
+    """Whether `--run` names a folder path rather than a run of this work dir."""
+    return "/" in run or "\\" in run or run in (".", "..") or run.startswith("~")
+
+
+def run_folder(work: Path, run: str, settings: PipelineSettings) -> tuple[RunDir, bool]:
+    """(the run, whether it belongs to another work dir). A path names a run folder
+    `W2/runs/NAME` of another work dir; it is accepted only when W2's encoders (its
+    settings.toml) are this work dir's, since the head was trained on W2's features."""
+    if not is_run_path(run):
+        return RunDir(work, run), False
+    path = Path(run).expanduser().resolve()
+    run_dir = RunDir.at(path)
+    run_dir.require()
+    trained_on = path.parent.parent
+    if path.parent.name != "runs" or not (trained_on / WORK_SETTINGS).exists():
+        raise CheckpointError(
+            f"{path}: not a run folder of a work dir (W/runs/NAME with W/{WORK_SETTINGS}), so "
+            "its encoders are unknown; name a run folder inside a work dir"
+        )
+    theirs = resolve_settings(trained_on).encode
+    ours = settings.encode
+    pair = (theirs.vision_model, theirs.text_model)
+    if pair != (ours.vision_model, ours.text_model):
+        raise CheckpointError(
+            f"run {path} was trained on features of vision model {theirs.vision_model!r} and "
+            f"text model {theirs.text_model!r} ({trained_on}); {work} encodes with "
+            f"{ours.vision_model!r} and {ours.text_model!r}; encode this work dir with the "
+            "run's models, or train a run on it"
+        )
+    return run_dir, True
 
 
 def window_lookup(store: WorkDir, settings: PipelineSettings | None = None) -> WindowLookup:
@@ -96,6 +140,32 @@ def thumbnails(work: Path) -> Thumbnails:
 
 
 def query_encoder(work: Path) -> QueryEncoder:
-    """The work dir's text model, loaded on the first query (an empty query loads nothing)."""
+    """The work dir's text model, loaded on the first query and kept for the next ones (an
+    empty query loads nothing)."""
     name = resolve_settings(WorkDir(work).path).encode.text_model
-    return lambda texts: load_text(name)(texts)
+    loaded: list = []
+
+    def encode(texts: list[str]) -> np.ndarray:
+        if not loaded:
+            loaded.append(load_text(name))
+        return loaded[0](texts)
+
+    return encode
+
+
+def default_split(work: Path) -> str:
+    """The split search and serve use when none is named: `all` where the work dir holds a
+    collection read without captions, else `test`."""
+    videos = WorkDir(work).manifest.videos.read(["split", "present"])
+    splits = set(videos["split"][videos["present"]].tolist())
+    return COLLECTION_SPLIT if COLLECTION_SPLIT in splits else "test"
+
+
+def frame_at(path: str | Path, seconds: float) -> np.ndarray | None:
+    """The video's frame nearest to `seconds` (uint8 RGB), or None when it cannot be decoded."""
+    try:
+        for _, batch in read_frames(str(path), np.array([max(seconds, 0.0)]), 1):
+            return batch[0]
+    except (VideoError, OSError):
+        return None
+    return None

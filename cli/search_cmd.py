@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -11,9 +12,6 @@ import typer
 from cli.common import Run, Split, Work
 from retrieval.choices import IndexKind
 
-Query = Annotated[
-    str, typer.Argument(help="Free text, e.g. 'the bakery SUNRISE BREAD on a street'.")
-]
 TopK = Annotated[int, typer.Option(min=1, help="Results to show.")]
 K = Annotated[int, typer.Option(min=1, help="Stage-1 candidates to rerank.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the hits as JSON.")]
@@ -41,27 +39,57 @@ def index_command(
     typer.echo(f"{index} index of {built.ntotal} videos in {seconds:.2f} s -> {path}")
 
 
+QueryArg = Annotated[
+    str | None,
+    typer.Argument(help="Free text, e.g. 'the bakery SUNRISE BREAD on a street'."),
+]
+QueriesFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--queries",
+        help="Score many queries in one process: a text file (one query a line) or a JSON "
+        "list of strings; prints one JSON line per query.",
+    ),
+]
+SearchSplit = Annotated[
+    str | None,
+    typer.Option(help="Split to search (default: `all` for a collection, else test)."),
+]
+MinScore = Annotated[float | None, typer.Option(help="Drop hits scoring below this.")]
+
+
 def search_command(
     work: Work,
-    query: Query,
+    query: QueryArg = None,
     run: SearchRun = "zero-shot",
-    split: Split = "test",
+    split: SearchSplit = None,
     top_k: TopK = 10,
     k: K = 100,
+    min_score: MinScore = None,
     as_json: AsJson = False,
+    queries: QueriesFile = None,
 ) -> None:
     """Rank the split's videos for a free-text query (FAISS, then the full head)."""
-    from cli.retrieval_wiring import open_split, query_encoder, warn
-    from retrieval.search import check_query, format_hits, search
+    from cli.retrieval_wiring import default_split, open_split, query_encoder, warn
+    from retrieval.index import RetrievalError
+    from retrieval.search import Searcher, check_query, format_hits, read_queries
 
-    query = check_query(query)
-    scored = open_split(work, run, split)
-    hits = search(scored, query, query_encoder(work), top_k=top_k, k=k, log=warn)
-    if as_json:
+    if (query is None) == (queries is None):
+        raise RetrievalError("give one query, or a file of them with --queries (not both)")
+    texts = read_queries(queries) if queries is not None else [check_query(query or "")]
+    scored = open_split(work, run, split or default_split(work))
+    searcher = Searcher.open(scored, warn)
+    encode = query_encoder(work)
+    for text in texts:
+        hits = searcher.search(text, encode, top_k=top_k, k=k, min_score=min_score)
         results = [hit.to_json() for hit in hits]
-        typer.echo(json.dumps({"query": query, "results": results}, indent=2, ensure_ascii=False))
-    else:
-        typer.echo(format_hits(query, hits))
+        if queries is not None:  # JSON lines: one query per line
+            typer.echo(json.dumps({"query": text, "results": results}, ensure_ascii=False))
+        elif as_json:
+            payload = {"query": text, "results": results}
+            typer.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+        else:
+            typer.echo(format_hits(text, hits))
 
 
 def register(app: typer.Typer) -> None:

@@ -105,7 +105,12 @@ def load_features(
     rows = np.flatnonzero((videos["split"] == split) & videos["present"])
     rows = rows[np.argsort(videos["order"][rows], kind="stable")]
     ok = frames.row_states()["done"][rows] & ocr_text.row_states()["done"][rows]
-    for group, name in ((frames, "frames"), (ocr_text, "captions"), (queries, "query")):
+    captions = manifest.captions.read(["id", "split", "present", "order", "video_row", "text"])
+    has_queries = bool(((captions["split"] == split) & captions["present"]).any())
+    needed = [(frames, "frames"), (ocr_text, "captions")]
+    # a collection read without captions has no query rows, so encode made no `query` array
+    needed += [(queries, "query")] if has_queries else []
+    for group, name in needed:
         if name not in set(group.group.array_keys()):
             raise FeatureError(
                 f"no {group.stage} features for the current settings (group {group.key}); "
@@ -135,7 +140,6 @@ def load_features(
                 out[part] = array.get_orthogonal_selection((rows[part],) + rest)
         return out
 
-    captions = manifest.captions.read(["id", "split", "present", "order", "video_row", "text"])
     q_rows = np.flatnonzero((captions["split"] == split) & captions["present"])
     q_rows = q_rows[np.argsort(captions["order"][q_rows], kind="stable")]
     position = {int(r): i for i, r in enumerate(rows)}
@@ -147,7 +151,11 @@ def load_features(
         raise FeatureError(
             f"{int((~q_done).sum())} {split} queries have no embedding; run `tcd encode`"
         )
-    query_array = queries.group["query"]
+    if has_queries:
+        query_array = queries.group["query"]
+        no_queries = np.zeros((0, query_array.shape[1]), np.float16)
+    else:
+        no_queries = np.zeros((0, ocr_text.group["captions"].shape[-1]), np.float16)
     return Features(
         video_ids=[str(v) for v in videos["id"][rows]],
         frames=take(frames, "frames"),
@@ -157,7 +165,7 @@ def load_features(
         instance_mask=take(ocr_text, "instance_mask"),
         queries=query_array.get_orthogonal_selection((q_rows, slice(None)))
         if len(q_rows)
-        else np.zeros((0, query_array.shape[1]), np.float16),
+        else no_queries,
         query_video=np.array(
             [position[int(captions["video_row"][r])] for r in q_rows], dtype=np.int64
         ),

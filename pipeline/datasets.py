@@ -204,15 +204,25 @@ def textvr_rand_columns(test_file: str | Path, rand_file: str | Path) -> np.ndar
 FOLDER_COLUMNS = ("video", "caption", "split")
 
 
-def read_folder(videos_dir: str | Path, captions_file: str | Path, name: str = "folder") -> Dataset:
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv")
+COLLECTION_SPLIT = "all"  # the split of a folder read without a caption table
+
+
+def read_folder(
+    videos_dir: str | Path, captions_file: str | Path | None = None, name: str = "folder"
+) -> Dataset:
     """A folder of videos plus a CSV or JSON table with columns `video,caption,split`.
 
     `video` is a path relative to `videos_dir`; a video with several captions has several rows.
+    Without a table, every video file under the folder (by suffix, sorted by path) is read
+    into split `all` with no captions: a collection to search, not to evaluate.
     """
     videos_dir = Path(videos_dir).resolve()
-    captions_file = Path(captions_file)
     if not videos_dir.is_dir():
         raise DatasetError(f"{videos_dir}: video folder not found")
+    if captions_file is None:
+        return _read_collection(videos_dir, name)
+    captions_file = Path(captions_file)
     rows = _read_caption_table(captions_file)
     grouped: dict[str, dict[str, Any]] = {}
     for index, row in enumerate(rows):
@@ -247,6 +257,33 @@ def read_folder(videos_dir: str | Path, captions_file: str | Path, name: str = "
                 split=item["split"],
                 order=position,
                 captions=tuple(item["captions"]),
+                domain=parts[0] if len(parts) > 1 else "",
+            )
+        )
+    return dataset
+
+
+def _read_collection(videos_dir: Path, name: str) -> Dataset:
+    """Every video file under `videos_dir` (hidden files and folders skipped), split `all`."""
+    found = sorted(
+        path.relative_to(videos_dir).as_posix()
+        for path in videos_dir.rglob("*")
+        if path.suffix.lower() in VIDEO_SUFFIXES
+        and not any(part.startswith(".") for part in path.relative_to(videos_dir).parts)
+        and (path.is_file() or path.is_symlink())
+    )
+    if not found:
+        suffixes = ", ".join(VIDEO_SUFFIXES)
+        raise DatasetError(f"{videos_dir}: no video files ({suffixes}) in the folder")
+    dataset = Dataset(name=name, root=videos_dir)
+    for order, rel in enumerate(found):
+        parts = PurePosixPath(rel).parts
+        dataset.videos.append(
+            VideoEntry(
+                id=rel,
+                path=videos_dir / rel,
+                split=COLLECTION_SPLIT,
+                order=order,
                 domain=parts[0] if len(parts) > 1 else "",
             )
         )

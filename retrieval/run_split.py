@@ -103,6 +103,7 @@ class RunSplit:
     paths: list[str]  # each video's file, from the manifest
     windows: WindowLookup  # read from the captions cache by the caller (no pipeline here)
     source: IndexSource
+    read_only: bool = False  # a run of another work dir: its folder is never written
 
     @classmethod
     def open(
@@ -114,8 +115,10 @@ class RunSplit:
         feature_groups: dict[str, str],
         windows: WindowLookup,
         need_queries: bool = False,
+        read_only: bool = False,
     ) -> RunSplit:
-        """`manifest_videos`: the manifest's `key` and `path` columns (all rows)."""
+        """`manifest_videos`: the manifest's `key` and `path` columns (all rows). `read_only`:
+        the run belongs to another work dir; its saved indexes are neither used nor written."""
         if features.n_videos == 0:
             raise RetrievalError(
                 f"split {split!r} has no videos in {run.work}; choose another --split "
@@ -143,10 +146,15 @@ class RunSplit:
             dict(feature_groups),
         )
         paths = [str(p) for p in manifest_videos["path"][rows]]
-        return cls(run, split, features, head, paths, windows, source)
+        return cls(run, split, features, head, paths, windows, source, read_only)
 
     def build_index(self, kind: str) -> VideoIndex:
         """Build the split's index of `kind` and save it with its record."""
+        if self.read_only:
+            raise RetrievalError(
+                f"run {self.run.path} belongs to another work dir; its indexes are not written "
+                "from here (search builds an exact one in memory)"
+            )
         index = build_index(video_embeddings(self.head, self.features), kind)
         record = self.run.index_meta_path(self.split)
         record.unlink(missing_ok=True)
@@ -158,7 +166,7 @@ class RunSplit:
         """The saved index when current; a stale one rebuilt and saved (one line to `log`);
         without a saved index, an exact flat one in memory."""
         path = self.run.index_path(self.split)
-        if not path.exists():
+        if self.read_only or not path.exists():
             index = build_index(video_embeddings(self.head, self.features), "flat")
         else:
             saved = _read_record(self.run.index_meta_path(self.split))

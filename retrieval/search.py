@@ -1,5 +1,6 @@
-"""`tcd search`: rank a split's videos for a free-text query (FAISS top-K over the run's
-current index, then the full head) and return typed hits.
+"""`tcd search` and `tcd serve`: rank a split's videos for free-text queries (FAISS top-K
+over the run's current index, then the full head over video encodings held in memory) and
+return typed hits. Videos whose features are missing (a failed stage) are never returned.
 
 What needs `pipeline` comes in as callables: the query encoder (texts -> embeddings) and the
 split's window captions (`RunSplit.windows`).
@@ -7,9 +8,11 @@ split's window captions (`RunSplit.windows`).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +21,7 @@ from torch import nn
 
 from heads.data import Features
 from heads.scoring import head_device
-from retrieval.index import RetrievalError, two_stage
+from retrieval.index import BLOCK, RetrievalError, VideoIndex, query_embeddings
 from retrieval.run_split import RunSplit
 
 LOG = logging.getLogger(__name__)
@@ -72,6 +75,89 @@ def closest_windows(features: Features, videos: np.ndarray, query: np.ndarray) -
     return np.where(mask.any(axis=1), np.argmax(sim, axis=1), -1)
 
 
+@dataclass
+class Searcher:
+    """A split ready for many queries: its current index and every video encoded by the head
+    once, held in memory (`tcd search` opens one per process, `tcd serve` one per split).
+    Videos without features (their stages failed or never ran) are never returned."""
+
+    split: RunSplit
+    index: VideoIndex
+    encoded: dict[str, torch.Tensor]  # head.encode of every video of the split
+    searchable: np.ndarray  # (N,) bool: the video has features
+
+    @classmethod
+    @torch.no_grad()
+    def open(cls, split: RunSplit, log: Callable[[str], None] = LOG.warning) -> Searcher:
+        """Load (or rebuild, when stale) the split's index and encode its videos."""
+        index = split.current_index(log)
+        head, features = split.head, split.features
+        head.eval()
+        device = head_device(head)
+        parts = [  # the blocks two_stage encodes, so scores match it to the bit
+            head.encode(**features.video_batch(slice(s, s + BLOCK), device))
+            for s in range(0, features.n_videos, BLOCK)
+        ]
+        encoded = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+        missing = set(features.missing)
+        searchable = np.array([v not in missing for v in features.video_ids], dtype=bool)
+        return cls(split, index, encoded, searchable)
+
+    @torch.no_grad()
+    def search(
+        self,
+        text: str,
+        encode: QueryEncoder,
+        *,
+        top_k: int = 10,
+        k: int = 100,
+        min_score: float | None = None,
+    ) -> list[SearchHit]:
+        """The `top_k` best videos for `text` among `k` FAISS candidates (videos with
+        features only), reranked by the full head; hits under `min_score` are dropped."""
+        text = check_query(text)
+        split, head = self.split, self.split.head
+        query = np.asarray(encode([text]), dtype=np.float16)
+        n_missing = int((~self.searchable).sum())
+        wanted = min(k + n_missing, split.features.n_videos)
+        _, labels = self.index.search(query_embeddings(head, query), wanted)
+        found = labels[0][labels[0] >= 0]  # -1: FAISS found fewer than asked
+        found = found[self.searchable[found]][:k]
+        if not len(found):
+            return []
+        rows = torch.from_numpy(found).to(head_device(head))
+        picked = {name: value[rows] for name, value in self.encoded.items()}
+        query_t = torch.from_numpy(query).float().to(head_device(head))
+        scores = head.score(query_t, picked).total[0].float().cpu().numpy()
+        ranked = np.argsort(-scores, kind="stable")[:top_k]
+        if min_score is not None:
+            ranked = ranked[scores[ranked] >= min_score]
+        return self._hits(query, found[ranked], scores[ranked]) if len(ranked) else []
+
+    def _hits(self, query: np.ndarray, order: np.ndarray, scores: np.ndarray) -> list[SearchHit]:
+        split = self.split
+        branches = branch_scores(split.head, query, split.features, order)
+        shown = split.windows(np.asarray(split.features.rows)[order])
+        best = closest_windows(split.features, order, query)
+
+        def span(times: np.ndarray | None, i: int) -> float | None:
+            return float(times[i, best[i]]) if times is not None and best[i] >= 0 else None
+
+        return [
+            SearchHit(
+                rank=i + 1,
+                video=split.features.video_ids[video],
+                path=split.paths[video],
+                score=float(scores[i]),
+                branches={name: float(values[i]) for name, values in branches.items()},
+                caption=str(shown.texts[i, best[i]]) if best[i] >= 0 else "",
+                start=span(shown.starts, i),
+                end=span(shown.ends, i),
+            )
+            for i, video in enumerate(order)
+        ]
+
+
 def search(
     split: RunSplit,
     text: str,
@@ -79,39 +165,36 @@ def search(
     *,
     top_k: int = 10,
     k: int = 100,
+    min_score: float | None = None,
     log: Callable[[str], None] = LOG.warning,
 ) -> list[SearchHit]:
-    """The `top_k` best videos of `split` for `text`, from `k` FAISS candidates."""
-    text = check_query(text)
-    query = np.asarray(encode([text]), dtype=np.float16)
-    one = replace(
-        split.features, queries=query, query_video=np.zeros(1, np.int64), query_text=[text]
-    )
-    result = two_stage(split.head, one, split.current_index(log), k)
-    found = result.candidates[0][result.candidates[0] >= 0]  # -1: no result
-    order = found[np.argsort(-result.scores[0, found], kind="stable")][:top_k]
-    if not len(order):
-        return []
-    branches = branch_scores(split.head, query, split.features, order)
-    shown = split.windows(np.asarray(split.features.rows)[order])
-    best = closest_windows(split.features, order, query)
+    """The `top_k` best videos of `split` for `text`, from `k` FAISS candidates (one query;
+    many queries share one `Searcher`)."""
+    text = check_query(text)  # an empty query opens nothing
+    return Searcher.open(split, log).search(text, encode, top_k=top_k, k=k, min_score=min_score)
 
-    def span(times: np.ndarray | None, i: int) -> float | None:
-        return float(times[i, best[i]]) if times is not None and best[i] >= 0 else None
 
-    return [
-        SearchHit(
-            rank=i + 1,
-            video=split.features.video_ids[video],
-            path=split.paths[video],
-            score=float(result.scores[0, video]),
-            branches={name: float(values[i]) for name, values in branches.items()},
-            caption=str(shown.texts[i, best[i]]) if best[i] >= 0 else "",
-            start=span(shown.starts, i),
-            end=span(shown.ends, i),
-        )
-        for i, video in enumerate(order)
-    ]
+def read_queries(path: Path) -> list[str]:
+    """Queries from a file: a JSON list of strings (`.json`), else one query a line (blank
+    lines skipped). Each is checked like a single query."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RetrievalError(f"{path}: queries file not found") from None
+    except UnicodeDecodeError:
+        raise RetrievalError(f"{path}: not UTF-8 text") from None
+    if path.suffix.lower() == ".json":
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RetrievalError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
+        if not isinstance(items, list) or not all(isinstance(q, str) for q in items):
+            raise RetrievalError(f"{path}: expected a JSON list of query strings")
+    else:
+        items = [line for line in text.splitlines() if line.strip()]
+    if not items:
+        raise RetrievalError(f"{path}: no queries in the file")
+    return [check_query(q) for q in items]
 
 
 def format_hits(text: str, hits: list[SearchHit]) -> str:

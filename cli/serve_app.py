@@ -1,0 +1,259 @@
+"""The served search page (`tcd serve`): one process holds the run, each split's index and
+video encodings (`retrieval.search.Searcher`) and the text encoder, and answers
+
+- `GET /api/search?q=&top_k=&k=&split=&min_score=`: the typed hits `tcd search --json` prints,
+  each with `thumbnail` (a frame at the matching window) and `media` (the video file) URLs;
+- `GET /api/videos/{id}`: what the caches hold for the video (`cli.video_details`);
+- `GET /media/{id}`: the video file (range requests, so a player can seek);
+- `GET /thumbs/{id}?t=`: one JPEG frame at `t` seconds;
+- `GET /`: the page (cli/static/index.html: search with `?q=`, a video with `?video=`).
+
+Like the CLI it wires `pipeline` (query encoder, frames, OCR lines) to `retrieval`, so it sits
+at the CLI's level. Files are served only for manifest ids, and only when the file resolves
+inside the dataset root (or, for a linked video folder, beside its own link, the manifest's
+rule); anything else is a 404 with nothing else said. Errors are JSON `{"error": ...}` with a
+4xx status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from PIL import Image
+
+from cache import WorkDir
+from cache.errors import TcdError
+from retrieval.run_split import RunSplit
+from retrieval.search import QueryEncoder, Searcher, check_query
+
+STATIC = Path(__file__).resolve().parent / "static"
+MAX_QUERY_CHARS = 1000
+MAX_TOP_K = 1000
+MAX_K = 10_000
+THUMB_WIDTH = 320
+THUMB_CACHE = 512  # thumbnails kept in memory
+
+
+class BadRequest(TcdError):
+    """A request the API refuses with a 4xx status and one message."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class SearchService:
+    """What the server holds: the work dir, one `Searcher` per split (opened on first use),
+    the query encoder and where its files may come from."""
+
+    work: Path
+    run: str
+    default_split: str
+    open_split: Callable[[str], RunSplit]  # split name -> the run on its features
+    encode: QueryEncoder
+    frame_at: Callable[[str, float], np.ndarray | None]  # path, seconds -> frame or None
+    details: Callable[[str], dict[str, Any]]  # video id -> cli.video_details.video_details
+    log: Callable[[str], None] = print
+    _searchers: dict[str, Searcher] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        store = WorkDir(self.work)
+        self.store = store
+        videos = store.manifest.videos.read(["id", "path", "present", "split", "duration"])
+        self.splits = sorted(set(videos["split"][videos["present"]].tolist()))
+        self._row = {str(v): i for i, v in enumerate(videos["id"])}
+        self._videos = videos
+        self.root = Path(str(store.manifest.attrs.get("root", ""))).resolve()
+        self.thumbnail = functools.lru_cache(maxsize=THUMB_CACHE)(self._thumbnail)
+
+    def searcher(self, split: str) -> Searcher:
+        """The split's searcher, opened once (index loaded or rebuilt, videos encoded)."""
+        if split not in self.splits:
+            known = ", ".join(self.splits) or "none"
+            raise BadRequest(f"no split {split!r} in this work dir (splits: {known})", 404)
+        with self._lock:
+            if split not in self._searchers:
+                self._searchers[split] = Searcher.open(self.open_split(split), self.log)
+            return self._searchers[split]
+
+    def warm(self) -> None:
+        """Open the default split and load the text encoder before the first request."""
+        self.searcher(self.default_split)
+        self.encode(["warm up"])
+
+    def search(
+        self, q: str, split: str | None, top_k: int, k: int, min_score: float | None
+    ) -> dict[str, Any]:
+        """The hits as JSON: `tcd search --json`'s fields plus `thumbnail` and `media` URLs."""
+        if len(q) > MAX_QUERY_CHARS:
+            raise BadRequest(f"the query has {len(q)} characters; at most {MAX_QUERY_CHARS}")
+        query = check_query(q)
+        split = split or self.default_split
+        searcher = self.searcher(split)
+        with self._lock:  # one query at a time: torch and FAISS use every core already
+            hits = searcher.search(query, self.encode, top_k=top_k, k=k, min_score=min_score)
+        results = []
+        for hit in hits:
+            at = hit.start if hit.start is not None else 0.0
+            middle = at if hit.end is None else (at + hit.end) / 2
+            results.append(
+                {
+                    **hit.to_json(),
+                    "thumbnail": f"/thumbs/{quote(hit.video)}?t={middle:.2f}",
+                    "media": f"/media/{quote(hit.video)}",
+                }
+            )
+        return {"query": query, "split": split, "run": self.run, "results": results}
+
+    def video_file(self, video_id: str) -> Path | None:
+        """The file of a present manifest video, if it may be served; None otherwise."""
+        row = self._row.get(video_id)
+        if row is None or not self._videos["present"][row] or not str(self.root):
+            return None
+        path = Path(str(self._videos["path"][row]))
+        if not path.is_absolute() or not path.is_file():
+            return None
+        target = path.resolve()
+        inside_root = target.is_relative_to(self.root) and path.absolute().is_relative_to(self.root)
+        # a linked video folder is fine (the manifest allows it); a file link out is not
+        beside_link = path.is_relative_to(self.root) and target.is_relative_to(
+            path.parent.resolve()
+        )
+        return target if inside_root or beside_link else None
+
+    def _thumbnail(self, video_id: str, centiseconds: int, width: int) -> bytes | None:
+        path = self.video_file(video_id)
+        if path is None:
+            return None
+        duration = float(self._videos["duration"][self._row[video_id]])
+        frame = self.frame_at(str(path), min(centiseconds / 100, max(duration - 0.05, 0.0)))
+        if frame is None:
+            return None
+        image = Image.fromarray(frame).convert("RGB")
+        if image.width > width:
+            image = image.resize((width, round(image.height * width / image.width)))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=80)
+        return buffer.getvalue()
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _not_found() -> JSONResponse:
+    return _error(404, "not found")
+
+
+def create_app(service: SearchService) -> FastAPI:
+    """The FastAPI app over a service (tests build one around a small work dir)."""
+    app = FastAPI(title="tcd search", docs_url=None, redoc_url=None, openapi_url=None)
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for problem in exc.errors():
+            where = ".".join(str(p) for p in problem.get("loc", ())[1:]) or "request"
+            parts.append(f"{where}: {problem.get('msg', 'invalid')}")
+        return _error(400, "; ".join(parts))
+
+    @app.exception_handler(BadRequest)
+    async def refused(_: Request, exc: BadRequest) -> JSONResponse:
+        return _error(exc.status, str(exc))
+
+    @app.exception_handler(TcdError)
+    async def tcd_error(_: Request, exc: TcdError) -> JSONResponse:
+        return _error(400, str(exc))
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/api/search")
+    def api_search(
+        q: str = "",
+        top_k: int = 10,
+        k: int = 100,
+        split: str | None = None,
+        min_score: float | None = None,
+    ) -> dict[str, Any]:
+        if not 1 <= top_k <= MAX_TOP_K:
+            raise BadRequest(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
+        if not 1 <= k <= MAX_K:
+            raise BadRequest(f"k must be between 1 and {MAX_K}, got {k}")
+        if min_score is not None and not np.isfinite(min_score):
+            raise BadRequest("min_score must be a finite number")
+        return service.search(q, split, top_k, k, min_score)
+
+    @app.get("/api/info")
+    def api_info() -> dict[str, Any]:
+        return {"run": service.run, "split": service.default_split, "splits": service.splits}
+
+    @app.get("/api/videos/{video_id:path}", response_model=None)
+    def api_video(video_id: str) -> dict[str, Any] | JSONResponse:
+        if video_id not in service._row:
+            return _not_found()
+        details = service.details(video_id)
+        details["media"] = f"/media/{quote(video_id)}" if service.video_file(video_id) else None
+        return details
+
+    @app.get("/media/{video_id:path}", response_model=None)
+    def media(video_id: str) -> FileResponse | JSONResponse:
+        path = service.video_file(video_id)
+        return _not_found() if path is None else FileResponse(path)
+
+    @app.get("/thumbs/{video_id:path}", response_model=None)
+    def thumb(video_id: str, t: float = 0.0, w: int = THUMB_WIDTH) -> Response:
+        if not np.isfinite(t) or not 16 <= w <= 1280:
+            raise BadRequest("t must be a number of seconds and w between 16 and 1280")
+        jpeg = service.thumbnail(video_id, max(int(round(t * 100)), 0), w)
+        if jpeg is None:
+            return _not_found()
+        cache = {"Cache-Control": "max-age=3600"}
+        return Response(jpeg, media_type="image/jpeg", headers=cache)
+
+    return app
+
+
+@contextlib.contextmanager
+def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0):
+    """Serve `app` with uvicorn in a background thread (tests, benchmarks, the screenshot);
+    yields the base URL. `port=0` picks a free port."""
+    import socket
+
+    import uvicorn
+
+    if port == 0:
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"the server did not start on {host}:{port} in {timeout:.0f} s")
+        time.sleep(0.05)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)

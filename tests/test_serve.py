@@ -1,0 +1,227 @@
+"""`tcd serve`'s API with FastAPI's TestClient: hits equal `tcd search --json`, video details,
+files served only from inside the dataset root, bad queries answered with a 4xx JSON error;
+`tcd show` and `tcd search --queries` on the same work dir."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+runner = CliRunner()
+LINKED = "linked_out.mp4"  # the test video that is a symlink to a file outside the root
+
+
+def served_work(synth_set: Path, root: Path) -> tuple[Path, Path, str]:
+    """A copy of the synthetic set in which one test video is a symlink to a file outside the
+    dataset root (the manifest records it as unreadable), with every stage run (Kwai OCR);
+    returns (work dir, synth copy, the linked video's id)."""
+    from pipeline.ocr import OcrSettings
+    from pipeline.settings import PipelineSettings, save_settings
+    from tests.test_stages import make_work, run_all
+
+    synth = Path(shutil.copytree(synth_set, root / "synth"))
+    tests = json.loads((synth / "TextVR_test.json").read_text())
+    entry = tests[0]
+    video = synth / "Video" / entry["path"]
+    outside = root / "outside.mp4"
+    shutil.copy(video, outside)
+    linked = Path(entry["path"]).with_name(LINKED)
+    (synth / "Video" / linked).symlink_to(outside)
+    tests.append({**entry, "path": str(linked)})
+    (synth / "TextVR_test.json").write_text(json.dumps(tests))
+    work = make_work(synth, root)
+    run_all(work)
+    save_settings(work.path, PipelineSettings(ocr=OcrSettings(engine="kwai")))
+    return work.path, synth, str(linked)
+
+
+@pytest.fixture(scope="module")
+def served(synth_set, tmp_path_factory):
+    root = tmp_path_factory.mktemp("served")
+    return served_work(synth_set, root)
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    from cli.serve_app import create_app
+    from cli.serve_cmd import build_service
+
+    service = build_service(served[0])
+    service.warm()
+    return TestClient(create_app(service))
+
+
+def first_test_query(synth: Path) -> tuple[str, str]:
+    entry = json.loads((synth / "TextVR_test.json").read_text())[1]
+    return entry["captions_info"][0]["caption"], entry["path"]
+
+
+def test_api_hits_equal_tcd_search_json(served, client):
+    work, synth, linked = served
+    query, target = first_test_query(synth)
+    result = runner.invoke(app, ["search", "--work", str(work), query, "--json", "--top-k", "5"])
+    assert result.exit_code == 0, result.output
+    expected = json.loads(result.stdout)["results"]
+    response = client.get("/api/search", params={"q": query, "top_k": 5})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["split"] == "test" and body["run"] == "zero-shot"
+    hits = body["results"]
+    assert [{k: v for k, v in h.items() if k not in ("thumbnail", "media")} for h in hits] == (
+        expected
+    )
+    assert target in [hit["video"] for hit in hits]  # zero-shot: near the top, not always first
+    assert {"S_to", "caption", "start", "end"} <= set(hits[0])
+    assert linked not in {hit["video"] for hit in hits}  # its stages failed: never a result
+    thumb = client.get(hits[0]["thumbnail"])
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    media = client.get(hits[0]["media"], headers={"Range": "bytes=0-99"})
+    assert media.status_code == 206 and len(media.content) == 100
+    scored = client.get("/api/search", params={"q": query, "min_score": hits[1]["score"]})
+    assert [h["video"] for h in scored.json()["results"]] == [h["video"] for h in hits[:2]]
+
+
+def test_failed_videos_never_appear_even_when_every_video_is_asked_for(served, client):
+    work, synth, linked = served
+    hits = client.get("/api/search", params={"q": "a sign", "top_k": 100}).json()["results"]
+    n_test = len(json.loads((synth / "TextVR_test.json").read_text()))
+    assert len(hits) == n_test - 1 and linked not in {hit["video"] for hit in hits}
+
+
+def test_video_details_and_tcd_show(served, client):
+    work, synth, linked = served
+    _, target = first_test_query(synth)
+    details = client.get(f"/api/videos/{target}").json()
+    assert details["video"]["id"] == target and details["media"].startswith("/media/")
+    assert all(s["state"] == "done" for s in details["stages"].values())
+    assert details["ocr_lines"] and len(details["windows"]) == 12
+    times = [line["t"] for line in details["ocr_lines"]]
+    assert times == sorted(times) and {"text", "score", "t", "box"} <= set(details["ocr_lines"][0])
+    failed = client.get(f"/api/videos/{linked}").json()
+    assert "outside the dataset root" in failed["error"] and failed["media"] is None
+    assert failed["failed"] and failed["ocr_lines"] == []
+    shown = runner.invoke(app, ["show", "--work", str(work), target])
+    assert shown.exit_code == 0, shown.output
+    assert "OCR lines (" in shown.output and "window captions (12)" in shown.output
+    assert details["ocr_lines"][0]["text"] in shown.output
+    shown = runner.invoke(app, ["show", "--work", str(work), linked])
+    assert shown.exit_code == 0 and "failed" in shown.output
+    unknown = runner.invoke(app, ["show", "--work", str(work), "no/such.mp4"])
+    assert unknown.exit_code != 0 and "no video 'no/such.mp4'" in str(unknown.exception)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/media/../../etc/passwd",
+        "/media/%2e%2e/%2e%2e/etc/passwd",
+        "/media/%2Fetc%2Fpasswd",
+        "/media//etc/passwd",
+        "/thumbs/%2e%2e/%2e%2e/etc/passwd?t=1",
+        "/media/no/such/video.mp4",
+        "/api/videos/no/such/video.mp4",
+        "/api/videos/%2e%2e/%2e%2e/etc/passwd",
+    ],
+)
+def test_nothing_outside_the_manifest_is_served(client, path):
+    response = client.get(path)
+    assert response.status_code == 404
+    assert "root:" not in response.text
+
+
+def test_a_symlink_out_of_the_root_is_not_served(served, client):
+    _, _, linked = served
+    for path in (f"/media/{linked}", f"/thumbs/{linked}?t=1"):
+        response = client.get(path)
+        assert response.status_code == 404 and response.json() == {"error": "not found"}
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"q": ""}, "the query is empty"),
+        ({"q": "   "}, "the query is empty"),
+        ({}, "the query is empty"),
+        ({"q": "x" * 10_000}, "at most 1000"),
+        ({"q": "a sign", "k": 0}, "k must be between"),
+        ({"q": "a sign", "k": -5}, "k must be between"),
+        ({"q": "a sign", "k": 10**12}, "k must be between"),
+        ({"q": "a sign", "k": "many"}, "k:"),
+        ({"q": "a sign", "top_k": 0}, "top_k must be between"),
+        ({"q": "a sign", "top_k": 10**9}, "top_k must be between"),
+        ({"q": "a sign", "min_score": "nan"}, "min_score"),
+        ({"q": "a sign", "split": "nope"}, "no split 'nope'"),
+    ],
+)
+def test_bad_queries_get_a_4xx_json_error(client, params, message):
+    response = client.get("/api/search", params=params)
+    assert 400 <= response.status_code < 500, response.text
+    assert message in response.json()["error"]
+
+
+def test_the_page_is_served_and_escapes_by_construction(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "<title>tcd search</title>" in page.text
+    assert "innerHTML" not in page.text  # every text is placed with textContent
+
+
+def test_search_queries_file_writes_json_lines(served, tmp_path):
+    work, synth, _ = served
+    query, target = first_test_query(synth)
+    listed = tmp_path / "queries.txt"
+    listed.write_text(f"{query}\n\na sign\n")
+    result = runner.invoke(app, ["search", "--work", str(work), "--queries", str(listed)])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["query"] for line in lines] == [query, "a sign"]
+    assert target in [hit["video"] for hit in lines[0]["results"]]
+    as_json = tmp_path / "queries.json"
+    as_json.write_text(json.dumps([query]))
+    result = runner.invoke(app, ["search", "--work", str(work), "--queries", str(as_json)])
+    assert result.exit_code == 0 and json.loads(result.stdout)["query"] == query
+    both = runner.invoke(app, ["search", "--work", str(work), "q", "--queries", str(as_json)])
+    assert both.exit_code != 0 and "not both" in str(both.exception)
+
+
+def test_a_folder_without_captions_is_searched_zero_shot(served, client, synth_set, tmp_path):
+    """`tcd data folder` with no table -> stages -> search: split `all`, no trained head."""
+    from cache import WorkDir
+    from pipeline.ocr import OcrSettings
+    from pipeline.settings import PipelineSettings, save_settings
+    from tests.test_stages import run_all
+
+    work = tmp_path / "w"
+    videos = ["data", "folder", "--videos", str(synth_set / "Video"), "--work", str(work), "-q"]
+    result = runner.invoke(app, videos)
+    assert result.exit_code == 0 and "videos: 12 added" in result.output, result.output
+    assert WorkDir(work).status()["videos"]["by_split"] == {"all": 12}
+    run_all(WorkDir(work))  # kwai OCR: no OCR files here, so no scene text (no OCR run)
+    save_settings(work, PipelineSettings(ocr=OcrSettings(engine="kwai")))
+    result = runner.invoke(app, ["search", "--work", str(work), "a sign", "--json"])
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)["results"]) == 10  # split `all`, run zero-shot
+    # a run of another work dir with the same encoders is accepted by path, read only
+    other_run = served[0] / "runs" / "zero-shot"
+    listed = sorted(p.name for p in other_run.iterdir())
+    result = runner.invoke(app, ["search", "--work", str(work), "--run", str(other_run), "sign"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in other_run.iterdir()) == listed  # nothing written there
+    # ... and refused, naming both, when its encoders differ
+    settings = work / "settings.toml"
+    settings.write_text(settings.read_text().replace('"minilm"', '"other-text-model"'))
+    result = runner.invoke(app, ["search", "--work", str(work), "--run", str(other_run), "sign"])
+    message = str(result.exception)
+    assert result.exit_code != 0 and "'minilm'" in message and "'other-text-model'" in message
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, ["data", "folder", "--videos", str(empty), "--work", str(work)])
+    assert result.exit_code != 0 and "no video files" in str(result.exception)
