@@ -17,7 +17,8 @@ what changed:
   `reuse_diff`. Aligning absorbs drift of a few pixels; the patch maximum sees one changed
   character, which a mean over the whole crop would dilute. The boxes left are recognised
   together, `ocr.rec_batch` crops per call. Comparing with the frame of recognition, not the
-  previous one, keeps slow changes from accumulating unseen.
+  previous one, keeps slow changes from accumulating unseen. Only a text that was read is
+  reused: a box whose read was dropped (blurred, fading in) is read again in the next frame.
 - "frame+boxes": both; a frame "frame" calls unchanged takes the last detected frame's
   boxes and texts without running the detector, any other goes through "boxes".
 
@@ -143,14 +144,16 @@ class FrameGate:
 
 @dataclass
 class _Track:
-    """A box of the previous frame: where it is, the grey frame where its text was
-    recognised, and the index of that recognition in the batch's results (or its text, once
-    known)."""
+    """A box of a frame: where it is, its crop, the grey frame where the text it takes was
+    recognised, and which recognition of the batch that is (`slot`; -1 once `result` is
+    known). `own`: that recognition is of this box's crop."""
 
     box: np.ndarray
+    crop: np.ndarray
     seen: np.ndarray
-    slot: int  # index into the pending recognitions, -1 once `result` is known
+    slot: int
     result: tuple[str, float] | None
+    own: bool
 
 
 class BoxGate:
@@ -187,13 +190,14 @@ class BoxGate:
         return False
 
     def _match(self, box: np.ndarray, frame: np.ndarray) -> _Track | None:
-        """The previous frame's box this one continues unchanged, if any."""
+        """The previous frame's box this one continues unchanged, if any. A box whose read was
+        dropped (no text over rapidocr's score) is never continued: it is read again."""
         best, best_iou = None, self.reuse_iou
         for track in self.tracks:
             overlap = iou(box, track.box)
             if overlap >= best_iou:
                 best, best_iou = track, overlap
-        if best is None:
+        if best is None or (best.result is not None and not best.result[0]):
             return None
         return best if box_change(frame, best.seen, box) <= self.reuse_diff else None
 
@@ -213,17 +217,23 @@ class BoxGate:
             for box, crop in zip(boxes, box_crops, strict=True):
                 track = self._match(box, frame_grey)
                 if track is None:
-                    current.append(_Track(box, frame_grey, len(crops), None))
+                    current.append(_Track(box, crop, frame_grey, len(crops), None, True))
                     crops.append(crop)
                 else:
-                    current.append(_Track(box, track.seen, track.slot, track.result))
+                    current.append(_Track(box, crop, track.seen, track.slot, track.result, False))
             per_frame.append(current)
             self.tracks = current
             self.counts.boxes += len(current)
         results = self.engine.recognize(crops) if crops else []
+        # a box that continued one whose read turned out dropped is read after all
+        tracks = {id(t): t for current in per_frame for t in current}.values()
+        again = [t for t in tracks if t.result is None and not t.own and not results[t.slot][0]]
+        reread = self.engine.recognize([t.crop for t in again]) if again else []
+        for track, result in zip(again, reread, strict=True):
+            track.result, track.slot = result, -1
         self.counts.frames += len(frames)
         self.counts.frames_read += detected
-        self.counts.boxes_read += len(crops)
+        self.counts.boxes_read += len(crops) + len(again)
         out = []
         for current in per_frame:
             for track in current:

@@ -183,6 +183,24 @@ def test_frame_plus_boxes_skips_the_detector_on_unchanged_frames():
     assert plain.detected == 4  # "boxes" alone detects every frame
 
 
+class FadingIn(SplitEngine):
+    """The first crop it reads is dropped (no text over the score), as a sign fading in."""
+
+    def recognize(self, crops: list[np.ndarray]) -> list[tuple[str, float]]:
+        first = self.recognised == 0
+        read = super().recognize(crops)
+        return [("", 0.0)] + read[1:] if first else read
+
+
+def test_a_dropped_read_is_never_reused():
+    engine = FadingIn()
+    gate = BoxGate(engine, reuse_iou=0.7, reuse_diff=0.15)
+    same = np.stack([scene("SIGN")] * 3)
+    # frame 0's read is dropped: frames 1 and 2, which continue it, are read after all
+    assert texts(gate(same)) == [[], ["SIGN"], ["SIGN"]]
+    assert gate(same[:1]) and engine.recognised == 3  # the next batch reuses a read text
+
+
 def test_boxes_needs_an_engine_with_detection_and_recognition(monkeypatch):
     monkeypatch.setattr(pipeline.ocr, "make_engine", lambda settings, threads=1: CountingEngine())
     for mode in ("boxes", "frame+boxes"):
