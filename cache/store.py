@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +69,10 @@ CAPTION_COLUMNS: dict[str, tuple[Any, Any]] = {
     "text": (str, ""),
 }
 _MANIFEST_CHUNK = 4096
+# A row's key is its manifest key, or `<manifest key>|<part>` for a group whose rows are also
+# computed from something outside the video (an imported OCR file: see `StageGroup.expected`).
+ROW_KEY_SEPARATOR = "|"
+RowKeyPart = Callable[[], np.ndarray]  # per manifest row: the part ('' for none)
 
 
 @dataclass
@@ -227,11 +231,15 @@ class Shard:
 
 
 class StageGroup:
-    """One stage's cache for one settings key: per-row data plus done/key/error bookkeeping."""
+    """One stage's cache for one settings key: per-row data plus done/key/error bookkeeping.
 
-    def __init__(self, work: WorkDir, group: zarr.Group):
+    `row_key_part`, from whoever opens the group for a stage (`pipeline.settings.StageGroups`),
+    gives what else each row is computed from (see `expected`)."""
+
+    def __init__(self, work: WorkDir, group: zarr.Group, row_key_part: RowKeyPart | None = None):
         self.work = work
         self.group = group
+        self.row_key_part = row_key_part
         attrs = dict(group.attrs)
         self.stage: str = attrs["stage"]
         self.key: str = attrs["key"]
@@ -301,9 +309,24 @@ class StageGroup:
 
     # -- bookkeeping ------------------------------------------------------------------------
     def expected(self) -> tuple[np.ndarray, np.ndarray]:
-        """(key, present) of the manifest rows this group follows."""
+        """(key, present) of the manifest rows this group follows.
+
+        A row's key is the manifest's (the video's content key, the caption's text key),
+        joined by `ROW_KEY_SEPARATOR` with the group's `row_key_part` where that part is not
+        empty. A group opened without its part (`WorkDir.stages()`, for `tcd cache status`)
+        checks the manifest key alone (`row_states`)."""
         table = self.work.manifest.table(self.rows)
-        return table.column("key"), table.column("present")
+        keys, present = table.column("key"), table.column("present")
+        if self.row_key_part is not None:
+            parts = self.row_key_part()
+            keys = np.array(
+                [
+                    f"{k}{ROW_KEY_SEPARATOR}{p}" if p else k
+                    for k, p in zip(keys, parts, strict=True)
+                ],
+                dtype=object,
+            )
+        return keys, present
 
     def row_states(self) -> dict[str, np.ndarray]:
         """Boolean masks over manifest rows: done, stale, failed, pending, removed."""
@@ -317,6 +340,8 @@ class StageGroup:
             done[:m] = self.group["done"][:m]
             have[:m] = self.group["key"][:m].astype(object)
             error[:m] = self.group["error"][:m].astype(object)
+        if self.row_key_part is None:  # the part is unknown here: compare the manifest keys
+            have = np.array([str(k).split(ROW_KEY_SEPARATOR)[0] for k in have], dtype=object)
         match = have == want
         failed_mark = (error != "") & ~done
         return {
@@ -466,30 +491,36 @@ class WorkDir:
         settings: Any,
         upstream: str | None = None,
         rows: str = "videos",
+        row_key_part: RowKeyPart | None = None,
     ) -> StageGroup:
-        """The group of stage `name` for these settings and input key, created if missing."""
+        """The group of stage `name` for these settings and input key, created if missing
+        (`row_key_part`: see `StageGroup.expected`)."""
         if rows not in ROW_KINDS:
             raise CacheError(f"unknown row kind {rows!r}; expected one of {ROW_KINDS}")
         key = settings_key(settings, upstream)
         path = f"stages/{name}/{key}"
-        found = self.find_stage(name, key)
+        found = self.find_stage(name, key, row_key_part)
         if found is not None:
             return found
         # Creation takes the group's writer lock, so call this before holding that lock.
         with self.stage_lock(name, key, timeout=30.0):
             try:
-                return self._create_stage(path, name, key, rows, upstream, settings)
+                group = self._create_stage(path, name, key, rows, upstream, settings)
+                group.row_key_part = row_key_part
+                return group
             except OSError as exc:  # disk full, permissions: a half-made group is redone
                 raise CacheError(
                     f"cannot create the cache group {path} in {self.path} "
                     f"({exc.strerror or exc}); fix the cause and rerun"
                 ) from None
 
-    def find_stage(self, name: str, key: str) -> StageGroup | None:
+    def find_stage(
+        self, name: str, key: str, row_key_part: RowKeyPart | None = None
+    ) -> StageGroup | None:
         """The group of stage `name` with this key if it exists (never creates it)."""
         path = f"stages/{name}/{key}"
         if path in self.root and _complete(self.root[path]):
-            return StageGroup(self, self.root[path])
+            return StageGroup(self, self.root[path], row_key_part)
         return None
 
     def _create_stage(

@@ -11,7 +11,7 @@ import typer
 from cache import WorkDir
 from cli.common import Quiet
 from pipeline import synth_temporal
-from pipeline.datasets import Dataset, read_folder, read_textvr
+from pipeline.datasets import Dataset, read_folder, read_msrvtt, read_textvr
 from pipeline.manifest import build_manifest
 from pipeline.synth import SynthSettings, generate
 
@@ -76,6 +76,42 @@ def textvr(
     _read_into(work, read_textvr(root, tuple(split) if split else None), replace, quiet)
 
 
+class MsrvttSplit(StrEnum):
+    """1k-a: the 9k (or 7k) training videos and the 1k-A test set, one sentence per video;
+    full: the official train / validate (val) / test split of MSRVTT_data.json."""
+
+    one_k_a = "1k-a"
+    full = "full"
+
+
+class MsrvttTrain(StrEnum):
+    nine_k = "9k"
+    seven_k = "7k"
+
+
+def msrvtt(
+    root: Annotated[
+        Path,
+        typer.Option(
+            help="MSR-VTT folder in CLIP4Clip's layout: MSRVTT_data.json, MSRVTT_train.9k.csv, "
+            "MSRVTT_JSFUSION_test.csv (at the root or in msrvtt_data/), MSRVTT_Videos/."
+        ),
+    ],
+    work: NewWork,
+    split: Annotated[
+        MsrvttSplit,
+        typer.Option(help="1k-a: 9k train + 1k-A test (one sentence per video); full: official."),
+    ] = MsrvttSplit.one_k_a,
+    train: Annotated[
+        MsrvttTrain, typer.Option(help="1k-a only: the 9k or the 7k training list.")
+    ] = MsrvttTrain.nine_k,
+    replace: Replace = False,
+    quiet: Quiet = False,
+) -> None:
+    """Read MSR-VTT annotations and videos into the manifest (incremental)."""
+    _read_into(work, read_msrvtt(root, split.value, train.value), replace, quiet)
+
+
 def folder(
     videos: Annotated[Path, typer.Option(help="Folder of videos.")],
     work: NewWork,
@@ -98,5 +134,6 @@ def register(app: typer.Typer) -> None:
     data = typer.Typer(help="Create or read datasets into a work directory.", no_args_is_help=True)
     data.command("synth")(synth)
     data.command("textvr")(textvr)
+    data.command("msrvtt")(msrvtt)
     data.command("folder")(folder)
     app.add_typer(data, name="data")

@@ -1,4 +1,5 @@
-"""Dataset readers: TextVR annotation files and a plain folder of videos with a caption table.
+"""Dataset readers: TextVR annotation files, MSR-VTT (CLIP4Clip's layout) and a plain folder
+of videos with a caption table.
 
 Both produce a `Dataset`: videos in annotation order, each with its captions. Readers only
 parse and validate; they do not open videos (the manifest stage does, and records failures
@@ -288,6 +289,151 @@ def _read_collection(videos_dir: Path, name: str) -> Dataset:
             )
         )
     return dataset
+
+
+# -- MSR-VTT --------------------------------------------------------------------------------
+MSRVTT_DATA = "MSRVTT_data.json"
+MSRVTT_TRAIN = {"9k": "MSRVTT_train.9k.csv", "7k": "MSRVTT_train.7k.csv"}
+MSRVTT_TEST_1KA = "MSRVTT_JSFUSION_test.csv"
+MSRVTT_VIDEO_DIRS = ("MSRVTT_Videos", "videos/all")
+MSRVTT_SPLITS = ("1k-a", "full")
+MSRVTT_FULL_SPLITS = {"train": "train", "validate": "val", "test": "test"}  # file -> ours
+
+
+def read_msrvtt(root: str | Path, split: str = "1k-a", train: str = "9k") -> Dataset:
+    """Read MSR-VTT in the layout most text-video code uses (CLIP4Clip's).
+
+    `split="1k-a"`: train = the videos of `MSRVTT_train.9k.csv` (or `.7k.csv`, `train="7k"`)
+    with all their `MSRVTT_data.json` sentences; test = `MSRVTT_JSFUSION_test.csv`, one
+    sentence per video (the usual 1k-A protocol). `split="full"`: the official split of
+    `MSRVTT_data.json` (train / validate -> val / test), all sentences. Videos are
+    `MSRVTT_Videos/<video_id>.mp4` (or `videos/all/`); ids are the `video_id`s. Annotation
+    files are found at the root or in its `msrvtt_data/` folder.
+    """
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise DatasetError(f"{root}: MSR-VTT root folder not found")
+    if split not in MSRVTT_SPLITS:
+        raise DatasetError(f"unknown MSR-VTT split {split!r}; expected one of {MSRVTT_SPLITS}")
+    if train not in MSRVTT_TRAIN:
+        raise DatasetError(f"unknown MSR-VTT train list {train!r}; expected 9k or 7k")
+    video_dir = next(
+        (root / d for d in MSRVTT_VIDEO_DIRS if (root / d).is_dir()), root / MSRVTT_VIDEO_DIRS[0]
+    )
+    data_path = _msrvtt_file(root, MSRVTT_DATA, "the video list and its sentences")
+    videos, sentences = _msrvtt_data(data_path)
+    dataset = Dataset(name="msrvtt", root=root)
+    if split == "full":
+        for video_id, file_split in videos.items():
+            if file_split not in MSRVTT_FULL_SPLITS:
+                raise DatasetError(
+                    f"{data_path.name}: video {video_id!r} has split {file_split!r}; expected "
+                    f"one of {', '.join(MSRVTT_FULL_SPLITS)}"
+                )
+        chosen = [(v, MSRVTT_FULL_SPLITS[s], sentences.get(v, [])) for v, s in videos.items()]
+    else:
+        train_path = _msrvtt_file(root, MSRVTT_TRAIN[train], "the 1k-A training videos")
+        test_path = _msrvtt_file(root, MSRVTT_TEST_1KA, "the 1k-A test videos and sentences")
+        chosen = [(v, "train", sentences.get(v, [])) for v in _msrvtt_train_ids(train_path)]
+        chosen += [(v, "test", [text]) for v, text in _msrvtt_test_rows(test_path)]
+    order: dict[str, int] = {}
+    seen: set[str] = set()
+    for video_id, video_split, texts in chosen:
+        where = f"MSR-VTT video {video_id!r}"
+        if video_id in seen:
+            raise DatasetError(f"{where} is listed twice (in the train and test lists?)")
+        seen.add(video_id)
+        if not texts:
+            raise DatasetError(f"{where}: no sentences for it in {data_path.name}")
+        position = order.get(video_split, 0)
+        order[video_split] = position + 1
+        dataset.videos.append(
+            VideoEntry(
+                id=video_id,
+                path=safe_join(video_dir, f"{video_id}.mp4", where),
+                split=video_split,
+                order=position,
+                captions=tuple(texts),
+            )
+        )
+    return dataset
+
+
+def _msrvtt_file(root: Path, name: str, needed_for: str) -> Path:
+    """`root/name` or `root/msrvtt_data/name`; a missing file names itself and its use."""
+    for path in (root / name, root / "msrvtt_data" / name):
+        if path.is_file():
+            return path
+    raise DatasetError(
+        f"{root}: {name} not found (in the root or msrvtt_data/); needed for {needed_for}"
+    )
+
+
+def _msrvtt_id(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise DatasetError(f"{where}: expected a string video_id, got {value!r}")
+    value = value.strip()
+    if relative_path(value, where) != value or "/" in value:
+        raise DatasetError(f"{where}: video_id {value!r} must be a plain file name")
+    return value
+
+
+def _msrvtt_data(path: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """`MSRVTT_data.json` -> (video_id -> split, video_id -> sentences in file order)."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: expected an object with 'videos' and 'sentences'")
+    entries, sentences = data.get("videos"), data.get("sentences")
+    if not isinstance(entries, list) or not isinstance(sentences, list):
+        raise DatasetError(f"{path}: expected lists 'videos' and 'sentences'")
+    videos: dict[str, str] = {}
+    for index, entry in enumerate(entries):
+        where = f"{path.name}: videos[{index}]"
+        if not isinstance(entry, dict):
+            raise DatasetError(f"{where}: expected an object")
+        split = entry.get("split")
+        if not isinstance(split, str):
+            raise DatasetError(f"{where}: missing string 'split'")
+        videos[_msrvtt_id(entry.get("video_id"), where)] = split
+    texts: dict[str, list[str]] = {}
+    for index, entry in enumerate(sentences):
+        where = f"{path.name}: sentences[{index}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("caption"), str):
+            raise DatasetError(f"{where}: expected an object with a string 'caption'")
+        video_id = _msrvtt_id(entry.get("video_id"), where)
+        if video_id not in videos:
+            raise DatasetError(f"{where}: video {video_id!r} is not in 'videos'")
+        texts.setdefault(video_id, []).append(entry["caption"])
+    return videos, texts
+
+
+def _msrvtt_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    rows = _read_caption_table(path)
+    if rows and (missing := [c for c in columns if c not in rows[0]]):
+        raise DatasetError(f"{path}: missing column(s) {', '.join(missing)}")
+    return rows
+
+
+def _msrvtt_train_ids(path: Path) -> list[str]:
+    rows = _msrvtt_csv(path, ("video_id",))
+    return [_msrvtt_id(row["video_id"], f"{path.name}: row {i + 1}") for i, row in enumerate(rows)]
+
+
+def _msrvtt_test_rows(path: Path) -> list[tuple[str, str]]:
+    """(video_id, sentence) per row of the JSFUSION test file: one sentence per video."""
+    rows = _msrvtt_csv(path, ("video_id", "sentence"))
+    out = []
+    for index, row in enumerate(rows):
+        where = f"{path.name}: row {index + 1}"
+        if not isinstance(row["sentence"], str) or not row["sentence"].strip():
+            raise DatasetError(f"{where}: empty 'sentence'")
+        out.append((_msrvtt_id(row["video_id"], where), row["sentence"]))
+    return out
 
 
 def _read_caption_table(path: Path) -> list[dict[str, Any]]:

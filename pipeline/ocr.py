@@ -5,23 +5,23 @@ always, plus frames at `ocr.fps`, so every caption window holds at least its cen
 at any xi. The ocr group of a decoding engine is therefore keyed by T too (`StageGroups`).
 
 Engines: `rapidocr` (default; PP-OCR det/rec ONNX models bundled in the wheel, CPU or the CUDA
-provider when onnxruntime-gpu is installed), `paddleocr` (optional; local model dirs), `kwai`
-(imports TextVR's Kwai_VideoOCR JSON, no decoding).
+provider when onnxruntime-gpu is installed), `paddleocr` (optional; local model dirs), `import`
+(reads OCR files of any spotter, no decoding: `pipeline.ocr_import`) and `kwai` (the import of
+TextVR's Kwai_VideoOCR JSON, under its old name and cache key).
 
 Cache layout of group `stages/ocr/<key>` (one chunk per row):
     lines    str   JSON list of {"text", "score", "box": [[x, y] x 4], "t": seconds, "track"}
     n_lines  int32 number of lines
     warning  str   why the row's frames are not all real ('' if they are: see `read_frames`)
-`track` is the engine's track id where it has one (kwai) and -1 otherwise.
+`track` is the engine's track id where it has one (imports) and -1 otherwise.
 
-Report phases: decoding frames (and reading Kwai JSON) is read time, engine calls compute,
+Report phases: decoding frames (and reading imported OCR files) is read time, engine calls compute,
 loading the engine setup.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,30 +29,26 @@ from typing import Any
 import numpy as np
 
 from cache import Shard, StageGroup, WorkDir
-from cache.errors import TcdError
+from pipeline.ocr_import import (
+    TIME_DECIMALS,
+    Line,
+    OcrError,
+    annotation_paths,
+    line_time,
+    read_imported_ocr,
+    read_kwai_ocr,  # noqa: F401 (its old home, for existing callers)
+)
 from pipeline.settings import (
     CaptionSettings,
     OcrSettings,
     PipelineSettings,
     StageGroups,
+    import_format,
     resolve_settings,
     samples_frames,
 )
 from pipeline.stage import StageClock, StageReport, guarded, run_stage
 from pipeline.video import Decoder, ocr_times, read_frames, require_decoder, segment_centres
-
-
-class OcrError(TcdError):
-    """An OCR engine cannot run (missing package or models) or its input is malformed."""
-
-
-Line = dict[str, Any]
-TIME_DECIMALS = 3  # a line's time `t` is kept to the millisecond
-
-
-def line_time(seconds: float) -> float:
-    """A sampled time as a line records it (`t`): to the millisecond."""
-    return round(float(seconds), TIME_DECIMALS)
 
 
 def ocr_sample_times(duration: float, settings: OcrSettings, frames: int) -> np.ndarray:
@@ -91,24 +87,26 @@ def run_ocr(
         require_decoder(decoder)
         if captions is None:
             captions = resolve_settings(work.path).captions
-    captions = captions or CaptionSettings()  # kwai: T keys nothing (`StageGroups`)
+    captions = captions or CaptionSettings()  # imports: T keys nothing (`StageGroups`)
     frames = captions.frames
     group = StageGroups.resolve(work, PipelineSettings(ocr=settings, captions=captions)).ocr
-    videos = work.manifest.videos.read(["path", "ocr_path", "fps", "duration", "error"])
+    videos = work.manifest.videos.read(["path", "fps", "duration", "error"])
+    imported = import_format(settings)  # None for an engine that decodes frames
 
     readers: list[Any] = []
 
     def produce(rows: np.ndarray, clock: StageClock) -> Iterator[tuple[int, Any]]:
         with clock.setting_up():  # only when there is work: loading the models takes seconds
-            reader = None if settings.engine == "kwai" else make_reader(settings, threads)
+            reader = None if imported else make_reader(settings, threads)
             readers.append(reader)
+        files = annotation_paths(settings, work) if imported else []
         for row in rows:
             video = {name: values[row] for name, values in videos.items()}
 
-            def compute(video: dict[str, Any] = video) -> dict[str, Any]:
+            def compute(video: dict[str, Any] = video, row: int = int(row)) -> dict[str, Any]:
                 warnings: list[str] = []
-                if settings.engine == "kwai":
-                    lines = read_kwai_ocr(video["ocr_path"], float(video["fps"]))
+                if imported:
+                    lines = read_imported_ocr(files[row], float(video["fps"]), imported)
                 else:
                     if video["error"]:
                         raise OcrError(f"unreadable video: {video['error']}")
@@ -333,55 +331,4 @@ def spot_video(
                         "track": -1,
                     }
                 )
-    return lines
-
-
-# -- the Kwai_VideoOCR import ----------------------------------------------------------------
-def read_kwai_ocr(path: str | Path, fps: float) -> list[Line]:
-    """TextVR's Kwai OCR JSON -> lines; frame indices become seconds with the video's fps.
-
-    A missing or empty file means no scene text. Malformed content raises `OcrError`.
-    """
-    path = Path(path) if path else None
-    if path is None or not path.exists():
-        return []
-    if fps <= 0 or not math.isfinite(fps):
-        raise OcrError(
-            f"{path}: the video's frame rate is unknown, cannot place OCR frames in time"
-        )
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8") or "{}")
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise OcrError(f"{path}: not valid OCR JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise OcrError(f"{path}: expected an object of tracks, got {type(data).__name__}")
-    lines = []
-    for track_id, (key, track) in enumerate(data.items()):
-        where = f"{path}: track {key!r}"
-        if not isinstance(track, dict) or not isinstance(track.get("text"), str):
-            raise OcrError(f"{where}: missing string 'text'")
-        score = track.get("score", 1.0)
-        frames = track.get("tracks", {})
-        if not isinstance(score, (int, float)) or not isinstance(frames, dict):
-            raise OcrError(f"{where}: 'score' must be a number and 'tracks' an object")
-        for frame, values in frames.items():
-            try:
-                index = int(frame)
-                box = np.asarray(values[:8], dtype=float).reshape(4, 2)
-            except (TypeError, ValueError):
-                raise OcrError(
-                    f"{where}: frame {frame!r} needs an integer index and 8 numbers"
-                ) from None
-            if index < 0 or not np.isfinite(box).all():
-                raise OcrError(f"{where}: frame {frame!r} has a negative index or a non-finite box")
-            lines.append(
-                {
-                    "text": track["text"],
-                    "score": float(score),
-                    "box": box.tolist(),
-                    "t": line_time(index / fps),
-                    "track": track_id,
-                }
-            )
-    lines.sort(key=lambda line: line["t"])
     return lines

@@ -14,7 +14,7 @@ This module imports neither torch nor transformers, so light commands stay light
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -36,6 +36,16 @@ class OcrEngine(StrEnum):
 
     rapidocr = "rapidocr"
     paddleocr = "paddleocr"
+    kwai = "kwai"  # = `import` with ocr.import_format = "kwai"; kept for its cache key
+    import_ = "import"
+
+
+class ImportFormat(StrEnum):
+    """The formats the `import` engine reads (`ocr.import_format`; `pipeline.ocr_import`)."""
+
+    jsonl = "jsonl"
+    bovtext = "bovtext"
+    icdar = "icdar"
     kwai = "kwai"
 
 
@@ -44,7 +54,7 @@ REUSE_MODES = ("off", "frame", "boxes", "frame+boxes")
 
 @dataclass(frozen=True)
 class OcrSettings:
-    engine: Literal["rapidocr", "paddleocr", "kwai"] = "rapidocr"  # = OcrEngine's values
+    engine: Literal["rapidocr", "paddleocr", "kwai", "import"] = "rapidocr"  # = OcrEngine's values
     fps: float = 2.0  # frames read per second of video
     max_frames: int = 64  # cap per video (long videos are sampled uniformly)
     det_limit_side: int = 256  # rapidocr: upscale the short side to at least this
@@ -62,6 +72,13 @@ class OcrSettings:
     reuse_diff: float = added_setting(0.15)
     reuse_frame_diff: float = added_setting(0.05)
     rec_batch: int = added_setting(6)  # rapidocr: crops per recogniser call (its rec_batch_num)
+    # The `import` engine (`pipeline.ocr_import`): OCR files of this format, one per video,
+    # found under import_dir by the video's name or through import_map, a two-column table
+    # (video, annotation file). Relative paths are relative to the dataset root; "" for
+    # import_dir means next to the videos (or, for kwai, TextVR's Kwai_OCR paths).
+    import_format: Literal["jsonl", "bovtext", "icdar", "kwai"] = added_setting("jsonl")
+    import_dir: str = added_setting("")
+    import_map: str = added_setting("")
 
     def __post_init__(self) -> None:
         _check("ocr.fps", math.isfinite(self.fps) and self.fps > 0, "> 0", self.fps)
@@ -73,6 +90,9 @@ class OcrSettings:
         frame_diff = self.reuse_frame_diff
         _check("ocr.reuse_frame_diff", 0 <= frame_diff <= 1, "in [0, 1]", frame_diff)
         _check("ocr.rec_batch", self.rec_batch >= 1, ">= 1", self.rec_batch)
+        formats = tuple(ImportFormat)
+        fmt = self.import_format
+        _check("ocr.import_format", fmt in formats, f"one of {formats}", fmt)
 
 
 @dataclass(frozen=True)
@@ -115,6 +135,17 @@ class OcrSampling:
 
     ocr: OcrSettings
     frames: int
+
+
+@dataclass(frozen=True)
+class OcrImport:
+    """What keys the ocr group of the `import` engine: where its files are and their format.
+    (The kwai engine keeps its old key: its full `OcrSettings`.) Each row's key adds its
+    file's content key (`StageGroups.row_key_part`), so an edited file recomputes its video."""
+
+    format: str
+    dir: str
+    map: str
 
 
 @dataclass(frozen=True)
@@ -161,8 +192,27 @@ COMMAND_GROUPS = {
 
 def samples_frames(ocr: OcrSettings) -> bool:
     """Whether the engine decodes frames itself (at `ocr.fps` plus the T segment centres),
-    so that its group depends on T; `kwai` imports lines found elsewhere and does not."""
-    return ocr.engine != OcrEngine.kwai
+    so that its group depends on T; `import` and `kwai` read lines found elsewhere and do not."""
+    return import_format(ocr) is None
+
+
+def import_format(ocr: OcrSettings) -> str | None:
+    """The format an importing engine reads (`kwai` for the kwai engine); None for an engine
+    that decodes frames."""
+    if ocr.engine == OcrEngine.kwai:
+        return ImportFormat.kwai.value
+    if ocr.engine == OcrEngine.import_:
+        return ocr.import_format
+    return None
+
+
+def _ocr_keyed_by(ocr: OcrSettings, frames: int) -> Any:
+    """What keys the ocr group: see `OcrSampling` and `OcrImport`."""
+    if samples_frames(ocr):
+        return OcrSampling(ocr, frames)
+    if ocr.engine == OcrEngine.kwai:
+        return ocr  # the key kwai work dirs were built with
+    return OcrImport(ocr.import_format, ocr.import_dir, ocr.import_map)
 
 
 def _chain(settings: PipelineSettings) -> list[tuple[str, Any, str | None, str]]:
@@ -174,12 +224,7 @@ def _chain(settings: PipelineSettings) -> list[tuple[str, Any, str | None, str]]
     text = TextSettings(settings.encode.text_model)
     ocr = settings.ocr
     return [
-        (
-            "ocr",
-            OcrSampling(ocr, settings.captions.frames) if samples_frames(ocr) else ocr,
-            None,
-            "videos",
-        ),
+        ("ocr", _ocr_keyed_by(ocr, settings.captions.frames), None, "videos"),
         ("captions", settings.captions, "ocr", "videos"),
         (
             "frames",
@@ -234,8 +279,26 @@ class StageGroups:
         if stage not in self._opened:
             keyed_by, upstream, rows = self.link(stage)
             up = self.keys(self.settings)[upstream] if upstream else None
-            self._opened[stage] = self.work.stage(stage, keyed_by, upstream=up, rows=rows)
+            self._opened[stage] = self.work.stage(
+                stage, keyed_by, upstream=up, rows=rows, row_key_part=self.row_key_part(stage)
+            )
         return self._opened[stage]
+
+    def row_key_part(self, stage: str) -> Callable[[], np.ndarray] | None:
+        """What keys a row of `stage` besides its manifest key (`StageGroup.expected`), or
+        None: for the ocr stage of an importing engine, each video's OCR file's content key
+        (`pipeline.ocr_import.annotation_keys`), so adding or editing a file recomputes that
+        video; the stages reading it (captions, then ocr_text) inherit the part, so the new
+        lines reach that video's captions and their encoding too."""
+        _, upstream, _ = self.link(stage)
+        if upstream is not None:
+            return self.row_key_part(upstream)
+        if stage != "ocr" or samples_frames(self.settings.ocr):
+            return None
+        from pipeline.ocr_import import annotation_keys  # file lookups: only for importers
+
+        ocr, work = self.settings.ocr, self.work
+        return lambda: annotation_keys(ocr, work)
 
     def todo(self, stage: str, retry_failed: bool = False, shard: Shard | None = None) -> int:
         """How many rows `stage` would compute (of `shard`'s rows); creates nothing."""
@@ -250,7 +313,7 @@ class StageGroups:
     def find(self, stage: str) -> StageGroup | None:
         """The group of `stage` if it exists; never creates it."""
         return self._opened.get(stage) or self.work.find_stage(
-            stage, self.keys(self.settings)[stage]
+            stage, self.keys(self.settings)[stage], self.row_key_part(stage)
         )
 
     def link(self, stage: str) -> tuple[Any, str | None, str]:

@@ -1,0 +1,430 @@
+"""OCR brought from any spotter (issue 18): the `import` engine and its formats (JSON Lines,
+BOVText, ICDAR video XML, Kwai), where each video's file is, row keys that follow the files,
+and an imported work dir through caption -> encode -> train -> eval."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cache import WorkDir
+from cli.main import app
+from pipeline.datasets import read_textvr
+from pipeline.ocr import OcrError, read_kwai_ocr, read_lines
+from pipeline.ocr_import import (
+    annotation_paths,
+    read_bovtext_ocr,
+    read_icdar_ocr,
+    read_imported_ocr,
+    read_jsonl_ocr,
+)
+from pipeline.settings import (
+    CaptionSettings,
+    OcrSettings,
+    PipelineSettings,
+    StageGroups,
+    samples_frames,
+)
+from tests.test_msrvtt import msrvtt_root
+from tests.test_stages import KWAI, make_work, run_all
+
+# The ocr group keys before issue 18 (computed on the code before the import engine existed):
+# kwai work dirs, the Makefile's OCR_ENGINE=kwai and saved settings keep their caches.
+KWAI_OCR_KEY = "659d88cf19dbba21"
+RAPIDOCR_OCR_KEY = "5d69226db081e443"
+BOX = [[10, 20], [90, 20], [90, 40], [10, 40]]
+
+# The README's ten-line example (work/notes/import_readme.md)
+JSONL_EXAMPLE = """\
+{"t": 0.0, "text": "TESCO express", "score": 0.97, "box": [[12,30],[180,30],[180,62],[12,62]]}
+{"t": 0.0, "text": "OPEN 24H", "score": 0.88, "box": [[200,40],[260,40],[260,58],[200,58]]}
+{"t": 0.5, "text": "TESCO express", "score": 0.95, "box": [[14,31],[182,31],[182,63],[14,63]]}
+{"t": 0.5, "text": "fresh vegetables"}
+{"t": 1.0, "text": "fresh vegetables", "score": 0.91}
+{"t": 1.5, "text": "Jason Kenny", "score": 0.99, "box": [[40,300],[220,300],[220,330],[40,330]]}
+{"t": 2.0, "text": "GOLD", "score": 0.93, "box": [[40,340],[100,340],[100,362],[40,362]]}
+{"t": 2.5, "text": "Jason Kenny", "score": 0.98}
+{"t": 3.0, "text": "CYCLING", "score": 0.64, "box": [[300,20],[380,20],[380,40],[300,40]]}
+{"t": 3.5, "text": "GB", "score": 0.42}
+"""
+
+
+# -- keys and settings ------------------------------------------------------------------------
+def test_kwai_keeps_its_ocr_group_key_and_import_engines_decode_nothing():
+    kwai = PipelineSettings(ocr=KWAI)
+    assert StageGroups.keys(kwai)["ocr"] == KWAI_OCR_KEY
+    other_t = PipelineSettings(ocr=KWAI, captions=CaptionSettings(frames=8))
+    assert StageGroups.keys(other_t)["ocr"] == KWAI_OCR_KEY  # T keys no imported OCR
+    assert StageGroups.keys(PipelineSettings())["ocr"] == RAPIDOCR_OCR_KEY
+    imported = OcrSettings(engine="import", import_dir="/ocr")
+    keys = StageGroups.keys(PipelineSettings(ocr=imported))
+    assert keys["ocr"] not in (KWAI_OCR_KEY, RAPIDOCR_OCR_KEY)
+    # what reads no frames is not keyed by frame sampling; where the files are keys it
+    for same in (
+        PipelineSettings(ocr=OcrSettings(engine="import", import_dir="/ocr", fps=5.0)),
+        PipelineSettings(ocr=imported, captions=CaptionSettings(frames=8)),
+    ):
+        assert StageGroups.keys(same)["ocr"] == keys["ocr"]
+    for other in (
+        OcrSettings(engine="import", import_dir="/ocr2"),
+        OcrSettings(engine="import", import_dir="/ocr", import_format="bovtext"),
+        OcrSettings(engine="import", import_dir="/ocr", import_map="map.csv"),
+    ):
+        assert StageGroups.keys(PipelineSettings(ocr=other))["ocr"] != keys["ocr"]
+    assert not samples_frames(imported) and not samples_frames(KWAI)
+    assert samples_frames(OcrSettings())
+
+
+# -- the readers ------------------------------------------------------------------------------
+def test_jsonl_reader_and_the_readme_example(tmp_path):
+    path = tmp_path / "clip.jsonl"
+    path.write_text(JSONL_EXAMPLE + "\n   \n")
+    lines = read_jsonl_ocr(path)
+    assert len(lines) == 10 and [x["t"] for x in lines] == sorted(x["t"] for x in lines)
+    assert lines[0] == {
+        "text": "TESCO express",
+        "score": 0.97,
+        "box": [[12.0, 30.0], [180.0, 30.0], [180.0, 62.0], [12.0, 62.0]],
+        "t": 0.0,
+        "track": -1,
+    }
+    fresh = lines[3]
+    assert fresh["text"] == "fresh vegetables" and fresh["score"] == 1.0  # score optional
+    assert fresh["box"] == [[0.0, 0.0]] * 4  # box optional
+    assert read_imported_ocr(path, 0.0, "jsonl") == lines
+    assert read_jsonl_ocr(tmp_path / "missing.jsonl") == []
+    for content, message in [
+        ('{"t": 1, "text": "a"}\n{"t": 1, "text": ', "line 2: not valid JSON"),
+        ('["t", 1]', "line 1: expected an object"),
+        ('{"text": "a"}', "line 1: 't' must be a time"),
+        ('{"t": -1, "text": "a"}', "line 1: 't' must be a time"),
+        ('{"t": 1}', "line 1: missing string 'text'"),
+        ('\n\n{"t": 1, "text": "a", "score": 2}', "line 3: 'score' must be a number in"),
+        ('{"t": 1, "text": "a", "score": true}', "line 1: 'score' must be a number in"),
+        ('{"t": 1, "text": "a", "box": [[1, 2]]}', "line 1: 'box' must be 4"),
+        ('{"t": 1, "text": "a", "track": "x"}', "line 1: 'track' must be an integer"),
+    ]:
+        path.write_text(content)
+        with pytest.raises(OcrError, match=message) as info:
+            read_jsonl_ocr(path)
+        assert str(path) in str(info.value)
+    path.write_bytes(b'{"t": 1, "text": "\xff"}')
+    with pytest.raises(OcrError, match="not UTF-8"):
+        read_jsonl_ocr(path)
+
+
+def test_bovtext_reader_accepts_both_frame_keys_and_drops_illegible_text(tmp_path):
+    path = tmp_path / "gt_video_3.json"
+    points = [10, 20, 90, 20, 90, 40, 10, 40]
+    entry = {"points": points, "tracking ID": "7", "transcription": "SALE", "category": "scene"}
+    data = {
+        "frame_1": [entry, {**entry, "tracking ID": "8", "transcription": "###"}],
+        "11": [{**entry, "tracking ID": 9, "transcription": "caption text", "category": "title"}],
+        "frame_6": [entry],
+        "frame_2": [],
+    }
+    path.write_text(json.dumps(data))
+    lines = read_bovtext_ocr(path, fps=10.0)
+    assert [(x["text"], x["t"], x["track"], x["score"]) for x in lines] == [
+        ("SALE", 0.0, 0, 1.0),  # frame 1 is the first frame: t = 0
+        ("SALE", 0.5, 0, 1.0),
+        ("caption text", 1.0, 1, 1.0),
+    ]
+    assert lines[0]["box"] == BOX
+    assert read_bovtext_ocr(tmp_path / "none.json", 10.0) == []
+    for content, message in [
+        ("{bad", "line 1: not valid JSON"),
+        ("[]", "expected an object of frames"),
+        ('{"frame_x": []}', "frame 'frame_x': expected a key like"),
+        ('{"0": []}', "frame numbers start at 1"),
+        ('{"1": {}}', "frame '1': expected a list"),
+        ('{"1": [{"points": [1], "tracking ID": 1, "transcription": "a"}]}', "entry 0: 'points'"),
+        ('{"1": [{"points": [1,2,3,4,5,6,7,8], "tracking ID": 1}]}', "'transcription'"),
+        ('{"1": [1]}', "frame '1' entry 0: expected an object"),
+        (
+            '{"1": [{"points": [1,2,3,4,5,6,7,8], "tracking ID": [], "transcription": "a"}]}',
+            "'tracking ID' must be",
+        ),
+    ]:
+        path.write_text(content)
+        with pytest.raises(OcrError, match=message) as info:
+            read_bovtext_ocr(path, 10.0)
+        assert str(path) in str(info.value)
+    path.write_text("{}")
+    with pytest.raises(OcrError, match="frame rate is unknown"):
+        read_bovtext_ocr(path, 0.0)
+
+
+ICDAR = """<?xml version="1.0" encoding="us-ascii"?>
+<Frames>
+  <frame ID="1" />
+  <frame ID="3">
+    <object Transcription="Alcampo" ID="1001" Language="Spanish" Quality="MODERATE">
+      <Point x="10" y="20" />
+      <Point x="90" y="20" />
+      <Point x="90" y="40" />
+      <Point x="10" y="40" />
+    </object>
+    <object Transcription="##DONT#CARE##" ID="1002" Language="Spanish" Quality="LOW">
+      <Point x="1" y="2" /><Point x="3" y="2" /><Point x="3" y="4" /><Point x="1" y="4" />
+    </object>
+  </frame>
+  <frame ID="5">
+    <object Transcription="Alcampo" ID="1001" Language="Spanish" Quality="HIGH">
+      <Point x="10" y="20" /><Point x="90" y="20" /><Point x="90" y="40" /><Point x="10" y="40" />
+    </object>
+  </frame>
+</Frames>
+"""
+
+
+def test_icdar_reader_takes_times_from_the_frame_rate_and_errors_name_the_line(tmp_path):
+    path = tmp_path / "Video_1_1_2_GT.xml"
+    path.write_text(ICDAR)
+    lines = read_icdar_ocr(path, fps=4.0)
+    assert [(x["text"], x["t"], x["track"]) for x in lines] == [
+        ("Alcampo", 0.5, 0),
+        ("Alcampo", 1.0, 0),
+    ]
+    assert lines[0]["box"] == BOX and lines[0]["score"] == 1.0
+    path.write_bytes(
+        ICDAR.replace("Alcampo", "Caf\xe9").encode("latin-1").replace(b"us-ascii", b"iso-8859-1")
+    )
+    assert read_icdar_ocr(path, 4.0)[0]["text"] == "Caf\u00e9"  # the declared encoding
+    broken_point = ICDAR.replace('<Point x="90" y="40" />\n', '<Point x="90" y="x" />\n', 1)
+    for content, message in [
+        (ICDAR.replace("</Frames>", ""), "line 21: not valid XML"),
+        (ICDAR.replace('ID="3"', 'ID="three"'), "line 4: <frame> needs an integer ID"),
+        (ICDAR.replace('ID="3"', 'ID="0"'), "frame numbers start at 1"),
+        (broken_point, "line 8: <Point> needs numbers x and y"),
+        (ICDAR.replace('      <Point x="10" y="40" />\n', "", 1), "line 5: <object> needs 4"),
+        (ICDAR.replace(' Transcription="Alcampo" ID="1001"', "", 1), "line 5: <object> needs a"),
+        ('<!DOCTYPE x [<!ENTITY a "aaaa">]><Frames/>', "line 1: a DTD is not accepted"),
+        ('<Frames><object Transcription="a"/></Frames>', "line 1: an <object> outside"),
+    ]:
+        path.write_text(content)
+        with pytest.raises(OcrError, match=message) as info:
+            read_icdar_ocr(path, 4.0)
+        assert str(path) in str(info.value)
+
+
+def test_kwai_is_one_of_the_import_formats(tmp_path):
+    path = tmp_path / "v.json"
+    path.write_text(json.dumps({"9": {"text": "SIAM", "score": 0.9, "tracks": {"30": [0] * 8}}}))
+    assert read_imported_ocr(path, 30.0, "kwai") == read_kwai_ocr(path, 30.0)
+    assert read_imported_ocr(path, 30.0, "kwai")[0]["t"] == 1.0  # Kwai counts frames from 0
+    with pytest.raises(OcrError, match="unknown OCR import format"):
+        read_imported_ocr(path, 30.0, "srt")
+
+
+# -- where the files are ----------------------------------------------------------------------
+def kwai_lines(synth: Path, video_id: str) -> list[dict]:
+    """The synthetic set's ground-truth OCR of one video (10 fps), as lines."""
+    return read_kwai_ocr(synth / "Kwai_VideoOCR" / Path(video_id).with_suffix(".json"), 10.0)
+
+
+def write_jsonl(path: Path, lines: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+def test_files_are_found_under_the_import_dir_by_name_or_through_the_map(synth_copy, tmp_path):
+    work = make_work(synth_copy, tmp_path)
+    ids = [str(i) for i in work.manifest.videos.column("id")]
+    ocr = tmp_path / "ocr"
+    mirrored = write_jsonl(ocr / Path(ids[0]).with_suffix(".jsonl"), [])
+    flat = write_jsonl(ocr / Path(ids[1]).with_suffix(".jsonl").name, [])
+    settings = OcrSettings(engine="import", import_dir=str(ocr))
+    paths = annotation_paths(settings, work)
+    assert paths[0] == mirrored and paths[1] == flat
+    assert paths[2] == ocr / Path(ids[2]).with_suffix(".jsonl")  # not there: no text
+    # no import dir: next to the video; relative dirs are relative to the dataset root
+    beside = annotation_paths(OcrSettings(engine="import"), work)
+    assert beside[0] == synth_copy / "Video" / Path(ids[0]).with_suffix(".jsonl")
+    relative = annotation_paths(OcrSettings(engine="import", import_dir="theirs"), work)
+    assert relative[0] == synth_copy / "theirs" / Path(ids[0]).with_suffix(".jsonl")
+    # BOVText's and ICDAR's own names
+    stem = Path(ids[3]).stem
+    bov = write_jsonl(ocr / f"gt_{stem}.json", [])
+    icdar = write_jsonl(ocr / Path(ids[3]).parent / f"{stem}_GT.xml", [])
+    for fmt, expected in (("bovtext", bov), ("icdar", icdar)):
+        found = annotation_paths(
+            OcrSettings(engine="import", import_format=fmt, import_dir=str(ocr)), work
+        )
+        assert found[3] == expected
+    # kwai without a dir: TextVR's Kwai_OCR paths
+    assert annotation_paths(KWAI, work)[0] == synth_copy / "Kwai_VideoOCR" / Path(
+        ids[0]
+    ).with_suffix(".json")
+    # the map table wins; header optional; files relative to the import dir
+    table = tmp_path / "map.tsv"
+    table.write_text(f"video\tannotation\n{ids[0]}\tany/name.jsonl\n{Path(ids[1]).stem}\tb.jsonl\n")
+    mapped = OcrSettings(engine="import", import_dir=str(ocr), import_map=str(table))
+    paths = annotation_paths(mapped, work)
+    assert paths[0] == ocr / "any" / "name.jsonl" and paths[1] == ocr / "b.jsonl"
+    assert paths[2] == ocr / Path(ids[2]).with_suffix(".jsonl")  # not in the table: its name
+    for content, message in [
+        (f"{ids[0]},../../etc/passwd\n", "line 1: .* leads outside"),
+        (f"video,file\n{ids[0]},a.jsonl,extra\n", "line 2: expected two columns"),
+    ]:
+        table = tmp_path / "map.csv"
+        table.write_text(content)
+        bad = OcrSettings(engine="import", import_dir=str(ocr), import_map=str(table))
+        with pytest.raises(OcrError, match=message):
+            annotation_paths(bad, work)
+    with pytest.raises(OcrError, match="import_map table is not found"):
+        annotation_paths(OcrSettings(engine="import", import_map="nowhere.csv"), work)
+
+
+# -- row keys follow the files ----------------------------------------------------------------
+def computed(reports) -> dict[str, int]:
+    return {r.stage: r.computed for r in reports}
+
+
+ONE_VIDEO = {"ocr": 1, "captions": 1, "frames": 0, "ocr_text": 1, "queries": 0}
+NOTHING = dict.fromkeys(ONE_VIDEO, 0)
+
+
+def test_adding_or_editing_an_import_file_recomputes_that_video_only(synth_copy, tmp_path):
+    work = make_work(synth_copy, tmp_path)
+    ids = [str(i) for i in work.manifest.videos.column("id")]
+    ocr = tmp_path / "ocr"
+    for video_id in ids[1:]:  # the first video has no file yet
+        write_jsonl(ocr / Path(video_id).with_suffix(".jsonl"), kwai_lines(synth_copy, video_id))
+    settings = OcrSettings(engine="import", import_dir=str(ocr))
+    reports = run_all(work, ocr=settings)
+    assert [(r.stage, r.computed, r.failed) for r in reports[:2]] == [
+        ("ocr", 12, 0),
+        ("captions", 12, 0),
+    ]
+    group = StageGroups.resolve(work, PipelineSettings(ocr=settings)).ocr
+    assert read_lines(group, 0) == []  # a missing file: no text, done
+    assert read_lines(group, 1) == kwai_lines(synth_copy, ids[1])
+    assert computed(run_all(work, ocr=settings)) == NOTHING
+
+    first = write_jsonl(ocr / Path(ids[0]).with_suffix(".jsonl"), kwai_lines(synth_copy, ids[0]))
+    assert computed(run_all(work, ocr=settings)) == ONE_VIDEO  # added: picked up
+    assert read_lines(StageGroups.resolve(work, PipelineSettings(ocr=settings)).ocr, 0)
+    captions = StageGroups.resolve(work, PipelineSettings(ocr=settings)).captions
+    assert any(str(c) for c in captions.group["captions"][0])  # the new text reached captions
+
+    with first.open("a") as f:  # edited
+        f.write(json.dumps({"t": 0.1, "text": "LATE ADDITION", "score": 0.9}) + "\n")
+    assert computed(run_all(work, ocr=settings)) == ONE_VIDEO
+    captions = StageGroups.resolve(work, PipelineSettings(ocr=settings)).captions
+    assert "LATE ADDITION" in " ".join(str(c) for c in captions.group["captions"][0])
+    stat = first.stat()  # same size, same mtime, other bytes: the hash sees it
+    first.write_text(first.read_text().replace("LATE ADDITION", "LATE ADDITIOM"))
+    os.utime(first, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert computed(run_all(work, ocr=settings)) == ONE_VIDEO
+    first.unlink()  # removed: no text again
+    assert computed(run_all(work, ocr=settings)) == ONE_VIDEO
+    assert computed(run_all(work, ocr=settings)) == NOTHING
+
+    # `tcd cache status` opens every group without its file keys: done rows stay done
+    status = {(g["stage"], g["key"]): g for g in WorkDir(work.path).status()["stages"]}
+    ocr_status = status[("ocr", group.key)]
+    assert (ocr_status["done"], ocr_status["stale"]) == (12, 0)
+
+    # a malformed file fails its video alone, naming the file and line
+    write_jsonl(ocr / Path(ids[2]).with_suffix(".jsonl"), []).write_text('{"t": 1}\n')
+    reports = run_all(work, ocr=settings)
+    assert (reports[0].computed, reports[0].failed) == (0, 1)
+    assert "line 1: missing string 'text'" in reports[0].errors[0]
+    assert str(ocr / Path(ids[2]).with_suffix(".jsonl")) in reports[0].errors[0]
+
+
+def test_kwai_picks_up_a_file_that_appears_later(synth_copy, tmp_path):
+    videos = read_textvr(synth_copy).videos
+    held = tmp_path / "held.json"
+    shutil.move(videos[4].ocr_path, held)
+    work = make_work(synth_copy, tmp_path)
+    run_all(work)  # KWAI
+    group = StageGroups.resolve(work, PipelineSettings(ocr=KWAI)).ocr
+    assert group.key == KWAI_OCR_KEY and read_lines(group, 4) == []
+    shutil.move(held, videos[4].ocr_path)
+    assert computed(run_all(work)) == ONE_VIDEO  # today's bug: a later file was never read
+    assert read_lines(StageGroups.resolve(work, PipelineSettings(ocr=KWAI)).ocr, 4)
+
+
+def test_a_map_table_feeds_bovtext_files_and_a_remap_recomputes(synth_copy, tmp_path):
+    work = make_work(synth_copy, tmp_path)
+    ids = [str(i) for i in work.manifest.videos.column("id")]
+    ocr = tmp_path / "bovtext"
+    ocr.mkdir()
+    rows = []
+    for n, video_id in enumerate(ids):
+        frames: dict[str, list] = {}
+        for line in kwai_lines(synth_copy, video_id):
+            points = [v for point in line["box"] for v in point]
+            entry = {
+                "points": points,
+                "tracking ID": str(line["track"]),
+                "transcription": line["text"],
+                "category": "scene",
+            }
+            frames.setdefault(f"frame_{round(line['t'] * 10) + 1}", []).append(entry)
+        (ocr / f"gt_video_{n}.json").write_text(json.dumps(frames))
+        rows.append(f"{video_id},gt_video_{n}.json")
+    table = ocr / "map.csv"
+    table.write_text("\n".join(rows) + "\n")
+    settings = OcrSettings(
+        engine="import", import_format="bovtext", import_dir=str(ocr), import_map=str(table)
+    )
+    reports = run_all(work, ocr=settings)
+    assert (reports[0].computed, reports[0].failed) == (12, 0)
+    group = StageGroups.resolve(work, PipelineSettings(ocr=settings)).ocr
+    ours = [(x["text"], x["t"]) for x in read_lines(group, 5)]
+    assert ours == [(x["text"], x["t"]) for x in kwai_lines(synth_copy, ids[5])]
+    # video 5 now maps to video 6's file: it alone is recomputed
+    table.write_text(
+        table.read_text().replace(f"{ids[5]},gt_video_5.json", f"{ids[5]},gt_video_6.json")
+    )
+    assert computed(run_all(work, ocr=settings)) == ONE_VIDEO
+
+
+# -- an imported work dir through every stage -------------------------------------------------
+def test_msrvtt_with_imported_ocr_goes_through_caption_encode_train_eval(synth_set, tmp_path):
+    root = msrvtt_root(synth_set, tmp_path)
+    sources = sorted((synth_set / "Video").rglob("*.mp4"))
+    ocr = tmp_path / "spotter"
+    for n, source in enumerate(sources[:7]):
+        rel = source.relative_to(synth_set / "Video").as_posix()
+        write_jsonl(ocr / f"video{n}.jsonl", kwai_lines(synth_set, rel))
+    w = str(tmp_path / "work")
+    runner = CliRunner()
+
+    def tcd(*args: str) -> str:
+        result = runner.invoke(app, list(args))
+        assert result.exit_code == 0, f"{args}: {result.output} {result.exception!r}"
+        return result.output
+
+    tcd("data", "msrvtt", "--root", str(root), "--work", w, "-q")
+    out = tcd("ocr", "--work", w, "--engine", "import", "--set", f"ocr.import_dir={ocr}", "-q")
+    assert "7 computed, 0 failed" in out
+    assert "7 computed, 0 failed" in tcd("caption", "--work", w, "-q")  # the saved settings
+    tcd("encode", "--work", w, "--workers", "0", "-q")
+    train = [
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "train.val_fraction=0.25",
+    ]
+    tcd("train", "--work", w, "--config", "configs/tcd.toml", "--name", "imp", *train)
+    report = json.loads(tcd("eval", "--work", w, "--run", "imp", "--split", "test", "--json"))
+    assert (report["captions"], report["videos"]) == (3, 3)  # 1k-A: one sentence per video
+    assert set(report["t2v"]) == {"R@1", "R@5", "R@10", "MdR", "MnR"}
+    ocr_text = StageGroups.resolve(
+        WorkDir(w), PipelineSettings(ocr=OcrSettings(engine="import", import_dir=str(ocr)))
+    ).ocr_text
+    assert ocr_text.counts()["done"] == 7
+    assert np.asarray(ocr_text.group["mask"][:]).any()  # the imported text was encoded
