@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Annotated, Any
 
 import typer
@@ -59,10 +60,20 @@ def status_table(report: dict[str, Any], marked: bool) -> str:
 
 
 def _listed_rows(report: dict[str, Any]) -> list[str]:
-    """One line per failed or warned row (`--failed`)."""
+    """Per group with failed rows, their count by error type (as the runs that failed them
+    reported it), then one line per failed or warned row (`--failed`)."""
     lines = []
     for group in report["stages"]:
         where = f"{group['stage']} [{group['key']}] row"
+        if group.get("failed_rows"):
+            kinds: Counter[str] = Counter()
+            for run in group["reports"].values():
+                kinds.update(run.get("failures", {}))
+            by_type = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
+            lines.append(
+                f"{group['stage']} [{group['key']}]: {len(group['failed_rows'])} failed"
+                + (f" ({by_type} in the last run)" if by_type else "")
+            )
         for row in group.get("failed_rows", []):
             lines.append(f"{where} {row['row']} ({row['id']}): {row['error']}")
         for row in group.get("warned_rows", []):

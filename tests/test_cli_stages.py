@@ -188,6 +188,8 @@ def test_summaries_count_failures_by_type_and_status_shows_runs_and_warnings(syn
     listed = runner.invoke(app, ["cache", "status", "--work", work, "--failed"]).output
     assert f"row 3 ({videos[3].id}): warning: " in listed and "truncated stream" in listed
     assert f"row 0 ({videos[0].id}): " in listed and "not valid OCR JSON" in listed
+    ocr_key = groups["ocr"]["key"]
+    assert f"ocr [{ocr_key}]: 2 failed (2 OcrError in the last run)" in listed
 
 
 @pytest.mark.parametrize("command", [["data", "--help"], ["cache", "--help"], ["ocr", "--help"]])
