@@ -14,8 +14,10 @@ what changed:
   was recognised: the crop's inner part (a quarter of the box height in from each side) is
   aligned within the frame of recognition (best match within half a box height), and no
   character-sized patch (box height x half of it) of the aligned difference exceeds
-  `reuse_diff`. Aligning absorbs drift of a few pixels; the patch maximum sees one changed
-  character, which a mean over the whole crop would dilute. The boxes left are recognised
+  `reuse_diff`, and its width and height are within half its height of the previous box's
+  (a text scrolling in or typed grows by a character, which the inner crop may not see).
+  Aligning absorbs drift of a few pixels; the patch maximum sees one changed character,
+  which a mean over the whole crop would dilute. The boxes left are recognised
   together, `ocr.rec_batch` crops per call. Comparing with the frame of recognition, not the
   previous one, keeps slow changes from accumulating unseen. Only a text that was read is
   reused: a box whose read was dropped (blurred, fading in) is read again in the next frame.
@@ -72,6 +74,15 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     inter = max(0.0, w) * max(0.0, h)
     union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
     return inter / union if union > 0 else 0.0
+
+
+def extent_change(a: np.ndarray, b: np.ndarray) -> float:
+    """How much a box's width or height differs from another's, in units of its height: a
+    text that grew by a character (scrolling in, typed) changes by about 0.5 or more."""
+    ax0, ay0, ax1, ay1 = box_rect(a)
+    bx0, by0, bx1, by1 = box_rect(b)
+    height = max(ay1 - ay0, 1.0)
+    return max(abs((ax1 - ax0) - (bx1 - bx0)), abs((ay1 - ay0) - (by1 - by0))) / height
 
 
 def box_change(current: np.ndarray, seen: np.ndarray, box: np.ndarray) -> float:
@@ -198,6 +209,8 @@ class BoxGate:
             if overlap >= best_iou:
                 best, best_iou = track, overlap
         if best is None or (best.result is not None and not best.result[0]):
+            return None
+        if extent_change(box, best.box) > 0.5:
             return None
         return best if box_change(frame, best.seen, box) <= self.reuse_diff else None
 

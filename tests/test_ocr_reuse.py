@@ -13,6 +13,7 @@ import pytest
 
 import pipeline.ocr
 from cache import SettingsError, settings_key
+from cache.keys import ADDED
 from pipeline.ocr import OcrError, make_engine, make_reader, read_lines, run_ocr
 from pipeline.ocr_reuse import BoxGate, FrameGate, box_change, grey
 from pipeline.settings import CaptionSettings, OcrSettings, PipelineSettings, StageGroups
@@ -53,8 +54,10 @@ class CountingEngine:
 
 # -- settings and keys -----------------------------------------------------------------------
 def test_settings_added_later_keep_the_keys_of_existing_caches():
-    """An OcrSettings as it was before the gate existed keys exactly as today's default."""
-    added = {"reuse", "reuse_iou", "reuse_diff", "reuse_frame_diff", "rec_batch"}
+    """An OcrSettings as it was before the gate (and the import engine's settings) existed
+    keys exactly as today's default."""
+    added = {f.name for f in dataclasses.fields(OcrSettings) if f.metadata.get(ADDED)}
+    assert {"reuse", "reuse_iou", "reuse_diff", "reuse_frame_diff", "rec_batch"} <= added
     before = dataclasses.make_dataclass(
         "OcrSettings",
         [
@@ -199,6 +202,30 @@ def test_a_dropped_read_is_never_reused():
     # frame 0's read is dropped: frames 1 and 2, which continue it, are read after all
     assert texts(gate(same)) == [[], ["SIGN"], ["SIGN"]]
     assert gate(same[:1]) and engine.recognised == 3  # the next batch reuses a read text
+
+
+class Growing(SplitEngine):
+    """Detects one box per frame whose right edge is the frame's `right` (a text scrolling in
+    from the right grows by a character: ~15 px at this 30 px height)."""
+
+    def __init__(self, rights: list[int]) -> None:
+        super().__init__()
+        self.rights = iter(rights)
+
+    def detect(self, frame: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        self.detected += 1
+        right = next(self.rights)
+        box = np.array([[60, 95], [right, 95], [right, 125], [60, 125]], float)
+        return box[None], [frame[95:125, 60:right]]
+
+
+def test_a_box_that_grew_by_a_character_is_read_again():
+    # the same pixels inside the box: only its extent says that a character came in
+    frames = np.stack([scene("SIGN")] * 3)
+    engine = Growing([300, 303, 320])  # 3 px: detector jitter; 17 px more: a character
+    gate = BoxGate(engine, reuse_iou=0.7, reuse_diff=0.15)
+    gate(frames)
+    assert engine.recognised == 2 and gate.counts.boxes_read == 2
 
 
 def test_boxes_needs_an_engine_with_detection_and_recognition(monkeypatch):
