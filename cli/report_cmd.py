@@ -23,12 +23,14 @@ def report_command(
     queries: Annotated[int, typer.Option(min=1, help="Queries to show.")] = 12,
     top: Annotated[int, typer.Option(min=1, help="Videos per query.")] = 5,
 ) -> None:
-    """Write a self-contained HTML page: top videos per query with frames, captions, scores."""
-    from cli.retrieval_wiring import open_split, thumbnails
+    """Write a self-contained HTML page: top videos per query with frames, the best-matching
+    window caption and its span, scores; the true video's rank, or why it has no features."""
+    from cli.retrieval_wiring import no_features, open_split, thumbnails
     from retrieval.report import write_report
 
     scored = open_split(work, run, split, need_queries=True)
-    shown = write_report(out, scored, thumbnails(work), queries=queries, top=top)
+    why = no_features(work, scored.features)
+    shown = write_report(out, scored, thumbnails(work), queries=queries, top=top, no_features=why)
     typer.echo(f"report of {shown} queries -> {out}")
 
 

@@ -1,6 +1,7 @@
 """What the retrieval commands take from `pipeline`, handed to `retrieval` as values and
 callables (retrieval never imports pipeline): a run on one split's cached features, the
-window captions of some videos, a video's frames, the query encoder."""
+window captions of some videos, a video's frames, the query encoder, why videos have no
+features."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import typer
 
 from cache import CacheError, WorkDir
 from cli.common import features
+from cli.video_details import VIDEO_STAGES
 from heads.checkpoint import CheckpointError
+from heads.data import Features
 from heads.run_dir import RunDir
 from pipeline.captions import window_spans
 from pipeline.datasets import COLLECTION_SPLIT
@@ -19,7 +22,7 @@ from pipeline.errors import VideoError
 from pipeline.models import load_text
 from pipeline.settings import WORK_SETTINGS, PipelineSettings, StageGroups, resolve_settings
 from pipeline.video import read_frames, segment_centres
-from retrieval.report import Thumbnails
+from retrieval.report import NoFeatures, Thumbnails
 from retrieval.run_split import RunSplit, WindowLookup, Windows
 from retrieval.search import QueryEncoder
 
@@ -169,3 +172,34 @@ def frame_at(path: str | Path, seconds: float) -> np.ndarray | None:
     except (VideoError, OSError):
         return None
     return None
+
+
+def no_features(
+    work: Path, data: Features, settings: PipelineSettings | None = None
+) -> dict[str, NoFeatures]:
+    """Why each video of `data` without features has none, by video id: the first of its
+    stages (pipeline order) that failed for it, with the group's error message, else the
+    first not done for it. Each stage's group is read once; nothing is created."""
+    if not data.missing or data.rows is None:
+        return {}
+    store = WorkDir(work)
+    groups = StageGroups.resolve(store, settings or resolve_settings(store.path))
+    position = {video: i for i, video in enumerate(data.video_ids)}
+    rows = {video: int(data.rows[position[video]]) for video in data.missing}
+    failed: dict[str, NoFeatures] = {}
+    not_done: dict[str, NoFeatures] = {}
+    for stage in VIDEO_STAGES:
+        group = groups.find(stage)
+        if group is None:
+            for video in rows:
+                not_done.setdefault(video, NoFeatures(stage, "not run"))
+            continue
+        states = group.row_states()
+        for video, row in rows.items():
+            state = next((name for name, mask in states.items() if mask[row]), "pending")
+            if state == "failed" and video not in failed:
+                failed[video] = NoFeatures(stage, state, str(group.group["error"][row]))
+            elif state != "done":
+                not_done.setdefault(video, NoFeatures(stage, state))
+    unknown = NoFeatures("features", "missing")
+    return {video: failed.get(video) or not_done.get(video, unknown) for video in rows}
