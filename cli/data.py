@@ -1,19 +1,20 @@
-"""`tcd data ...`: make a dataset (synthetic) or read one into a work directory's manifest."""
+"""`tcd data ...`: make a dataset (synthetic) or read one into a work directory's manifest.
+
+The readers and generators (PyAV, Pillow) are imported inside the commands, so `tcd --help`
+does not load them."""
 
 from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cache import WorkDir
 from cli.common import Quiet
-from pipeline import synth_temporal
-from pipeline.datasets import Dataset, read_folder, read_msrvtt, read_textvr
-from pipeline.manifest import build_manifest
-from pipeline.synth import SynthSettings, generate
+
+if TYPE_CHECKING:
+    from pipeline.datasets import Dataset
 
 NewWork = Annotated[Path, typer.Option("--work", "-w", help="Work directory (created if missing).")]
 Replace = Annotated[
@@ -31,6 +32,9 @@ class SynthProfile(StrEnum):
 
 
 def _read_into(work: Path, dataset: Dataset, replace: bool, quiet: bool) -> None:
+    from cache import WorkDir
+    from pipeline.manifest import build_manifest
+
     report = build_manifest(WorkDir(work, create=True), dataset, not quiet, replace)
     typer.echo(f"manifest {work}: {report}")
 
@@ -53,6 +57,9 @@ def synth(
     quiet: Quiet = False,
 ) -> None:
     """Generate the synthetic set: scene text + scene videos with queries needing both."""
+    from pipeline import synth_temporal
+    from pipeline.synth import SynthSettings, generate
+
     if profile is SynthProfile.temporal:
         plans: list = synth_temporal.generate(
             out, videos, seed, with_ocr_json, synth_temporal.TemporalSettings(), workers, not quiet
@@ -73,6 +80,8 @@ def textvr(
     quiet: Quiet = False,
 ) -> None:
     """Read TextVR annotations and videos into the manifest (incremental)."""
+    from pipeline.datasets import read_textvr
+
     _read_into(work, read_textvr(root, tuple(split) if split else None), replace, quiet)
 
 
@@ -109,6 +118,8 @@ def msrvtt(
     quiet: Quiet = False,
 ) -> None:
     """Read MSR-VTT annotations and videos into the manifest (incremental)."""
+    from pipeline.datasets import read_msrvtt
+
     _read_into(work, read_msrvtt(root, split.value, train.value), replace, quiet)
 
 
@@ -127,6 +138,8 @@ def folder(
 ) -> None:
     """Read a plain folder of videos (with an optional caption table) into the manifest
     (incremental)."""
+    from pipeline.datasets import read_folder
+
     _read_into(work, read_folder(videos, captions), replace, quiet)
 
 

@@ -8,7 +8,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 
 from pipeline.errors import VideoError
@@ -28,6 +27,8 @@ def probe(path: str | Path) -> VideoInfo:
 
     Raises `VideoError` naming the file when it cannot be opened or has no video stream.
     """
+    import av  # PyAV loads with the first video read, not with `tcd --help`
+
     path = Path(path)
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
@@ -194,6 +195,8 @@ def _pyav_batches(
     """Decode sequentially, keeping for each target time the last frame starting at or before it."""
     if len(times) == 0:
         return
+    import av
+
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except (av.error.FFmpegError, OSError) as exc:
