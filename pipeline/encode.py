@@ -115,6 +115,16 @@ def _keep(item: Any) -> Any:
     return item
 
 
+ROWS_PER_WORKER = 16  # fewer videos than this per decoding worker: decode in this process
+
+
+def decoding_workers(workers: int, videos: int) -> int:
+    """How many of `workers` DataLoader processes decode `videos` videos: one per
+    `ROWS_PER_WORKER` at most (a worker costs about a second to start, so a small rebuild
+    decodes in the stage's own process)."""
+    return min(workers, videos // ROWS_PER_WORKER)
+
+
 def _encode_frames(
     work: WorkDir,
     group: StageGroup,
@@ -140,12 +150,13 @@ def _encode_frames(
         }
 
     def produce(rows: np.ndarray, clock: StageClock) -> Iterator[tuple[int, Any]]:
+        used = decoding_workers(workers, len(rows))
         loader = torch.utils.data.DataLoader(
             _SampledFrames(rows, videos, n, decoder),
             batch_size=None,
-            num_workers=workers,
+            num_workers=used,
             collate_fn=_keep,
-            prefetch_factor=4 if workers else None,
+            prefetch_factor=4 if used else None,
         )
         # Every forward pass has the same shape, `per_batch` videos of T frames, padded with
         # blank images when fewer are pending. With a fixed shape a frame's embedding does not

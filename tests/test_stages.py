@@ -22,7 +22,13 @@ from pipeline.errors import VideoError
 from pipeline.manifest import build_manifest
 from pipeline.models import ModelError, load_text, load_vision
 from pipeline.ocr import OcrError, make_engine, read_kwai_ocr, run_ocr
-from pipeline.settings import CaptionSettings, EncodeSettings, OcrSettings
+from pipeline.settings import (
+    CaptionSettings,
+    EncodeSettings,
+    OcrSettings,
+    PipelineSettings,
+    StageGroups,
+)
 from pipeline.stage import Failure, error_message, guarded, last_run, run_stage
 from pipeline.video import ocr_times, read_frames, segment_centres
 
@@ -473,3 +479,25 @@ def test_sharded_workers_keep_each_others_reports(tmp_path):
     assert reopened.reports() == {"0/2": {"computed": 1}, "1/2": {"computed": 2}}
     reopened.save_report({"computed": 3})
     assert WorkDir(tmp_path).find_stage("ocr", first.key).reports() == {"all": {"computed": 3}}
+
+
+def test_decoding_workers_write_the_bits_one_process_writes(synth_set, tmp_path, monkeypatch):
+    """Frames decoded in DataLoader workers equal frames decoded in the stage's process; a
+    run with fewer videos than `ROWS_PER_WORKER` per worker starts none."""
+    import pipeline.encode
+
+    assert pipeline.encode.decoding_workers(2, 12) == 0
+    assert (
+        pipeline.encode.decoding_workers(2, 40) == 2
+        and pipeline.encode.decoding_workers(2, 20) == 1
+    )
+    frames = {}
+    for name, workers, per_worker in (("inline", 0, 16), ("workers", 2, 1)):
+        monkeypatch.setattr(pipeline.encode, "ROWS_PER_WORKER", per_worker)
+        work = make_work(synth_set, tmp_path, name)
+        run_ocr(work, KWAI, progress=False)
+        run_captions(work, CaptionSettings(), KWAI, progress=False)
+        run_encode(work, EncodeSettings(), CaptionSettings(), KWAI, workers=workers, progress=False)
+        group = StageGroups.resolve(work, PipelineSettings(ocr=KWAI)).frames
+        frames[name] = np.asarray(group.group["frames"][:])
+    assert np.array_equal(frames["workers"], frames["inline"])
