@@ -155,7 +155,7 @@ screenshot: setup
 	$(BIN)/python -m bench.screenshot --work $(WORK) --out docs/serve.png
 
 # Benchmarks (not tests): each prints its figures and writes bench/results/NAME.json.
-BENCHES ?= extraction incremental memory heads_scale retrieval_scale ray_executor serve_latency
+BENCHES ?= extraction incremental memory heads_scale retrieval_scale ray_executor serve_latency cli_latency
 bench: setup setup-ray
 	@for b in $(BENCHES); do echo "== bench.$$b"; s=$$(date +%s); \
 	$(BIN)/python -m bench.$$b || exit 1; echo "[bench] $$b: $$(( $$(date +%s) - s )) s"; done

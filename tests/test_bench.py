@@ -57,6 +57,7 @@ def test_heads_scale(results, monkeypatch):
     [
         ("extraction", ["--videos", "3"]),
         ("incremental", ["--videos", "10"]),
+        ("cli_latency", ["--runs", "1"]),
         ("memory", ["--short-seconds", "3", "--long-seconds", "20"]),
         ("ray_executor", ["--videos", "2"]),
     ],
