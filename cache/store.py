@@ -575,10 +575,18 @@ class WorkDir:
         return sorted(out, key=lambda g: (g.stage, str(g.group.attrs.get("created", ""))))
 
     # -- reports and maintenance ------------------------------------------------------------
-    def status(self, listed: bool = False) -> dict[str, Any]:
+    def status(
+        self,
+        listed: bool = False,
+        row_key_parts: dict[tuple[str, str], RowKeyPart | None] | None = None,
+    ) -> dict[str, Any]:
         """Manifest counts and, per stage group, rows done / stale / failed / pending, rows
         with warnings and the last run's reports; `listed`: also every failed and warned row
-        (`failed_rows`, `warned_rows`: row, id, message)."""
+        (`failed_rows`, `warned_rows`: row, id, message). `row_key_parts`: (stage, key) ->
+        the group's `row_key_part`, for the groups whose opener knows it (the current
+        settings' groups); the others compare the manifest keys alone."""
+        for group in (groups := self.stages()):
+            group.row_key_part = (row_key_parts or {}).get((group.stage, group.key))
         manifest = self.manifest
         videos = manifest.videos.read(["present", "split", "error"])
         captions = manifest.captions.read(["present", "split"])
@@ -600,7 +608,7 @@ class WorkDir:
                 "present": int(captions["present"].sum()),
                 "removed": int((~captions["present"]).sum()),
             },
-            "stages": [self._group_status(group, listed) for group in self.stages()],
+            "stages": [self._group_status(group, listed) for group in groups],
         }
 
     def _group_status(self, group: StageGroup, listed: bool) -> dict[str, Any]:

@@ -28,9 +28,13 @@ def status(
     """Videos and captions in the manifest; per stage group: rows done/stale/failed/pending,
     rows with a warning, and where the last run's time went."""
     store = WorkDir(work)
-    report = store.status(listed=failed)
     saved = (store.path / WORK_SETTINGS).exists()
-    current = StageGroups.keys(resolve_settings(store.path)) if saved else {}
+    settings = resolve_settings(store.path) if saved else None
+    current = StageGroups.keys(settings) if settings else {}
+    groups = StageGroups(store, settings) if settings else None
+    # the current groups' rows are checked as their stages check them (imported OCR files)
+    parts = {(stage, key): groups.row_key_part(stage) for stage, key in current.items()}
+    report = store.status(listed=failed, row_key_parts=parts)
     for group in report["stages"]:
         group["current"] = current.get(group["stage"]) == group["key"]
     typer.echo(json.dumps(report, indent=2) if as_json else status_table(report, bool(current)))

@@ -30,6 +30,7 @@ from pipeline.settings import (
     PipelineSettings,
     StageGroups,
     samples_frames,
+    save_settings,
 )
 from tests.test_msrvtt import msrvtt_root
 from tests.test_stages import KWAI, make_work, run_all
@@ -332,6 +333,13 @@ def test_adding_or_editing_an_import_file_recomputes_that_video_only(synth_copy,
     status = {(g["stage"], g["key"]): g for g in WorkDir(work.path).status()["stages"]}
     ocr_status = status[("ocr", group.key)]
     assert (ocr_status["done"], ocr_status["stale"]) == (12, 0)
+    # ... while the CLI checks the current settings' groups with them: an edit shows as stale
+    save_settings(work.path, PipelineSettings(ocr=settings))
+    write_jsonl(ocr / Path(ids[3]).with_suffix(".jsonl"), [{"t": 0.2, "text": "NEW SIGN"}])
+    shown = CliRunner().invoke(app, ["cache", "status", "--work", str(work.path), "--json"])
+    groups = {(g["stage"], g["key"]): g for g in json.loads(shown.output)["stages"]}
+    assert (groups[("ocr", group.key)]["done"], groups[("ocr", group.key)]["stale"]) == (11, 1)
+    assert computed(run_all(work, ocr=settings)) == ONE_VIDEO
 
     # a malformed file fails its video alone, naming the file and line
     write_jsonl(ocr / Path(ids[2]).with_suffix(".jsonl"), []).write_text('{"t": 1}\n')
