@@ -152,7 +152,7 @@ serve: setup
 
 # README's screenshot of the search page, made in headless system Chromium.
 screenshot: setup
-	$(BIN)/python -m bench.screenshot --work $(WORK) --out docs/serve.png
+	$(BIN)/python -m bench.screenshot --work $(WORK) --run $(RUN) --out docs/serve.png
 
 # Benchmarks (not tests): each prints its figures and writes bench/results/NAME.json.
 BENCHES ?= extraction incremental memory heads_scale retrieval_scale ray_executor serve_latency cli_latency
