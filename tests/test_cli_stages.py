@@ -39,6 +39,25 @@ def test_light_modules_import_neither_torch_nor_transformers():
     assert result.stdout.strip() == "[]"
 
 
+def test_data_ocr_and_cache_status_import_neither_torch_nor_transformers(synth_set, tmp_path):
+    """The light commands, each in a fresh process: reading a dataset, OCR (the Kwai import
+    here, then a no-op rerun) and the cache status."""
+    work = str(tmp_path / "w")
+    code = (
+        "import sys\nfrom cli.main import main\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    for command in (
+        ["data", "textvr", "--root", str(synth_set), "--work", work, "-q"],
+        ["ocr", "--work", work, "--engine", "kwai", "-q"],
+        ["ocr", "--work", work, "-q"],
+        ["cache", "status", "--work", work],
+    ):
+        result = run_python(code, *command)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.rstrip().endswith("[]"), (command, result.stdout[-300:])
+
+
 def test_a_stage_before_its_upstream_is_refused_up_front(synth_set, tmp_path):
     work = make_work(synth_set, tmp_path)
     code, err = tcd("caption", "--work", str(work.path), "-q")
