@@ -123,6 +123,23 @@ def _require_fps(path: Path, fps: float) -> None:
         )
 
 
+def _json_object(path: Path, fps: float, of: str) -> dict | None:
+    """A per-video JSON file's top-level object (`of`: what it maps, for the message), or
+    None for a missing file (no text). Malformed content raises `OcrError` naming the file
+    and the line."""
+    text = _read_text(path)
+    if text is None:
+        return None
+    _require_fps(path, fps)
+    try:
+        data = json.loads(text or "{}")
+    except json.JSONDecodeError as exc:
+        raise OcrError(f"{path}: not valid OCR JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(data, dict):
+        raise OcrError(f"{path}: expected an object of {of}, got {type(data).__name__}")
+    return data
+
+
 def _track_numbers() -> Callable[[Any], int]:
     """Track ids of any JSON type -> 0, 1, 2... in order of first appearance."""
     numbers: dict[str, int] = {}
@@ -176,16 +193,9 @@ def read_bovtext_ocr(path: str | Path, fps: float) -> list[Line]:
     with `points` (8 numbers), `tracking ID`, `transcription` (`###`: illegible, left out)
     and `category`."""
     path = Path(path)
-    text = _read_text(path)
-    if text is None:
+    data = _json_object(path, fps, "frames")
+    if data is None:
         return []
-    _require_fps(path, fps)
-    try:
-        data = json.loads(text or "{}")
-    except json.JSONDecodeError as exc:
-        raise OcrError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
-    if not isinstance(data, dict):
-        raise OcrError(f"{path}: expected an object of frames, got {type(data).__name__}")
     track_number = _track_numbers()
     lines = []
     for key, entries in data.items():
@@ -315,19 +325,9 @@ class _IcdarReader:
 def read_kwai_ocr(path: str | Path, fps: float) -> list[Line]:
     """TextVR's Kwai OCR JSON -> lines; frame indices (from 0) become seconds with the video's
     fps. A missing or empty file means no scene text. Malformed content raises `OcrError`."""
-    path = Path(path) if path else None
-    if path is None:
+    data = _json_object(Path(path), fps, "tracks") if path else None
+    if data is None:
         return []
-    text = _read_text(path)
-    if text is None:
-        return []
-    _require_fps(path, fps)
-    try:
-        data = json.loads(text or "{}")
-    except json.JSONDecodeError as exc:
-        raise OcrError(f"{path}: not valid OCR JSON (line {exc.lineno}: {exc.msg})") from None
-    if not isinstance(data, dict):
-        raise OcrError(f"{path}: expected an object of tracks, got {type(data).__name__}")
     lines = []
     for track_id, (key, track) in enumerate(data.items()):
         where = f"{path}: track {key!r}"

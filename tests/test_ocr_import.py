@@ -140,7 +140,7 @@ def test_bovtext_reader_accepts_both_frame_keys_and_drops_illegible_text(tmp_pat
     assert lines[0]["box"] == BOX
     assert read_bovtext_ocr(tmp_path / "none.json", 10.0) == []
     for content, message in [
-        ("{bad", "line 1: not valid JSON"),
+        ("{bad", r"not valid OCR JSON \(line 1"),
         ("[]", "expected an object of frames"),
         ('{"frame_x": []}', "frame 'frame_x': expected a key like"),
         ('{"0": []}', "frame numbers start at 1"),
