@@ -268,10 +268,16 @@ class StageGroup:
             return
         name, what = f"{self.stage}-{self.key}", f"stage {self.stage} ({self.key})"
         with (
-            self.work.lock(name, what, shared=True),
+            self.shared_lock(),
             self.work.lock(f"{name}.shard{shard.index}of{shard.count}", f"{what} shard {shard}"),
         ):
             yield
+
+    def shared_lock(self) -> WriterLock:
+        """The group's writer lock taken shared: held by every shard worker (and by a Ray
+        run's coordinator), so that an unsharded writer is refused meanwhile."""
+        what = f"stage {self.stage} ({self.key})"
+        return self.work.lock(f"{self.stage}-{self.key}", what, shared=True)
 
     def layout_lock(self) -> WriterLock:
         """Held while growing arrays or adding one: sharded writers take turns at it."""

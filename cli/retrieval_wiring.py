@@ -84,8 +84,8 @@ def run_folder(work: Path, run: str, settings: PipelineSettings) -> tuple[RunDir
     path = Path(run).expanduser().resolve()
     run_dir = RunDir.at(path)
     run_dir.require()
-    trained_on = path.parent.parent
-    if path.parent.name != "runs" or not (trained_on / WORK_SETTINGS).exists():
+    trained_on = RunDir.work_of(path)
+    if trained_on is None or not (trained_on / WORK_SETTINGS).exists():
         raise CheckpointError(
             f"{path}: not a run folder of a work dir (W/runs/NAME with W/{WORK_SETTINGS}), so "
             "its encoders are unknown; name a run folder inside a work dir"

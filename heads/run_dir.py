@@ -47,6 +47,12 @@ class RunDir:
         self.name = name
         self.path = self.work / RUNS / name
 
+    @staticmethod
+    def work_of(path: str | Path) -> Path | None:
+        """The work dir whose run folder `path` is (`W/runs/NAME`), or None."""
+        path = Path(path)
+        return path.parent.parent if path.parent.name == RUNS else None
+
     @classmethod
     def at(cls, path: str | Path) -> RunDir:
         """A run in any folder (tests, benchmarks): the same files, outside a work dir."""

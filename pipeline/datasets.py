@@ -380,12 +380,7 @@ def _msrvtt_id(value: Any, where: str) -> str:
 
 def _msrvtt_data(path: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
     """`MSRVTT_data.json` -> (video_id -> split, video_id -> sentences in file order)."""
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
+    data = _read_json(path)
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: expected an object with 'videos' and 'sentences'")
     entries, sentences = data.get("videos"), data.get("sentences")
@@ -456,15 +451,21 @@ def _read_caption_table(path: Path) -> list[dict[str, Any]]:
     raise DatasetError(f"{path}: caption table must be .csv, .tsv or .json")
 
 
-def _load_json_list(path: Path) -> list[Any]:
+def _read_json(path: Path) -> Any:
+    """A JSON annotation file's content; `DatasetError` naming the file when it is missing,
+    not UTF-8 or not JSON."""
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        return json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise DatasetError(f"{path}: annotation file not found") from None
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
+
+
+def _load_json_list(path: Path) -> list[Any]:
+    data = _read_json(path)
     if not isinstance(data, list):
         raise DatasetError(f"{path}: expected a JSON list of entries, got {type(data).__name__}")
     return data

@@ -296,9 +296,8 @@ class _StageRun:
         groups = [self.groups.group(name) for name in COMMAND_GROUPS[self.stage]]  # created here
         with ExitStack() as held:
             held.enter_context(self.work.manifest_lock(shared=True))
-            for group in groups:  # the name `StageGroup.writing` shares between shards
-                name, what = f"{group.stage}-{group.key}", f"stage {group.stage} ({group.key})"
-                held.enter_context(self.work.lock(name, what, shared=True))
+            for group in groups:
+                held.enter_context(group.shared_lock())
             for group in groups:  # the coordinator grows the arrays; the tasks find them grown
                 with group.layout_lock():
                     group.ensure_rows(len(group.expected()[0]))
