@@ -18,6 +18,7 @@ Fusion = Literal["mean", "learned", "validation"]
 Selection = Literal["loss", "r1"]
 HscForm = Literal["cycle", "cycle+index"]
 Branch = Literal["tv", "to", "th"]
+CoattnInto = Literal["both", "captions", "frames"]
 HEAD_KINDS: tuple[str, ...] = get_args(HeadKind)
 BRANCHES: tuple[str, ...] = get_args(Branch)
 
@@ -34,6 +35,10 @@ class HeadSettings:
     text_condition: Literal["none", "softmax-reweight"] = "softmax-reweight"
     tau: float = 5.0
     coattn: bool = True
+    # which features co-attention updates: both (the paper; the default here so runs saved
+    # before this setting load as trained), only the captions (they read the frames, frames
+    # keep the encoder's features: configs/tcd.toml, chosen on validation) or only the frames
+    coattn_into: CoattnInto = "both"
     ctcd: bool = True
     branches: tuple[Branch, ...] = BRANCHES
     dropout: float = 0.1
@@ -41,6 +46,7 @@ class HeadSettings:
     time_embedding: bool = True  # co-attention routes by a time code shared by frame i, caption i
     time_bias: bool = True  # co-attention prefers nearby times (learned distance penalty)
     cotimed_pooling: bool = True  # frame weights also follow the co-timed captions' relevance
+    coattn_window: int = -1  # co-attention reads only times within this many segments (-1: all)
     # how branch scores combine: the paper's mean, learned weights, or weights chosen on the
     # validation split after training
     fusion: Fusion = "mean"
@@ -69,6 +75,18 @@ class HeadSettings:
         )
         check_setting("head.tau", math.isfinite(self.tau) and self.tau >= 0, ">= 0", self.tau)
         check_setting("head.dropout", 0 <= self.dropout < 1, "in [0, 1)", self.dropout)
+        check_setting(
+            "head.coattn_into",
+            self.coattn_into in get_args(CoattnInto),
+            f"one of {get_args(CoattnInto)}",
+            self.coattn_into,
+        )
+        check_setting(
+            "head.coattn_window",
+            self.coattn_window >= -1,
+            ">= 0, or -1 for all times",
+            self.coattn_window,
+        )
         check_setting(
             "head.fusion",
             self.fusion in get_args(Fusion),

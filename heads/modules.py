@@ -198,7 +198,9 @@ class ProjectedHead(nn.Module, ABC):
 
 
 class CoAttention(nn.Module):
-    """One cross-attention block each way (frames read captions, captions read frames).
+    """One cross-attention block each way (frames read captions, captions read frames), or
+    only the one that updates `into` ("captions": captions read the frames, the frames keep
+    their features; "frames": the converse).
 
     Each update enters through a tanh gate initialised at zero (as in Flamingo's gated
     cross-attention), so training starts from the encoders' own features and learns how
@@ -207,20 +209,39 @@ class CoAttention(nn.Module):
     Time (frame i and caption i share segment centre i): with `time_embedding`, a learned map
     of a fixed sinusoidal code of i is added to the attention's queries and keys (not to the
     values), so attention can route by time without changing what is mixed in; with
-    `time_bias`, the logits get -a * |i - j| (a >= 0 learned, starting at 1 per segment).
+    `time_bias`, the logits get -a * |i - j| (a >= 0 learned, starting at 1 per segment);
+    with `window` k >= 0, only times with |i - j| <= k are read (a frame whose window has no
+    caption keeps its features).
     """
 
     def __init__(
-        self, width: int, heads: int, dropout: float, time_embedding: bool, time_bias: bool
+        self,
+        width: int,
+        heads: int,
+        dropout: float,
+        time_embedding: bool,
+        time_bias: bool,
+        window: int = -1,
+        into: str = "both",
     ):
         super().__init__()
         self.heads = heads
-        self.v_from_o = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
-        self.o_from_v = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
+        self.window = window
+        self.into = into
+        self.v_from_o = (
+            nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
+            if into in ("both", "frames")
+            else None
+        )
+        self.o_from_v = (
+            nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
+            if into in ("both", "captions")
+            else None
+        )
         self.norm_v = nn.LayerNorm(width)
         self.norm_o = nn.LayerNorm(width)
-        self.gate_v = nn.Parameter(torch.zeros(()))
-        self.gate_o = nn.Parameter(torch.zeros(()))
+        self.gate_v = nn.Parameter(torch.zeros(())) if self.v_from_o is not None else None
+        self.gate_o = nn.Parameter(torch.zeros(())) if self.o_from_v is not None else None
         self.time_map = nn.Linear(TIME_CODE, width, bias=False) if time_embedding else None
         if self.time_map is not None:
             nn.init.normal_(self.time_map.weight, std=0.02)
@@ -240,16 +261,29 @@ class CoAttention(nn.Module):
         if use_time and self.time_map is not None:
             code = self.time_map(time_code(t, v.device).to(v.dtype))
             v_key, o_key = v_in + code, o_in + code
+        distance = (
+            torch.arange(t, device=v.device)[:, None] - torch.arange(t, device=v.device)
+        ).abs()
         if use_time and self.time_slope is not None:
-            index = torch.arange(t, device=v.device, dtype=v.dtype)
-            bias = -F.softplus(self.time_slope) * (index[:, None] - index[None, :]).abs()
-        # one additive float mask (time bias + padding), per video and head
-        v_mask = bias.expand(n, t, t).masked_fill(pad[:, None, :], float("-inf"))
-        v_mask = v_mask.repeat_interleave(self.heads, dim=0)
-        v_att, _ = self.v_from_o(v_key, o_key, o_in, attn_mask=v_mask, need_weights=False)
-        v_att = torch.where(empty[:, None, None], torch.zeros_like(v_att), v_att)
-        o_att, _ = self.o_from_v(o_key, v_key, v_in, attn_mask=bias, need_weights=False)
-        return v + torch.tanh(self.gate_v) * v_att, o + torch.tanh(self.gate_o) * o_att
+            bias = -F.softplus(self.time_slope) * distance.to(v.dtype)
+        far = torch.zeros(t, t, dtype=torch.bool, device=v.device)
+        if use_time and self.window >= 0:
+            far = distance > self.window
+            bias = bias.masked_fill(far, float("-inf"))
+        if self.v_from_o is not None:
+            # one additive float mask (time bias, window, padding), per video and head
+            hidden = pad[:, None, :] | far  # (N, T, T) keys a frame may not read
+            blind = hidden.all(dim=-1)  # frames with no caption to read keep their features
+            v_mask = bias.expand(n, t, t).masked_fill(hidden, float("-inf"))
+            v_mask = v_mask.masked_fill(blind[..., None], 0.0)  # no all-masked rows (NaN)
+            v_mask = v_mask.repeat_interleave(self.heads, dim=0)
+            v_att, _ = self.v_from_o(v_key, o_key, o_in, attn_mask=v_mask, need_weights=False)
+            keep = (blind | empty[:, None])[..., None]
+            v = v + torch.tanh(self.gate_v) * torch.where(keep, torch.zeros_like(v_att), v_att)
+        if self.o_from_v is not None:
+            o_att, _ = self.o_from_v(o_key, v_key, v_in, attn_mask=bias, need_weights=False)
+            o = o + torch.tanh(self.gate_o) * o_att
+        return v, o
 
 
 class ClueDistiller(nn.Module):
@@ -403,6 +437,8 @@ class TCDHead(ProjectedHead):
                 settings.dropout,
                 settings.time_embedding,
                 settings.time_bias,
+                settings.coattn_window,
+                settings.coattn_into,
             )
             if settings.coattn
             else None

@@ -23,8 +23,8 @@ from typing import Any
 from torch import nn
 
 from cache.atomic import atomic_write
-from cache.keys import to_plain
-from cache.settings import dump_toml, load_settings, to_dict
+from cache.errors import TcdError
+from cache.settings import dump_toml, from_dict, load_settings, to_dict
 from heads.checkpoint import CheckpointError, load_checkpoint
 from heads.config import RunConfig
 from heads.modules import build_head
@@ -165,8 +165,10 @@ class RunDir:
 
 
 def same_config(saved_text: str, config: RunConfig) -> bool:
-    """Whether a config saved as TOML text is `config` (parsed, so formatting is irrelevant)."""
+    """Whether a config saved as TOML text is `config`. Compared parsed, with settings added
+    since the run was saved at their defaults (what the run was trained with), so neither the
+    TOML's formatting nor a newer settings version makes a finished run look different."""
     try:
-        return tomllib.loads(saved_text) == to_plain(config)
-    except (tomllib.TOMLDecodeError, TypeError):
+        return from_dict(RunConfig, tomllib.loads(saved_text)) == config
+    except (tomllib.TOMLDecodeError, TypeError, TcdError):
         return False

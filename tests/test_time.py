@@ -238,3 +238,37 @@ def test_selection_by_validation_loss_keeps_the_lowest_loss_epoch(tmp_path):
     assert best["val_loss"] == min(e["val_loss"] for e in epochs)
     log = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert json.loads(log[-1])["epoch"] == 3
+
+
+def test_coattention_into_captions_keeps_the_frames_and_a_window_reads_only_nearby_times():
+    data = videos()
+    frames, captions, mask = data["frames"], data["captions"], data["caption_mask"]
+    into = opened(
+        build_head(HeadSettings(heads=2, dropout=0.0, coattn_into="captions"), DV, DT)
+    ).eval()
+    assert into.coattn.v_from_o is None and into.coattn.gate_v is None
+    with torch.no_grad():
+        v, o = into.encode_videos(frames, captions, mask)
+        torch.testing.assert_close(v, into.frame_in(frames))  # frames keep their features
+        assert (o - into.text_in(captions)).abs().max() > 1e-3  # captions read the frames
+
+    window = opened(build_head(HeadSettings(heads=2, dropout=0.0, coattn_window=0), DV, DT)).eval()
+    changed = captions.clone()
+    changed[:, 5] = F.normalize(torch.randn(len(changed), DT), dim=-1)
+    changed_mask = mask.clone()
+    changed_mask[:, 5] = True
+    with torch.no_grad():
+        v, _ = window.encode_videos(frames, captions, mask)
+        v2, _ = window.encode_videos(frames, changed, changed_mask)
+        assert torch.isfinite(v).all()  # frames whose own caption is empty read nothing
+        others = [i for i in range(T) if i != 5]
+        torch.testing.assert_close(v[:, others], v2[:, others])  # frame i reads caption i only
+        assert (v[:, 5] - v2[:, 5]).abs().max() > 1e-3
+        # without time (HSC's view) the window is off: every frame reads every caption
+        v, _ = window.encode_videos(frames, captions, mask, use_time=False)
+        v2, _ = window.encode_videos(frames, changed, changed_mask, use_time=False)
+        assert (v[:, 0] - v2[:, 0]).abs().max() > 1e-3
+
+    for bad in ({"coattn_into": "audio"}, {"coattn_window": -2}):
+        with pytest.raises(SettingsError, match="head.coattn_"):
+            HeadSettings(**bad)

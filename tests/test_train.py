@@ -139,7 +139,8 @@ def test_rerunning_an_early_stopped_run_does_no_work(tmp_path):
     assert (tmp_path / "run" / "last.pt").read_bytes() == last
 
 
-# What the hand-written TOML writer (replaced by tomli-w) stored in last.pt for OLD_CONFIG.
+# What the hand-written TOML writer (replaced by tomli-w) stored in last.pt for OLD_CONFIG,
+# before head.coattn_into and head.coattn_window existed (missing keys mean their defaults).
 OLD_WRITER_TEXT = """[head]
 kind = "tcd"
 width = 0
