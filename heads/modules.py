@@ -14,6 +14,9 @@ Our choices where the paper is silent (also in README):
   co-attention update enters through a zero-initialised tanh gate, so the head starts from
   the encoders' features (with a plain residual + LayerNorm it started elsewhere and scored
   about 1 R@1 point lower on the synthetic set);
+- co-attention may update only the captions (`coattn_into = "captions"`, configs/tcd.toml):
+  frames that read the captions carry OCR content, and the frame branch then no longer tells
+  the scene shown with a text from the text itself (README, the temporal study);
 - CTCD keys get one learned always-valid null token, so a video without any scene text
   still has a defined clue;
 - each branch has a linear projection on the query side and on the video side, identity-
