@@ -143,6 +143,8 @@ def run_ocr(
         shares = {"frames_read_share": counts.frames_read / counts.frames}
         if counts.boxes:
             shares["boxes_read_share"] = counts.boxes_read / counts.boxes
+            for reason, n in counts.read_because.items():  # why boxes were recognised
+                shares[f"boxes_read_{reason}_share"] = n / counts.boxes
         return shares
 
     return run_stage(work, group, arrays, produce, retry_failed, progress, shard, figures)

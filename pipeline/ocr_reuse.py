@@ -33,7 +33,7 @@ ocr group.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
@@ -114,12 +114,18 @@ def box_change(current: np.ndarray, seen: np.ndarray, box: np.ndarray) -> float:
 @dataclass
 class GateCounts:
     """What a gate did over its frames: read whole or reused (frame), boxes recognised or
-    reused (boxes); for the stage's report."""
+    reused (boxes), and why the box gate recognised a detected box: no box of the previous
+    frame at IoU >= reuse_iou (`new`), its crop changed (`changed`), it grew (`grown`), or
+    the read it would take was dropped (`dropped`); for the stage's report."""
 
     frames: int = 0
     frames_read: int = 0
     boxes: int = 0
     boxes_read: int = 0
+    read_because: dict[str, int] = field(default_factory=lambda: dict.fromkeys(READ_REASONS, 0))
+
+
+READ_REASONS = ("new", "changed", "grown", "dropped")
 
 
 class FrameGate:
@@ -201,18 +207,26 @@ class BoxGate:
         return False
 
     def _match(self, box: np.ndarray, frame: np.ndarray) -> _Track | None:
-        """The previous frame's box this one continues unchanged, if any. A box whose read was
-        dropped (no text over rapidocr's score) is never continued: it is read again."""
+        """The previous frame's box this one continues unchanged, if any (counting why not).
+        A box whose read was dropped (no text over rapidocr's score) is never continued: it
+        is read again."""
         best, best_iou = None, self.reuse_iou
         for track in self.tracks:
             overlap = iou(box, track.box)
             if overlap >= best_iou:
                 best, best_iou = track, overlap
-        if best is None or (best.result is not None and not best.result[0]):
-            return None
-        if extent_change(box, best.box) > 0.5:
-            return None
-        return best if box_change(frame, best.seen, box) <= self.reuse_diff else None
+        if best is None:
+            reason = "new"
+        elif best.result is not None and not best.result[0]:
+            reason = "dropped"
+        elif extent_change(box, best.box) > 0.5:
+            reason = "grown"
+        elif box_change(frame, best.seen, box) > self.reuse_diff:
+            reason = "changed"
+        else:
+            return best
+        self.counts.read_because[reason] += 1
+        return None
 
     def __call__(self, frames: np.ndarray) -> list[Found]:
         crops: list[np.ndarray] = []  # to recognise, pooled over the batch's frames
@@ -247,6 +261,7 @@ class BoxGate:
         self.counts.frames += len(frames)
         self.counts.frames_read += detected
         self.counts.boxes_read += len(crops) + len(again)
+        self.counts.read_because["dropped"] += len(again)
         out = []
         for current in per_frame:
             for track in current:

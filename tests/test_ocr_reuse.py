@@ -15,7 +15,7 @@ import pipeline.ocr
 from cache import SettingsError, settings_key
 from cache.keys import ADDED
 from pipeline.ocr import OcrError, make_engine, make_reader, read_lines, run_ocr
-from pipeline.ocr_reuse import BoxGate, FrameGate, box_change, grey
+from pipeline.ocr_reuse import READ_REASONS, BoxGate, FrameGate, box_change, grey
 from pipeline.settings import CaptionSettings, OcrSettings, PipelineSettings, StageGroups
 from tests.test_stages import make_work
 
@@ -133,8 +133,10 @@ def test_the_box_gate_reads_what_changed_and_reuses_what_did_not(rapidocr):
     gated = gate(frames)
     assert texts(gated) == texts(rapidocr(frames))  # the same lines as reading every frame
     assert texts(gated)[0] == ["SCORE 12"] and texts(gated)[2] == ["SCORE 13"]
-    # the drifted frame 1 and the unchanged frame 3 reuse their box: 2 of 4 recognised
+    # the drifted frame 1 and the unchanged frame 3 reuse their box: 2 of 4 recognised,
+    # the first as new (no previous frame), the third because its crop changed
     assert (gate.counts.boxes, gate.counts.boxes_read) == (4, 2)
+    assert gate.counts.read_because == {"new": 1, "changed": 1, "grown": 0, "dropped": 0}
 
 
 def fading(brightness: int) -> np.ndarray:
@@ -202,6 +204,7 @@ def test_a_dropped_read_is_never_reused():
     # frame 0's read is dropped: frames 1 and 2, which continue it, are read after all
     assert texts(gate(same)) == [[], ["SIGN"], ["SIGN"]]
     assert gate(same[:1]) and engine.recognised == 3  # the next batch reuses a read text
+    assert gate.counts.read_because == {"new": 1, "changed": 0, "grown": 0, "dropped": 2}
 
 
 class Growing(SplitEngine):
@@ -226,6 +229,7 @@ def test_a_box_that_grew_by_a_character_is_read_again():
     gate = BoxGate(engine, reuse_iou=0.7, reuse_diff=0.15)
     gate(frames)
     assert engine.recognised == 2 and gate.counts.boxes_read == 2
+    assert gate.counts.read_because == {"new": 1, "changed": 0, "grown": 1, "dropped": 0}
 
 
 def test_boxes_needs_an_engine_with_detection_and_recognition(monkeypatch):
@@ -257,7 +261,10 @@ def test_a_gated_stage_keeps_the_key_texts_in_its_own_group(synth_set, tmp_path)
             row: {line["text"] for line in read_lines(group, row)} for row in range(len(paths))
         }
         if reuse == "boxes":
-            assert 0 < report.figures["boxes_read_share"] < 1
+            figures = report.figures
+            assert 0 < figures["boxes_read_share"] < 1
+            why = sum(figures[f"boxes_read_{reason}_share"] for reason in READ_REASONS)
+            assert why == pytest.approx(figures["boxes_read_share"])  # every read has a reason
     keys = {row: meta[next(p for p in meta if str(paths[row]).endswith(p))] for row in found["off"]}
     read_off = {row for row, key in keys.items() if key in found["off"][row]}
     read_gated = {row for row, key in keys.items() if key in found["boxes"][row]}
