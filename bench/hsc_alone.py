@@ -92,10 +92,12 @@ def main() -> None:
     test_mask = test_videos["caption_mask"]
 
     def measure(head: torch.nn.Module, form: str) -> dict[str, float]:
+        head.eval()  # no dropout while measuring
         with torch.no_grad():
             v, o = head.hsc_features(**test_videos)
             accuracy, chance, frames = calibration_accuracy(v, o, test_mask, shots)
             loss = hsc_loss(v, o, test_mask, settings.hsc_temperature, form)
+        head.train()
         return {
             "calib_acc": round(accuracy, 3),
             "calib_chance": round(chance, 3),
@@ -110,7 +112,7 @@ def main() -> None:
         before = measure(head, form)
         optimiser = torch.optim.Adam(head.parameters(), lr=args.lr)
         generator = torch.Generator().manual_seed(args.seed)
-        start = time.perf_counter()
+        start, last = time.perf_counter(), float("nan")
         for _ in range(args.steps):
             index = torch.randperm(train.n_videos, generator=generator)[:batch].numpy()
             part = train.video_batch(np.sort(index))
@@ -119,11 +121,12 @@ def main() -> None:
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
+            last = loss.item()
         after = measure(head, form)
         alone[form] = {
             "before": before,
             "after": after,
-            "train_hsc_last_batch": round(loss.item(), 4),
+            "train_hsc_last_batch": round(last, 4),
             "seconds": round(time.perf_counter() - start, 1),
         }
         print(
@@ -131,7 +134,7 @@ def main() -> None:
             f"{after['calib_acc']:.3f} (chance {after['calib_chance']:.3f}, "
             f"{after['calib_frames']} frames); test HSC {before['test_hsc']:.4f} -> "
             f"{after['test_hsc']:.4f} (uniform {after['uniform']:.4f}); last train batch "
-            f"{loss.item():.4f}"
+            f"{last:.4f}"
         )
 
     save(

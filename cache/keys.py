@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -47,16 +48,17 @@ def added_setting(default: Any) -> Any:
     return dataclasses.field(default=default, metadata={ADDED: True})
 
 
-def _keyed(value: Any) -> Any:
-    """`to_plain(value)`, less the added settings that hold their default, at any depth."""
+def keyed_form(value: Any) -> Any:
+    """What keys compare: `to_plain(value)`, less the added settings that hold their
+    default, at any depth."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {
-            f.name: _keyed(getattr(value, f.name))
+            f.name: keyed_form(getattr(value, f.name))
             for f in dataclasses.fields(value)
             if not (f.metadata.get(ADDED) and getattr(value, f.name) == f.default)
         }
     if isinstance(value, dict):
-        return {str(k): _keyed(v) for k, v in value.items()}
+        return {str(k): keyed_form(v) for k, v in value.items()}
     return to_plain(value)
 
 
@@ -80,8 +82,22 @@ def settings_key(settings: Any, upstream: str | None = None) -> str:
     """
     payload = {
         "type": type(settings).__name__,
-        "settings": _keyed(settings),
+        "settings": keyed_form(settings),
         "upstream": upstream,
     }
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def only_added_missing(cls: type, data: dict[str, Any]) -> bool:
+    """Whether a parsed settings table for dataclass `cls` names every setting except, at
+    most, some declared with `added_setting` (what an older version wrote), at any depth."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            if not f.metadata.get(ADDED):
+                return False
+        elif dataclasses.is_dataclass(hints[f.name]) and isinstance(data[f.name], dict):
+            if not only_added_missing(hints[f.name], data[f.name]):
+                return False
+    return True

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+from cache.keys import added_setting
 from cache.settings import check_setting
 
 HeadKind = Literal["tcd", "video-only", "ocr-instances", "zero-shot"]
@@ -37,8 +38,10 @@ class HeadSettings:
     coattn: bool = True
     # which features co-attention updates: both (the paper; the default here so runs saved
     # before this setting load as trained), only the captions (they read the frames, frames
-    # keep the encoder's features: configs/tcd.toml, chosen on validation) or only the frames
-    coattn_into: CoattnInto = "both"
+    # keep the encoder's features: configs/tcd.toml, chosen on validation) or only the frames.
+    # Settings added after runs exist are `added_setting`s whose default is the behaviour
+    # before them (heads.run_dir.same_config). Both coattn_* do nothing when coattn is off.
+    coattn_into: CoattnInto = added_setting("both")
     ctcd: bool = True
     branches: tuple[Branch, ...] = BRANCHES
     dropout: float = 0.1
@@ -46,7 +49,7 @@ class HeadSettings:
     time_embedding: bool = True  # co-attention routes by a time code shared by frame i, caption i
     time_bias: bool = True  # co-attention prefers nearby times (learned distance penalty)
     cotimed_pooling: bool = True  # frame weights also follow the co-timed captions' relevance
-    coattn_window: int = -1  # co-attention reads only times within this many segments (-1: all)
+    coattn_window: int = added_setting(-1)  # co-attention reads times within k segments (-1: all)
     # how branch scores combine: the paper's mean, learned weights, or weights chosen on the
     # validation split after training
     fusion: Fusion = "mean"

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cache.errors import SettingsError
-from heads.config import BRANCHES, HeadSettings
+from heads.config import BRANCHES, CoattnInto, HeadSettings
 from heads.losses import hsc_loss
 
 TIME_CODE = 32  # width of the fixed sinusoidal code of a segment index
@@ -225,7 +225,7 @@ class CoAttention(nn.Module):
         time_embedding: bool,
         time_bias: bool,
         window: int = -1,
-        into: str = "both",
+        into: CoattnInto = "both",
     ):
         super().__init__()
         self.heads = heads
@@ -255,9 +255,6 @@ class CoAttention(nn.Module):
         self, v: torch.Tensor, o: torch.Tensor, o_mask: torch.Tensor, use_time: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n, t, _ = v.shape
-        empty = ~o_mask.any(dim=1)  # a video without text: frames keep their own features
-        pad = ~o_mask.clone()
-        pad[empty] = False  # avoid all-masked rows (NaN); their result is discarded below
         v_in, o_in = self.norm_v(v), self.norm_o(o)
         v_key, o_key = v_in, o_in
         bias = torch.zeros(t, t, dtype=v.dtype, device=v.device)
@@ -275,14 +272,15 @@ class CoAttention(nn.Module):
             bias = bias.masked_fill(far, float("-inf"))
         if self.v_from_o is not None:
             # one additive float mask (time bias, window, padding), per video and head
-            hidden = pad[:, None, :] | far  # (N, T, T) keys a frame may not read
-            blind = hidden.all(dim=-1)  # frames with no caption to read keep their features
+            hidden = ~o_mask[:, None, :] | far  # (N, T, T) keys a frame may not read
+            # frames with no caption to read (all of a video without text) keep their features
+            blind = hidden.all(dim=-1)
             v_mask = bias.expand(n, t, t).masked_fill(hidden, float("-inf"))
             v_mask = v_mask.masked_fill(blind[..., None], 0.0)  # no all-masked rows (NaN)
             v_mask = v_mask.repeat_interleave(self.heads, dim=0)
             v_att, _ = self.v_from_o(v_key, o_key, o_in, attn_mask=v_mask, need_weights=False)
-            keep = (blind | empty[:, None])[..., None]
-            v = v + torch.tanh(self.gate_v) * torch.where(keep, torch.zeros_like(v_att), v_att)
+            v_att = torch.where(blind[..., None], torch.zeros_like(v_att), v_att)
+            v = v + torch.tanh(self.gate_v) * v_att
         if self.o_from_v is not None:
             o_att, _ = self.o_from_v(o_key, v_key, v_in, attn_mask=bias, need_weights=False)
             o = o + torch.tanh(self.gate_o) * o_att

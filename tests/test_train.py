@@ -17,7 +17,7 @@ from heads.config import HeadSettings, RunConfig, TrainSettings
 from heads.data import Features
 from heads.metrics import recall_at_1
 from heads.modules import build_head
-from heads.run_dir import RunDir
+from heads.run_dir import RunDir, same_config
 from heads.scoring import score_matrix
 from heads.train import initial_model, train
 
@@ -206,6 +206,32 @@ def test_runs_saved_by_the_old_toml_writer_are_finished_or_resumed_not_retrained
     train(OLD_CONFIG, data, killed, progress=lambda record: ran.append(record["epoch"]))
     assert ran == [1]  # resumed after epoch 0, not started afresh
     assert [record["epoch"] for record in killed.epochs()] == [0, 1]
+
+
+def test_a_run_saved_before_a_setting_was_added_is_the_same_config_and_loads_as_trained(
+    tmp_path,
+):
+    config = RunConfig(HeadSettings(heads=2), TrainSettings(epochs=1, batch_size=16))
+    run = RunDir(tmp_path, "old")
+    train(config, planted(n=32), run)
+    added = ("coattn_into", "coattn_window")  # added after this run was written
+    old = "".join(
+        line
+        for line in run.config_path.read_text().splitlines(keepends=True)
+        if not line.startswith(added)
+    )
+    run.config_path.write_text(old)
+    assert same_config(old, config)
+    as_lists = RunConfig(
+        dataclasses.replace(config.head, branches=["tv", "to", "th"]), config.train
+    )
+    assert same_config(old, as_lists)  # a list from code, a tuple once parsed: the same
+    one_way = dataclasses.replace(config.head, coattn_into="captions")
+    assert not same_config(old, RunConfig(one_way, config.train))
+    assert not same_config("", config)  # nothing saved is not the defaults
+    assert not same_config(old.replace("tau = 5.0\n", ""), config)  # not an added setting
+    head, loaded = run.load_head(DV, DT)  # strict load: the two-way block is all there
+    assert loaded.head.coattn_into == "both" and head.coattn.v_from_o is not None
 
 
 @pytest.mark.parametrize(
