@@ -81,8 +81,9 @@ def run_profile(profile: str, synth: Path, source: Path, run: str, out: Path) ->
         raise SystemExit(f"{run_dir}: no trained run there (make demo / make study make one)")
     work = WorkDir(out / profile, create=True)
     build_manifest(work, read_textvr(synth, ("test",)), progress=False)
-    if not (work.path / "runs" / "tcd").exists():
-        shutil.copytree(run_dir, work.path / "runs" / "tcd")
+    copy = work.path / "runs" / "tcd"  # the run as trained now (a retrained head replaces it)
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(run_dir, copy)
     frames = ocr_frames(work, base)
     results: dict[str, Any] = {"videos": len(work.manifest.videos), "ocr_frames": frames}
     for name, change in VARIANTS.items():
