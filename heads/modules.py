@@ -230,7 +230,6 @@ class CoAttention(nn.Module):
         super().__init__()
         self.heads = heads
         self.window = window
-        self.into = into
         self.v_from_o = (
             nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
             if into in ("both", "frames")

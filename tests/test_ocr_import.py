@@ -33,7 +33,7 @@ from pipeline.settings import (
     save_settings,
 )
 from tests.test_msrvtt import msrvtt_root
-from tests.test_stages import KWAI, make_work, run_all
+from tests.test_stages import KWAI, assert_refused_naming_file, make_work, run_all
 
 # The ocr group keys before issue 18 (computed on the code before the import engine existed):
 # kwai work dirs, the Makefile's OCR_ENGINE=kwai and saved settings keep their caches.
@@ -100,7 +100,7 @@ def test_jsonl_reader_and_the_readme_example(tmp_path):
     assert fresh["box"] == [[0.0, 0.0]] * 4  # box optional
     assert read_imported_ocr(path, 0.0, "jsonl") == lines
     assert read_jsonl_ocr(tmp_path / "missing.jsonl") == []
-    for content, message in [
+    cases = [
         ('{"t": 1, "text": "a"}\n{"t": 1, "text": ', "line 2: not valid JSON"),
         ('["t", 1]', "line 1: expected an object"),
         ('{"text": "a"}', "line 1: 't' must be a time"),
@@ -110,11 +110,8 @@ def test_jsonl_reader_and_the_readme_example(tmp_path):
         ('{"t": 1, "text": "a", "score": true}', "line 1: 'score' must be a number in"),
         ('{"t": 1, "text": "a", "box": [[1, 2]]}', "line 1: 'box' must be 4"),
         ('{"t": 1, "text": "a", "track": "x"}', "line 1: 'track' must be an integer"),
-    ]:
-        path.write_text(content)
-        with pytest.raises(OcrError, match=message) as info:
-            read_jsonl_ocr(path)
-        assert str(path) in str(info.value)
+    ]
+    assert_refused_naming_file(path, read_jsonl_ocr, cases)
     path.write_bytes(b'{"t": 1, "text": "\xff"}')
     with pytest.raises(OcrError, match="not UTF-8"):
         read_jsonl_ocr(path)
@@ -139,7 +136,7 @@ def test_bovtext_reader_accepts_both_frame_keys_and_drops_illegible_text(tmp_pat
     ]
     assert lines[0]["box"] == BOX
     assert read_bovtext_ocr(tmp_path / "none.json", 10.0) == []
-    for content, message in [
+    cases = [
         ("{bad", r"not valid OCR JSON \(line 1"),
         ("[]", "expected an object of frames"),
         ('{"frame_x": []}', "frame 'frame_x': expected a key like"),
@@ -152,11 +149,8 @@ def test_bovtext_reader_accepts_both_frame_keys_and_drops_illegible_text(tmp_pat
             '{"1": [{"points": [1,2,3,4,5,6,7,8], "tracking ID": [], "transcription": "a"}]}',
             "'tracking ID' must be",
         ),
-    ]:
-        path.write_text(content)
-        with pytest.raises(OcrError, match=message) as info:
-            read_bovtext_ocr(path, 10.0)
-        assert str(path) in str(info.value)
+    ]
+    assert_refused_naming_file(path, lambda p: read_bovtext_ocr(p, 10.0), cases)
     path.write_text("{}")
     with pytest.raises(OcrError, match="frame rate is unknown"):
         read_bovtext_ocr(path, 0.0)
@@ -199,7 +193,7 @@ def test_icdar_reader_takes_times_from_the_frame_rate_and_errors_name_the_line(t
     )
     assert read_icdar_ocr(path, 4.0)[0]["text"] == "Caf\u00e9"  # the declared encoding
     broken_point = ICDAR.replace('<Point x="90" y="40" />\n', '<Point x="90" y="x" />\n', 1)
-    for content, message in [
+    cases = [
         (ICDAR.replace("</Frames>", ""), "line 21: not valid XML"),
         (ICDAR.replace('ID="3"', 'ID="three"'), "line 4: <frame> needs an integer ID"),
         (ICDAR.replace('ID="3"', 'ID="0"'), "frame numbers start at 1"),
@@ -208,11 +202,8 @@ def test_icdar_reader_takes_times_from_the_frame_rate_and_errors_name_the_line(t
         (ICDAR.replace(' Transcription="Alcampo" ID="1001"', "", 1), "line 5: <object> needs a"),
         ('<!DOCTYPE x [<!ENTITY a "aaaa">]><Frames/>', "line 1: a DTD is not accepted"),
         ('<Frames><object Transcription="a"/></Frames>', "line 1: an <object> outside"),
-    ]:
-        path.write_text(content)
-        with pytest.raises(OcrError, match=message) as info:
-            read_icdar_ocr(path, 4.0)
-        assert str(path) in str(info.value)
+    ]
+    assert_refused_naming_file(path, lambda p: read_icdar_ocr(p, 4.0), cases)
 
 
 def test_kwai_is_one_of_the_import_formats(tmp_path):

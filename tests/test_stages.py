@@ -74,6 +74,18 @@ def test_bad_video_raises_video_error_naming_it(tmp_path):
 
 
 # -- OCR ------------------------------------------------------------------------------------
+
+
+def assert_refused_naming_file(path: Path, read, cases: list[tuple[str, str]]) -> None:
+    """For each (content, message): `read(path)` of a file holding `content` raises an
+    `OcrError` matching `message` and naming the file."""
+    for content, message in cases:
+        path.write_text(content)
+        with pytest.raises(OcrError, match=message) as info:
+            read(path)
+        assert str(path) in str(info.value)
+
+
 def test_kwai_import(tmp_path):
     path = tmp_path / "v.json"
     box = [1, 2, 3, 2, 3, 4, 1, 4, 0, 0]
@@ -89,17 +101,14 @@ def test_kwai_import(tmp_path):
     assert read_kwai_ocr(tmp_path / "missing.json", 30.0) == []
     (tmp_path / "empty.json").write_text("{}")
     assert read_kwai_ocr(tmp_path / "empty.json", 30.0) == []
-    for content, message in [
+    cases = [
         ("[1]", "expected an object"),
         ('{"1": {"text": "x", "tracks": {"-3": [0, 0, 0, 0, 0, 0, 0, 0]}}}', "negative index"),
         ('{"1": {"text": "x", "tracks": {"a": [0]}}}', "integer index and 8 numbers"),
         ('{"1": {"score": 1}}', "missing string 'text'"),
         ("{bad", "not valid OCR JSON"),
-    ]:
-        path.write_text(content)
-        with pytest.raises(OcrError, match=message) as info:
-            read_kwai_ocr(path, 30.0)
-        assert str(path) in str(info.value)
+    ]
+    assert_refused_naming_file(path, lambda p: read_kwai_ocr(p, 30.0), cases)
 
 
 def test_rapidocr_reads_the_synthetic_key_text(synth_set):

@@ -126,17 +126,24 @@ TRACK = st.one_of(
 @FUZZ
 @given(tracks=st.one_of(st.dictionaries(TEXT, TRACK, max_size=4), JSON), raw=st.booleans())
 def test_kwai_ocr_files(tmp_path_factory, tracks, raw):
-    path = tmp_path_factory.mktemp("ocr") / "clip.json"
-    text = json.dumps(tracks)
-    path.write_bytes(text.encode("utf-8")[:-1] if raw and text else text.encode("utf-8"))
-    try:
-        lines = read_kwai_ocr(path, fps=25.0)
-    except TcdError as exc:
-        assert str(path) in str(exc)  # names the file
-        return
-    for line in lines:
+    lines = read_fuzzed_json(tmp_path_factory, "clip.json", tracks, raw, read_kwai_ocr)
+    for line in lines or []:
         assert isinstance(line["text"], str) and line["t"] >= 0
         assert len(line["box"]) == 4 and all(len(p) == 2 for p in line["box"])
+
+
+def read_fuzzed_json(tmp_path_factory, name: str, value, raw: bool, read) -> list | None:
+    """`read(path, fps=25.0)` of `value` written as JSON to a fresh file `name` (its last
+    byte cut when `raw`): the lines, or None when it was refused with a `TcdError` naming
+    the file (and the line, or frame and entry)."""
+    path = tmp_path_factory.mktemp("ocr") / name
+    text = json.dumps(value)
+    path.write_bytes(text.encode("utf-8")[:-1] if raw and text else text.encode("utf-8"))
+    try:
+        return read(path, fps=25.0)
+    except TcdError as exc:
+        assert str(path) in str(exc)
+        return None
 
 
 # -- the OCR importers of issue 18: a typed error naming the file (and line), or valid lines
@@ -202,15 +209,9 @@ FRAME_KEY = st.one_of(
     raw=st.booleans(),
 )
 def test_bovtext_ocr_files(tmp_path_factory, frames, raw):
-    path = tmp_path_factory.mktemp("ocr") / "gt_video_1.json"
-    text = json.dumps(frames)
-    path.write_bytes(text.encode("utf-8")[:-1] if raw and text else text.encode("utf-8"))
-    try:
-        lines = read_bovtext_ocr(path, fps=25.0)
-    except TcdError as exc:
-        assert str(path) in str(exc)  # names the file (and the line, or frame and entry)
-        return
-    assert_valid_lines(lines)
+    lines = read_fuzzed_json(tmp_path_factory, "gt_video_1.json", frames, raw, read_bovtext_ocr)
+    if lines is not None:
+        assert_valid_lines(lines)
 
 
 XML_TEXT = st.text(max_size=12)
