@@ -1,8 +1,9 @@
 """What the OCR gate (`ocr.reuse`) buys and what it loses, per synthetic profile.
 
 For each profile: a work dir of the set's test split only (`W/<profile>`), and for each gate
-variant (off, frame, boxes, boxes with 16 crops per recogniser call) the ocr stage, then
-captions and encode. Reported per variant:
+variant (off, frame, boxes, boxes with 16 crops per recogniser call, frame+boxes; the two
+box gates with each patch aligned within one pixel, `reuse_shift` 1; and the default gate,
+which adds `reuse_edge`) the ocr stage, then captions and encode. Reported per variant:
 
 - OCR frames/s: sampled frames / the stage's wall time less engine loading (one process,
   onnxruntime on 1 thread), and the share of frames (boxes) the gate read;
@@ -37,13 +38,18 @@ from pipeline.settings import PipelineSettings, StageGroups, resolve_settings
 from pipeline.stage import StageClock
 from pipeline.video import probe
 
-VARIANTS = {
+FIRST_RULE = {"reuse_shift": 0, "reuse_edge": False}  # the box test before the two settings
+VARIANTS = {  # every gate setting that differs from the first rule is named
     "off": {"reuse": "off"},
     "frame": {"reuse": "frame"},
-    "boxes": {"reuse": "boxes"},
-    "boxes-rec16": {"reuse": "boxes", "rec_batch": 16},
-    "frame+boxes": {"reuse": "frame+boxes"},
+    "boxes": {"reuse": "boxes", **FIRST_RULE},
+    "boxes-rec16": {"reuse": "boxes", "rec_batch": 16, **FIRST_RULE},
+    "frame+boxes": {"reuse": "frame+boxes", **FIRST_RULE},
+    "boxes-shift1": {"reuse": "boxes", "reuse_shift": 1, "reuse_edge": False},
+    "frame+boxes-shift1": {"reuse": "frame+boxes", "reuse_shift": 1, "reuse_edge": False},
+    "frame+boxes-shift1-edge": {"reuse": "frame+boxes", "reuse_shift": 1, "reuse_edge": True},
 }
+DEFAULT = "frame+boxes-shift1-edge"  # OcrSettings' defaults (tests/test_ocr_reuse.py)
 PROFILES = {  # profile -> (synthetic set, work dir whose settings and tcd run are used)
     "simple": ("work/synth", "work/demo"),
     "temporal": ("work/synth-temporal", "work/study"),

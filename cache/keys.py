@@ -6,7 +6,10 @@
 
 A setting added after caches exist is declared with `added_setting(default)`: the key leaves it
 out while it holds that default, so adding it keeps every existing cache valid, and any other
-value keys the group like every setting.
+value keys the group like every setting. A setting whose default is not what ran before it
+existed (a new default behaviour) names that value: `added_setting(default, before=old)`; the
+key leaves it out at `old` instead, and a settings file written before it existed reads as
+`old` (`as_written_before`), so a work dir keeps computing what it computed.
 """
 
 from __future__ import annotations
@@ -40,22 +43,31 @@ def text_key(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
 
 
-ADDED = "tcd_added_setting"  # dataclass field metadata: left out of keys at its default
+ADDED = "tcd_added_setting"  # dataclass field metadata: left out of keys at its value before
+BEFORE = "tcd_before"  # ... that value, where it is not the default
+_UNSET = object()
 
 
-def added_setting(default: Any) -> Any:
-    """A dataclass field for a setting added after caches exist (see the module docstring)."""
-    return dataclasses.field(default=default, metadata={ADDED: True})
+def added_setting(default: Any, before: Any = _UNSET) -> Any:
+    """A dataclass field for a setting added after caches exist, whose behaviour before it
+    existed was `before` (by default: `default`); see the module docstring."""
+    metadata = {ADDED: True} if before is _UNSET else {ADDED: True, BEFORE: before}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def value_before(field: dataclasses.Field) -> Any:
+    """The value an added setting had in effect before it existed."""
+    return field.metadata.get(BEFORE, field.default)
 
 
 def keyed_form(value: Any) -> Any:
-    """What keys compare: `to_plain(value)`, less the added settings that hold their
-    default, at any depth."""
+    """What keys compare: `to_plain(value)`, less the added settings that hold their value
+    before they existed, at any depth."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {
             f.name: keyed_form(getattr(value, f.name))
             for f in dataclasses.fields(value)
-            if not (f.metadata.get(ADDED) and getattr(value, f.name) == f.default)
+            if not (f.metadata.get(ADDED) and getattr(value, f.name) == value_before(f))
         }
     if isinstance(value, dict):
         return {str(k): keyed_form(v) for k, v in value.items()}
@@ -87,6 +99,21 @@ def settings_key(settings: Any, upstream: str | None = None) -> str:
     }
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def as_written_before(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """A settings table for dataclass `cls` written by an earlier version (a work dir's saved
+    settings, a run's config), with each added setting it lacks at its value before it
+    existed, at any depth: what that version ran with, not today's default."""
+    hints = typing.get_type_hints(cls)
+    out = dict(data)
+    for f in dataclasses.fields(cls):
+        nested = dataclasses.is_dataclass(hints[f.name])
+        if nested and isinstance(out.get(f.name, {}), dict):
+            out[f.name] = as_written_before(hints[f.name], out.get(f.name, {}))
+        elif f.name not in out and BEFORE in f.metadata:
+            out[f.name] = to_plain(f.metadata[BEFORE])
+    return out
 
 
 def only_added_missing(cls: type, data: dict[str, Any]) -> bool:

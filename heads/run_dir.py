@@ -24,7 +24,7 @@ from torch import nn
 
 from cache.atomic import atomic_write
 from cache.errors import TcdError
-from cache.keys import keyed_form, only_added_missing
+from cache.keys import as_written_before, keyed_form, only_added_missing
 from cache.settings import dump_toml, from_dict, load_settings, to_dict
 from heads.checkpoint import CheckpointError, load_checkpoint
 from heads.config import RunConfig
@@ -169,12 +169,12 @@ def same_config(saved_text: str, config: RunConfig) -> bool:
     """Whether a config saved as TOML text is `config`, compared parsed as settings keys
     compare them (`cache.keys.keyed_form`): the TOML's formatting does not matter, and a
     setting added since the run was saved (`added_setting`, absent from its text) counts at
-    its default, the behaviour the run was trained with. Any other missing setting (an empty
-    or cut text) makes it a different config."""
+    its value before it existed, the behaviour the run was trained with. Any other missing
+    setting (an empty or cut text) makes it a different config."""
     try:
         saved = tomllib.loads(saved_text)
         return only_added_missing(RunConfig, saved) and keyed_form(
-            from_dict(RunConfig, saved)
+            from_dict(RunConfig, as_written_before(RunConfig, saved))
         ) == keyed_form(config)
     except (tomllib.TOMLDecodeError, TypeError, TcdError):
         return False

@@ -175,20 +175,30 @@ def make_engine(settings: OcrSettings, threads: int = 1) -> Any:
 
 def make_reader(settings: OcrSettings, threads: int = 1) -> Any:
     """What reads a video's frames: the engine itself (`ocr.reuse = "off"`) or a temporal
-    gate around it (`pipeline.ocr_reuse`); a gate's `start_video()` is called per video."""
+    gate around it (`pipeline.ocr_reuse`); a gate's `start_video()` is called per video.
+    "frame+boxes" (the default) over an engine that reads whole frames only (paddleocr) is
+    the frame gate; "boxes" there is refused."""
     from pipeline.ocr_reuse import BoxGate, FrameGate  # OpenCV: only where a gate is built
 
     engine = make_engine(settings, threads)
-    if settings.reuse == "frame":
+    whole_frames = not hasattr(engine, "detect")  # e.g. paddleocr: no box gate
+    if settings.reuse == "frame" or (settings.reuse == "frame+boxes" and whole_frames):
         return FrameGate(engine, settings.reuse_frame_diff)
     if settings.reuse in ("boxes", "frame+boxes"):
-        if not hasattr(engine, "detect"):
+        if whole_frames:
             raise OcrError(
                 f'ocr.reuse = "{settings.reuse}" needs an engine with separate detection and '
                 f'recognition (rapidocr), not {settings.engine}; use "frame" or "off"'
             )
         frame_diff = settings.reuse_frame_diff if settings.reuse == "frame+boxes" else None
-        return BoxGate(engine, settings.reuse_iou, settings.reuse_diff, frame_diff)
+        return BoxGate(
+            engine,
+            settings.reuse_iou,
+            settings.reuse_diff,
+            frame_diff,
+            settings.reuse_shift,
+            settings.reuse_edge,
+        )
     return engine
 
 

@@ -17,10 +17,17 @@ what changed:
   `reuse_diff`, and its width and height are within half its height of the previous box's
   (a text scrolling in or typed grows by a character, which the inner crop may not see).
   Aligning absorbs drift of a few pixels; the patch maximum sees one changed character,
-  which a mean over the whole crop would dilute. The boxes left are recognised
-  together, `ocr.rec_batch` crops per call. Comparing with the frame of recognition, not the
-  previous one, keeps slow changes from accumulating unseen. Only a text that was read is
-  reused: a box whose read was dropped (blurred, fading in) is read again in the next frame.
+  which a mean over the whole crop would dilute. With `reuse_shift` = k each patch takes
+  the best offset within k pixels of the crop's alignment: a text drifting by a fraction of
+  a pixel lands on the pixel grid glyph by glyph, so some letters move by a pixel and others
+  do not, which one alignment of the whole crop cannot absorb (small text then differs by
+  0.2 to 0.35 though nothing changed); a changed character differs at every offset. With
+  `reuse_edge`, a side of the box on the frame's edge is not inset: a text sliding in or
+  out of the frame changes there (a static text cut by the edge still matches). The
+  boxes left are recognised together, `ocr.rec_batch` crops per call. Comparing with the
+  frame of recognition, not the previous one, keeps slow changes from accumulating unseen.
+  Only a text that was read is reused: a box whose read was dropped (blurred, fading in) is
+  read again in the next frame.
 - "frame+boxes": both; a frame "frame" calls unchanged takes the last detected frame's
   boxes and texts without running the detector, any other goes through "boxes".
 
@@ -85,20 +92,28 @@ def extent_change(a: np.ndarray, b: np.ndarray) -> float:
     return max(abs((ax1 - ax0) - (bx1 - bx0)), abs((ay1 - ay0) - (by1 - by0))) / height
 
 
-def box_change(current: np.ndarray, seen: np.ndarray, box: np.ndarray) -> float:
+def box_change(
+    current: np.ndarray, seen: np.ndarray, box: np.ndarray, shift: int = 0, edge: bool = False
+) -> float:
     """How much the text in `box` of grey frame `current` differs from grey frame `seen`
     (see the module docstring): the largest character-sized patch mean of the absolute
-    difference after aligning the box's inner crop within `seen`; 1.0 when the box is too
-    small or too near the border to compare."""
+    difference after aligning the box's inner crop within `seen`, each patch taking the
+    best of the offsets within `shift` pixels of that alignment; with `edge`, a side of the
+    box on the frame's edge is not inset; 1.0 when the box is too small or too near the
+    border to compare."""
     height, width = current.shape
     x0, y0, x1, y1 = box_rect(box)
     x0, y0 = int(max(0, np.floor(x0))), int(max(0, np.floor(y0)))
     x1, y1 = int(min(width, np.ceil(x1))), int(min(height, np.ceil(y1)))
     inset, margin = max(1, (y1 - y0) // 4), max(2, (y1 - y0) // 2)
-    inner = current[y0 + inset : y1 - inset, x0 + inset : x1 - inset].astype(np.float32)
+    left, top = (0 if edge and v <= 1 else inset for v in (x0, y0))
+    right, bottom = (
+        0 if edge and v >= size - 1 else inset for v, size in ((x1, width), (y1, height))
+    )
+    inner = current[y0 + top : y1 - bottom, x0 + left : x1 - right].astype(np.float32)
     area = seen[
-        max(0, y0 + inset - margin) : min(height, y1 - inset + margin),
-        max(0, x0 + inset - margin) : min(width, x1 - inset + margin),
+        max(0, y0 + top - margin) : min(height, y1 - bottom + margin),
+        max(0, x0 + left - margin) : min(width, x1 - right + margin),
     ].astype(np.float32)
     rows, cols = inner.shape
     if rows < 2 or cols < 2 or area.shape[0] < rows or area.shape[1] < cols:
@@ -107,8 +122,15 @@ def box_change(current: np.ndarray, seen: np.ndarray, box: np.ndarray) -> float:
         cv2.matchTemplate(area, inner, cv2.TM_SQDIFF).argmin(),
         (area.shape[0] - rows + 1, area.shape[1] - cols + 1),
     )
-    diff = np.abs(inner - area[y : y + rows, x : x + cols]) / 255.0
-    return float(cv2.blur(diff, (max(1, rows // 2), rows)).max())
+    patch, best = (max(1, rows // 2), rows), None
+    for dy in range(-shift, shift + 1):
+        for dx in range(-shift, shift + 1):
+            top, left = y + dy, x + dx
+            if top < 0 or left < 0 or top + rows > area.shape[0] or left + cols > area.shape[1]:
+                continue
+            diff = cv2.blur(np.abs(inner - area[top : top + rows, left : left + cols]), patch)
+            best = diff if best is None else np.minimum(best, diff)
+    return float(best.max()) / 255.0  # type: ignore[union-attr]  # offset 0 always fits
 
 
 @dataclass
@@ -185,9 +207,12 @@ class BoxGate:
         reuse_iou: float,
         reuse_diff: float,
         reuse_frame_diff: float | None = None,
+        reuse_shift: int = 0,
+        reuse_edge: bool = False,
     ):
         self.engine, self.reuse_iou, self.reuse_diff = engine, reuse_iou, reuse_diff
-        self.reuse_frame_diff = reuse_frame_diff
+        self.reuse_frame_diff, self.reuse_shift = reuse_frame_diff, reuse_shift
+        self.reuse_edge = reuse_edge
         self.counts = GateCounts()
         self.start_video()
 
@@ -221,7 +246,7 @@ class BoxGate:
             reason = "dropped"
         elif extent_change(box, best.box) > 0.5:
             reason = "grown"
-        elif box_change(frame, best.seen, box) > self.reuse_diff:
+        elif box_change(frame, best.seen, box, self.reuse_shift, self.reuse_edge) > self.reuse_diff:
             reason = "changed"
         else:
             return best

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +24,7 @@ import numpy as np
 
 from cache import SettingsError, Shard, StageGroup, WorkDir, settings_key
 from cache.atomic import atomic_write
-from cache.keys import added_setting
+from cache.keys import added_setting, value_before
 from cache.settings import check_setting as _check
 from cache.settings import dump_toml, load_settings, to_dict
 
@@ -65,12 +65,22 @@ class OcrSettings:
     # changed by more than reuse_frame_diff; "boxes" detects every frame and recognises only
     # the boxes that are new (IoU < reuse_iou with the previous frame's) or changed (some
     # character-sized patch of the aligned crop differs by more than reuse_diff);
-    # "frame+boxes" also skips the detector on frames "frame" calls unchanged.
-    # Differences are mean absolute differences of pixels in [0, 1].
-    reuse: Literal["off", "frame", "boxes", "frame+boxes"] = added_setting("off")
+    # "frame+boxes" also skips the detector on frames "frame" calls unchanged. reuse_shift:
+    # how many pixels each patch may move beyond the crop's alignment (a drifting text lands
+    # on the pixel grid glyph by glyph). reuse_edge: a box on the frame's edge is compared up
+    # to the edge (a text entering or leaving the frame changes there, outside the inset
+    # crop). Differences are mean absolute differences of pixels in [0, 1]. The defaults are
+    # the measured best gate (README: the OCR gate); `before` is what ran before a setting
+    # existed, which older work dirs' keys and saved settings mean. A mode's key holds only
+    # the settings it reads (`gate_in_effect`).
+    reuse: Literal["off", "frame", "boxes", "frame+boxes"] = added_setting(
+        "frame+boxes", before="off"
+    )
     reuse_iou: float = added_setting(0.7)
     reuse_diff: float = added_setting(0.15)
     reuse_frame_diff: float = added_setting(0.05)
+    reuse_shift: int = added_setting(1, before=0)
+    reuse_edge: bool = added_setting(True, before=False)
     rec_batch: int = added_setting(6)  # rapidocr: crops per recogniser call (its rec_batch_num)
     # The `import` engine (`pipeline.ocr_import`): OCR files of this format, one per video,
     # found under import_dir by the video's name or through import_map, a two-column table
@@ -89,6 +99,7 @@ class OcrSettings:
         _check("ocr.reuse_diff", 0 <= self.reuse_diff <= 1, "in [0, 1]", self.reuse_diff)
         frame_diff = self.reuse_frame_diff
         _check("ocr.reuse_frame_diff", 0 <= frame_diff <= 1, "in [0, 1]", frame_diff)
+        _check("ocr.reuse_shift", 0 <= self.reuse_shift <= 4, "in [0, 4]", self.reuse_shift)
         _check("ocr.rec_batch", self.rec_batch >= 1, ">= 1", self.rec_batch)
         formats = tuple(ImportFormat)
         fmt = self.import_format
@@ -167,10 +178,10 @@ def resolve_settings(
 ) -> PipelineSettings:
     """Settings for a stage command on work dir `work` (see the module docstring)."""
     saved = work / WORK_SETTINGS
-    layers = [saved if saved.exists() else None, config]
     try:
-        return load_settings(PipelineSettings, layers, overrides)
+        return load_settings(PipelineSettings, [config], overrides, saved=saved)
     except SettingsError as exc:
+        layers = [saved if saved.exists() else None, config]
         sources = [str(p) for p in layers if p is not None] + [f"--set {o}" for o in overrides]
         raise SettingsError(f"{exc} (settings from {', '.join(sources) or 'defaults'})") from None
 
@@ -206,12 +217,32 @@ def import_format(ocr: OcrSettings) -> str | None:
     return None
 
 
+# the gate settings each `ocr.reuse` mode reads (`pipeline.ocr_reuse`)
+BOX_GATE = ("reuse_iou", "reuse_diff", "reuse_shift", "reuse_edge")
+GATE_READS = {
+    "off": (),
+    "frame": ("reuse_frame_diff",),
+    "boxes": BOX_GATE,
+    "frame+boxes": ("reuse_frame_diff", *BOX_GATE),
+}
+
+
+def gate_in_effect(ocr: OcrSettings) -> OcrSettings:
+    """`ocr` with the gate settings its `reuse` mode does not read at their values before
+    they existed, so they drop out of the key: e.g. `reuse_shift` does not key an ungated
+    group, which is the group earlier versions built."""
+    gate = [f for f in fields(OcrSettings) if f.name in GATE_READS["frame+boxes"]]
+    return replace(
+        ocr, **{f.name: value_before(f) for f in gate if f.name not in GATE_READS[ocr.reuse]}
+    )
+
+
 def _ocr_keyed_by(ocr: OcrSettings, frames: int) -> Any:
     """What keys the ocr group: see `OcrSampling` and `OcrImport`."""
     if samples_frames(ocr):
-        return OcrSampling(ocr, frames)
-    if ocr.engine == OcrEngine.kwai:
-        return ocr  # the key kwai work dirs were built with
+        return OcrSampling(gate_in_effect(ocr), frames)
+    if ocr.engine == OcrEngine.kwai:  # it reads no frames, so no gate keys it
+        return gate_in_effect(replace(ocr, reuse="off"))  # the key kwai work dirs were built with
     return OcrImport(ocr.import_format, ocr.import_dir, ocr.import_map)
 
 

@@ -62,7 +62,11 @@ def test_kwai_keeps_its_ocr_group_key_and_import_engines_decode_nothing():
     assert StageGroups.keys(kwai)["ocr"] == KWAI_OCR_KEY
     other_t = PipelineSettings(ocr=KWAI, captions=CaptionSettings(frames=8))
     assert StageGroups.keys(other_t)["ocr"] == KWAI_OCR_KEY  # T keys no imported OCR
-    assert StageGroups.keys(PipelineSettings())["ocr"] == RAPIDOCR_OCR_KEY
+    # the ungated rapidocr group (the default before the gate) keeps its key; the default
+    # gate keys its own
+    ungated = PipelineSettings(ocr=OcrSettings(reuse="off"))
+    assert StageGroups.keys(ungated)["ocr"] == RAPIDOCR_OCR_KEY
+    assert StageGroups.keys(PipelineSettings())["ocr"] != RAPIDOCR_OCR_KEY
     imported = OcrSettings(engine="import", import_dir="/ocr")
     keys = StageGroups.keys(PipelineSettings(ocr=imported))
     assert keys["ocr"] not in (KWAI_OCR_KEY, RAPIDOCR_OCR_KEY)

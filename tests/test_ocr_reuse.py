@@ -13,10 +13,18 @@ import pytest
 
 import pipeline.ocr
 from cache import SettingsError, settings_key
-from cache.keys import ADDED
+from cache.keys import ADDED, value_before
+from cache.settings import dump_toml, to_dict
 from pipeline.ocr import OcrError, make_engine, make_reader, read_lines, run_ocr
 from pipeline.ocr_reuse import READ_REASONS, BoxGate, FrameGate, box_change, grey
-from pipeline.settings import CaptionSettings, OcrSettings, PipelineSettings, StageGroups
+from pipeline.settings import (
+    WORK_SETTINGS,
+    CaptionSettings,
+    OcrSettings,
+    PipelineSettings,
+    StageGroups,
+    resolve_settings,
+)
 from tests.test_stages import make_work
 
 CAPTIONS = CaptionSettings(frames=4)
@@ -55,9 +63,11 @@ class CountingEngine:
 # -- settings and keys -----------------------------------------------------------------------
 def test_settings_added_later_keep_the_keys_of_existing_caches():
     """An OcrSettings as it was before the gate (and the import engine's settings) existed
-    keys exactly as today's default."""
-    added = {f.name for f in dataclasses.fields(OcrSettings) if f.metadata.get(ADDED)}
-    assert {"reuse", "reuse_iou", "reuse_diff", "reuse_frame_diff", "rec_batch"} <= added
+    keys exactly as today's settings at the values that ran then (the gate off); the default
+    gate keys its own groups."""
+    added = {f.name: f for f in dataclasses.fields(OcrSettings) if f.metadata.get(ADDED)}
+    gate = {"reuse", "reuse_iou", "reuse_diff", "reuse_frame_diff", "reuse_shift", "reuse_edge"}
+    assert gate | {"rec_batch"} <= set(added)
     before = dataclasses.make_dataclass(
         "OcrSettings",
         [
@@ -67,14 +77,44 @@ def test_settings_added_later_keep_the_keys_of_existing_caches():
         ],
         frozen=True,
     )
-    assert settings_key(before()) == settings_key(OcrSettings())
-    assert settings_key(OcrSettings(reuse="boxes")) != settings_key(OcrSettings())
+    then = OcrSettings(**{name: value_before(f) for name, f in added.items()})
+    assert then.reuse == "off" and settings_key(before()) == settings_key(then)
+    assert settings_key(OcrSettings()) != settings_key(then)
+
+
+def test_a_work_dir_saved_before_the_gate_keeps_its_ungated_ocr(tmp_path):
+    """Settings a work dir saved before the gate settings existed read as the gate off, so
+    its ocr group is the one it built; a new work dir takes the default gate."""
+    saved = PipelineSettings(ocr=OcrSettings(reuse="off", reuse_shift=0, reuse_edge=False))
+    text = dump_toml(to_dict(saved))
+    text = "".join(line for line in text.splitlines(keepends=True) if "reuse" not in line)
+    (tmp_path / WORK_SETTINGS).write_text(text)
+    old = resolve_settings(tmp_path)
+    assert (old.ocr.reuse, old.ocr.reuse_shift, old.ocr.reuse_edge) == ("off", 0, False)
+    assert StageGroups.keys(old)["ocr"] == StageGroups.keys(saved)["ocr"]
+    assert resolve_settings(tmp_path / "new").ocr.reuse == "frame+boxes"
+
+
+@pytest.mark.parametrize(
+    "mode, unread",
+    [("off", {"reuse_iou": 0.9, "reuse_diff": 0.3, "reuse_frame_diff": 0.2, "reuse_shift": 2,
+              "reuse_edge": False}),
+     ("frame", {"reuse_iou": 0.9, "reuse_diff": 0.3, "reuse_shift": 2, "reuse_edge": False}),
+     ("boxes", {"reuse_frame_diff": 0.2})],
+)  # fmt: skip
+def test_a_gate_setting_its_mode_does_not_read_leaves_the_key(mode, unread):
+    """E.g. `reuse_shift` does not key an ungated group: `reuse = "off"` keeps the groups
+    that were built before the gate existed."""
+    keys = StageGroups.keys(PipelineSettings(ocr=OcrSettings(reuse=mode)))
+    other = StageGroups.keys(PipelineSettings(ocr=OcrSettings(reuse=mode, **unread)))
+    assert keys["ocr"] == other["ocr"]
 
 
 @pytest.mark.parametrize(
     "change",
-    [{"reuse": "boxes"}, {"reuse": "frame"}, {"reuse": "frame+boxes"}, {"reuse_iou": 0.9},
-     {"reuse_diff": 0.1}, {"reuse_frame_diff": 0.1}, {"rec_batch": 16}],
+    [{"reuse": "boxes"}, {"reuse": "frame"}, {"reuse": "off"}, {"reuse_iou": 0.9},
+     {"reuse_diff": 0.1}, {"reuse_frame_diff": 0.1}, {"reuse_shift": 0},
+     {"reuse_edge": False}, {"rec_batch": 16}],
 )  # fmt: skip
 def test_a_gate_setting_invalidates_the_ocr_group_and_what_reads_it(change):
     default = StageGroups.keys(PipelineSettings())
@@ -84,8 +124,10 @@ def test_a_gate_setting_invalidates_the_ocr_group_and_what_reads_it(change):
 
 
 @pytest.mark.parametrize(
-    "bad", [{"reuse": "sometimes"}, {"reuse_iou": 0}, {"reuse_diff": 2}, {"rec_batch": 0}]
-)
+    "bad",
+    [{"reuse": "sometimes"}, {"reuse_iou": 0}, {"reuse_diff": 2}, {"reuse_shift": -1},
+     {"rec_batch": 0}],
+)  # fmt: skip
 def test_bad_gate_settings_are_refused_by_name(bad):
     with pytest.raises(SettingsError, match=f"ocr.{next(iter(bad))}"):
         OcrSettings(**bad)
@@ -114,6 +156,66 @@ def test_box_change_sees_one_changed_character_but_not_a_small_drift():
     drifted = np.array(box) + [3, 0]
     assert box_change(grey(scene("SCORE 12", dx=3)), seen, drifted) < 0.15
     assert box_change(grey(scene("SCORE 13")), seen, box) > 0.15
+
+
+def small_sign(text: str, dx: float = 0.0) -> np.ndarray:
+    """A 384x216 RGB frame with a sign of 12-px text (drawn at 4x and area-downscaled, so a
+    fractional `dx` moves it by a fraction of a pixel), and codec-like noise."""
+    scale, rng = 4, np.random.default_rng(0)
+    frame = np.full((216 * scale, 384 * scale, 3), 180, np.uint8)
+    x = round((60 + dx) * scale)
+    cv2.rectangle(frame, (x, 80 * scale), (x + 120 * scale, 100 * scale), (40, 40, 120), -1)
+    cv2.putText(
+        frame, text, (x + 6 * scale, 96 * scale), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale,
+        (250,) * 3, scale, cv2.LINE_AA,
+    )  # fmt: skip
+    frame = cv2.resize(frame, (384, 216), interpolation=cv2.INTER_AREA)
+    return frame + rng.integers(0, 6, frame.shape, dtype=np.uint8)
+
+
+SMALL_BOX = np.array([[60, 80], [180, 80], [180, 100], [60, 100]], float)
+
+
+def test_a_patch_shift_absorbs_glyphs_landing_on_the_grid_one_by_one_but_no_changed_character():
+    """A text drifting by a fraction of a pixel moves some glyphs by a pixel and not others:
+    one alignment of the crop sees a change, `shift` = 1 does not; a changed digit of
+    small text differs at every offset, drifted or not."""
+    seen = grey(small_sign("SCORE 12"))
+    for column in (100, 110, 120):  # the glyphs right of it moved by one pixel
+        moved = seen.copy()
+        moved[:, column + 1 :] = seen[:, column:-1]
+        assert box_change(moved, seen, SMALL_BOX) > 0.15
+        assert box_change(moved, seen, SMALL_BOX, shift=1) < 0.15
+    for before, after in [("SCORE 12", "SCORE 13"), ("LAP 6", "LAP 8"), ("10:42", "10:43")]:
+        seen = grey(small_sign(before))
+        for dx in (0.0, 0.5, 1.25):
+            changed = grey(small_sign(after, dx))
+            assert box_change(changed, seen, SMALL_BOX + [dx, 0], shift=1) > 0.15, (after, dx)
+
+
+def sliding_in(dx: int) -> np.ndarray:
+    """A 384x216 RGB frame whose sign, cut by the left edge, has slid `dx` pixels in."""
+    frame = np.full((216, 384, 3), 180, np.uint8)
+    cv2.rectangle(frame, (-200 + dx, 80), (150 + dx, 120), (40, 40, 120), -1)
+    cv2.putText(
+        frame, "WELCOME TO SUMMER FEST", (-190 + dx, 110), cv2.FONT_HERSHEY_SIMPLEX, 0.9,
+        (250,) * 3, 2,
+    )  # fmt: skip
+    return frame
+
+
+def sliding_box(dx: int) -> np.ndarray:
+    return np.array([[0, 80], [150 + dx, 80], [150 + dx, 120], [0, 120]], float)
+
+
+def test_at_the_frame_edge_a_text_sliding_in_is_a_change_and_a_text_cut_still_is_not():
+    """A sign cut by the frame's left edge slides in: the inset crop sees only the text that
+    was there and matches it; compared up to the edge (`edge`) it differs."""
+    seen = grey(sliding_in(0))
+    for dx in (0, 3, 10):
+        current, box = grey(sliding_in(dx)), sliding_box(dx)
+        assert box_change(current, seen, box) < 0.15  # the rule without `edge` reuses it
+        assert (box_change(current, seen, box, edge=True) > 0.15) == (dx > 0)
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +277,23 @@ class SplitEngine:
         return [("SIGN", 0.9)] * len(crops)
 
 
+class Sliding(SplitEngine):
+    """Detects the sign of `sliding_in`, 3 px further in each frame."""
+
+    def detect(self, frame: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        box = sliding_box(3 * self.detected)
+        self.detected += 1
+        return box[None], [frame[80:120, 0 : int(box[1, 0])]]
+
+
+@pytest.mark.parametrize("edge", [False, True])
+def test_the_gate_built_from_settings_compares_up_to_the_edge_when_asked(monkeypatch, edge):
+    monkeypatch.setattr(pipeline.ocr, "make_engine", lambda settings, threads=1: Sliding())
+    gate = make_reader(OcrSettings(reuse="boxes", reuse_shift=1, reuse_edge=edge))
+    gate(np.stack([sliding_in(3 * k) for k in range(3)]))
+    assert gate.counts.boxes_read == (3 if edge else 1)
+
+
 def test_frame_plus_boxes_skips_the_detector_on_unchanged_frames():
     engine = SplitEngine()
     gate = BoxGate(engine, reuse_iou=0.7, reuse_diff=0.15, reuse_frame_diff=0.05)
@@ -233,11 +352,13 @@ def test_a_box_that_grew_by_a_character_is_read_again():
 
 
 def test_boxes_needs_an_engine_with_detection_and_recognition(monkeypatch):
+    """A whole-frame engine (paddleocr) has no box gate: "boxes" is refused, and the default
+    "frame+boxes" is the frame gate there, so the default works with every engine."""
     monkeypatch.setattr(pipeline.ocr, "make_engine", lambda settings, threads=1: CountingEngine())
-    for mode in ("boxes", "frame+boxes"):
-        with pytest.raises(OcrError, match=re.escape(f'"{mode}" needs an engine')):
-            make_reader(OcrSettings(reuse=mode))
-    assert isinstance(make_reader(OcrSettings(reuse="frame")), FrameGate)
+    with pytest.raises(OcrError, match=re.escape('"boxes" needs an engine')):
+        make_reader(OcrSettings(reuse="boxes"))
+    for mode in ("frame", "frame+boxes"):
+        assert isinstance(make_reader(OcrSettings(reuse=mode)), FrameGate)
 
 
 # -- the stage ------------------------------------------------------------------------------

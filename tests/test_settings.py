@@ -6,6 +6,7 @@ from typing import Literal
 import pytest
 
 from cache import SettingsError, load_settings, settings_key
+from cache.keys import added_setting, keyed_form
 from cache.settings import apply_overrides
 from pipeline.settings import OcrEngine, OcrSettings, PipelineSettings
 
@@ -36,6 +37,35 @@ def test_ints_become_floats_and_bare_words_strings():
     settings = load_settings(Root, overrides=["captions.xi=1", "name=minilm"])
     assert settings.captions.xi == 1.0 and isinstance(settings.captions.xi, float)
     assert settings.name == "minilm"
+
+
+@dataclass(frozen=True)
+class Gate:
+    mode: str = "fast"
+    # added later, with a new default behaviour: what ran before it existed was "off"
+    reuse: str = added_setting("on", before="off")
+    iou: float = added_setting(0.7)  # added later, its default what ran before
+
+
+@dataclass(frozen=True)
+class WithGate:
+    gate: Gate = field(default_factory=Gate)
+
+
+def test_a_setting_added_with_a_new_default_keys_and_loads_as_what_ran_before(tmp_path):
+    # keys leave it out at its value before it existed, not at its new default
+    assert keyed_form(Gate(reuse="off")) == {"mode": "fast"}
+    assert keyed_form(Gate()) == {"mode": "fast", "reuse": "on"}
+    # a file written before it existed reads as what ran then; a fresh start takes the default
+    old = tmp_path / "saved.toml"
+    old.write_text('[gate]\nmode = "fast"\n')
+    assert load_settings(WithGate, saved=old).gate == Gate(reuse="off")
+    assert load_settings(WithGate, saved=tmp_path / "absent.toml").gate == Gate()
+    # layers over the saved file, and --set, still win
+    config = tmp_path / "cfg.toml"
+    config.write_text('[gate]\nreuse = "on"\n')
+    assert load_settings(WithGate, [config], saved=old).gate.reuse == "on"
+    assert load_settings(WithGate, overrides=["gate.reuse=on"], saved=old).gate.reuse == "on"
 
 
 @pytest.mark.parametrize(
