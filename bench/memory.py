@@ -28,20 +28,22 @@ from pipeline.captions import run_captions
 from pipeline.encode import run_encode
 from pipeline.ocr import run_ocr
 from pipeline.settings import CaptionSettings, EncodeSettings, OcrSettings
+
+OCR = OcrSettings(reuse="off")  # the engine's memory, ungated
 work, stage = WorkDir(sys.argv[1]), sys.argv[2]
 if stage == "decode":  # OCR's frame sampling, decoded and dropped: the streaming part alone
     from pipeline.ocr import ocr_sample_times
     from pipeline.video import read_frames
     videos = work.manifest.videos.read(["path", "duration"])
     for path, duration in zip(videos["path"], videos["duration"]):
-        times = ocr_sample_times(float(duration), OcrSettings(), CaptionSettings().frames)
+        times = ocr_sample_times(float(duration), OCR, CaptionSettings().frames)
         for _ in read_frames(str(path), times, 8):
             pass
 elif stage == "ocr":
-    run_ocr(work, OcrSettings(), progress=False)
+    run_ocr(work, OCR, progress=False)
 else:
-    run_captions(work, CaptionSettings(), OcrSettings(), progress=False)
-    run_encode(work, EncodeSettings(), CaptionSettings(), OcrSettings(), workers=0, progress=False)
+    run_captions(work, CaptionSettings(), OCR, progress=False)
+    run_encode(work, EncodeSettings(), CaptionSettings(), OCR, workers=0, progress=False)
 print(peak_rss_mb())
 """
 

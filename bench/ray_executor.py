@@ -26,9 +26,9 @@ from bench.common import save, synthetic_work
 from cache import WorkDir
 from pipeline.distributed import RayOptions, ray_session, run_on_ray
 from pipeline.ocr import run_ocr
-from pipeline.settings import PipelineSettings
+from pipeline.settings import OcrSettings, PipelineSettings
 
-SETTINGS = PipelineSettings()
+SETTINGS = PipelineSettings(ocr=OcrSettings(reuse="off"))  # as recorded: the executor, ungated
 
 
 def ocr_arrays(work: Path) -> dict[str, np.ndarray]:

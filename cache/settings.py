@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 import tomli_w
 
 from cache.errors import SettingsError
-from cache.keys import as_written_before
 
 T = TypeVar("T")
 
@@ -73,21 +72,19 @@ def load_settings(
     layers: str | Path | Sequence[str | Path | None] | None = None,
     overrides: Sequence[str] = (),
     section: str | None = None,
-    saved: Path | None = None,
+    base: dict[str, Any] | None = None,
 ) -> T:
     """Build dataclass `cls` from TOML layers (later wins; `None` layers are skipped), then
-    `--set` overrides. `section` takes one `[section]` of each file. `saved`, under all
-    layers, is a file this project wrote (a work dir's settings): a setting added since it
-    was written reads as what ran before it existed (`cache.keys.as_written_before`).
+    `--set` overrides. `section` takes one `[section]` of each file. `base` is a table under
+    all layers: a work dir's saved settings, read as the version that wrote them ran
+    (`cache.keys.as_written_before`).
 
     The project's one settings loader: a run config is one file, the pipeline's settings are
     the work dir's saved file under `--config` (`pipeline.settings.resolve_settings`).
     """
     if layers is None or isinstance(layers, (str, Path)):
         layers = [layers]
-    data: dict[str, Any] = {}
-    if saved is not None and saved.exists():
-        data = as_written_before(cls, read_toml(saved))
+    data: dict[str, Any] = dict(base or {})
     for path in layers:
         if path is None:
             continue

@@ -43,6 +43,7 @@ from pipeline.settings import (
     OcrSettings,
     PipelineSettings,
     StageGroups,
+    gate_mode,
     import_format,
     resolve_settings,
     samples_frames,
@@ -182,15 +183,16 @@ def make_reader(settings: OcrSettings, threads: int = 1) -> Any:
 
     engine = make_engine(settings, threads)
     whole_frames = not hasattr(engine, "detect")  # e.g. paddleocr: no box gate
-    if settings.reuse == "frame" or (settings.reuse == "frame+boxes" and whole_frames):
+    mode = "frame" if settings.reuse == "frame+boxes" and whole_frames else gate_mode(settings)
+    if mode == "frame":
         return FrameGate(engine, settings.reuse_frame_diff)
-    if settings.reuse in ("boxes", "frame+boxes"):
+    if mode in ("boxes", "frame+boxes"):
         if whole_frames:
             raise OcrError(
                 f'ocr.reuse = "{settings.reuse}" needs an engine with separate detection and '
                 f'recognition (rapidocr), not {settings.engine}; use "frame" or "off"'
             )
-        frame_diff = settings.reuse_frame_diff if settings.reuse == "frame+boxes" else None
+        frame_diff = settings.reuse_frame_diff if mode == "frame+boxes" else None
         return BoxGate(
             engine,
             settings.reuse_iou,

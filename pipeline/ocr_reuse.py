@@ -34,7 +34,8 @@ what changed:
 Lines keep the current frame's time (and, for "boxes", its box). What a gate can lose is
 text that changes below its thresholds; `bench.ocr_reuse` measures it (key-text recall and
 retrieval R@1 against the ungated cache). The thresholds are ocr settings, so they key the
-ocr group.
+ocr group (those its mode reads: `pipeline.settings.gate_in_effect`). The default is
+"frame+boxes" with `reuse_shift` 1 and `reuse_edge`, the measured best (README).
 """
 
 from __future__ import annotations
@@ -125,10 +126,10 @@ def box_change(
     patch, best = (max(1, rows // 2), rows), None
     for dy in range(-shift, shift + 1):
         for dx in range(-shift, shift + 1):
-            top, left = y + dy, x + dx
-            if top < 0 or left < 0 or top + rows > area.shape[0] or left + cols > area.shape[1]:
+            oy, ox = y + dy, x + dx
+            if oy < 0 or ox < 0 or oy + rows > area.shape[0] or ox + cols > area.shape[1]:
                 continue
-            diff = cv2.blur(np.abs(inner - area[top : top + rows, left : left + cols]), patch)
+            diff = cv2.blur(np.abs(inner - area[oy : oy + rows, ox : ox + cols]), patch)
             best = diff if best is None else np.minimum(best, diff)
     return float(best.max()) / 255.0  # type: ignore[union-attr]  # offset 0 always fits
 

@@ -24,9 +24,9 @@ import numpy as np
 
 from cache import SettingsError, Shard, StageGroup, WorkDir, settings_key
 from cache.atomic import atomic_write
-from cache.keys import added_setting, value_before
+from cache.keys import added_setting, as_written_before, value_before
 from cache.settings import check_setting as _check
-from cache.settings import dump_toml, load_settings, to_dict
+from cache.settings import dump_toml, load_settings, read_toml, to_dict
 
 WORK_SETTINGS = "settings.toml"
 
@@ -179,11 +179,28 @@ def resolve_settings(
     """Settings for a stage command on work dir `work` (see the module docstring)."""
     saved = work / WORK_SETTINGS
     try:
-        return load_settings(PipelineSettings, [config], overrides, saved=saved)
+        return load_settings(PipelineSettings, [config], overrides, base=read_saved(saved))
     except SettingsError as exc:
         layers = [saved if saved.exists() else None, config]
         sources = [str(p) for p in layers if p is not None] + [f"--set {o}" for o in overrides]
         raise SettingsError(f"{exc} (settings from {', '.join(sources) or 'defaults'})") from None
+
+
+def read_saved(path: Path) -> dict[str, Any] | None:
+    """A work dir's saved settings as the version that wrote them ran: a setting added since
+    takes its value before it existed (`cache.keys.as_written_before`), except a gate setting
+    the saved `ocr.reuse` does not read, which takes today's default (no rule of it ran, so
+    turning the gate on there gets today's rule). None when nothing was saved."""
+    if not path.exists():
+        return None
+    written = read_toml(path)
+    data = as_written_before(PipelineSettings, written)
+    ocr, wrote = data.get("ocr", {}), written.get("ocr", {})
+    reads = GATE_READS.get(ocr.get("reuse"), ())
+    for name in GATE_READS["frame+boxes"]:
+        if name not in wrote and name not in reads:
+            ocr.pop(name, None)
+    return data
 
 
 def save_settings(work: Path, settings: PipelineSettings) -> None:
@@ -227,14 +244,26 @@ GATE_READS = {
 }
 
 
+WHOLE_FRAME_ENGINES = ("paddleocr",)  # no separate detection: "frame+boxes" is "frame"
+
+
+def gate_mode(ocr: OcrSettings) -> str:
+    """The gate that runs: `ocr.reuse`, except "frame+boxes" on a whole-frame engine, which
+    is "frame" (`pipeline.ocr.make_reader`)."""
+    if ocr.reuse == "frame+boxes" and ocr.engine in WHOLE_FRAME_ENGINES:
+        return "frame"
+    return ocr.reuse
+
+
 def gate_in_effect(ocr: OcrSettings) -> OcrSettings:
-    """`ocr` with the gate settings its `reuse` mode does not read at their values before
-    they existed, so they drop out of the key: e.g. `reuse_shift` does not key an ungated
-    group, which is the group earlier versions built."""
+    """`ocr` naming the gate that runs (`gate_mode`), with the gate settings it does not read
+    at their values before they existed, so they drop out of the key: e.g. `reuse_shift`
+    does not key an ungated group, which is the group earlier versions built. (A group built
+    with such a setting changed, which then keyed it, is built again once.)"""
     gate = [f for f in fields(OcrSettings) if f.name in GATE_READS["frame+boxes"]]
-    return replace(
-        ocr, **{f.name: value_before(f) for f in gate if f.name not in GATE_READS[ocr.reuse]}
-    )
+    mode = gate_mode(ocr)
+    unread = {f.name: value_before(f) for f in gate if f.name not in GATE_READS[mode]}
+    return replace(ocr, reuse=mode, **unread)
 
 
 def _ocr_keyed_by(ocr: OcrSettings, frames: int) -> Any:

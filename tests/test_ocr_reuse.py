@@ -82,17 +82,47 @@ def test_settings_added_later_keep_the_keys_of_existing_caches():
     assert settings_key(OcrSettings()) != settings_key(then)
 
 
+def saved_without(tmp_path, ocr: OcrSettings, unknown: tuple[str, ...]) -> PipelineSettings:
+    """Save `ocr` as a work dir's settings written before the settings `unknown` existed."""
+    saved = PipelineSettings(ocr=ocr)
+    text = dump_toml(to_dict(saved)).splitlines(keepends=True)
+    (tmp_path / WORK_SETTINGS).write_text("".join(t for t in text if not t.startswith(unknown)))
+    return saved
+
+
 def test_a_work_dir_saved_before_the_gate_keeps_its_ungated_ocr(tmp_path):
     """Settings a work dir saved before the gate settings existed read as the gate off, so
-    its ocr group is the one it built; a new work dir takes the default gate."""
-    saved = PipelineSettings(ocr=OcrSettings(reuse="off", reuse_shift=0, reuse_edge=False))
-    text = dump_toml(to_dict(saved))
-    text = "".join(line for line in text.splitlines(keepends=True) if "reuse" not in line)
-    (tmp_path / WORK_SETTINGS).write_text(text)
+    its ocr group is the one it built; turning the gate on there, or a new work dir, gets
+    today's box rule."""
+    saved = saved_without(tmp_path, OcrSettings(reuse="off"), ("reuse",))
     old = resolve_settings(tmp_path)
-    assert (old.ocr.reuse, old.ocr.reuse_shift, old.ocr.reuse_edge) == ("off", 0, False)
+    assert old.ocr.reuse == "off"
     assert StageGroups.keys(old)["ocr"] == StageGroups.keys(saved)["ocr"]
-    assert resolve_settings(tmp_path / "new").ocr.reuse == "frame+boxes"
+    gated = resolve_settings(tmp_path, overrides=["ocr.reuse=frame+boxes"]).ocr
+    assert gated == resolve_settings(tmp_path / "new").ocr == OcrSettings()
+
+
+def test_a_work_dir_gated_before_the_new_box_rule_keeps_its_groups(tmp_path):
+    """Saved with a box gate before `reuse_shift` and `reuse_edge` existed: it ran the first
+    rule (0, off), and keeps that rule and its ocr group."""
+    first_rule = OcrSettings(reuse="frame+boxes", reuse_shift=0, reuse_edge=False)
+    saved = saved_without(tmp_path, first_rule, ("reuse_shift", "reuse_edge"))
+    old = resolve_settings(tmp_path)
+    assert old.ocr == first_rule
+    assert StageGroups.keys(old)["ocr"] == StageGroups.keys(saved)["ocr"]
+
+
+def test_paddleocr_runs_the_frame_gate_and_only_its_setting_keys_it():
+    """paddleocr reads whole frames: the default "frame+boxes" is "frame" there, and the box
+    settings, which it never reads, do not key its group."""
+    paddle = {"engine": "paddleocr", "paddle_det_dir": "/d", "paddle_rec_dir": "/r"}
+    keys = [
+        StageGroups.keys(PipelineSettings(ocr=OcrSettings(**paddle, **gate)))["ocr"]
+        for gate in ({}, {"reuse": "frame"}, {"reuse_shift": 2, "reuse_iou": 0.5})
+    ]
+    assert len(set(keys)) == 1
+    frame_diff = OcrSettings(**paddle, reuse_frame_diff=0.1)
+    assert StageGroups.keys(PipelineSettings(ocr=frame_diff))["ocr"] != keys[0]
 
 
 @pytest.mark.parametrize(
@@ -216,6 +246,11 @@ def test_at_the_frame_edge_a_text_sliding_in_is_a_change_and_a_text_cut_still_is
         current, box = grey(sliding_in(dx)), sliding_box(dx)
         assert box_change(current, seen, box) < 0.15  # the rule without `edge` reuses it
         assert (box_change(current, seen, box, edge=True) > 0.15) == (dx > 0)
+        # the same sign sliding out at the right edge
+        mirrored = box.copy()
+        mirrored[:, 0] = 384 - box[:, 0]
+        out, then = np.fliplr(current).copy(), np.fliplr(seen).copy()
+        assert (box_change(out, then, mirrored, edge=True) > 0.15) == (dx > 0)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from typing import Literal
 import pytest
 
 from cache import SettingsError, load_settings, settings_key
-from cache.keys import added_setting, keyed_form
+from cache.keys import added_setting, as_written_before, keyed_form
 from cache.settings import apply_overrides
 from pipeline.settings import OcrEngine, OcrSettings, PipelineSettings
 
@@ -57,15 +57,15 @@ def test_a_setting_added_with_a_new_default_keys_and_loads_as_what_ran_before(tm
     assert keyed_form(Gate(reuse="off")) == {"mode": "fast"}
     assert keyed_form(Gate()) == {"mode": "fast", "reuse": "on"}
     # a file written before it existed reads as what ran then; a fresh start takes the default
-    old = tmp_path / "saved.toml"
-    old.write_text('[gate]\nmode = "fast"\n')
-    assert load_settings(WithGate, saved=old).gate == Gate(reuse="off")
-    assert load_settings(WithGate, saved=tmp_path / "absent.toml").gate == Gate()
-    # layers over the saved file, and --set, still win
+    old = as_written_before(WithGate, {"gate": {"mode": "fast"}})
+    assert old == {"gate": {"mode": "fast", "reuse": "off"}}
+    assert load_settings(WithGate, base=old).gate == Gate(reuse="off")
+    assert as_written_before(WithGate, {}) == {"gate": {"reuse": "off"}}
+    # layers over the saved table, and --set, still win
     config = tmp_path / "cfg.toml"
     config.write_text('[gate]\nreuse = "on"\n')
-    assert load_settings(WithGate, [config], saved=old).gate.reuse == "on"
-    assert load_settings(WithGate, overrides=["gate.reuse=on"], saved=old).gate.reuse == "on"
+    assert load_settings(WithGate, [config], base=old).gate.reuse == "on"
+    assert load_settings(WithGate, overrides=["gate.reuse=on"], base=old).gate.reuse == "on"
 
 
 @pytest.mark.parametrize(
