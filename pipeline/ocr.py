@@ -200,6 +200,7 @@ def make_reader(settings: OcrSettings, threads: int = 1) -> Any:
             frame_diff,
             settings.reuse_shift,
             settings.reuse_edge,
+            settings.reuse_frame_texts,
         )
     return engine
 

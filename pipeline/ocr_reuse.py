@@ -29,7 +29,10 @@ what changed:
   Only a text that was read is reused: a box whose read was dropped (blurred, fading in) is
   read again in the next frame.
 - "frame+boxes": both; a frame "frame" calls unchanged takes the last detected frame's
-  boxes and texts without running the detector, any other goes through "boxes".
+  boxes and texts without running the detector, any other goes through "boxes". With
+  `reuse_frame_texts`, a frame is unchanged only if each of those boxes also passes the box
+  test: a thumbnail block is 48x48 pixels of a 384x216 frame (240x240 of 1080p), and a
+  scoreboard digit changing inside it moves its mean by far less than `reuse_frame_diff`.
 
 Lines keep the current frame's time (and, for "boxes", its box). What a gate can lose is
 text that changes below its thresholds; `bench.ocr_reuse` measures it (key-text recall and
@@ -94,14 +97,20 @@ def extent_change(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def box_change(
-    current: np.ndarray, seen: np.ndarray, box: np.ndarray, shift: int = 0, edge: bool = False
+    current: np.ndarray,
+    seen: np.ndarray,
+    box: np.ndarray,
+    shift: int = 0,
+    edge: bool = False,
+    enough: float = 0.0,
 ) -> float:
     """How much the text in `box` of grey frame `current` differs from grey frame `seen`
     (see the module docstring): the largest character-sized patch mean of the absolute
     difference after aligning the box's inner crop within `seen`, each patch taking the
     best of the offsets within `shift` pixels of that alignment; with `edge`, a side of the
     box on the frame's edge is not inset; 1.0 when the box is too small or too near the
-    border to compare."""
+    border to compare. Offsets are tried from the alignment out, and the search stops once
+    the difference is at most `enough` (a caller comparing with a threshold passes it)."""
     height, width = current.shape
     x0, y0, x1, y1 = box_rect(box)
     x0, y0 = int(max(0, np.floor(x0))), int(max(0, np.floor(y0)))
@@ -124,13 +133,18 @@ def box_change(
         (area.shape[0] - rows + 1, area.shape[1] - cols + 1),
     )
     patch, best = (max(1, rows // 2), rows), None
-    for dy in range(-shift, shift + 1):
-        for dx in range(-shift, shift + 1):
-            oy, ox = y + dy, x + dx
-            if oy < 0 or ox < 0 or oy + rows > area.shape[0] or ox + cols > area.shape[1]:
-                continue
-            diff = cv2.blur(np.abs(inner - area[oy : oy + rows, ox : ox + cols]), patch)
-            best = diff if best is None else np.minimum(best, diff)
+    offsets = sorted(
+        ((dy, dx) for dy in range(-shift, shift + 1) for dx in range(-shift, shift + 1)),
+        key=lambda o: abs(o[0]) + abs(o[1]),
+    )
+    for dy, dx in offsets:
+        oy, ox = y + dy, x + dx
+        if oy < 0 or ox < 0 or oy + rows > area.shape[0] or ox + cols > area.shape[1]:
+            continue
+        diff = cv2.blur(np.abs(inner - area[oy : oy + rows, ox : ox + cols]), patch)
+        best = diff if best is None else np.minimum(best, diff)
+        if best.max() / 255.0 <= enough:
+            break
     return float(best.max()) / 255.0  # type: ignore[union-attr]  # offset 0 always fits
 
 
@@ -210,10 +224,11 @@ class BoxGate:
         reuse_frame_diff: float | None = None,
         reuse_shift: int = 0,
         reuse_edge: bool = False,
+        reuse_frame_texts: bool = False,
     ):
         self.engine, self.reuse_iou, self.reuse_diff = engine, reuse_iou, reuse_diff
         self.reuse_frame_diff, self.reuse_shift = reuse_frame_diff, reuse_shift
-        self.reuse_edge = reuse_edge
+        self.reuse_edge, self.reuse_frame_texts = reuse_edge, reuse_frame_texts
         self.counts = GateCounts()
         self.start_video()
 
@@ -223,14 +238,31 @@ class BoxGate:
 
     def _unchanged(self, frame: np.ndarray) -> bool:
         """Whether the frame gate lets this frame skip detection (and, if not, it becomes
-        the frame later ones are compared with)."""
+        the frame later ones are compared with): its thumbnail did not change and, with
+        `reuse_frame_texts`, neither did the text in any of the last detected boxes."""
         if self.reuse_frame_diff is None:
             return False
         thumb, last = frame_thumbnail(frame), self.last_thumb
-        if last is not None and frame_change(thumb, last) <= self.reuse_frame_diff:
+        if (
+            last is not None
+            and frame_change(thumb, last) <= self.reuse_frame_diff
+            and (not self.reuse_frame_texts or self._texts_unchanged(frame))
+        ):
             return True
         self.last_thumb = thumb
         return False
+
+    def _texts_unchanged(self, frame: np.ndarray) -> bool:
+        """Whether every box of the last detected frame still holds the text it took, by the
+        box test (a digit of a small sign changes a thumbnail block by far less than
+        `reuse_frame_diff`)."""
+        current = grey(frame)
+        return not any(self._text_changed(current, t.seen, t.box) for t in self.tracks)
+
+    def _text_changed(self, current: np.ndarray, seen: np.ndarray, box: np.ndarray) -> bool:
+        """The box test: the text in `box` differs from `seen` by more than reuse_diff."""
+        shift, edge, limit = self.reuse_shift, self.reuse_edge, self.reuse_diff
+        return box_change(current, seen, box, shift, edge, enough=limit) > limit
 
     def _match(self, box: np.ndarray, frame: np.ndarray) -> _Track | None:
         """The previous frame's box this one continues unchanged, if any (counting why not).
@@ -247,7 +279,7 @@ class BoxGate:
             reason = "dropped"
         elif extent_change(box, best.box) > 0.5:
             reason = "grown"
-        elif box_change(frame, best.seen, box, self.reuse_shift, self.reuse_edge) > self.reuse_diff:
+        elif self._text_changed(frame, best.seen, box):
             reason = "changed"
         else:
             return best

@@ -69,7 +69,9 @@ class OcrSettings:
     # how many pixels each patch may move beyond the crop's alignment (a drifting text lands
     # on the pixel grid glyph by glyph). reuse_edge: a box on the frame's edge is compared up
     # to the edge (a text entering or leaving the frame changes there, outside the inset
-    # crop). Differences are mean absolute differences of pixels in [0, 1]. The defaults are
+    # crop). reuse_frame_texts: "frame+boxes" skips the detector only where the last
+    # detected boxes also pass the box test (a changed digit hardly moves a thumbnail block).
+    # Differences are mean absolute differences of pixels in [0, 1]. The defaults are
     # the measured best gate (README: the OCR gate); `before` is what ran before a setting
     # existed, which older work dirs' keys and saved settings mean. A mode's key holds only
     # the settings it reads (`gate_in_effect`).
@@ -81,6 +83,7 @@ class OcrSettings:
     reuse_frame_diff: float = added_setting(0.05)
     reuse_shift: int = added_setting(1, before=0)
     reuse_edge: bool = added_setting(True, before=False)
+    reuse_frame_texts: bool = added_setting(True, before=False)
     rec_batch: int = added_setting(6)  # rapidocr: crops per recogniser call (its rec_batch_num)
     # The `import` engine (`pipeline.ocr_import`): OCR files of this format, one per video,
     # found under import_dir by the video's name or through import_map, a two-column table
@@ -240,7 +243,7 @@ GATE_READS = {
     "off": (),
     "frame": ("reuse_frame_diff",),
     "boxes": BOX_GATE,
-    "frame+boxes": ("reuse_frame_diff", *BOX_GATE),
+    "frame+boxes": ("reuse_frame_diff", "reuse_frame_texts", *BOX_GATE),
 }
 
 

@@ -67,7 +67,7 @@ def test_settings_added_later_keep_the_keys_of_existing_caches():
     gate keys its own groups."""
     added = {f.name: f for f in dataclasses.fields(OcrSettings) if f.metadata.get(ADDED)}
     gate = {"reuse", "reuse_iou", "reuse_diff", "reuse_frame_diff", "reuse_shift", "reuse_edge"}
-    assert gate | {"rec_batch"} <= set(added)
+    assert gate | {"reuse_frame_texts", "rec_batch"} <= set(added)
     before = dataclasses.make_dataclass(
         "OcrSettings",
         [
@@ -90,6 +90,12 @@ def saved_without(tmp_path, ocr: OcrSettings, unknown: tuple[str, ...]) -> Pipel
     return saved
 
 
+def test_the_gate_bench_ocr_reuse_measures_as_the_default_is_the_default():
+    from bench.ocr_reuse import DEFAULT, VARIANTS
+
+    assert dataclasses.replace(OcrSettings(), **VARIANTS[DEFAULT]) == OcrSettings()
+
+
 def test_a_work_dir_saved_before_the_gate_keeps_its_ungated_ocr(tmp_path):
     """Settings a work dir saved before the gate settings existed read as the gate off, so
     its ocr group is the one it built; turning the gate on there, or a new work dir, gets
@@ -103,10 +109,12 @@ def test_a_work_dir_saved_before_the_gate_keeps_its_ungated_ocr(tmp_path):
 
 
 def test_a_work_dir_gated_before_the_new_box_rule_keeps_its_groups(tmp_path):
-    """Saved with a box gate before `reuse_shift` and `reuse_edge` existed: it ran the first
-    rule (0, off), and keeps that rule and its ocr group."""
-    first_rule = OcrSettings(reuse="frame+boxes", reuse_shift=0, reuse_edge=False)
-    saved = saved_without(tmp_path, first_rule, ("reuse_shift", "reuse_edge"))
+    """Saved with a box gate before `reuse_shift`, `reuse_edge` and `reuse_frame_texts`
+    existed: it ran the first rule, and keeps that rule and its ocr group."""
+    first_rule = OcrSettings(
+        reuse="frame+boxes", reuse_shift=0, reuse_edge=False, reuse_frame_texts=False
+    )
+    saved = saved_without(tmp_path, first_rule, ("reuse_shift", "reuse_edge", "reuse_frame_texts"))
     old = resolve_settings(tmp_path)
     assert old.ocr == first_rule
     assert StageGroups.keys(old)["ocr"] == StageGroups.keys(saved)["ocr"]
@@ -144,7 +152,7 @@ def test_a_gate_setting_its_mode_does_not_read_leaves_the_key(mode, unread):
     "change",
     [{"reuse": "boxes"}, {"reuse": "frame"}, {"reuse": "off"}, {"reuse_iou": 0.9},
      {"reuse_diff": 0.1}, {"reuse_frame_diff": 0.1}, {"reuse_shift": 0},
-     {"reuse_edge": False}, {"rec_batch": 16}],
+     {"reuse_edge": False}, {"reuse_frame_texts": False}, {"rec_batch": 16}],
 )  # fmt: skip
 def test_a_gate_setting_invalidates_the_ocr_group_and_what_reads_it(change):
     default = StageGroups.keys(PipelineSettings())
@@ -349,6 +357,31 @@ class FadingIn(SplitEngine):
         first = self.recognised == 0
         read = super().recognize(crops)
         return [("", 0.0)] + read[1:] if first else read
+
+
+class SmallSign(SplitEngine):
+    """Detects the 12-px sign of `small_sign` and reads it as a new text each time."""
+
+    def detect(self, frame: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        self.detected += 1
+        return SMALL_BOX[None], [frame[80:100, 60:180]]
+
+    def recognize(self, crops: list[np.ndarray]) -> list[tuple[str, float]]:
+        self.recognised += len(crops)
+        return [(f"READ{self.recognised - k}", 0.9) for k in range(len(crops))][::-1]
+
+
+@pytest.mark.parametrize("check_texts", [False, True])
+def test_frame_plus_boxes_sees_a_changed_digit_the_thumbnail_cannot(check_texts):
+    """A digit of a 12-px sign changes a thumbnail block by 0.003, far under reuse_frame_diff:
+    without `reuse_frame_texts` the frame skips the detector and keeps the old score; with
+    it, the box test sees the digit, and the frame is detected and read again."""
+    engine = SmallSign()
+    gate = BoxGate(engine, 0.7, 0.15, 0.05, reuse_shift=1, reuse_frame_texts=check_texts)
+    frames = np.stack([small_sign("SCORE 12"), small_sign("SCORE 12"), small_sign("SCORE 13")])
+    read = texts(gate(frames))
+    assert read[:2] == [["READ1"], ["READ1"]] and engine.detected == 1 + check_texts
+    assert read[2] == (["READ2"] if check_texts else ["READ1"])
 
 
 def test_a_dropped_read_is_never_reused():
