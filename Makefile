@@ -18,6 +18,9 @@ RUN    ?= tcd
 QUERY  ?= The bakery SUNRISE BREAD is on a busy street
 SET    ?=
 SETS   := $(foreach s,$(SET),--set $(s))
+# settings for the studies' feature extraction, e.g. EXTRACT_SET=ocr.reuse=off (ungated OCR)
+EXTRACT_SET  ?=
+EXTRACT_SETS := $(foreach s,$(EXTRACT_SET),--set $(s))
 
 .PHONY: setup setup-ray serve screenshot test test-slow soak demo synth manifest ocr caption captions encode features train ablate ablations study eval results bench index search report export status gc lint clean
 
@@ -104,7 +107,7 @@ ablate: setup
 ablations: setup
 	$(MAKE) --no-print-directory synth
 	$(TCD) data textvr --root $(SYNTH) --work $(WORK) -q
-	$(TCD) extract --work $(WORK) --engine $(OCR_ENGINE) -q
+	$(TCD) extract --work $(WORK) --engine $(OCR_ENGINE) -q $(EXTRACT_SETS)
 	$(TCD) ablate --work $(WORK) --grid $(GRID) --seeds $(STUDY_SEEDS) $(SETS)
 
 # The temporal study of README: configs/study_temporal.toml on the temporal profile of the
@@ -118,7 +121,7 @@ study: setup
 	else $(TCD) data synth --profile temporal --out $(STUDY_SYNTH) --videos $(STUDY_VIDEOS) \
 		--seed $(SEED) --workers 2; fi
 	$(TCD) data textvr --root $(STUDY_SYNTH) --work $(STUDY_WORK) -q
-	$(TCD) extract --work $(STUDY_WORK) --engine $(OCR_ENGINE) -q
+	$(TCD) extract --work $(STUDY_WORK) --engine $(OCR_ENGINE) -q $(EXTRACT_SETS)
 	$(TCD) ablate --work $(STUDY_WORK) --grid configs/study_temporal.toml --seeds $(STUDY_SEEDS) \
 		--groups $(STUDY_SYNTH)/synth_groups.json $(SETS)
 
