@@ -58,11 +58,19 @@ class PairGate(BoxGate):
     def _match(self, box: np.ndarray, frame: np.ndarray) -> Any:
         crop = self.crops.pop(0)
         best = max(self.tracks, key=lambda t: iou(box, t.box), default=None)
-        if best is not None and iou(box, best.box) >= self.reuse_iou and best.result:
-            if best.result[0] and extent_change(box, best.box) <= 0.5:
-                self.pairs.append({"cur": frame, "seen": best.seen, "box": box, "crop": crop})
-                self.pairs[-1]["text"] = best.result[0]
+        if best is not None and iou(box, best.box) >= self.reuse_iou:
+            if extent_change(box, best.box) <= 0.5:  # its text is known once the batch is read
+                pair = {"cur": frame, "seen": best.seen, "box": box, "crop": crop, "track": best}
+                self.pairs.append(pair)
         return super()._match(box, frame)
+
+    def __call__(self, frames: np.ndarray) -> Any:
+        found = super().__call__(frames)
+        for pair in self.pairs:
+            if "track" in pair:
+                pair["text"] = pair.pop("track").result[0]
+        self.pairs = [p for p in self.pairs if p["text"]]  # a dropped read is never reused
+        return found
 
 
 def real_pairs(root: Path, videos: int, engine: RapidOcrEngine) -> list[dict[str, Any]]:

@@ -11,9 +11,9 @@ stage, then captions and encode. Reported per variant:
   onnxruntime on 1 thread), and the share of frames (boxes) the gate read;
 - key-text recall: the share of test videos whose key text (synth_meta.json) appears in one
   of their window captions;
-- t2v R@1 of one trained tcd checkpoint (`--run`, a run dir of each profile's work dir
-  trained on the ungated caches, by `make ablations` / `make study`) scored on each
-  variant's caches.
+- t2v R@1 of one trained tcd checkpoint (`--run`, a run dir of each profile's work dir, by
+  `make ablations` / `make study`; the recorded run's were trained on ungated OCR, which
+  `EXTRACT_SET=ocr.reuse=off` gives those targets) scored on each variant's caches.
 
 On the simple profile, `off` and the default gate are then timed again `--repeats` times,
 alternately, by one reader over the same videos (the spread one stage run cannot show). A

@@ -136,9 +136,10 @@ def test_paddleocr_runs_the_frame_gate_and_only_its_setting_keys_it():
 @pytest.mark.parametrize(
     "mode, unread",
     [("off", {"reuse_iou": 0.9, "reuse_diff": 0.3, "reuse_frame_diff": 0.2, "reuse_shift": 2,
-              "reuse_edge": False}),
-     ("frame", {"reuse_iou": 0.9, "reuse_diff": 0.3, "reuse_shift": 2, "reuse_edge": False}),
-     ("boxes", {"reuse_frame_diff": 0.2})],
+              "reuse_edge": False, "reuse_frame_texts": False}),
+     ("frame", {"reuse_iou": 0.9, "reuse_diff": 0.3, "reuse_shift": 2, "reuse_edge": False,
+                "reuse_frame_texts": False}),
+     ("boxes", {"reuse_frame_diff": 0.2, "reuse_frame_texts": False})],
 )  # fmt: skip
 def test_a_gate_setting_its_mode_does_not_read_leaves_the_key(mode, unread):
     """E.g. `reuse_shift` does not key an ungated group: `reuse = "off"` keeps the groups
