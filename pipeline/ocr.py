@@ -182,8 +182,9 @@ def make_reader(settings: OcrSettings, threads: int = 1) -> Any:
     from pipeline.ocr_reuse import BoxGate, FrameGate  # OpenCV: only where a gate is built
 
     engine = make_engine(settings, threads)
-    whole_frames = not hasattr(engine, "detect")  # e.g. paddleocr: no box gate
-    mode = "frame" if settings.reuse == "frame+boxes" and whole_frames else gate_mode(settings)
+    mode, whole_frames = gate_mode(settings), not hasattr(engine, "detect")
+    if mode == "frame+boxes" and whole_frames:  # an engine gate_mode does not name
+        mode = "frame"
     if mode == "frame":
         return FrameGate(engine, settings.reuse_frame_diff)
     if mode in ("boxes", "frame+boxes"):

@@ -38,7 +38,8 @@ Lines keep the current frame's time (and, for "boxes", its box). What a gate can
 text that changes below its thresholds; `bench.ocr_reuse` measures it (key-text recall and
 retrieval R@1 against the ungated cache). The thresholds are ocr settings, so they key the
 ocr group (those its mode reads: `pipeline.settings.gate_in_effect`). The default is
-"frame+boxes" with `reuse_shift` 1 and `reuse_edge`, the measured best (README).
+"frame+boxes" with `reuse_shift` 1, `reuse_edge` and `reuse_frame_texts` (README: the OCR
+gate, and what it buys).
 """
 
 from __future__ import annotations
@@ -60,9 +61,9 @@ def grey(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
 
 
-def frame_thumbnail(image: np.ndarray) -> np.ndarray:
-    """The 64x36 area-downscaled grey thumbnail of an RGB frame, float32 in [0, 1]."""
-    small = cv2.resize(grey(image), FRAME_THUMB, interpolation=cv2.INTER_AREA)
+def frame_thumbnail(grey_frame: np.ndarray) -> np.ndarray:
+    """The 64x36 area-downscaled thumbnail of a grey frame, float32 in [0, 1]."""
+    small = cv2.resize(grey_frame, FRAME_THUMB, interpolation=cv2.INTER_AREA)
     return small.astype(np.float32) / 255.0
 
 
@@ -181,7 +182,7 @@ class FrameGate:
         source: list[int] = []  # per frame: index of the read frame whose lines it takes
         read: list[int] = []
         for i, frame in enumerate(frames):
-            thumb = frame_thumbnail(frame)
+            thumb = frame_thumbnail(grey(frame))
             last = self.last_thumb
             if last is None or frame_change(thumb, last) > self.reuse_frame_diff:
                 self.last_thumb = thumb
@@ -237,9 +238,9 @@ class BoxGate:
         self.last_thumb: np.ndarray | None = None  # of the last frame the detector ran on
 
     def _unchanged(self, frame: np.ndarray) -> bool:
-        """Whether the frame gate lets this frame skip detection (and, if not, it becomes
-        the frame later ones are compared with): its thumbnail did not change and, with
-        `reuse_frame_texts`, neither did the text in any of the last detected boxes."""
+        """Whether the frame gate lets this (grey) frame skip detection (and, if not, it
+        becomes the frame later ones are compared with): its thumbnail did not change and,
+        with `reuse_frame_texts`, neither did the text in any of the last detected boxes."""
         if self.reuse_frame_diff is None:
             return False
         thumb, last = frame_thumbnail(frame), self.last_thumb
@@ -256,8 +257,7 @@ class BoxGate:
         """Whether every box of the last detected frame still holds the text it took, by the
         box test (a digit of a small sign changes a thumbnail block by far less than
         `reuse_frame_diff`)."""
-        current = grey(frame)
-        return not any(self._text_changed(current, t.seen, t.box) for t in self.tracks)
+        return not any(self._text_changed(frame, t.seen, t.box) for t in self.tracks)
 
     def _text_changed(self, current: np.ndarray, seen: np.ndarray, box: np.ndarray) -> bool:
         """The box test: the text in `box` differs from `seen` by more than reuse_diff."""
@@ -291,13 +291,13 @@ class BoxGate:
         per_frame: list[list[_Track]] = []
         detected = 0
         for frame in frames:
-            if self._unchanged(frame):
+            frame_grey = grey(frame)  # what the thumbnail and the box test compare
+            if self._unchanged(frame_grey):
                 per_frame.append(self.tracks)
                 self.counts.boxes += len(self.tracks)
                 continue
             detected += 1
             boxes, box_crops = self.engine.detect(frame)
-            frame_grey = grey(frame)
             current = []
             for box, crop in zip(boxes, box_crops, strict=True):
                 track = self._match(box, frame_grey)
