@@ -2,10 +2,11 @@
 
 A stage supplies `produce(rows, clock)`, a generator of `(row, data)` where `data` is a dict
 of per-row arrays or a `Failure` (or an exception) for a row that failed. The loop holds the
-group's writer lock and the manifest's shared lock, writes each row as it arrives (data, then
-key, then done), records failures with their message, and never lets one bad row stop the
-others. A row's data may hold a `warning` string (e.g. a truncated stream): it is written
-with the row and counted in the report and in `tcd cache status`.
+group's writer lock and the manifest's shared lock, writes the rows on a background thread
+while the stage computes (data, then key, then done; rows that come quickly are written in
+blocks, a slow row at once: `_BlockWriter`), records failures with their message, and never
+lets one bad row stop the others. A row's data may hold a `warning` string (e.g. a truncated
+stream): it is written with the row and counted in the report and in `tcd cache status`.
 
 Where the time went (`StageReport`), in wall-clock seconds of the stage's process:
     setup    loading models or engines (the stage marks it with `clock.setting_up()`, and
@@ -15,7 +16,9 @@ Where the time went (`StageReport`), in wall-clock seconds of the stage's proces
              input cache's rows
     compute  what the stage marks with `clock.computing()`: OCR engine calls, window
              captioning, encoder forward passes (with tokenising and resizing)
-    write    cache writes: array layout, row data, key and done marks, failure records
+    write    cache writes the stage waited for: array layout, failure records, and rows
+             where the background writer had not finished the block before (its own time
+             overlaps the other phases)
 `seconds` is the whole run (locks and bookkeeping included), and items/s counts the rows
 computed or failed per wall-clock second. A stage may add `figures`, measures over the
 group's done rows taken when the run ends (captions: `window_sample_share`). The last run's
@@ -28,6 +31,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import BrokenExecutor, Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -36,6 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cache import CacheError, Shard, StageGroup, TcdError, WorkDir
+from cache.store import write_rows_in_writer, writer_processes
 from pipeline.errors import UpstreamError
 from pipeline.settings import StageGroups
 
@@ -106,6 +111,113 @@ class StageClock:
 
 
 Produce = Callable[[np.ndarray, StageClock], Iterable[tuple[int, RowResult]]]
+
+WRITE_BLOCK = 64  # rows written together at most
+SLOW_ROW_S = 0.25  # a row that took this long to come is written at once
+
+
+class _BlockWriter:
+    """Writes a stage's rows (`StageGroup.write_rows`) in the background while the stage
+    computes the next ones: on one thread, or in `processes` writer processes
+    (`cache.writer_processes`) for a stage whose rows come faster than one process can both
+    compute and write them.
+
+    Rows that come quickly are gathered into blocks of up to `WRITE_BLOCK`, which zarr writes
+    in a fraction of the time row by row; a row that took `SLOW_ROW_S` or more to come (an
+    OCR'd video) is written at once with any gathered before it, so a slow stage keeps every
+    finished row across a crash. At most one block per thread (two per process) is in
+    flight: `flush` waits for the oldest beyond that, `wait` for all, and either raises a
+    block's `OSError` (a writer process that died is one too); `written(block)` is called
+    once a block is on disk."""
+
+    Block = list[tuple[int, str, dict[str, Any]]]
+
+    def __init__(self, group: StageGroup, written: Callable[[Block], None], processes: int = 0):
+        self.group, self.written = group, written
+        self.block: _BlockWriter.Block = []
+        self.in_flight: dict[Future, _BlockWriter.Block] = {}
+        self.orphaned: _BlockWriter.Block = []  # computed rows a dead writer process dropped
+        self.failed: list[int] = []
+        if processes:
+            self.pool: Executor = writer_processes(group, processes)
+            self.write: Callable[[_BlockWriter.Block], None] = write_rows_in_writer
+            self.limit = 2 * processes
+        else:
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix=f"write-{group.stage}")
+            self.write, self.limit = group.write_rows, 1
+        self.last = time.monotonic()
+
+    def add(self, row: int, key: str, data: dict[str, Any]) -> None:
+        slow = time.monotonic() - self.last >= SLOW_ROW_S
+        self.block.append((row, key, data))
+        if slow or len(self.block) >= WRITE_BLOCK:
+            self.flush()
+        self.last = time.monotonic()  # the wait for a block in flight is not this row's time
+
+    def flush(self) -> None:
+        """Start writing the gathered rows."""
+        if self.block:
+            while len(self.in_flight) >= self.limit:
+                self._collect()
+            block, self.block = self.block, []
+            try:
+                self.in_flight[self.pool.submit(self.write, block)] = block
+            except BrokenExecutor as exc:
+                self._lost(block, exc)
+
+    def wait(self) -> None:
+        """Wait until every block started is written."""
+        while self.in_flight:
+            self._collect()
+
+    def _collect(self) -> None:
+        future = next(iter(self.in_flight))  # the oldest
+        block = self.in_flight.pop(future)
+        try:
+            future.result()
+        except BrokenExecutor as exc:
+            self._lost(block, exc)
+        except OSError:
+            self.failed = [row for row, _, _ in block]
+            raise
+        self.written(block)
+
+    def _lost(self, block: Block, exc: BaseException) -> None:
+        self.orphaned += block
+        self.failed = [row for row, _, _ in block]
+        raise OSError(f"a writer process died ({exc})") from exc
+
+    def failed_rows(self) -> str:
+        """The rows of the block whose write failed (for the error's message)."""
+        if len(self.failed) > 1:
+            return f"{len(self.failed)} rows ({min(self.failed)} to {max(self.failed)})"
+        return f"row {self.failed[0]}" if self.failed else "rows"
+
+    def salvage(self) -> None:
+        """After an error: write what was computed, if the cache still takes it (in this
+        process what a dead writer process dropped, with the rows still in flight)."""
+        try:
+            self.flush()
+            self.wait()
+        except Exception:  # noqa: BLE001 - the error being raised is the one to report
+            pass
+        rows, self.orphaned, self.block = self.orphaned + self.block, [], []
+        for future, block in self.in_flight.items():
+            try:
+                future.result()
+                self.written(block)
+            except Exception:  # noqa: BLE001 - written again below, in this process
+                rows += block
+        self.in_flight.clear()
+        if rows:
+            try:
+                self.group.write_rows(rows)
+                self.written(rows)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
 
 
 @dataclass
@@ -248,15 +360,17 @@ def run_stage(
     progress: bool = True,
     shard: Shard | None = None,
     figures: Callable[[], dict[str, float]] | None = None,
+    write_processes: int = 0,
 ) -> StageReport:
     """Compute the pending rows of `group` (only this shard's rows when `shard` is given).
 
     `arrays`: name -> (row shape, dtype, fill value), or a function returning that mapping,
     called only when there is work (so a no-op rerun never loads a model to learn a width).
     `figures`: called once the rows are written, its measures (finite floats) go into the
-    report (`StageReport.figures`).
+    report (`StageReport.figures`). `write_processes`: write rows in that many processes
+    rather than on a thread of this one (`_BlockWriter`).
     A failed write (disk full, I/O error) stops the stage with a `CacheError`; the rows
-    written before it stay done, and the row being written stays pending for the rerun.
+    written before it stay done, and the rows being written stay pending for the rerun.
     """
     started = time.monotonic()
     clock = StageClock()
@@ -275,16 +389,26 @@ def run_stage(
             disable=not progress or not len(todo),
         )
 
+        def written(block: list[tuple[int, str, dict[str, Any]]]) -> None:
+            nonlocal computed, warned
+            computed += len(block)
+            warned += sum(bool(data.get("warning")) for _, _, data in block)
+            bar.update(len(block))
+
+        writer = _BlockWriter(group, written, write_processes if len(todo) else 0)
+
         @contextmanager
-        def writing_to_cache(what: str) -> Iterator[None]:
+        def writing_to_cache(what: str | Callable[[], str]) -> Iterator[None]:
             """An `OSError` of these writes (disk full, I/O) -> `CacheError`; the computation's
             own errors are not turned into it."""
             try:
                 with clock.writing():
                     yield
             except OSError as exc:
+                rows = what if isinstance(what, str) else what()
+                writer.salvage()  # before counting: the rows it still writes are kept too
                 raise CacheError(
-                    f"{name} [{group.key}]: cannot write {what} to {work.path} "
+                    f"{name} [{group.key}]: cannot write {rows} to {work.path} "
                     f"({exc.strerror or exc}); the {computed} row(s) written so far are kept: "
                     "fix the cause (e.g. free disk space) and rerun to finish"
                 ) from None
@@ -298,17 +422,23 @@ def run_stage(
                     for array, (shape, dtype, fill) in layout.items():
                         group.array(array, shape, dtype, fill)
             for row, data in clock.reading(rows):
-                with writing_to_cache(f"row {row}"):
-                    if isinstance(data, dict):
-                        group.write_row(row, str(keys[row]), data)
-                        computed += 1
-                        warned += bool(data.get("warning"))
-                    else:
-                        failure = data if isinstance(data, Failure) else Failure.of(data)
+                if isinstance(data, dict):
+                    with writing_to_cache(writer.failed_rows):
+                        writer.add(row, str(keys[row]), data)
+                else:
+                    failure = data if isinstance(data, Failure) else Failure.of(data)
+                    with writing_to_cache(f"row {row}"):
                         group.fail_row(row, str(keys[row]), failure.message)
-                        failures.append(failure)
-                bar.update(1)
+                    failures.append(failure)
+                    bar.update(1)
+            with writing_to_cache(writer.failed_rows):
+                writer.flush()
+                writer.wait()
+        except BaseException:
+            writer.salvage()  # the rows computed before the error are kept
+            raise
         finally:
+            writer.close()
             bar.close()
             close = getattr(rows, "close", None)
             if close is not None:

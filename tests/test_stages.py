@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from cache import Shard, TcdError, WorkDir
+from cache import CacheError, Shard, TcdError, WorkDir
 from pipeline.captions import fit_to_tokens, ocr_instances, run_captions, window_captions
 from pipeline.datasets import read_textvr
 from pipeline.encode import run_encode
@@ -31,6 +31,7 @@ from pipeline.settings import (
 )
 from pipeline.stage import Failure, error_message, guarded, last_run, run_stage
 from pipeline.video import ocr_times, read_frames, segment_centres
+from tests.conftest import run_python
 
 KWAI = OcrSettings(engine="kwai")
 
@@ -475,6 +476,163 @@ def test_the_stage_report_counts_failures_by_type_and_says_where_time_went(tmp_p
     # a no-op rerun keeps the last report of a run that did work
     assert run_stage(work, group, {}, produce, progress=False).computed == 0
     assert WorkDir(tmp_path).find_stage("ocr", group.key).reports()["all"]["computed"] == 2
+
+
+def test_fast_rows_are_written_in_blocks_and_a_slow_row_at_once(tmp_path, monkeypatch):
+    """Rows that come quickly share `write_rows` calls (zarr's cost is per call, mostly
+    waiting); a row that took long to compute is on disk before the next one is produced."""
+    import pipeline.stage
+
+    work = WorkDir(tmp_path, create=True)
+    records = [{"id": f"v{i}", "key": f"k{i}", "split": "test", "order": i} for i in range(150)]
+    work.manifest.videos.upsert(records)
+    group = work.stage("ocr", OcrSettings())
+    calls: list[int] = []
+    write_rows = type(group).write_rows
+    monkeypatch.setattr(
+        type(group),
+        "write_rows",
+        lambda self, rows: (calls.append(len(rows)), write_rows(self, rows)),
+    )
+    seen_on_disk: list[bool] = []
+
+    def produce(rows, clock):
+        for row in rows:
+            if row == 140:  # a slow row: the next row waits until row 140 is on disk
+                time.sleep(pipeline.stage.SLOW_ROW_S)
+            elif row == 141:
+                deadline = time.monotonic() + 10
+                while not WorkDir(tmp_path).find_stage("ocr", group.key).group["done"][140]:
+                    assert time.monotonic() < deadline, "the slow row was not written"
+                    time.sleep(0.01)
+                seen_on_disk.append(True)
+            yield row, {"x": np.float32(row)}
+
+    report = run_stage(work, group, {"x": ((), "float32", 0)}, produce, progress=False)
+    assert report.computed == 150 and seen_on_disk == [True]
+    assert sum(calls) == 150 and max(calls) == pipeline.stage.WRITE_BLOCK
+    assert len(calls) < 150 / 8  # gathered, not one call per row
+    assert group.group["x"][:].tolist() == list(range(150))
+
+
+KILLED_WITH_WRITERS = """
+import os, signal, sys, time
+from pathlib import Path
+import numpy as np
+from cache import WorkDir
+from pipeline.settings import OcrSettings
+from pipeline.stage import run_stage
+
+work = WorkDir(sys.argv[1])
+group = work.stage("ocr", OcrSettings())
+
+def produce(rows, clock):
+    for row in rows:
+        if row == 100:  # once the writer processes have written: name them, then die
+            while not WorkDir(sys.argv[1]).find_stage("ocr", group.key).counts()["done"]:
+                time.sleep(0.01)
+            children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text()
+            Path(sys.argv[2]).write_text(children)
+            os.kill(os.getpid(), signal.SIGKILL)
+        yield row, {"x": np.float32(row)}
+
+run_stage(work, group, {"x": ((), "float32", 0)}, produce, progress=False, write_processes=2)
+"""
+
+
+def _alive(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "\tZ" not in next(
+            x for x in status.read_text().splitlines() if x.startswith("State")
+        )
+    except FileNotFoundError:
+        return False
+
+
+CHILDREN = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+needs_children = pytest.mark.skipif(
+    not CHILDREN.exists(), reason="reads /proc/PID/task/TID/children (Linux)"
+)
+
+
+@needs_children
+def test_writer_processes_write_what_a_thread_writes_and_die_with_the_stage(tmp_path):
+    records = [{"id": f"v{i}", "key": f"k{i}", "split": "test", "order": i} for i in range(150)]
+    work = WorkDir(tmp_path / "w", create=True)
+    work.manifest.videos.upsert(records)
+    group = work.stage("ocr", OcrSettings())
+    result = run_python(KILLED_WITH_WRITERS, str(tmp_path / "w"), str(tmp_path / "children"))
+    assert result.returncode == -9, result.stderr
+    writers = [int(pid) for pid in (tmp_path / "children").read_text().split()]
+    assert writers, "no writer process was started"
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in writers):  # orphaned writers see the stage die and exit
+        assert time.monotonic() < deadline, "a writer process outlived the killed stage"
+        time.sleep(0.05)
+    assert 0 < WorkDir(tmp_path / "w").find_stage("ocr", group.key).counts()["done"] < 150
+
+    def produce(rows, clock):
+        for row in rows:
+            yield row, {"x": np.float32(row), "warning": "odd" if row % 50 == 0 else ""}
+
+    arrays = {"x": ((), "float32", 0), "warning": ((), str, "")}
+    pending = group.pending()
+    report = run_stage(work, group, arrays, produce, progress=False, write_processes=2)
+    assert report.computed == len(pending) and group.pending().tolist() == []
+    assert report.warned == sum(1 for row in pending if row % 50 == 0)
+    assert group.group["x"][:].tolist() == list(range(150))  # the killed run's rows, and these
+
+
+@needs_children
+def test_a_dead_writer_process_stops_the_stage_clearly_and_loses_no_computed_row(tmp_path):
+    import signal
+
+    records = [{"id": f"v{i}", "key": f"k{i}", "split": "test", "order": i} for i in range(400)]
+    work = WorkDir(tmp_path, create=True)
+    work.manifest.videos.upsert(records)
+    group = work.stage("ocr", OcrSettings())
+    before = set(CHILDREN.read_text().split())
+
+    def produce(rows, clock):
+        for row in rows:
+            if row == 200:  # a writer process is killed (the OOM killer, say)
+                writers = set(CHILDREN.read_text().split()) - before
+                os.kill(int(min(writers)), signal.SIGKILL)
+                time.sleep(0.5)
+            yield row, {"x": np.float32(row)}
+
+    arrays = {"x": ((), "float32", 0)}
+    with pytest.raises(CacheError, match="a writer process died"):
+        run_stage(work, group, arrays, produce, progress=False, write_processes=2)
+    # the rows computed before the error are written by the stage itself, none is lost
+    assert group.counts()["done"] >= 200
+    report = run_stage(
+        work,
+        group,
+        arrays,
+        produce=lambda rows, clock: ((row, {"x": np.float32(row)}) for row in rows),
+        progress=False,
+    )
+    assert group.pending().tolist() == [] and report.computed == 400 - report.up_to_date
+    assert group.group["x"][:].tolist() == list(range(400))
+
+
+def test_an_error_mid_stage_keeps_the_rows_computed_before_it(tmp_path):
+    work = WorkDir(tmp_path, create=True)
+    records = [{"id": f"v{i}", "key": f"k{i}", "split": "test", "order": i} for i in range(20)]
+    work.manifest.videos.upsert(records)
+    group = work.stage("ocr", OcrSettings())
+
+    def produce(rows, clock):
+        for row in rows:
+            if row == 12:
+                raise KeyboardInterrupt  # stopped by hand while the gathered rows wait
+            yield row, {"x": np.float32(row)}
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(work, group, {"x": ((), "float32", 0)}, produce, progress=False)
+    assert WorkDir(tmp_path).find_stage("ocr", group.key).pending().tolist() == list(range(12, 20))
 
 
 def test_sharded_workers_keep_each_others_reports(tmp_path):

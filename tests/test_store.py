@@ -131,14 +131,14 @@ from tests.test_store import FakeOcr
 work = WorkDir(sys.argv[1])
 group = work.stage("ocr", FakeOcr())
 crash_on = sys.argv[2]
-original = zarr.Array.__setitem__
+original = zarr.AsyncArray.setitem  # what write_row's writes go through
 
-def setitem(self, selection, value):
+async def setitem(self, selection, value, *args):
     if self.basename == crash_on:
         os.kill(os.getpid(), signal.SIGKILL)
-    return original(self, selection, value)
+    return await original(self, selection, value, *args)
 
-zarr.Array.__setitem__ = setitem
+zarr.AsyncArray.setitem = setitem
 group.write_row(1, "b-k1", {"feat": np.full(3, 7.0)})
 """
 
@@ -157,6 +157,43 @@ def test_crash_before_done_mark_leaves_row_pending(tmp_path, crash_on):
     assert group.counts()["done"] == 1
     fill(group, group.pending())
     assert group.counts()["done"] == 2
+
+
+@pytest.mark.parametrize("crash_on", ["key", "done"])
+def test_a_block_crash_never_leaves_a_key_beside_old_data(tmp_path, crash_on):
+    """`write_rows` writes all data, then all keys, then all done marks: a crash at the keys
+    leaves every row of the block pending, a stale one (done for its old key) too; at the done
+    marks, only the stale row is valid, its new data having reached the disk before its key."""
+    work = WorkDir(tmp_path, create=True)
+    work.manifest.videos.upsert(video_records(["a", "b", "c"]))
+    group = work.stage("ocr", FakeOcr())
+    fill(group, [0])
+    work.manifest.videos.upsert(video_records(["a", "b", "c"], version=2))
+    rows = "[(r, f'{v}-k2', {'feat': np.full(3, 7.0)}) for r, v in enumerate('abc')]"
+    script = CRASH_SCRIPT.replace(
+        'group.write_row(1, "b-k1", {"feat": np.full(3, 7.0)})', f"group.write_rows({rows})"
+    )
+    result = run_python(script, str(tmp_path), crash_on)
+    assert result.returncode == -9, result.stderr
+    group = WorkDir(tmp_path).stage("ocr", FakeOcr())
+    assert group.group["feat"][:].tolist() == [[7.0] * 3] * 3  # every row's data is on disk
+    assert group.pending().tolist() == ([0, 1, 2] if crash_on == "key" else [1, 2])
+
+
+def test_rows_are_written_from_async_code_too(tmp_path):
+    """`write_row` runs its writes on an event loop of its own: also from a notebook, whose
+    thread already runs one."""
+    import asyncio
+
+    work = WorkDir(tmp_path, create=True)
+    work.manifest.videos.upsert(video_records(["a", "b"]))
+    group = work.stage("ocr", FakeOcr())
+
+    async def notebook_cell():
+        fill(group, [0, 1])
+
+    asyncio.run(notebook_cell())
+    assert group.counts()["done"] == 2 and group.group["feat"][1].tolist() == [1.0] * 3
 
 
 def test_recomputing_a_stale_row_is_crash_safe(tmp_path):
