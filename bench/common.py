@@ -21,8 +21,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def machine() -> dict[str, Any]:
     """CPU, cores, memory, library versions and the GPU (if any) of this machine."""
-    import faiss
     import torch
+
+    try:
+        import faiss
+    except ImportError:  # a GPU machine lent without it (bench.extraction --frames-only)
+        faiss = None
 
     cpu = platform.processor()
     cpuinfo = Path("/proc/cpuinfo")
@@ -41,7 +45,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "faiss": faiss.__version__,
+        "faiss": faiss.__version__ if faiss else None,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 
@@ -51,10 +55,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def save(name: str, results: dict[str, Any]) -> Path:
-    """Write bench/results/<name>.json and say where."""
+def save(name: str, results: dict[str, Any], file: str | None = None) -> Path:
+    """Write bench/results/<file or name>.json (bench.<name> is the command) and say where."""
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    path = RESULTS / f"{file or name}.json"
     payload = {
         "benchmark": name,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -67,15 +71,16 @@ def save(name: str, results: dict[str, Any]) -> Path:
     return path
 
 
-def synthetic_work(root: Path, videos: int, seed: int = 0) -> tuple[Path, Any]:
-    """A synthetic TextVR-layout set under root/synth and a work dir with its manifest."""
+def synthetic_work(root: Path, videos: int, seed: int = 0, workers: int = 2) -> tuple[Path, Any]:
+    """A synthetic TextVR-layout set under root/synth (written by `workers` processes) and a
+    work dir with its manifest."""
     from cache import WorkDir
     from pipeline.datasets import read_textvr
     from pipeline.manifest import build_manifest
     from pipeline.synth import generate
 
     data = root / "synth"
-    generate(data, videos, seed=seed, workers=2, progress=False)
+    generate(data, videos, seed=seed, workers=workers, progress=False)
     work = WorkDir(root / "work", create=True)
     build_manifest(work, read_textvr(data), progress=False)
     return data, work

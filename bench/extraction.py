@@ -4,17 +4,28 @@ On `--videos` synthetic videos (384x216, 3-8 s): decode-only rates for OCR's sam
 frames/s, at most 64 per video) and encode's (T = 12 per video), then each stage as the
 pipeline runs it (`run_ocr` with rapidocr, `run_captions`, `run_encode`), in frames/s and
 videos/s, for each `--vision-models` (clip-tiny-random is the demo's; clip-vit-b32-random has
-the real ViT-B/32 cost). For frame encoding: the model alone on decoded frames (batches of
-64, after a warm-up), and the stage as run (frames decoded by `--workers` DataLoader workers,
-model loading, worker start-up and cache writes included); `encode_vs_decode` is the stage's
-rate over the decode-only rate (near 1 when decoding is the bottleneck, as on a GPU).
+the real ViT-B/32 cost; bf16 autocast on a GPU) and each of `--batch-sizes` (frames per
+forward pass). For frame encoding: the model alone on decoded frames (in batches of that
+size, after a warm-up), and the stage as run (frames decoded by `--workers` DataLoader
+workers; model loading, worker start-up and cache writes included; `steady_` leaves the model
+loading out). `encode_vs_decode` is the stage's rate over one process's decode-only rate,
+`encode_vs_parallel_decode` over decoding alone by the stage's own workers (near 1 when
+decoding is the bottleneck, as it should be on a GPU).
+
+`--frames-only` times decoding and the frames group alone (no OCR, captions or text models:
+what a GPU machine without the OCR engine can run) and writes `extraction_frames.json`.
+One-process decoding and the model-only rate use the first 256 videos.
 
     python -m bench.extraction [--videos 24] [--vision-models clip-tiny-random,clip-vit-b32-random]
+    python -m bench.extraction --frames-only --videos 3000 --workers 13 \\
+        --vision-models clip-vit-b32-random --batch-sizes 64,512    # on a GPU machine
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -22,15 +33,19 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import peak_rss_mb, save, synthetic_work
+from cache import WorkDir
 from pipeline.captions import run_captions
-from pipeline.encode import run_encode
+from pipeline.encode import default_batch_size, frame_loader, run_encode, run_encode_frames
 from pipeline.models import load_vision
 from pipeline.ocr import ocr_sample_times, run_ocr
 from pipeline.settings import CaptionSettings, EncodeSettings, OcrSettings
-from pipeline.video import read_frames, segment_centres
+from pipeline.video import Decoder, read_frames, segment_centres
+
+SAMPLE_VIDEOS = 256  # one-process decoding and the model-only rate use at most these
 
 
 def decode_rate(paths: list[str], durations: np.ndarray, times_of) -> dict[str, float]:
+    """Decoding alone in this process, `times_of(duration)` frames per video."""
     started, frames = time.perf_counter(), 0
     for path, duration in zip(paths, durations, strict=True):
         for _, batch in read_frames(path, times_of(float(duration)), 16):
@@ -44,67 +59,117 @@ def decode_rate(paths: list[str], durations: np.ndarray, times_of) -> dict[str, 
     }
 
 
+def parallel_decode_rate(videos: dict[str, np.ndarray], n_frames: int, workers: int) -> dict:
+    """Decoding alone as the encode stage does it (its loader, its workers, start-up
+    included), with no model: the rate the stage cannot beat."""
+    rows = np.arange(len(videos["path"]))
+    started, frames = time.perf_counter(), 0
+    for _, times, batch, _ in frame_loader(rows, videos, n_frames, Decoder.auto, workers):
+        frames += len(batch) if times is not None else 0
+    seconds = time.perf_counter() - started
+    return {
+        "workers": workers,
+        "frames": frames,
+        "seconds": seconds,
+        "frames_per_s": frames / seconds,
+        "videos_per_s": len(rows) / seconds,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=24)
     parser.add_argument("--vision-models", default="clip-tiny-random,clip-vit-b32-random")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--batch-sizes",
+        default=None,
+        help="frames per forward pass, comma-separated, each encoding the set afresh (the "
+        "stage's --batch-size; default: the stage's default, 64 on the CPU, 512 on a GPU)",
+    )
+    parser.add_argument("--frames-only", action="store_true")
     args = parser.parse_args()
     # the engine's own rate, ungated (what the OCR gate buys is bench.ocr_reuse's)
     ocr, captions = OcrSettings(reuse="off"), CaptionSettings()
-    results: dict = {"videos": args.videos}
+    batch_sizes = [int(b) for b in (args.batch_sizes or str(default_batch_size())).split(",")]
+    results: dict = {"videos": args.videos, "workers": args.workers, "batch_sizes": batch_sizes}
+    cores = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory() as tmp:
-        _, work = synthetic_work(Path(tmp), args.videos)
-        videos = work.manifest.videos.read(["path", "duration"])
+        _, work = synthetic_work(Path(tmp), args.videos, workers=cores)
+        videos = work.manifest.videos.read(["path", "duration", "error"])
         paths, durations = [str(p) for p in videos["path"]], videos["duration"]
-        results["decode_ocr_sampling"] = decode_rate(
-            paths, durations, lambda d: ocr_sample_times(d, ocr, captions.frames)
-        )
+        sample = slice(0, SAMPLE_VIDEOS)
+        if not args.frames_only:
+            results["decode_ocr_sampling"] = decode_rate(
+                paths[sample],
+                durations[sample],
+                lambda d: ocr_sample_times(d, ocr, captions.frames),
+            )
         results["decode_encode_sampling"] = decode_rate(
-            paths, durations, lambda d: segment_centres(d, captions.frames)
+            paths[sample], durations[sample], lambda d: segment_centres(d, captions.frames)
+        )
+        results["decode_encode_parallel"] = parallel_decode_rate(
+            videos, captions.frames, args.workers
         )
         decoded = np.concatenate(  # the encode stage's frames, for the model-only rate
             [
                 b
-                for path, d in zip(paths, durations, strict=True)
+                for path, d in zip(paths[sample], durations[sample], strict=True)
                 for _, b in read_frames(path, segment_centres(float(d), captions.frames), 16)
             ]
         )
-        report = run_ocr(work, ocr, progress=False)
-        n_ocr = results["decode_ocr_sampling"]["frames"]
-        results["ocr"] = {
-            "engine": ocr.engine,
-            "seconds": report.seconds,
-            "frames_per_s": n_ocr / report.seconds,
-            "videos_per_s": args.videos / report.seconds,
-        }
-        report = run_captions(work, captions, ocr, progress=False)
-        results["captions"] = {
-            "seconds": report.seconds,
-            "videos_per_s": args.videos / report.seconds,
-        }
-        results["encode"] = {}
-        n_frames = results["decode_encode_sampling"]["frames"]
-        for model in args.vision_models.split(","):
-            settings = EncodeSettings(vision_model=model)
-            frames, text, queries = run_encode(
-                work, settings, captions, ocr, workers=args.workers, progress=False
-            )
-            encoder = load_vision(model)
-            sample = decoded[:64]
-            encoder(sample)  # warm-up
-            started = time.perf_counter()
-            for start in range(0, len(decoded), 64):
-                encoder(decoded[start : start + 64])
-            model_rate = len(decoded) / (time.perf_counter() - started)
-            results["encode"][model] = {
-                "model_only_frames_per_s": model_rate,
-                "frames_seconds": frames.seconds,
-                "frames_per_s": n_frames / frames.seconds,
-                "encode_vs_decode": (n_frames / frames.seconds)
-                / results["decode_encode_sampling"]["frames_per_s"],
+        if not args.frames_only:
+            report = run_ocr(work, ocr, progress=False)
+            n_ocr = results["decode_ocr_sampling"]["frames"] * args.videos / len(paths[sample])
+            results["ocr"] = {
+                "engine": ocr.engine,
+                "seconds": report.seconds,
+                "frames_per_s": n_ocr / report.seconds,
+                "videos_per_s": args.videos / report.seconds,
             }
-            if text.computed:  # text groups do not depend on the vision model: first run only
+            report = run_captions(work, captions, ocr, progress=False)
+            results["captions"] = {
+                "seconds": report.seconds,
+                "videos_per_s": args.videos / report.seconds,
+            }
+        fresh = Path(tmp) / "fresh"  # the work dir before encoding: one copy per encode run
+        shutil.copytree(work.path, fresh)
+        results["encode"] = {}
+        n_frames = results["decode_encode_parallel"]["frames"]
+        for run, (model, batch) in enumerate(
+            (m, b) for m in args.vision_models.split(",") for b in batch_sizes
+        ):
+            if run:
+                work = WorkDir(shutil.copytree(fresh, Path(tmp) / f"work-{run}"))
+            settings = EncodeSettings(vision_model=model)
+            stage_args = (work, settings, captions, ocr, batch, args.workers)
+            if args.frames_only:
+                frames = run_encode_frames(*stage_args, progress=False)
+            else:
+                frames, text, queries = run_encode(*stage_args, progress=False)
+            encoder = load_vision(model)
+            encoder(decoded[:batch])  # warm-up
+            started = time.perf_counter()
+            for start in range(0, len(decoded), batch):
+                encoder(decoded[start : start + batch])
+            model_rate = len(decoded) / (time.perf_counter() - started)
+            rate = n_frames / frames.seconds
+            name = model if len(batch_sizes) == 1 else f"{model}, batch {batch}"
+            results["encode"][name] = {
+                "model_only_frames_per_s": model_rate,
+                "videos_encoded": frames.computed,
+                "frames_seconds": frames.seconds,
+                "frames_per_s": rate,
+                "steady_frames_per_s": n_frames / (frames.seconds - frames.setup_s),
+                "frames_phases_s": {  # read: the main process waiting on the decoding workers
+                    phase: getattr(frames, f"{phase}_s")
+                    for phase in ("setup", "read", "compute", "write")
+                },
+                "encode_vs_decode": rate / results["decode_encode_sampling"]["frames_per_s"],
+                "encode_vs_parallel_decode": rate
+                / results["decode_encode_parallel"]["frames_per_s"],
+            }
+            if not args.frames_only and "text_encode" not in results:  # the first run's
                 results["text_encode"] = {
                     "model": settings.text_model,
                     "caption_videos_per_s": args.videos / text.seconds,
@@ -113,7 +178,7 @@ def main() -> None:
         results["peak_rss_mb"] = peak_rss_mb()
     for key, value in results.items():
         print(f"{key}: {value}")
-    save("extraction", results)
+    save("extraction", results, "extraction_frames" if args.frames_only else None)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,13 @@ OcrThreads = Annotated[
     ),
 ]
 EncodeBatch = Annotated[
-    int, typer.Option(min=1, help="Images (T per video) or queries per forward pass.")
+    int | None,
+    typer.Option(
+        min=1,
+        help="Images (T per video) or queries per forward pass (by default 512 on a GPU, "
+        "64 on the CPU).",
+        show_default=False,
+    ),
 ]
 ExecutorOption = Annotated[
     Executor, typer.Option(help="local: this process; ray: actors on a Ray cluster.")
@@ -238,7 +244,7 @@ def encode(
     text_model: TextModel = None,
     workers: Workers = min(4, os.cpu_count() or 1),
     decoder: DecoderOption = Decoder.auto,
-    batch_size: EncodeBatch = 64,
+    batch_size: EncodeBatch = None,
 ) -> None:
     """Encode sampled frames, window captions, OCR words and queries with frozen models."""
     from pipeline.encode import run_encode

@@ -134,7 +134,7 @@ def run_task(task: StageTask) -> list[StageReport]:
     if task.stage == "encode":
         from pipeline.encode import run_encode
 
-        # workers=0: frames are decoded in the actor itself, never in processes forked from it
+        # workers=0: the actor forks no process (frames decoded, rows written in the actor)
         return run_encode(
             work, settings.encode, settings.captions, settings.ocr, workers=0,
             decoder=task.decoder, **sized, **common,

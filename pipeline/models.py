@@ -75,14 +75,11 @@ class VisionEncoder:
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
 
-    def preprocess(self, frames: np.ndarray) -> torch.Tensor:
+    def preprocess(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W, 3) RGB -> normalised (B, 3, S, S): short side to S, centre crop."""
-        x = (
-            torch.from_numpy(np.ascontiguousarray(frames))
-            .to(self.device)
-            .permute(0, 3, 1, 2)
-            .float()
-        )
+        if not isinstance(frames, torch.Tensor):
+            frames = torch.from_numpy(np.ascontiguousarray(frames))
+        x = frames.to(self.device).permute(0, 3, 1, 2).float()
         h, w = x.shape[-2:]
         scale = self.image_size / min(h, w)
         size = (max(self.image_size, round(h * scale)), max(self.image_size, round(w * scale)))

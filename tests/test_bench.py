@@ -51,6 +51,21 @@ def test_heads_scale(results, monkeypatch):
     assert out["two_stage"]["k"] == 10 and out["peak_rss_mb"] > 0
 
 
+def test_extraction_frames_only_encodes_afresh_for_each_batch_size(results, monkeypatch):
+    from bench import extraction
+
+    argv = ["--frames-only", "--videos", "4", "--vision-models", "clip-tiny-random"]
+    run(extraction, monkeypatch, *argv, "--batch-sizes", "24,48")
+    out = json.loads((results / "extraction_frames.json").read_text())
+    assert out["command"].startswith("python -m bench.extraction --frames-only")
+    runs = out["results"]["encode"]
+    assert list(runs) == ["clip-tiny-random, batch 24", "clip-tiny-random, batch 48"]
+    assert out["results"]["decode_encode_parallel"]["frames"] == 4 * 12
+    for measured in runs.values():  # each run encoded every video (a fresh work dir)
+        assert measured["videos_encoded"] == 4 and measured["encode_vs_parallel_decode"] > 0
+    assert "ocr" not in out["results"] and not (results / "extraction.json").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name, argv",

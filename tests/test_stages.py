@@ -648,6 +648,21 @@ def test_sharded_workers_keep_each_others_reports(tmp_path):
     assert WorkDir(tmp_path).find_stage("ocr", first.key).reports() == {"all": {"computed": 3}}
 
 
+def test_decoded_frames_are_pickled_where_shared_memory_is_short(synth_set, tmp_path, monkeypatch):
+    """Frames leave a decoding worker as a tensor in /dev/shm, or as an array (pickled) where
+    /dev/shm is too small for them: a worker that runs out of it dies of a bus error."""
+    import pipeline.encode
+
+    videos = make_work(synth_set, tmp_path).manifest.videos.read(["path", "duration", "error"])
+    decoded = {}
+    for room in (pipeline.encode.SHARED_MEMORY_NEEDED, 64 * 2**20):
+        monkeypatch.setattr(pipeline.encode, "shared_memory_room", lambda room=room: room)
+        _, _, decoded[room], _ = pipeline.encode.SampledFrames(np.arange(1), videos, 12, "auto")[0]
+    roomy, short = decoded.values()
+    assert isinstance(roomy, torch.Tensor) and isinstance(short, np.ndarray)
+    assert np.array_equal(roomy.numpy(), short) and short.shape[0] == 12
+
+
 def test_decoding_workers_write_the_bits_one_process_writes(synth_set, tmp_path, monkeypatch):
     """Frames decoded in DataLoader workers equal frames decoded in the stage's process; a
     run with fewer videos than `ROWS_PER_WORKER` per worker starts none."""
