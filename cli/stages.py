@@ -53,7 +53,14 @@ VisionModel = Annotated[
 TextModel = Annotated[
     str | None, typer.Option(help="minilm, a CLIP id/dir or a sentence-transformers dir.")
 ]
-Workers = Annotated[int, typer.Option(min=0, help="Decoding worker processes.")]
+Workers = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="Decoding worker processes (0: the stage forks none, not even the frames "
+        "group's cache writers on a GPU).",
+    ),
+]
 OcrBatch = Annotated[int, typer.Option(min=1, help="Frames decoded per batch.")]
 OcrThreads = Annotated[
     int,
