@@ -132,13 +132,13 @@ def main() -> None:
                 "seconds": report.seconds,
                 "videos_per_s": args.videos / report.seconds,
             }
-        fresh = Path(tmp) / "fresh"  # the work dir before encoding: one copy per encode run
-        shutil.copytree(work.path, fresh)
         results["encode"] = {}
         n_frames = results["decode_encode_parallel"]["frames"]
-        for run, (model, batch) in enumerate(
-            (m, b) for m in args.vision_models.split(",") for b in batch_sizes
-        ):
+        runs = [(m, b) for m in args.vision_models.split(",") for b in batch_sizes]
+        fresh = Path(tmp) / "fresh"  # the work dir before encoding: one copy per later run
+        if len(runs) > 1:
+            shutil.copytree(work.path, fresh)
+        for run, (model, batch) in enumerate(runs):
             if run:
                 work = WorkDir(shutil.copytree(fresh, Path(tmp) / f"work-{run}"))
             settings = EncodeSettings(vision_model=model)

@@ -385,8 +385,8 @@ class StageGroup:
         row's data (and its cleared error), then every key, then every done mark.
 
         The chunk writes of one step run concurrently: zarr's cost is per chunk write and
-        mostly waits on its I/O threads, which concurrent writes overlap (64 rows of 6 arrays
-        in about half the time of 64 `write_row` calls). Each step waits for the one before,
+        mostly waits on its I/O threads, which concurrent writes overlap. Each step waits for
+        the one before,
         so a crash never leaves a row's new key (or a stale row's old done mark) beside data
         that did not reach the disk."""
         if not rows:
@@ -482,8 +482,8 @@ class StageGroup:
 
 def writer_processes(group: StageGroup, processes: int) -> ProcessPoolExecutor:
     """`processes` processes that write `group`'s rows: submit `write_rows_in_writer` with
-    the rows. zarr spends about 3 ms of Python per row of a typical group, under the GIL of
-    the process writing; a stage whose rows come faster than that (decoded frames on a GPU)
+    the rows. zarr spends milliseconds of Python per row, under the GIL of the process
+    writing; a stage whose rows come faster than that (decoded frames on a GPU)
     writes in these so its own process keeps computing. Each opens the group itself and
     exits within `_WATCH_S` of the stage's process dying (a killed stage leaves no writer
     behind to race its rerun)."""

@@ -194,13 +194,9 @@ class _BlockWriter:
         return f"row {self.failed[0]}" if self.failed else "rows"
 
     def salvage(self) -> None:
-        """After an error: write what was computed, if the cache still takes it (in this
-        process what a dead writer process dropped, with the rows still in flight)."""
-        try:
-            self.flush()
-            self.wait()
-        except Exception:  # noqa: BLE001 - the error being raised is the one to report
-            pass
+        """After an error: write in this process what was computed and is not on disk (the
+        gathered rows, the blocks a dead writer process dropped or whose write failed), if
+        the cache still takes it."""
         rows, self.orphaned, self.block = self.orphaned + self.block, [], []
         for future, block in self.in_flight.items():
             try:
@@ -389,7 +385,7 @@ def run_stage(
             disable=not progress or not len(todo),
         )
 
-        def written(block: list[tuple[int, str, dict[str, Any]]]) -> None:
+        def written(block: _BlockWriter.Block) -> None:
             nonlocal computed, warned
             computed += len(block)
             warned += sum(bool(data.get("warning")) for _, _, data in block)

@@ -618,6 +618,31 @@ def test_a_dead_writer_process_stops_the_stage_clearly_and_loses_no_computed_row
     assert group.group["x"][:].tolist() == list(range(400))
 
 
+def test_waiting_on_a_slow_cache_write_does_not_make_the_next_row_slow(tmp_path, monkeypatch):
+    """The time a stage waits for the block in flight is not the next row's: on a slow disk
+    fast rows still go in full blocks, not one by one."""
+    work = WorkDir(tmp_path, create=True)
+    records = [{"id": f"v{i}", "key": f"k{i}", "split": "test", "order": i} for i in range(200)]
+    work.manifest.videos.upsert(records)
+    group = work.stage("ocr", OcrSettings())
+    calls: list[int] = []
+    write_rows = type(group).write_rows
+
+    def slow_write(self, rows):
+        calls.append(len(rows))
+        time.sleep(0.3)  # longer than SLOW_ROW_S
+        write_rows(self, rows)
+
+    monkeypatch.setattr(type(group), "write_rows", slow_write)
+
+    def produce(rows, clock):
+        for row in rows:
+            yield row, {"x": np.float32(row)}
+
+    report = run_stage(work, group, {"x": ((), "float32", 0)}, produce, progress=False)
+    assert report.computed == 200 and calls == [64, 64, 64, 8]
+
+
 def test_an_error_mid_stage_keeps_the_rows_computed_before_it(tmp_path):
     work = WorkDir(tmp_path, create=True)
     records = [{"id": f"v{i}", "key": f"k{i}", "split": "test", "order": i} for i in range(20)]
