@@ -142,6 +142,9 @@ def run_ocr(
         if counts is None or not counts.frames:
             return {}
         shares = {"frames_read_share": counts.frames_read / counts.frames}
+        if counts.frames_regional:  # frames detected in their changed regions only
+            shares["frames_regional_share"] = counts.frames_regional / counts.frames
+            shares["detected_area_share"] = counts.area_detected / counts.frames
         if counts.boxes:
             shares["boxes_read_share"] = counts.boxes_read / counts.boxes
             for reason, n in counts.read_because.items():  # why boxes were recognised
@@ -202,6 +205,7 @@ def make_reader(settings: OcrSettings, threads: int = 1) -> Any:
             settings.reuse_shift,
             settings.reuse_edge,
             settings.reuse_frame_texts,
+            settings.reuse_regions,
         )
     return engine
 
@@ -234,6 +238,7 @@ class RapidOcrEngine:
                 "EngineConfig.onnxruntime.inter_op_num_threads": 1,
             }
         )
+        self._det_scales: dict[tuple[int, int], tuple[float, float]] = {}
 
     def __call__(self, frames: np.ndarray) -> list[list[tuple[str, float, list]]]:
         out = []
@@ -249,13 +254,20 @@ class RapidOcrEngine:
             )
         return out
 
-    def detect(self, frame: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    def detect(
+        self, frame: np.ndarray, regions: list[tuple[int, int, int, int]] | None = None
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
         """One RGB frame's text boxes (N x 4 x 2, frame pixels) and the crops the recogniser
-        reads, as a whole call makes them."""
+        reads, as a whole call makes them. With `regions` ((x0, y0, x1, y1) frame pixels),
+        the detector runs on those parts of the frame only, each at the scale the whole
+        frame gets, so it costs their area (`pipeline.ocr_reuse`: the changed parts); a box
+        is clipped to its region."""
         from rapidocr.main import RapidOCRError
         from rapidocr.utils.process_img import map_boxes_to_original
 
         image = np.ascontiguousarray(frame[..., ::-1])
+        if regions is not None and self.detects_in_place(image.shape):
+            return self._detect_regions(image, regions)
         resized, record = self.engine.preprocess_img(image)
         try:
             crops, detected = self.engine.detect_and_crop(resized, record)
@@ -263,6 +275,54 @@ class RapidOcrEngine:
             return np.zeros((0, 4, 2)), []
         boxes = map_boxes_to_original(detected.boxes, record, *image.shape[:2])
         return np.asarray(boxes, dtype=float).reshape(-1, 4, 2), list(crops)
+
+    def detects_in_place(self, shape: tuple[int, ...]) -> bool:
+        """Whether rapidocr detects a frame of this shape as it is (neither shrunk under its
+        max_side_len nor padded for being flat), so a region's pixels are the detector's."""
+        height, width = shape[:2]
+        engine, ratio = self.engine, self.engine.width_height_ratio
+        return (
+            engine.min_side_len <= min(height, width)
+            and max(height, width) <= engine.max_side_len
+            and height > engine.min_height
+            and (ratio == -1 or width / height <= ratio)
+        )
+
+    def _detect_regions(
+        self, image: np.ndarray, regions: list[tuple[int, int, int, int]]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """`detect` on parts of a BGR image: each region resized by the factors the whole
+        image would be (`DetPreProcess` rounds its sides to multiples of 32), padded to
+        multiples of 32 by repeating its edge pixels (measured closer to the whole image's
+        boxes than mid-grey, the network's own padding)."""
+        import cv2  # with rapidocr, as the gate that asks for regions
+
+        detector = self.engine._load_det_model()  # rapidocr's TextDetector (pinned version)
+        prepare = detector.get_preprocess()
+        height, width = image.shape[:2]
+        if (height, width) not in self._det_scales:
+            full = prepare.resize(np.zeros((height, width, 1), np.uint8)).shape
+            self._det_scales[(height, width)] = (full[0] / height, full[1] / width)
+        scale_y, scale_x = self._det_scales[(height, width)]
+        found = []
+        for x0, y0, x1, y1 in regions:
+            size = (max(1, round((x1 - x0) * scale_x)), max(1, round((y1 - y0) * scale_y)))
+            part = cv2.resize(image[y0:y1, x0:x1], size)
+            pad_y, pad_x = -size[1] % 32, -size[0] % 32
+            part = cv2.copyMakeBorder(part, 0, pad_y, 0, pad_x, cv2.BORDER_REPLICATE)
+            tensor = prepare.permute(prepare.normalize(part))[None].astype(np.float32)
+            shape = (part.shape[0] / scale_y, part.shape[1] / scale_x)  # in frame pixels
+            boxes, _ = detector.postprocess_op(detector.session(tensor), shape)
+            for box in np.asarray(boxes, dtype=float).reshape(-1, 4, 2):
+                if box[:, 0].min() < x1 - x0 and box[:, 1].min() < y1 - y0:  # not padding
+                    box[:, 0] = box[:, 0].clip(0, x1 - x0) + x0
+                    box[:, 1] = box[:, 1].clip(0, y1 - y0) + y0
+                    found.append(box)
+        if not found:
+            return np.zeros((0, 4, 2)), []
+        boxes = detector.sorted_boxes(np.stack(found).astype(np.float32))
+        crops = self.engine.crop_text_regions(image, boxes)
+        return boxes.astype(float), list(crops)
 
     def recognize(self, crops: list[np.ndarray]) -> list[tuple[str, float]]:
         """Text and score of each crop, in `rec_batch` batches; ('', 0) for a crop a whole

@@ -33,13 +33,19 @@ what changed:
   `reuse_frame_texts`, a frame is unchanged only if each of those boxes also passes the box
   test: a thumbnail block is 48x48 pixels of a 384x216 frame (240x240 of 1080p), and a
   scoreboard digit changing inside it moves its mean by far less than `reuse_frame_diff`.
+  With `reuse_regions`, the detector runs only on the changed parts of a frame
+  (`changed_regions`: the changed thumbnail blocks and the boxes failing the box test, grown
+  to take whole every last box they touch), each at the whole frame's scale, and the last
+  boxes elsewhere stand; parts over REGION_MAX_SHARE of the frame, or a box reaching a
+  part's inner side, send the frame to the detector whole. The thumbnail the detector saw
+  is the reference part by part, so a slow change beside a fast one still adds up.
 
 Lines keep the current frame's time (and, for "boxes", its box). What a gate can lose is
 text that changes below its thresholds; `bench.ocr_reuse` measures it (key-text recall and
 retrieval R@1 against the ungated cache). The thresholds are ocr settings, so they key the
 ocr group (those its mode reads: `pipeline.settings.gate_in_effect`). The default is
-"frame+boxes" with `reuse_shift` 1, `reuse_edge` and `reuse_frame_texts` (README: the OCR
-gate, and what it buys).
+"frame+boxes" with `reuse_shift` 1, `reuse_edge`, `reuse_frame_texts` and `reuse_regions`
+(README: the OCR gate, and what it buys).
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ import numpy as np
 Found = list[tuple[str, float, list]]  # one frame's lines: (text, score, box 4x2)
 FRAME_THUMB = (64, 36)  # (width, height) of the grey thumbnail "frame" compares
 FRAME_BLOCK = 8  # side of the thumbnail blocks whose change counts
+REGION_MAX_SHARE = 0.5  # changed regions over this share of a frame: detect it whole
+Rect = tuple[int, int, int, int]  # (x0, y0, x1, y1), frame or thumbnail pixels
 
 
 def grey(image: np.ndarray) -> np.ndarray:
@@ -70,6 +78,82 @@ def frame_thumbnail(grey_frame: np.ndarray) -> np.ndarray:
 def frame_change(a: np.ndarray, b: np.ndarray) -> float:
     """The largest mean absolute difference of an 8x8 block of two frame thumbnails."""
     return float(cv2.blur(np.abs(a - b), (FRAME_BLOCK, FRAME_BLOCK)).max())
+
+
+def changed_mask(thumb: np.ndarray, last: np.ndarray, frame_diff: float) -> np.ndarray:
+    """The thumbnail pixels (bool, 36x64) of the 8x8 blocks that changed by more than
+    `frame_diff` (as `frame_change` measures), and one pixel around them."""
+    blocks = cv2.blur(np.abs(thumb - last), (FRAME_BLOCK, FRAME_BLOCK)) > frame_diff
+    # the block of position p covers p-4..p+3 (cv2's anchor); one more pixel on each side
+    reach = np.ones((FRAME_BLOCK + 2, FRAME_BLOCK + 2), np.uint8)
+    return cv2.dilate(blocks.astype(np.uint8), reach, anchor=(FRAME_BLOCK // 2,) * 2) > 0
+
+
+def under_box(box: np.ndarray, shape: tuple[int, ...], margin: int = 0) -> tuple[slice, slice]:
+    """The thumbnail pixels (rows, columns) under a box of a frame of `shape`, `margin` more
+    on each side."""
+    (width, height), (frame_h, frame_w) = FRAME_THUMB, shape[:2]
+    x0, y0, x1, y1 = box_rect(box)
+    to_x, to_y = width / frame_w, height / frame_h
+    return (
+        slice(max(0, int(y0 * to_y) - margin), min(height, int(np.ceil(y1 * to_y)) + margin)),
+        slice(max(0, int(x0 * to_x) - margin), min(width, int(np.ceil(x1 * to_x)) + margin)),
+    )
+
+
+def changed_regions(
+    changed: np.ndarray, boxes: list[np.ndarray], shape: tuple[int, ...]
+) -> list[Rect] | None:
+    """Rectangles of thumbnail pixels (x0, y0, x1, y1) that cover the `changed` pixels and,
+    whole and one pixel more, each of `boxes` (the last detected) they touch: a box is
+    detected whole or kept whole. They are disjoint (rectangles that overlapped would have
+    been one component). None when they cover more than REGION_MAX_SHARE of the frame,
+    where detecting it whole is about as cheap."""
+    mask = changed.copy()
+    while True:  # the mask only grows, so this ends
+        grown = False
+        for box in boxes:
+            if mask[under_box(box, shape)].any() and not mask[under_box(box, shape, 1)].all():
+                mask[under_box(box, shape, 1)] = grown = True
+        _, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8))
+        rects = [(x, y, x + w, y + h) for x, y, w, h, _ in stats[1:]]
+        filled = np.zeros_like(mask)
+        for x0, y0, x1, y1 in rects:
+            filled[y0:y1, x0:x1] = True
+        if not grown and np.array_equal(filled, mask):
+            break
+        mask = filled
+    return None if mask.mean() > REGION_MAX_SHARE else rects
+
+
+def thumb_to_frame(rect: Rect, shape: tuple[int, ...]) -> Rect:
+    """The frame pixels (x0, y0, x1, y1) of a rectangle of thumbnail pixels."""
+    x0, y0, x1, y1 = rect
+    (width, height), (frame_h, frame_w) = FRAME_THUMB, shape[:2]
+    to_x, to_y = frame_w / width, frame_h / height
+    return (
+        int(x0 * to_x),
+        int(y0 * to_y),
+        min(frame_w, int(np.ceil(x1 * to_x))),
+        min(frame_h, int(np.ceil(y1 * to_y))),
+    )
+
+
+def on_inner_edge(box: np.ndarray, regions: list[Rect], shape: tuple[int, ...]) -> bool:
+    """Whether a box detected in `regions` reaches a side of its region that is not the
+    frame's edge: its text may go on outside, so the frame is detected whole instead."""
+    bx0, by0, bx1, by1 = box_rect(box)
+    cx, cy = (bx0 + bx1) / 2, (by0 + by1) / 2
+    frame_h, frame_w = shape[:2]
+    for x0, y0, x1, y1 in regions:
+        if x0 <= cx <= x1 and y0 <= cy <= y1:
+            return (
+                (x0 > 0 and bx0 <= x0 + 1)
+                or (y0 > 0 and by0 <= y0 + 1)
+                or (x1 < frame_w and bx1 >= x1 - 1)
+                or (y1 < frame_h and by1 >= y1 - 1)
+            )
+    return True
 
 
 def box_rect(box: np.ndarray) -> tuple[float, float, float, float]:
@@ -158,6 +242,8 @@ class GateCounts:
 
     frames: int = 0
     frames_read: int = 0
+    frames_regional: int = 0  # of frames_read: the detector ran on changed regions only
+    area_detected: float = 0.0  # frames' worth of area the detector ran on
     boxes: int = 0
     boxes_read: int = 0
     read_because: dict[str, int] = field(default_factory=lambda: dict.fromkeys(READ_REASONS, 0))
@@ -215,7 +301,9 @@ class BoxGate:
     """`ocr.reuse = "boxes"` over an engine with `detect(frame) -> (boxes, crops)` and
     `recognize(crops) -> [(text, score)]` (`pipeline.ocr.RapidOcrEngine`). With
     `reuse_frame_diff` ("frame+boxes"), a frame that "frame" would call unchanged since the
-    last detected one takes that frame's boxes and texts without running the detector."""
+    last detected one takes that frame's boxes and texts without running the detector. With
+    `reuse_regions` too, and an engine with `detect(frame, regions)` and
+    `detects_in_place(shape)`, a changed frame is detected in its changed regions only."""
 
     def __init__(
         self,
@@ -226,32 +314,57 @@ class BoxGate:
         reuse_shift: int = 0,
         reuse_edge: bool = False,
         reuse_frame_texts: bool = False,
+        reuse_regions: bool = False,
     ):
         self.engine, self.reuse_iou, self.reuse_diff = engine, reuse_iou, reuse_diff
         self.reuse_frame_diff, self.reuse_shift = reuse_frame_diff, reuse_shift
         self.reuse_edge, self.reuse_frame_texts = reuse_edge, reuse_frame_texts
+        self.reuse_regions = reuse_regions
         self.counts = GateCounts()
         self.start_video()
 
     def start_video(self) -> None:
         self.tracks: list[_Track] = []
-        self.last_thumb: np.ndarray | None = None  # of the last frame the detector ran on
+        self.last_thumb: np.ndarray | None = None  # the thumbnail as the detector last saw it
 
-    def _unchanged(self, frame: np.ndarray) -> bool:
-        """Whether the frame gate lets this (grey) frame skip detection (and, if not, it
-        becomes the frame later ones are compared with): its thumbnail did not change and,
-        with `reuse_frame_texts`, neither did the text in any of the last detected boxes."""
+    def _plan(self, frame: np.ndarray) -> list[Rect] | None:
+        """Where the detector runs on this grey frame: None for the whole frame, [] for
+        nowhere (the last boxes and texts stand: the frame gate calls it unchanged and, with
+        `reuse_frame_texts`, so does the box test of each last box), or, with
+        `reuse_regions`, the changed regions (`changed_regions`, thumbnail pixels) where
+        the engine detects frames of this size in place. What the detector sees becomes
+        what later frames are compared with."""
         if self.reuse_frame_diff is None:
-            return False
+            return None
         thumb, last = frame_thumbnail(frame), self.last_thumb
-        if (
-            last is not None
-            and frame_change(thumb, last) <= self.reuse_frame_diff
-            and (not self.reuse_frame_texts or self._texts_unchanged(frame))
-        ):
-            return True
-        self.last_thumb = thumb
-        return False
+        if last is None:
+            self.last_thumb = thumb
+            return None
+        changed = changed_mask(thumb, last, self.reuse_frame_diff)
+        in_place = getattr(self.engine, "detects_in_place", lambda shape: False)
+        if not (self.reuse_regions and in_place(frame.shape)):
+            if changed.any() or (self.reuse_frame_texts and not self._texts_unchanged(frame)):
+                self.last_thumb = thumb
+                return None
+            return []
+        for track in self.tracks:  # boxes that changed where their blocks did not
+            cells = under_box(track.box, frame.shape)
+            if self.reuse_frame_texts and not changed[cells].any():
+                if self._text_changed(frame, track.seen, track.box):
+                    changed[under_box(track.box, frame.shape, 1)] = True
+        if not changed.any():
+            return []
+        for track in self.tracks:  # a dropped read is read again where the detector runs
+            if track.result is not None and not track.result[0]:
+                changed[under_box(track.box, frame.shape, 1)] = True
+        regions = changed_regions(changed, [t.box for t in self.tracks], frame.shape)
+        if regions is None:
+            self.last_thumb = thumb
+            return None
+        self.last_thumb = last.copy()
+        for x0, y0, x1, y1 in regions:
+            self.last_thumb[y0:y1, x0:x1] = thumb[y0:y1, x0:x1]
+        return regions
 
     def _texts_unchanged(self, frame: np.ndarray) -> bool:
         """Whether every box of the last detected frame still holds the text it took, by the
@@ -286,19 +399,44 @@ class BoxGate:
         self.counts.read_because[reason] += 1
         return None
 
+    def _detect(
+        self, frame: np.ndarray, frame_grey: np.ndarray, regions: list[Rect] | None
+    ) -> tuple[np.ndarray, list[np.ndarray], list[_Track]]:
+        """The detector's boxes and crops on the frame, whole (`regions` None) or in the
+        changed regions (thumbnail pixels), and the last boxes the frame keeps: those
+        outside the regions. A box that reaches a region's inner side sends the frame to the
+        detector whole (both runs count in `counts.area_detected`)."""
+        shape = frame_grey.shape
+        if regions is not None:
+            in_frame = [thumb_to_frame(r, shape) for r in regions]
+            boxes, crops = self.engine.detect(frame, in_frame)
+            self.counts.area_detected += sum(
+                (x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in in_frame
+            ) / (shape[0] * shape[1])
+            if not any(on_inner_edge(box, in_frame, shape) for box in boxes):
+                inside = np.zeros(FRAME_THUMB[::-1], bool)
+                for x0, y0, x1, y1 in regions:
+                    inside[y0:y1, x0:x1] = True
+                self.counts.frames_regional += 1
+                kept = [t for t in self.tracks if not inside[under_box(t.box, shape)].any()]
+                return boxes, crops, kept
+            self.last_thumb = frame_thumbnail(frame_grey)
+        self.counts.area_detected += 1.0
+        return *self.engine.detect(frame), []
+
     def __call__(self, frames: np.ndarray) -> list[Found]:
         crops: list[np.ndarray] = []  # to recognise, pooled over the batch's frames
         per_frame: list[list[_Track]] = []
         detected = 0
         for frame in frames:
             frame_grey = grey(frame)  # what the thumbnail and the box test compare
-            if self._unchanged(frame_grey):
+            regions = self._plan(frame_grey)
+            if regions == []:
                 per_frame.append(self.tracks)
                 self.counts.boxes += len(self.tracks)
                 continue
             detected += 1
-            boxes, box_crops = self.engine.detect(frame)
-            current = []
+            boxes, box_crops, current = self._detect(frame, frame_grey, regions)
             for box, crop in zip(boxes, box_crops, strict=True):
                 track = self._match(box, frame_grey)
                 if track is None:

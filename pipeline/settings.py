@@ -71,6 +71,8 @@ class OcrSettings:
     # to the edge (a text entering or leaving the frame changes there, outside the inset
     # crop). reuse_frame_texts: "frame+boxes" skips the detector only where the last
     # detected boxes also pass the box test (a changed digit hardly moves a thumbnail block).
+    # reuse_regions: "frame+boxes" runs the detector only on the changed parts of a frame
+    # (changed thumbnail blocks, boxes failing the box test) and keeps the last boxes elsewhere.
     # Differences are mean absolute differences of pixels in [0, 1]. The defaults are
     # the measured best gate (README: the OCR gate); `before` is what ran before a setting
     # existed, which older work dirs' keys and saved settings mean. A mode's key holds only
@@ -84,6 +86,7 @@ class OcrSettings:
     reuse_shift: int = added_setting(1, before=0)
     reuse_edge: bool = added_setting(True, before=False)
     reuse_frame_texts: bool = added_setting(True, before=False)
+    reuse_regions: bool = added_setting(True, before=False)
     rec_batch: int = added_setting(6)  # rapidocr: crops per recogniser call (its rec_batch_num)
     # The `import` engine (`pipeline.ocr_import`): OCR files of this format, one per video,
     # found under import_dir by the video's name or through import_map, a two-column table
@@ -243,7 +246,7 @@ GATE_READS = {
     "off": (),
     "frame": ("reuse_frame_diff",),
     "boxes": BOX_GATE,
-    "frame+boxes": ("reuse_frame_diff", "reuse_frame_texts", *BOX_GATE),
+    "frame+boxes": ("reuse_frame_diff", "reuse_frame_texts", "reuse_regions", *BOX_GATE),
 }
 
 

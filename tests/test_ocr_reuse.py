@@ -21,9 +21,12 @@ from pipeline.ocr_reuse import (
     BoxGate,
     FrameGate,
     box_change,
+    changed_mask,
+    changed_regions,
     frame_change,
     frame_thumbnail,
     grey,
+    under_box,
 )
 from pipeline.settings import (
     WORK_SETTINGS,
@@ -36,6 +39,7 @@ from pipeline.settings import (
 from tests.test_stages import make_work
 
 CAPTIONS = CaptionSettings(frames=4)
+ADDED_BEFORE = {f.name: value_before(f) for f in dataclasses.fields(OcrSettings)}
 
 
 def scene(text: str = "", dx: int = 0, extra: str = "") -> np.ndarray:
@@ -75,7 +79,7 @@ def test_settings_added_later_keep_the_keys_of_existing_caches():
     gate keys its own groups."""
     added = {f.name: f for f in dataclasses.fields(OcrSettings) if f.metadata.get(ADDED)}
     gate = {"reuse", "reuse_iou", "reuse_diff", "reuse_frame_diff", "reuse_shift", "reuse_edge"}
-    assert gate | {"reuse_frame_texts", "rec_batch"} <= set(added)
+    assert gate | {"reuse_frame_texts", "reuse_regions", "rec_batch"} <= set(added)
     before = dataclasses.make_dataclass(
         "OcrSettings",
         [
@@ -116,15 +120,17 @@ def test_a_work_dir_saved_before_the_gate_keeps_its_ungated_ocr(tmp_path):
     assert gated == resolve_settings(tmp_path / "new").ocr == OcrSettings()
 
 
-def test_a_work_dir_gated_before_the_new_box_rule_keeps_its_groups(tmp_path):
-    """Saved with a box gate before `reuse_shift`, `reuse_edge` and `reuse_frame_texts`
-    existed: it ran the first rule, and keeps that rule and its ocr group."""
-    first_rule = OcrSettings(
-        reuse="frame+boxes", reuse_shift=0, reuse_edge=False, reuse_frame_texts=False
-    )
-    saved = saved_without(tmp_path, first_rule, ("reuse_shift", "reuse_edge", "reuse_frame_texts"))
+RULES_SINCE = ("reuse_shift", "reuse_edge", "reuse_frame_texts", "reuse_regions")
+
+
+@pytest.mark.parametrize("unknown", [RULES_SINCE, RULES_SINCE[-1:]])
+def test_a_work_dir_gated_before_the_new_box_rule_keeps_its_groups(tmp_path, unknown):
+    """Saved with a box gate before `reuse_shift`, `reuse_edge`, `reuse_frame_texts` (or
+    only `reuse_regions`) existed: it ran the rule of then, and keeps it and its ocr group."""
+    then = OcrSettings(reuse="frame+boxes", **{name: ADDED_BEFORE[name] for name in unknown})
+    saved = saved_without(tmp_path, then, unknown)
     old = resolve_settings(tmp_path)
-    assert old.ocr == first_rule
+    assert old.ocr == then != OcrSettings()
     assert StageGroups.keys(old)["ocr"] == StageGroups.keys(saved)["ocr"]
 
 
@@ -144,10 +150,10 @@ def test_paddleocr_runs_the_frame_gate_and_only_its_setting_keys_it():
 @pytest.mark.parametrize(
     "mode, unread",
     [("off", {"reuse_iou": 0.9, "reuse_diff": 0.3, "reuse_frame_diff": 0.2, "reuse_shift": 2,
-              "reuse_edge": False, "reuse_frame_texts": False}),
+              "reuse_edge": False, "reuse_frame_texts": False, "reuse_regions": False}),
      ("frame", {"reuse_iou": 0.9, "reuse_diff": 0.3, "reuse_shift": 2, "reuse_edge": False,
-                "reuse_frame_texts": False}),
-     ("boxes", {"reuse_frame_diff": 0.2, "reuse_frame_texts": False})],
+                "reuse_frame_texts": False, "reuse_regions": False}),
+     ("boxes", {"reuse_frame_diff": 0.2, "reuse_frame_texts": False, "reuse_regions": False})],
 )  # fmt: skip
 def test_a_gate_setting_its_mode_does_not_read_leaves_the_key(mode, unread):
     """E.g. `reuse_shift` does not key an ungated group: `reuse = "off"` keeps the groups
@@ -161,7 +167,8 @@ def test_a_gate_setting_its_mode_does_not_read_leaves_the_key(mode, unread):
     "change",
     [{"reuse": "boxes"}, {"reuse": "frame"}, {"reuse": "off"}, {"reuse_iou": 0.9},
      {"reuse_diff": 0.1}, {"reuse_frame_diff": 0.1}, {"reuse_shift": 0},
-     {"reuse_edge": False}, {"reuse_frame_texts": False}, {"rec_batch": 16}],
+     {"reuse_edge": False}, {"reuse_frame_texts": False}, {"reuse_regions": False},
+     {"rec_batch": 16}],
 )  # fmt: skip
 def test_a_gate_setting_invalidates_the_ocr_group_and_what_reads_it(change):
     default = StageGroups.keys(PipelineSettings())
@@ -380,6 +387,25 @@ class SmallSign(SplitEngine):
         return [(f"READ{self.recognised - k}", 0.9) for k in range(len(crops))][::-1]
 
 
+class RegionalSmallSign(SmallSign):
+    """`SmallSign` detecting in regions: the sign only where a region holds it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list = []
+
+    def detects_in_place(self, shape: tuple[int, ...]) -> bool:
+        return True
+
+    def detect(self, frame: np.ndarray, regions=None) -> tuple[np.ndarray, list[np.ndarray]]:
+        self.asked.append(regions)
+        boxes, crops = super().detect(frame)
+        inside = regions is None or any(
+            x0 <= 60 and y0 <= 80 and 180 <= x1 and 100 <= y1 for x0, y0, x1, y1 in regions
+        )
+        return (boxes, crops) if inside else (np.zeros((0, 4, 2)), [])
+
+
 @pytest.mark.parametrize("check_texts", [False, True])
 def test_frame_plus_boxes_sees_a_changed_digit_the_thumbnail_cannot(check_texts):
     """A digit of a 12-px sign changes a thumbnail block by 0.003, far under reuse_frame_diff:
@@ -393,6 +419,150 @@ def test_frame_plus_boxes_sees_a_changed_digit_the_thumbnail_cannot(check_texts)
     read = texts(gate(frames))
     assert read[:2] == [["READ1"], ["READ1"]] and engine.detected == 1 + check_texts
     assert read[2] == (["READ2"] if check_texts else ["READ1"])
+
+
+# -- "frame+boxes" with reuse_regions ------------------------------------------------------
+def test_the_detector_on_a_region_sees_what_it_sees_on_the_whole_frame(rapidocr):
+    """A region is detected at the whole frame's scale: the whole frame as one region is
+    the whole-frame call exactly, and a region around one sign finds that sign alone, its
+    box within a few pixels (the detector's map depends a little on the context it sees)."""
+    frame = scene("SCORE 12", extra="EXIT")
+    boxes, crops = rapidocr.detect(frame)
+    assert len(boxes) == 2
+    same, same_crops = rapidocr.detect(frame, [(0, 0, 384, 216)])
+    assert np.array_equal(same, boxes) and rapidocr.recognize(same_crops) == rapidocr.recognize(
+        crops
+    )
+    corner, corner_crops = rapidocr.detect(frame, [(0, 0, 140, 60)])
+    assert len(corner) == 1 and np.abs(corner[0] - boxes[0]).max() <= 3  # less context
+    assert rapidocr.recognize(corner_crops)[0][0] == "EXIT"
+
+
+def test_regions_detect_only_what_changed_and_keep_the_other_boxes(rapidocr):
+    """A small sign appearing in a corner: the detector runs on the corner only, the big
+    sign keeps its box and text unread, and every frame reads as reading it whole does."""
+    frames = np.stack(
+        [scene("SCORE 12"), scene("SCORE 12", extra="EXIT"), scene("SCORE 12", extra="EXIT")]
+    )
+    asked = []
+    detect = rapidocr.detect
+
+    def recording(frame, regions=None):
+        asked.append(regions)
+        return detect(frame, regions)
+
+    engine = SplitEngine()
+    engine.detect, engine.recognize = recording, rapidocr.recognize  # type: ignore[method-assign]
+    engine.detects_in_place = rapidocr.detects_in_place  # type: ignore[attr-defined]
+    gate = BoxGate(engine, 0.7, 0.15, 0.05, 1, True, True, reuse_regions=True)
+    assert texts(gate(frames)) == texts(rapidocr(frames))
+    assert asked[0] is None and len(asked) == 2  # frame 2 is unchanged: not detected
+    ((x0, y0, x1, y1),) = asked[1]
+    (big,) = rapidocr.detect(frames[0])[0]
+    assert x1 <= 160 and y1 <= big[:, 1].min()  # the corner, clear of the big sign's box
+    assert (gate.counts.boxes_read, gate.counts.frames_regional) == (2, 1)
+    assert gate.counts.area_detected < 1.2  # the whole first frame and a corner
+
+
+class Looking(SplitEngine):
+    """Detects nothing, or, with `at_edge`, one box filling each region it is given; and
+    records where it was asked to look (None: the whole frame). `in_place`: whether it
+    detects frames in place (rapidocr shrinks frames over 2000 pixels)."""
+
+    def __init__(self, at_edge: bool = False, in_place: bool = True) -> None:
+        super().__init__()
+        self.asked: list = []
+        self.at_edge, self.in_place = at_edge, in_place
+
+    def detects_in_place(self, shape: tuple[int, ...]) -> bool:
+        return self.in_place
+
+    def detect(self, frame: np.ndarray, regions=None) -> tuple[np.ndarray, list[np.ndarray]]:
+        self.detected += 1
+        self.asked.append(regions)
+        if not (self.at_edge and regions):
+            return np.zeros((0, 4, 2)), []
+        boxes = [[[x0, y0], [x1, y0], [x1, y1], [x0, y1]] for x0, y0, x1, y1 in regions]
+        return np.array(boxes, float), [frame[y0:y1, x0:x1] for x0, y0, x1, y1 in regions]
+
+
+def flicker_and_dawn(k: int) -> np.ndarray:
+    """A grey frame with a square at the top left flipping black and white each frame, and
+    one at the bottom right brightening by 6 grey levels a frame (0.024: each step under
+    reuse_frame_diff, three of them over it)."""
+    frame = np.full((216, 384, 3), 100, np.uint8)
+    frame[:60, :60] = 255 * (k % 2)
+    frame[150:210, 300:360] = 100 + 6 * k
+    return frame
+
+
+def test_a_slow_change_beside_a_fast_one_adds_up_until_it_is_detected():
+    """What the detector saw is the reference, region by region: the slow square is compared
+    with the frame the detector last ran on there, so its steps add up and it is detected
+    once they exceed reuse_frame_diff, though every frame sees only the fast square change."""
+    engine = Looking()
+    gate = BoxGate(engine, 0.7, 0.15, 0.05, reuse_regions=True)
+    gate(np.stack([flicker_and_dawn(k) for k in range(4)]))
+    assert engine.asked[0] is None
+    slow = [any(x1 > 300 and y1 > 150 for x0, y0, x1, y1 in r) for r in engine.asked[1:]]
+    assert slow == [False, False, True]  # 0.024, 0.047, then 0.071 since frame 0
+    assert all(any(x0 == 0 and y0 == 0 for x0, y0, _, _ in r) for r in engine.asked[1:])
+
+
+def test_a_box_reaching_a_regions_inner_side_sends_the_frame_to_the_detector_whole():
+    """...which then is the reference everywhere: the same frame again is not detected."""
+    engine = Looking(at_edge=True)
+    gate = BoxGate(engine, 0.7, 0.15, 0.05, reuse_regions=True)
+    gate(np.stack([flicker_and_dawn(0), flicker_and_dawn(1), flicker_and_dawn(1)]))
+    assert engine.asked[0] is None and engine.asked[1] and engine.asked[2] is None
+    assert len(engine.asked) == 3 and gate.counts.frames_regional == 0
+    (x0, y0, x1, y1), *_ = engine.asked[1]
+    assert gate.counts.area_detected == pytest.approx(2 + (x1 - x0) * (y1 - y0) / (384 * 216))
+
+
+def test_a_frame_the_engine_would_rescale_is_detected_whole():
+    engine = Looking(in_place=False)
+    BoxGate(engine, 0.7, 0.15, 0.05, reuse_regions=True)(
+        np.stack([flicker_and_dawn(k) for k in range(3)])
+    )
+    assert engine.asked == [None, None, None]
+
+
+def test_the_changed_mask_is_the_changed_blocks_and_one_pixel_more():
+    """One thumbnail pixel changed by 1.0 moves the mean of each 8x8 block holding it by
+    1/64: at a threshold under that, the blocks holding it are rows 13-27 and columns 23-37
+    (every block that covers row 20, column 30), and the mask one pixel more."""
+    last, thumb = np.zeros((36, 64), np.float32), np.zeros((36, 64), np.float32)
+    thumb[20, 30] = 1.0
+    rows, cols = np.nonzero(changed_mask(thumb, last, 0.01))
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (12, 28, 22, 38)
+    assert not changed_mask(thumb, last, 0.02).any()
+
+
+def test_changed_regions_take_whole_every_box_they_reach_even_through_another():
+    """Two lines of one sign, 4 px apart: a change inside the lower one reaches the upper one
+    only once the lower box is taken whole, and then the upper one is taken whole too."""
+    upper = np.array([[40, 42], [200, 42], [200, 62], [40, 62]], float)
+    lower = np.array([[40, 66], [200, 66], [200, 120], [40, 120]], float)
+    changed = np.zeros((36, 64), bool)
+    changed[14:18, 10:20] = True  # inside the lower box (rows 11-20 of the thumbnail)
+    shape = (216, 384)
+    ((x0, y0, x1, y1),) = changed_regions(changed, [upper, lower], shape)
+    for box in (upper, lower):
+        rows, cols = under_box(box, shape)
+        assert y0 <= rows.start and rows.stop <= y1 and x0 <= cols.start and cols.stop <= x1
+
+
+def test_with_regions_the_box_test_still_sees_a_changed_digit():
+    """The changed digit of a 12-px sign moves no thumbnail block: with regions, the box test
+    marks the sign, which is detected (alone) and read again."""
+    engine = RegionalSmallSign()
+    gate = BoxGate(engine, 0.7, 0.15, 0.05, 1, True, True, reuse_regions=True)
+    frames = np.stack([small_sign("SCORE 12"), small_sign("SCORE 12"), small_sign("SCORE 13")])
+    assert texts(gate(frames)) == [["READ1"], ["READ1"], ["READ2"]]
+    assert engine.asked[0] is None and len(engine.asked) == 2
+    ((x0, y0, x1, y1),) = engine.asked[1]
+    assert (x0, y0) <= (60, 80) and (x1, y1) >= (180, 100) and (x1 - x0) * (y1 - y0) < 384 * 54
 
 
 def test_a_dropped_read_is_never_reused():
