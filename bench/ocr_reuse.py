@@ -3,9 +3,10 @@
 For each profile: a work dir of the set's test split only (`W/<profile>`), and for each gate
 variant (off, frame, boxes, boxes with 16 crops per recogniser call, frame+boxes, all with
 the box gate's first rule; the two box gates with each patch aligned within one pixel,
-`reuse_shift` 1; frame+boxes with `reuse_edge` added; and the default gate, which also
-checks the last boxes' texts before skipping the detector, `reuse_frame_texts`) the ocr
-stage, then captions and encode. Reported per variant:
+`reuse_shift` 1; frame+boxes with `reuse_edge` added; then also checking the last boxes'
+texts before skipping the detector, `reuse_frame_texts`; and the default gate, which also
+runs the detector on the changed regions of a frame only, `reuse_regions`) the ocr stage,
+then captions and encode. Reported per variant:
 
 - OCR frames/s: sampled frames / the stage's wall time less engine loading (one process,
   onnxruntime on 1 thread), and the share of frames (boxes) the gate read;
@@ -45,8 +46,14 @@ from pipeline.settings import OcrSettings, PipelineSettings, StageGroups, resolv
 from pipeline.stage import StageClock
 from pipeline.video import probe
 
-# the box gate's first rule: before reuse_shift, reuse_edge and reuse_frame_texts existed
-FIRST_RULE = {"reuse_shift": 0, "reuse_edge": False, "reuse_frame_texts": False}
+# the box gate's first rule: before reuse_shift, reuse_edge, reuse_frame_texts and
+# reuse_regions existed
+FIRST_RULE = {
+    "reuse_shift": 0,
+    "reuse_edge": False,
+    "reuse_frame_texts": False,
+    "reuse_regions": False,
+}
 VARIANTS = {  # each names every gate setting it reads
     "off": {"reuse": "off"},
     "frame": {"reuse": "frame"},
@@ -58,8 +65,13 @@ VARIANTS = {  # each names every gate setting it reads
     "frame+boxes-shift1-edge": {
         "reuse": "frame+boxes", **FIRST_RULE, "reuse_shift": 1, "reuse_edge": True
     },
+    "frame+boxes-shift1-edge-texts": {  # the default before reuse_regions
+        "reuse": "frame+boxes", **FIRST_RULE, "reuse_shift": 1, "reuse_edge": True,
+        "reuse_frame_texts": True
+    },
     "default": {  # OcrSettings' defaults (tests/test_ocr_reuse.py checks they are these)
-        "reuse": "frame+boxes", "reuse_shift": 1, "reuse_edge": True, "reuse_frame_texts": True
+        "reuse": "frame+boxes", "reuse_shift": 1, "reuse_edge": True, "reuse_frame_texts": True,
+        "reuse_regions": True
     },
 }  # fmt: skip
 DEFAULT = "default"
