@@ -612,9 +612,9 @@ def test_boxes_needs_an_engine_with_detection_and_recognition(monkeypatch):
 
 # -- the stage ------------------------------------------------------------------------------
 def test_a_gated_stage_keeps_the_key_texts_in_its_own_group(synth_set, tmp_path):
-    """The real engine, gated and not, on the 12 synthetic videos (T = 4, 0.5 OCR frames/s):
-    each writes its own group, the gate reports what it read, and every key text the ungated
-    run found, the gated run found too."""
+    """The real engine, gated ("boxes", and the default with its regions) and not, on the 12
+    synthetic videos (T = 4, 0.5 OCR frames/s): each writes its own group, the gate reports
+    what it read, and every key text the ungated run found, each gated run found too."""
     work = make_work(synth_set, tmp_path)
     meta = {
         v["path"]: v["key_text"]
@@ -622,7 +622,7 @@ def test_a_gated_stage_keeps_the_key_texts_in_its_own_group(synth_set, tmp_path)
     }  # noqa: E501
     paths = work.manifest.videos.column("path")
     found = {}
-    for reuse in ("off", "boxes"):
+    for reuse in ("off", "boxes", "frame+boxes"):
         ocr = OcrSettings(fps=0.5, reuse=reuse)
         report = run_ocr(work, ocr, progress=False, captions=CAPTIONS)
         assert report.computed == len(paths) and report.failed == 0
@@ -635,7 +635,12 @@ def test_a_gated_stage_keeps_the_key_texts_in_its_own_group(synth_set, tmp_path)
             assert 0 < figures["boxes_read_share"] < 1
             why = sum(figures[f"boxes_read_{reason}_share"] for reason in READ_REASONS)
             assert why == pytest.approx(figures["boxes_read_share"])  # every read has a reason
+        if reuse == "frame+boxes":  # some frames detected in their changed regions only
+            figures = report.figures
+            assert 0 < figures["frames_regional_share"] < figures["frames_read_share"]
+            assert figures["detected_area_share"] < figures["frames_read_share"]
     keys = {row: meta[next(p for p in meta if str(paths[row]).endswith(p))] for row in found["off"]}
     read_off = {row for row, key in keys.items() if key in found["off"][row]}
-    read_gated = {row for row, key in keys.items() if key in found["boxes"][row]}
-    assert read_off and read_off <= read_gated
+    for reuse in ("boxes", "frame+boxes"):
+        read_gated = {row for row, key in keys.items() if key in found[reuse][row]}
+        assert read_off and read_off <= read_gated
