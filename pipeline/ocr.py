@@ -238,7 +238,7 @@ class RapidOcrEngine:
                 "EngineConfig.onnxruntime.inter_op_num_threads": 1,
             }
         )
-        self._det_scales: dict[tuple[int, int], tuple[float, float]] = {}
+        self._det_sizes: dict[tuple[int, int], tuple[int, ...]] = {}
 
     def __call__(self, frames: np.ndarray) -> list[list[tuple[str, float, list]]]:
         out = []
@@ -260,8 +260,9 @@ class RapidOcrEngine:
         """One RGB frame's text boxes (N x 4 x 2, frame pixels) and the crops the recogniser
         reads, as a whole call makes them. With `regions` ((x0, y0, x1, y1) frame pixels),
         the detector runs on those parts of the frame only, each at the scale the whole
-        frame gets, so it costs their area (`pipeline.ocr_reuse`: the changed parts); a box
-        is clipped to its region."""
+        frame gets, so it costs about their area (`pipeline.ocr_reuse`: the changed parts);
+        a box is clipped to its region. A frame rapidocr would rescale (not
+        `detects_in_place`) is detected whole whatever `regions` says."""
         from rapidocr.main import RapidOCRError
         from rapidocr.utils.process_img import map_boxes_to_original
 
@@ -291,32 +292,35 @@ class RapidOcrEngine:
     def _detect_regions(
         self, image: np.ndarray, regions: list[tuple[int, int, int, int]]
     ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """`detect` on parts of a BGR image: each region resized by the factors the whole
-        image would be (`DetPreProcess` rounds its sides to multiples of 32), padded to
-        multiples of 32 by repeating its edge pixels (measured closer to the whole image's
-        boxes than mid-grey, the network's own padding)."""
+        """`detect` on parts of a BGR image. Each region is widened, into the image, to a
+        window the detector sees as a multiple of 32 pixels at the whole image's scale (so
+        nothing is padded: `DetPreProcess` resizes a whole image to such sides); the boxes
+        whose centre lies in the region are kept, clipped to it, as rapidocr keeps boxes
+        over 3 pixels a side."""
         import cv2  # with rapidocr, as the gate that asks for regions
 
         detector = self.engine._load_det_model()  # rapidocr's TextDetector (pinned version)
         prepare = detector.get_preprocess()
         height, width = image.shape[:2]
-        if (height, width) not in self._det_scales:
-            full = prepare.resize(np.zeros((height, width, 1), np.uint8)).shape
-            self._det_scales[(height, width)] = (full[0] / height, full[1] / width)
-        scale_y, scale_x = self._det_scales[(height, width)]
+        if (height, width) not in self._det_sizes:  # the whole image's size for the detector
+            self._det_sizes[(height, width)] = prepare.resize(
+                np.zeros((height, width, 1), np.uint8)
+            ).shape
+        full_h, full_w = self._det_sizes[(height, width)][:2]
         found = []
         for x0, y0, x1, y1 in regions:
-            size = (max(1, round((x1 - x0) * scale_x)), max(1, round((y1 - y0) * scale_y)))
-            part = cv2.resize(image[y0:y1, x0:x1], size)
-            pad_y, pad_x = -size[1] % 32, -size[0] % 32
-            part = cv2.copyMakeBorder(part, 0, pad_y, 0, pad_x, cv2.BORDER_REPLICATE)
+            left, right, size_w = detector_window(x0, x1, width, full_w)
+            top, bottom, size_h = detector_window(y0, y1, height, full_h)
+            part = cv2.resize(image[top:bottom, left:right], (size_w, size_h))
             tensor = prepare.permute(prepare.normalize(part))[None].astype(np.float32)
-            shape = (part.shape[0] / scale_y, part.shape[1] / scale_x)  # in frame pixels
+            shape = (bottom - top, right - left)  # boxes in the window's pixels
             boxes, _ = detector.postprocess_op(detector.session(tensor), shape)
-            for box in np.asarray(boxes, dtype=float).reshape(-1, 4, 2):
-                if box[:, 0].min() < x1 - x0 and box[:, 1].min() < y1 - y0:  # not padding
-                    box[:, 0] = box[:, 0].clip(0, x1 - x0) + x0
-                    box[:, 1] = box[:, 1].clip(0, y1 - y0) + y0
+            for box in np.asarray(boxes, dtype=float).reshape(-1, 4, 2) + (left, top):
+                centre_x, centre_y = box.mean(axis=0)
+                if not (x0 <= centre_x < x1 and y0 <= centre_y < y1):
+                    continue  # outside the region: the gate keeps what it had there
+                box[:, 0], box[:, 1] = box[:, 0].clip(x0, x1), box[:, 1].clip(y0, y1)
+                if np.ptp(box[:, 0]) > 3 and np.ptp(box[:, 1]) > 3:
                     found.append(box)
         if not found:
             return np.zeros((0, 4, 2)), []
@@ -333,6 +337,17 @@ class RapidOcrEngine:
             (str(t), float(s)) if str(t).strip() and s >= minimum else ("", 0.0)
             for t, s in zip(result.txts, result.scores, strict=True)
         ]
+
+
+def detector_window(start: int, stop: int, size: int, detector_size: int) -> tuple[int, int, int]:
+    """Along one axis of an image of `size` pixels that the detector sees as `detector_size`
+    (a multiple of 32): the window [a, b) holding [start, stop) whose detector length is a
+    multiple of 32, widened forward unless the image ends there, and that length."""
+    scale = detector_size / size
+    length = min(detector_size, -(-round((stop - start) * scale) // 32) * 32)
+    pixels = min(size, round(length / scale))
+    first = max(0, min(start, size - pixels))
+    return first, first + pixels, length
 
 
 class PaddleOcrEngine:

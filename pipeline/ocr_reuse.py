@@ -36,9 +36,12 @@ what changed:
   With `reuse_regions`, the detector runs only on the changed parts of a frame
   (`changed_regions`: the changed thumbnail blocks and the boxes failing the box test, grown
   to take whole every last box they touch), each at the whole frame's scale, and the last
-  boxes elsewhere stand; parts over REGION_MAX_SHARE of the frame, or a box reaching a
-  part's inner side, send the frame to the detector whole. The thumbnail the detector saw
-  is the reference part by part, so a slow change beside a fast one still adds up.
+  boxes elsewhere stand; parts over REGION_MAX_SHARE of the frame, a box reaching a part's
+  inner side, or parts adding up to a whole frame's area since the last whole detection
+  send the frame to the detector whole. The thumbnail the detector saw is the reference
+  part by part, so a slow change beside a fast one still adds up; a text whose blocks
+  change by less than `reuse_frame_diff`, appearing beside a larger change, waits for the
+  next whole detection.
 
 Lines keep the current frame's time (and, for "boxes", its box). What a gate can lose is
 text that changes below its thresholds; `bench.ocr_reuse` measures it (key-text recall and
@@ -140,18 +143,19 @@ def thumb_to_frame(rect: Rect, shape: tuple[int, ...]) -> Rect:
 
 
 def on_inner_edge(box: np.ndarray, regions: list[Rect], shape: tuple[int, ...]) -> bool:
-    """Whether a box detected in `regions` reaches a side of its region that is not the
-    frame's edge: its text may go on outside, so the frame is detected whole instead."""
+    """Whether a box detected in `regions` (clipped to its region) reaches a side of its
+    region that is not the frame's edge: its text may go on outside, so the frame is
+    detected whole instead."""
     bx0, by0, bx1, by1 = box_rect(box)
-    cx, cy = (bx0 + bx1) / 2, (by0 + by1) / 2
+    cx, cy, near = (bx0 + bx1) / 2, (by0 + by1) / 2, 2.0
     frame_h, frame_w = shape[:2]
     for x0, y0, x1, y1 in regions:
         if x0 <= cx <= x1 and y0 <= cy <= y1:
             return (
-                (x0 > 0 and bx0 <= x0 + 1)
-                or (y0 > 0 and by0 <= y0 + 1)
-                or (x1 < frame_w and bx1 >= x1 - 1)
-                or (y1 < frame_h and by1 >= y1 - 1)
+                (x0 > 0 and bx0 <= x0 + near)
+                or (y0 > 0 and by0 <= y0 + near)
+                or (x1 < frame_w and bx1 >= x1 - near)
+                or (y1 < frame_h and by1 >= y1 - near)
             )
     return True
 
@@ -326,14 +330,17 @@ class BoxGate:
     def start_video(self) -> None:
         self.tracks: list[_Track] = []
         self.last_thumb: np.ndarray | None = None  # the thumbnail as the detector last saw it
+        self.regional_area = 0.0  # frames' worth detected in regions since the last whole
 
     def _plan(self, frame: np.ndarray) -> list[Rect] | None:
         """Where the detector runs on this grey frame: None for the whole frame, [] for
         nowhere (the last boxes and texts stand: the frame gate calls it unchanged and, with
         `reuse_frame_texts`, so does the box test of each last box), or, with
         `reuse_regions`, the changed regions (`changed_regions`, thumbnail pixels) where
-        the engine detects frames of this size in place. What the detector sees becomes
-        what later frames are compared with."""
+        the engine detects frames of this size in place, until they add up to a whole
+        frame's area since the detector last ran on a whole frame (then it does again, so a
+        text under reuse_frame_diff that appeared beside a change is found late, not
+        never). What the detector sees becomes what later frames are compared with."""
         if self.reuse_frame_diff is None:
             return None
         thumb, last = frame_thumbnail(frame), self.last_thumb
@@ -358,9 +365,11 @@ class BoxGate:
             if track.result is not None and not track.result[0]:
                 changed[under_box(track.box, frame.shape, 1)] = True
         regions = changed_regions(changed, [t.box for t in self.tracks], frame.shape)
-        if regions is None:
-            self.last_thumb = thumb
+        area = sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in regions or []) / changed.size
+        if regions is None or self.regional_area + area >= 1.0:
+            self.last_thumb, self.regional_area = thumb, 0.0
             return None
+        self.regional_area += area
         self.last_thumb = last.copy()
         for x0, y0, x1, y1 in regions:
             self.last_thumb[y0:y1, x0:x1] = thumb[y0:y1, x0:x1]
@@ -420,7 +429,7 @@ class BoxGate:
                 self.counts.frames_regional += 1
                 kept = [t for t in self.tracks if not inside[under_box(t.box, shape)].any()]
                 return boxes, crops, kept
-            self.last_thumb = frame_thumbnail(frame_grey)
+            self.last_thumb, self.regional_area = frame_thumbnail(frame_grey), 0.0
         self.counts.area_detected += 1.0
         return *self.engine.detect(frame), []
 

@@ -26,6 +26,7 @@ from pipeline.ocr_reuse import (
     frame_change,
     frame_thumbnail,
     grey,
+    on_inner_edge,
     under_box,
 )
 from pipeline.settings import (
@@ -459,9 +460,51 @@ def test_regions_detect_only_what_changed_and_keep_the_other_boxes(rapidocr):
     assert asked[0] is None and len(asked) == 2  # frame 2 is unchanged: not detected
     ((x0, y0, x1, y1),) = asked[1]
     (big,) = rapidocr.detect(frames[0])[0]
-    assert x1 <= 160 and y1 <= big[:, 1].min()  # the corner, clear of the big sign's box
+    assert y1 <= big[:, 1].min() and (x1 - x0) * (y1 - y0) < 384 * 216 / 4  # a corner
     assert (gate.counts.boxes_read, gate.counts.frames_regional) == (2, 1)
     assert gate.counts.area_detected < 1.2  # the whole first frame and a corner
+
+
+@pytest.mark.parametrize("cut", [165, 205, 223, 247])
+def test_a_region_cutting_a_text_finds_a_box_on_its_side(rapidocr, cut):
+    """Wherever a region's side cuts the sign (in a letter, at the word gap), a box reaches
+    that side, so the gate sends the frame to the detector whole rather than keep a cut
+    text ("SCOF", "SCORE")."""
+    frame, region = scene("SCORE 12"), (0, 60, cut, 160)
+    boxes, _ = rapidocr.detect(frame, [region])
+    assert any(on_inner_edge(box, [region], frame.shape) for box in boxes)
+
+
+def flicker_and_sign(k: int, text: str = "") -> np.ndarray:
+    """A grey frame whose top-left square flips black and white each frame, and a small
+    thin `text` at the bottom right (its thumbnail blocks change by about 0.02 when it
+    appears: under reuse_frame_diff)."""
+    frame = np.full((216, 384, 3), 120, np.uint8)
+    frame[:60, :60] = 255 * (k % 2)
+    if text:
+        cv2.putText(frame, text, (250, 200), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (250,) * 3, 1)
+    return frame
+
+
+def test_a_small_text_appearing_beside_a_larger_change_is_found_late_not_never(rapidocr):
+    """Regions look only where blocks changed over reuse_frame_diff, so a thin text appearing
+    beside the flipping square is not in them; once the regions add up to a whole frame's
+    area the detector runs on a whole frame again, and finds it there, for good."""
+    frames = np.stack([flicker_and_sign(0)] + [flicker_and_sign(k, "EXIT 4") for k in range(1, 16)])
+    assert texts(rapidocr(frames)) == [[]] + [["EXIT 4"]] * 15
+    engine = Looking()
+    engine.detect = lambda frame, regions=None: (  # type: ignore[method-assign]
+        engine.asked.append(regions) or rapidocr.detect(frame, regions)
+    )
+    engine.recognize = rapidocr.recognize  # type: ignore[method-assign]
+    gate = BoxGate(engine, 0.7, 0.15, 0.05, 1, True, True, reuse_regions=True)
+    found = [bool(frame) for frame in texts(gate(frames))]
+    first = found.index(True)
+    refresh = next(k for k, regions in enumerate(engine.asked[1:], 1) if regions is None)
+    assert 1 < first < len(frames) - 1 and all(found[first:]) and not any(found[:first])
+    regional = engine.asked[1:refresh]
+    area = sum((x1 - x0) * (y1 - y0) for r in regional for x0, y0, x1, y1 in r) / (384 * 216)
+    assert regional and area < 1.0  # regions alone until they would make a whole frame
 
 
 class Looking(SplitEngine):
@@ -499,7 +542,7 @@ def flicker_and_dawn(k: int) -> np.ndarray:
 def test_a_slow_change_beside_a_fast_one_adds_up_until_it_is_detected():
     """What the detector saw is the reference, region by region: the slow square is compared
     with the frame the detector last ran on there, so its steps add up and it is detected
-    once they exceed reuse_frame_diff, though every frame sees only the fast square change."""
+    once they exceed reuse_frame_diff, though each frame alone changes it by less."""
     engine = Looking()
     gate = BoxGate(engine, 0.7, 0.15, 0.05, reuse_regions=True)
     gate(np.stack([flicker_and_dawn(k) for k in range(4)]))
@@ -516,8 +559,8 @@ def test_a_box_reaching_a_regions_inner_side_sends_the_frame_to_the_detector_who
     gate(np.stack([flicker_and_dawn(0), flicker_and_dawn(1), flicker_and_dawn(1)]))
     assert engine.asked[0] is None and engine.asked[1] and engine.asked[2] is None
     assert len(engine.asked) == 3 and gate.counts.frames_regional == 0
-    (x0, y0, x1, y1), *_ = engine.asked[1]
-    assert gate.counts.area_detected == pytest.approx(2 + (x1 - x0) * (y1 - y0) / (384 * 216))
+    area = sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in engine.asked[1]) / (384 * 216)
+    assert gate.counts.area_detected == pytest.approx(2 + area)
 
 
 def test_a_frame_the_engine_would_rescale_is_detected_whole():
