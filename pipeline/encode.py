@@ -73,9 +73,9 @@ def run_encode(
         return text["model"]
 
     return [
-        _encode_frames(
-            work, groups.frames, settings, captions, batch_size, workers, decoder, retry_failed,
-            progress, shard,
+        run_encode_frames(
+            work, settings, captions, ocr, batch_size, workers, decoder, retry_failed, progress,
+            shard,
         ),
         _encode_ocr_text(
             work, groups.ocr_text, captions_rows, captions, text_model, retry_failed, progress,

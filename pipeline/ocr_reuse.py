@@ -129,6 +129,11 @@ def changed_regions(
     return None if mask.mean() > REGION_MAX_SHARE else rects
 
 
+def covered(rects: list[Rect], shape: tuple[int, ...]) -> float:
+    """The share of an image of `shape` that disjoint `rects` cover."""
+    return sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in rects) / (shape[0] * shape[1])
+
+
 def thumb_to_frame(rect: Rect, shape: tuple[int, ...]) -> Rect:
     """The frame pixels (x0, y0, x1, y1) of a rectangle of thumbnail pixels."""
     x0, y0, x1, y1 = rect
@@ -354,9 +359,8 @@ class BoxGate:
                 self.last_thumb = thumb
                 return None
             return []
-        for track in self.tracks:  # boxes that changed where their blocks did not
-            cells = under_box(track.box, frame.shape)
-            if self.reuse_frame_texts and not changed[cells].any():
+        for track in self.tracks if self.reuse_frame_texts else []:  # changed, blocks not
+            if not changed[under_box(track.box, frame.shape)].any():
                 if self._text_changed(frame, track.seen, track.box):
                     changed[under_box(track.box, frame.shape, 1)] = True
         if not changed.any():
@@ -365,7 +369,7 @@ class BoxGate:
             if track.result is not None and not track.result[0]:
                 changed[under_box(track.box, frame.shape, 1)] = True
         regions = changed_regions(changed, [t.box for t in self.tracks], frame.shape)
-        area = sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in regions or []) / changed.size
+        area = covered(regions or [], changed.shape)
         if regions is None or self.regional_area + area >= 1.0:
             self.last_thumb, self.regional_area = thumb, 0.0
             return None
@@ -419,9 +423,7 @@ class BoxGate:
         if regions is not None:
             in_frame = [thumb_to_frame(r, shape) for r in regions]
             boxes, crops = self.engine.detect(frame, in_frame)
-            self.counts.area_detected += sum(
-                (x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in in_frame
-            ) / (shape[0] * shape[1])
+            self.counts.area_detected += covered(in_frame, shape)
             if not any(on_inner_edge(box, in_frame, shape) for box in boxes):
                 inside = np.zeros(FRAME_THUMB[::-1], bool)
                 for x0, y0, x1, y1 in regions:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from cache import CacheError, Shard, TcdError, WorkDir
+from cache import CacheError, Shard, StageGroup, TcdError, WorkDir
 from pipeline.captions import fit_to_tokens, ocr_instances, run_captions, window_captions
 from pipeline.datasets import read_textvr
 from pipeline.encode import run_encode
@@ -441,11 +441,16 @@ def test_one_rule_turns_errors_into_row_messages():
     assert error_message(KeyError("x")) == "KeyError: 'x'"
 
 
-def test_the_stage_report_counts_failures_by_type_and_says_where_time_went(tmp_path):
-    work = WorkDir(tmp_path, create=True)
-    records = [{"id": f"v{i}", "key": f"k{i}", "split": "test", "order": i} for i in range(6)]
+def ocr_group_of_rows(root: Path, n: int) -> tuple[WorkDir, StageGroup]:
+    """A work dir at `root` whose manifest lists `n` videos (no files), and its ocr group."""
+    work = WorkDir(root, create=True)
+    records = [{"id": f"v{i}", "key": f"k{i}", "split": "test", "order": i} for i in range(n)]
     work.manifest.videos.upsert(records)
-    group = work.stage("ocr", OcrSettings())
+    return work, work.stage("ocr", OcrSettings())
+
+
+def test_the_stage_report_counts_failures_by_type_and_says_where_time_went(tmp_path):
+    work, group = ocr_group_of_rows(tmp_path, 6)
 
     def produce(rows, clock):
         for row in rows:
@@ -483,10 +488,7 @@ def test_fast_rows_are_written_in_blocks_and_a_slow_row_at_once(tmp_path, monkey
     waiting); a row that took long to compute is on disk before the next one is produced."""
     import pipeline.stage
 
-    work = WorkDir(tmp_path, create=True)
-    records = [{"id": f"v{i}", "key": f"k{i}", "split": "test", "order": i} for i in range(150)]
-    work.manifest.videos.upsert(records)
-    group = work.stage("ocr", OcrSettings())
+    work, group = ocr_group_of_rows(tmp_path, 150)
     calls: list[int] = []
     write_rows = type(group).write_rows
     monkeypatch.setattr(
@@ -558,10 +560,7 @@ needs_children = pytest.mark.skipif(
 
 @needs_children
 def test_writer_processes_write_what_a_thread_writes_and_die_with_the_stage(tmp_path):
-    records = [{"id": f"v{i}", "key": f"k{i}", "split": "test", "order": i} for i in range(150)]
-    work = WorkDir(tmp_path / "w", create=True)
-    work.manifest.videos.upsert(records)
-    group = work.stage("ocr", OcrSettings())
+    work, group = ocr_group_of_rows(tmp_path / "w", 150)
     result = run_python(KILLED_WITH_WRITERS, str(tmp_path / "w"), str(tmp_path / "children"))
     assert result.returncode == -9, result.stderr
     writers = [int(pid) for pid in (tmp_path / "children").read_text().split()]
@@ -588,10 +587,7 @@ def test_writer_processes_write_what_a_thread_writes_and_die_with_the_stage(tmp_
 def test_a_dead_writer_process_stops_the_stage_clearly_and_loses_no_computed_row(tmp_path):
     import signal
 
-    records = [{"id": f"v{i}", "key": f"k{i}", "split": "test", "order": i} for i in range(400)]
-    work = WorkDir(tmp_path, create=True)
-    work.manifest.videos.upsert(records)
-    group = work.stage("ocr", OcrSettings())
+    work, group = ocr_group_of_rows(tmp_path, 400)
     before = set(CHILDREN.read_text().split())
 
     def produce(rows, clock):
@@ -621,10 +617,7 @@ def test_a_dead_writer_process_stops_the_stage_clearly_and_loses_no_computed_row
 def test_waiting_on_a_slow_cache_write_does_not_make_the_next_row_slow(tmp_path, monkeypatch):
     """The time a stage waits for the block in flight is not the next row's: on a slow disk
     fast rows still go in full blocks, not one by one."""
-    work = WorkDir(tmp_path, create=True)
-    records = [{"id": f"v{i}", "key": f"k{i}", "split": "test", "order": i} for i in range(200)]
-    work.manifest.videos.upsert(records)
-    group = work.stage("ocr", OcrSettings())
+    work, group = ocr_group_of_rows(tmp_path, 200)
     calls: list[int] = []
     write_rows = type(group).write_rows
 
@@ -644,10 +637,7 @@ def test_waiting_on_a_slow_cache_write_does_not_make_the_next_row_slow(tmp_path,
 
 
 def test_an_error_mid_stage_keeps_the_rows_computed_before_it(tmp_path):
-    work = WorkDir(tmp_path, create=True)
-    records = [{"id": f"v{i}", "key": f"k{i}", "split": "test", "order": i} for i in range(20)]
-    work.manifest.videos.upsert(records)
-    group = work.stage("ocr", OcrSettings())
+    work, group = ocr_group_of_rows(tmp_path, 20)
 
     def produce(rows, clock):
         for row in rows:
