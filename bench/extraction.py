@@ -10,7 +10,10 @@ size, after a warm-up), and the stage as run (frames decoded by `--workers` Data
 workers; model loading, worker start-up and cache writes included; `steady_` leaves the model
 loading out). `encode_vs_decode` is the stage's rate over one process's decode-only rate,
 `encode_vs_parallel_decode` over decoding alone by the stage's own workers (near 1 when
-decoding is the bottleneck, as it should be on a GPU).
+decoding is the bottleneck, as it should be on a GPU). `handoff`: what the stage's process
+spends per video to take a decoded video that is already waiting and to read its frames once
+(`handoff_ms`), with the frame slots it uses (`pipeline.frame_loader`) and with a fresh
+shared tensor per video (what it did before them).
 
 `--frames-only` times decoding and the frames group alone (no OCR, captions or text models:
 what a GPU machine without the OCR engine can run) and writes `extraction_frames.json`.
@@ -35,13 +38,15 @@ import numpy as np
 from bench.common import peak_rss_mb, save, synthetic_work
 from cache import WorkDir
 from pipeline.captions import run_captions
-from pipeline.encode import default_batch_size, frame_loader, run_encode, run_encode_frames
+from pipeline.encode import default_batch_size, run_encode, run_encode_frames
+from pipeline.frame_loader import PREFETCH, decoded_videos, decoding_workers
 from pipeline.models import load_vision
 from pipeline.ocr import ocr_sample_times, run_ocr
 from pipeline.settings import CaptionSettings, EncodeSettings, OcrSettings
 from pipeline.video import Decoder, read_frames, segment_centres
 
 SAMPLE_VIDEOS = 256  # one-process decoding and the model-only rate use at most these
+HANDOFF_ROUNDS = 6  # rounds of taking the videos the workers hold (`handoff_ms`)
 
 
 def decode_rate(paths: list[str], durations: np.ndarray, times_of) -> dict[str, float]:
@@ -64,7 +69,7 @@ def parallel_decode_rate(videos: dict[str, np.ndarray], n_frames: int, workers: 
     included), with no model: the rate the stage cannot beat."""
     rows = np.arange(len(videos["path"]))
     started, frames = time.perf_counter(), 0
-    for _, times, batch, _ in frame_loader(rows, videos, n_frames, Decoder.auto, workers):
+    for _, times, batch, _ in decoded_videos(rows, videos, n_frames, Decoder.auto, workers):
         frames += len(batch) if times is not None else 0
     seconds = time.perf_counter() - started
     return {
@@ -73,6 +78,33 @@ def parallel_decode_rate(videos: dict[str, np.ndarray], n_frames: int, workers: 
         "seconds": seconds,
         "frames_per_s": frames / seconds,
         "videos_per_s": len(rows) / seconds,
+    }
+
+
+def handoff_ms(videos: dict[str, np.ndarray], n_frames: int, workers: int, slots: bool) -> dict:
+    """The stage's process receiving decoded videos that are already waiting (it sleeps while
+    the workers fill their queues, then takes what they hold): median ms per video to take
+    one, and to read its frames once into a buffer (what a copy to the GPU does), with frame
+    slots or with a fresh shared tensor per video."""
+    rows = np.arange(len(videos["path"]))
+    items = decoded_videos(rows, videos, n_frames, Decoder.auto, workers, use_slots=slots)
+    waiting = PREFETCH * max(1, decoding_workers(workers, len(rows)))
+    take, read, buffers = [], [], {}
+    for _ in range(min(HANDOFF_ROUNDS, -(-len(rows) // waiting))):
+        time.sleep(0.5)
+        for _ in range(min(waiting, len(rows) - len(take))):
+            started = time.perf_counter()
+            item = next(items)
+            taken = time.perf_counter()
+            frames = np.asarray(item[2])
+            np.copyto(buffers.setdefault(frames.shape, np.empty_like(frames)), frames)
+            take.append(taken - started)
+            read.append(time.perf_counter() - taken)
+    items.close()
+    return {
+        "videos": len(take),
+        "take_ms": 1000 * float(np.median(take)),
+        "read_ms": 1000 * float(np.median(read)),
     }
 
 
@@ -111,6 +143,10 @@ def main() -> None:
         results["decode_encode_parallel"] = parallel_decode_rate(
             videos, captions.frames, args.workers
         )
+        results["handoff"] = {
+            crossing: handoff_ms(videos, captions.frames, args.workers, crossing == "slots")
+            for crossing in ("slots", "tensors")
+        }
         decoded = np.concatenate(  # the encode stage's frames, for the model-only rate
             [
                 b

@@ -20,7 +20,6 @@ time; resizing, tokenising and the forward passes compute; loading a model setup
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,7 +29,7 @@ import torch
 from cache import Shard, StageGroup, WorkDir
 from cache.device import default_device
 from pipeline.captions import fit_to_tokens
-from pipeline.errors import VideoError
+from pipeline.frame_loader import decoded_videos
 from pipeline.models import TextEncoder, VisionEncoder, load_text, load_vision
 from pipeline.settings import (
     CaptionSettings,
@@ -39,8 +38,8 @@ from pipeline.settings import (
     PipelineSettings,
     StageGroups,
 )
-from pipeline.stage import Failure, StageClock, StageReport, Upstream, guarded, run_stage
-from pipeline.video import Decoder, read_frames, require_decoder, segment_centres
+from pipeline.stage import StageClock, StageReport, Upstream, guarded, run_stage
+from pipeline.video import Decoder, require_decoder
 
 
 def run_encode(
@@ -117,77 +116,7 @@ def run_encode_frames(
     )  # fmt: skip
 
 
-class SampledFrames(torch.utils.data.Dataset):
-    """Decodes the T frames of one video per item (runs in DataLoader workers)."""
-
-    def __init__(
-        self, rows: np.ndarray, videos: dict[str, np.ndarray], n_frames: int, decoder: str
-    ):
-        self.rows, self.videos, self.n_frames, self.decoder = rows, videos, n_frames, decoder
-        self.shared_memory = shared_memory_room() >= SHARED_MEMORY_NEEDED
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> tuple[int, Any, Any, str]:
-        """(row, times, frames, warning), or (row, None, its `Failure`, '')."""
-        row = int(self.rows[i])
-        warnings: list[str] = []
-        try:
-            if self.videos["error"][row]:
-                raise VideoError(f"unreadable video: {self.videos['error'][row]}")
-            times = segment_centres(float(self.videos["duration"][row]), self.n_frames)
-            path = self.videos["path"][row]
-            batches = read_frames(path, times, self.n_frames, self.decoder, warnings.append)
-            frames = np.concatenate([b for _, b in batches])
-            if self.shared_memory:  # a tensor leaves a DataLoader worker unpickled, in /dev/shm
-                frames = torch.from_numpy(frames)
-            return row, times, frames, "; ".join(warnings)
-        except Exception as exc:  # reported as this row's failure by the main process
-            return row, None, Failure.of(exc), ""
-
-
-SHARED_MEMORY_NEEDED = 2**30  # less free /dev/shm (a container's 64 MB): frames are pickled
-
-
-def shared_memory_room() -> int:
-    """Free bytes in /dev/shm, where torch passes tensors between processes (0 if absent).
-    A few 1080p videos in flight fill a container's default 64 MB, and a worker that runs
-    out dies of a bus error, so with less than `SHARED_MEMORY_NEEDED` frames are pickled."""
-    try:
-        return shutil.disk_usage("/dev/shm").free
-    except OSError:
-        return 0
-
-
-def _keep(item: Any) -> Any:
-    return item
-
-
 WRITE_PROCESSES = 2  # cache writer processes of the frames group on a GPU (`run_stage`)
-ROWS_PER_WORKER = 16  # fewer videos than this per decoding worker: decode in this process
-
-
-def decoding_workers(workers: int, videos: int) -> int:
-    """How many of `workers` DataLoader processes decode `videos` videos: one per
-    `ROWS_PER_WORKER` at most (a worker costs about a second to start, so a small rebuild
-    decodes in the stage's own process)."""
-    return min(workers, videos // ROWS_PER_WORKER)
-
-
-def frame_loader(
-    rows: np.ndarray, videos: dict[str, np.ndarray], n_frames: int, decoder: str, workers: int
-) -> torch.utils.data.DataLoader:
-    """The stage's decoding: `SampledFrames` of `rows` in order, one video per item, by
-    `decoding_workers(workers, len(rows))` processes."""
-    used = decoding_workers(workers, len(rows))
-    return torch.utils.data.DataLoader(
-        SampledFrames(rows, videos, n_frames, decoder),
-        batch_size=None,
-        num_workers=used,
-        collate_fn=_keep,
-        prefetch_factor=4 if used else None,
-    )
 
 
 def _encode_frames(
@@ -215,7 +144,6 @@ def _encode_frames(
         }
 
     def produce(rows: np.ndarray, clock: StageClock) -> Iterator[tuple[int, Any]]:
-        loader = frame_loader(rows, videos, n, decoder, workers)
         # Every forward pass has the same shape, `per_batch` videos of T frames, padded with
         # blank images when fewer are pending. With a fixed shape a frame's embedding does not
         # depend (not even in its last bit) on which other videos share its batch, so a
@@ -233,7 +161,7 @@ def _encode_frames(
                 yield row, {**data, "frames": embeds[k * n : (k + 1) * n]}
             pending.clear()
 
-        for row, times, frames, warning in loader:
+        for row, times, frames, warning in decoded_videos(rows, videos, n, decoder, workers):
             if times is None:
                 yield row, frames  # the worker's Failure
                 continue

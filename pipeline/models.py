@@ -75,6 +75,11 @@ class VisionEncoder:
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
 
+    def __post_init__(self) -> None:
+        # made on the device once: a copy to a GPU per video would wait on its queued work
+        self._mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
+
     def preprocess(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W, 3) RGB -> normalised (B, 3, S, S): short side to S, centre crop."""
         if not isinstance(frames, torch.Tensor):
@@ -86,9 +91,7 @@ class VisionEncoder:
         x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
         top, left = (size[0] - self.image_size) // 2, (size[1] - self.image_size) // 2
         x = x[..., top : top + self.image_size, left : left + self.image_size] / 255.0
-        mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return (x - self._mean) / self._std
 
     @torch.inference_mode()
     def embed(self, pixels: torch.Tensor) -> np.ndarray:

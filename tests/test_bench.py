@@ -61,6 +61,9 @@ def test_extraction_frames_only_encodes_afresh_for_each_batch_size(results, monk
     runs = out["results"]["encode"]
     assert list(runs) == ["clip-tiny-random, batch 24", "clip-tiny-random, batch 48"]
     assert out["results"]["decode_encode_parallel"]["frames"] == 4 * 12
+    handoff = out["results"]["handoff"]
+    assert [handoff[c]["videos"] for c in ("slots", "tensors")] == [4, 4]
+    assert handoff["slots"]["take_ms"] > 0 and handoff["tensors"]["read_ms"] > 0
     for measured in runs.values():  # each run encoded every video (a fresh work dir)
         assert measured["videos_encoded"] == 4 and measured["encode_vs_parallel_decode"] > 0
     assert "ocr" not in out["results"] and not (results / "extraction.json").exists()

@@ -666,13 +666,13 @@ def test_sharded_workers_keep_each_others_reports(tmp_path):
 def test_decoded_frames_are_pickled_where_shared_memory_is_short(synth_set, tmp_path, monkeypatch):
     """Frames leave a decoding worker as a tensor in /dev/shm, or as an array (pickled) where
     /dev/shm is too small for them: a worker that runs out of it dies of a bus error."""
-    import pipeline.encode
+    import pipeline.frame_loader as loading
 
     videos = make_work(synth_set, tmp_path).manifest.videos.read(["path", "duration", "error"])
     decoded = {}
-    for room in (pipeline.encode.SHARED_MEMORY_NEEDED, 64 * 2**20):
-        monkeypatch.setattr(pipeline.encode, "shared_memory_room", lambda room=room: room)
-        _, _, decoded[room], _ = pipeline.encode.SampledFrames(np.arange(1), videos, 12, "auto")[0]
+    for room in (loading.SHARED_MEMORY_NEEDED, 64 * 2**20):
+        monkeypatch.setattr(loading, "shared_memory_room", lambda room=room: room)
+        _, _, decoded[room], _ = loading.SampledFrames(np.arange(1), videos, 12, "auto")[0]
     roomy, short = decoded.values()
     assert isinstance(roomy, torch.Tensor) and isinstance(short, np.ndarray)
     assert np.array_equal(roomy.numpy(), short) and short.shape[0] == 12
@@ -681,16 +681,13 @@ def test_decoded_frames_are_pickled_where_shared_memory_is_short(synth_set, tmp_
 def test_decoding_workers_write_the_bits_one_process_writes(synth_set, tmp_path, monkeypatch):
     """Frames decoded in DataLoader workers equal frames decoded in the stage's process; a
     run with fewer videos than `ROWS_PER_WORKER` per worker starts none."""
-    import pipeline.encode
+    import pipeline.frame_loader as loading
 
-    assert pipeline.encode.decoding_workers(2, 12) == 0
-    assert (
-        pipeline.encode.decoding_workers(2, 40) == 2
-        and pipeline.encode.decoding_workers(2, 20) == 1
-    )
+    assert loading.decoding_workers(2, 12) == 0
+    assert loading.decoding_workers(2, 40) == 2 and loading.decoding_workers(2, 20) == 1
     frames = {}
     for name, workers, per_worker in (("inline", 0, 16), ("workers", 2, 1)):
-        monkeypatch.setattr(pipeline.encode, "ROWS_PER_WORKER", per_worker)
+        monkeypatch.setattr(loading, "ROWS_PER_WORKER", per_worker)
         work = make_work(synth_set, tmp_path, name)
         run_ocr(work, KWAI, progress=False)
         run_captions(work, CaptionSettings(), KWAI, progress=False)
