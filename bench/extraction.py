@@ -84,24 +84,35 @@ def parallel_decode_rate(videos: dict[str, np.ndarray], n_frames: int, workers: 
 def handoff_ms(videos: dict[str, np.ndarray], n_frames: int, workers: int, slots: bool) -> dict:
     """The stage's process receiving decoded videos that are already waiting (it sleeps while
     the workers fill their queues, then takes what they hold): median ms per video to take
-    one, and to read its frames once into a buffer (what a copy to the GPU does), with frame
-    slots or with a fresh shared tensor per video."""
+    one (the last one's frames let go included), and to read its frames once into a buffer
+    (what a copy to the GPU does), with frame slots or with a fresh shared tensor per video.
+    Needs `ROWS_PER_WORKER` videos per worker (fewer decode in this process: no handoff)."""
     rows = np.arange(len(videos["path"]))
+    used = decoding_workers(workers, len(rows))
+    if not used:
+        return {"skipped": f"{len(rows)} videos start no decoding worker"}
     items = decoded_videos(rows, videos, n_frames, Decoder.auto, workers, use_slots=slots)
-    waiting = PREFETCH * max(1, decoding_workers(workers, len(rows)))
-    take, read, buffers = [], [], {}
-    for _ in range(min(HANDOFF_ROUNDS, -(-len(rows) // waiting))):
+    frames = np.asarray(next(items)[2])  # the workers start, untimed
+    buffer = np.empty_like(frames)
+    rounds = min(HANDOFF_ROUNDS, (len(rows) - 1) // (PREFETCH * used))
+    take, read = [], []
+    for _ in range(rounds):
         time.sleep(0.5)
-        for _ in range(min(waiting, len(rows) - len(take))):
+        for _ in range(PREFETCH * used):
+            del frames
             started = time.perf_counter()
             item = next(items)
             taken = time.perf_counter()
             frames = np.asarray(item[2])
-            np.copyto(buffers.setdefault(frames.shape, np.empty_like(frames)), frames)
+            del item
+            if frames.shape == buffer.shape:
+                np.copyto(buffer, frames)
+                read.append(time.perf_counter() - taken)
             take.append(taken - started)
-            read.append(time.perf_counter() - taken)
+    del frames
     items.close()
     return {
+        "workers": used,
         "videos": len(take),
         "take_ms": 1000 * float(np.median(take)),
         "read_ms": 1000 * float(np.median(read)),

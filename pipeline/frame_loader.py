@@ -3,18 +3,21 @@ processes while the stage's process runs the model, and how the frames reach tha
 
 Frames cross in shared memory (/dev/shm). A fresh shared tensor per video costs the receiving
 process a new mapping, the page faults of its first read and an unmapping (with torch's
-default `file_descriptor` sharing also a socket round trip with the worker): 2-3 ms per
-video on this project's 2-core machine, the same order as the whole per-video cost of the
-stage's process on a GPU, which is what bounds the stage there. So the workers write into
-`FrameSlots`: buffers mapped once, before the workers start, and reused video after video;
-a video then costs the receiving process a slot number through a pipe. A worker takes a free
-slot from a queue and the stage's process gives it back when it has read the frames (as the
-next video is taken), so a slot is never written while it is read. There are one more slots
-than videos in flight (`PREFETCH` per worker), so a worker never waits for one.
+default `file_descriptor` sharing also a socket round trip with the worker): about 2 ms per
+video on this project's 2-core machine, against about 0.6 ms in slots (`bench.extraction`'s
+`handoff`). That is the order of the stage process's whole per-video cost on a GPU, which is
+what bounds the stage there. So the workers write into `FrameSlots`: buffers made once,
+before the workers start, and reused video after video; a video then costs the receiving
+process a slot number through a pipe. A worker takes a free slot from a queue and the stage's
+process gives it back when it has read the frames (as the next video is taken), so a slot is
+never written while it is read. There is one more slot than videos in flight (`PREFETCH` per
+worker), so a worker never waits for one.
 
-Where /dev/shm has no room for the slots, or a video is larger than a slot (more than 720p),
-its frames cross as a fresh shared tensor, and where /dev/shm is short (a container's 64 MB)
-they are pickled.
+The slots are reserved in /dev/shm when decoding starts: T 720p frames each, 2.8 MB a frame,
+so 49 slots (12 workers) and T = 12 take 1.6 GB. Where /dev/shm has no room for them and
+`SHARED_MEMORY_NEEDED` more, or a video is larger than a slot (more than 720p), frames cross
+as a fresh shared tensor per video, and where /dev/shm is short (a container's 64 MB) they are
+pickled.
 """
 
 from __future__ import annotations
@@ -57,6 +60,11 @@ def decoding_workers(workers: int, videos: int) -> int:
     return min(workers, videos // ROWS_PER_WORKER)
 
 
+class SlotsExhausted(RuntimeError):
+    """A worker found no free slot: a broken invariant of the stage, not a bad video, so it
+    stops the stage (rows written before it are kept) instead of failing the row."""
+
+
 @dataclass(frozen=True)
 class SlotFrames:
     """Where a worker left a video's frames: the slot and the frames' shape."""
@@ -70,7 +78,10 @@ class FrameSlots:
     stage's process reads, reused video after video (see the module docstring)."""
 
     def __init__(self, count: int, size: int):
-        self.memory = torch.empty((count, size), dtype=torch.uint8).share_memory_()
+        # made in shared memory at once (torch reserves its pages: a full /dev/shm is an error
+        # here, never a bus error in a worker); `share_memory_()` would copy it there
+        memory = torch.UntypedStorage._new_shared(count * size)
+        self.memory = torch.empty(0, dtype=torch.uint8).set_(memory).view(count, size)
         self.free = torch.multiprocessing.Queue()
         for slot in range(count):
             self.free.put(slot)
@@ -94,11 +105,15 @@ class FrameSlots:
         try:
             slot = self.free.get(timeout=SLOT_WAIT_S)
         except queue.Empty:
-            raise RuntimeError(
-                f"no free frame slot in {SLOT_WAIT_S:.0f} s: more videos are in flight than "
+            raise SlotsExhausted(
+                f"no free frame slot in {SLOT_WAIT_S:g} s: more videos are in flight than "
                 "the slots allow (a DataLoader that prefetches more than PREFETCH per worker)"
             ) from None
-        np.concatenate(batches, out=self.memory[slot, :size].numpy().reshape(shape))
+        try:
+            np.concatenate(batches, out=self.memory[slot, :size].numpy().reshape(shape))
+        except BaseException:
+            self.free.put(slot)
+            raise
         return SlotFrames(slot, shape)
 
     def frames(self, held: SlotFrames) -> torch.Tensor:
@@ -147,6 +162,8 @@ class SampledFrames(torch.utils.data.Dataset):
             if held is None and self.shared_memory:
                 frames = torch.from_numpy(frames)
             return row, times, frames, "; ".join(warnings)
+        except SlotsExhausted:
+            raise
         except Exception as exc:  # reported as this row's failure by the main process
             return row, None, Failure.of(exc), ""
 

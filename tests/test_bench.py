@@ -61,12 +61,32 @@ def test_extraction_frames_only_encodes_afresh_for_each_batch_size(results, monk
     runs = out["results"]["encode"]
     assert list(runs) == ["clip-tiny-random, batch 24", "clip-tiny-random, batch 48"]
     assert out["results"]["decode_encode_parallel"]["frames"] == 4 * 12
-    handoff = out["results"]["handoff"]
-    assert [handoff[c]["videos"] for c in ("slots", "tensors")] == [4, 4]
-    assert handoff["slots"]["take_ms"] > 0 and handoff["tensors"]["read_ms"] > 0
+    handoff = out["results"]["handoff"]  # 4 videos start no decoding worker at 16 a worker
+    assert (
+        handoff["slots"] == handoff["tensors"] == {"skipped": "4 videos start no decoding worker"}
+    )
     for measured in runs.values():  # each run encoded every video (a fresh work dir)
         assert measured["videos_encoded"] == 4 and measured["encode_vs_parallel_decode"] > 0
     assert "ocr" not in out["results"] and not (results / "extraction.json").exists()
+
+
+def test_extraction_handoff_takes_the_videos_the_workers_hold(synth_set, tmp_path, monkeypatch):
+    """With decoding workers (one per video allowed here), 8 videos waiting in 2 workers'
+    queues are taken and read, through slots and through fresh shared tensors."""
+    import pipeline.frame_loader
+    from bench.extraction import handoff_ms
+    from cache import WorkDir
+    from pipeline.datasets import read_textvr
+    from pipeline.manifest import build_manifest
+
+    monkeypatch.setattr(pipeline.frame_loader, "ROWS_PER_WORKER", 1)
+    work = WorkDir(tmp_path / "work", create=True)
+    build_manifest(work, read_textvr(synth_set), progress=False)
+    videos = work.manifest.videos.read(["path", "duration", "error"])
+    for slots in (True, False):
+        measured = handoff_ms(videos, 12, workers=2, slots=slots)
+        assert measured["workers"] == 2 and measured["videos"] == 8
+        assert measured["take_ms"] > 0 and measured["read_ms"] > 0
 
 
 @pytest.mark.slow
