@@ -237,6 +237,48 @@ class Shard:
         return f"{self.index}/{self.count}"
 
 
+def read_row_chunks(array: zarr.Array, n: int) -> np.ndarray:
+    """The first `n` values of a bool or string array with one chunk per row (`done`, `key`,
+    `error`, `warning`): bool, or str objects. zarr spends about 0.3 ms of Python per chunk,
+    so a stage's row states over 3,000 rows took it 1-3 s; where the array has the layout this
+    module makes (a local store, chunk files `c/<row>`, `bytes` or `vlen-utf8` then `zstd`)
+    the files are read and decoded here, about 10x faster. A missing file is the fill value,
+    as in zarr (chunk files are replaced by rename, so a read never sees half of one). Any
+    other layout, or a chunk this does not recognise, is read through zarr."""
+    from zarr.storage import LocalStore
+
+    meta = array.metadata.to_dict()
+    codecs = tuple(codec["name"] for codec in meta["codecs"])
+    kind = {("bool", ("bytes", "zstd")): "bool", ("string", ("vlen-utf8", "zstd")): "str"}.get(
+        (meta["data_type"], codecs)
+    )
+    if (
+        kind is None
+        or not isinstance(array.store, LocalStore)
+        or tuple(meta["chunk_grid"]["configuration"]["chunk_shape"]) != (1,)
+        or meta["chunk_grid"]["name"] != "regular"
+        or meta["chunk_key_encoding"] != {"name": "default", "configuration": {"separator": "/"}}
+    ):
+        values = array[:n]
+        return values if kind == "bool" else values.astype(object)
+    from numcodecs import Zstd
+
+    zstd, folder = Zstd(), Path(array.store.root) / array.path / "c"
+    values = np.full(n, array.fill_value, dtype=bool if kind == "bool" else object)
+    for row in range(n):
+        try:
+            raw = bytes(zstd.decode((folder / str(row)).read_bytes()))
+        except FileNotFoundError:
+            continue
+        if kind == "bool" and len(raw) == 1:
+            values[row] = raw != b"\x00"
+        elif kind == "str" and raw[:4] == b"\x01\x00\x00\x00":  # one item: length, utf-8
+            values[row] = raw[8 : 8 + int.from_bytes(raw[4:8], "little")].decode()
+        else:
+            values[row] = (bool if kind == "bool" else str)(array[row])
+    return values
+
+
 class StageGroup:
     """One stage's cache for one settings key: per-row data plus done/key/error bookkeeping.
 
@@ -350,9 +392,9 @@ class StageGroup:
         error = np.full(n, "", dtype=object)
         m = min(n, self.n_rows)
         if m:
-            done[:m] = self.group["done"][:m]
-            have[:m] = self.group["key"][:m].astype(object)
-            error[:m] = self.group["error"][:m].astype(object)
+            done[:m] = read_row_chunks(self.group["done"], m)
+            have[:m] = read_row_chunks(self.group["key"], m)
+            error[:m] = read_row_chunks(self.group["error"], m)
         if self.row_key_part is None:  # the part is unknown here: compare the manifest keys
             have = np.array([str(k).split(ROW_KEY_SEPARATOR)[0] for k in have], dtype=object)
         match = have == want
@@ -437,7 +479,8 @@ class StageGroup:
         if "warning" not in set(self.group.array_keys()):
             return []
         done = self.row_states()["done"] if done is None else done
-        messages = self.group["warning"][:]  # one read, not one per row
+        warning = self.group["warning"]
+        messages = read_row_chunks(warning, warning.shape[0])
         n = min(len(done), len(messages))
         rows = np.flatnonzero(done[:n] & (messages[:n] != ""))
         return [(int(r), str(messages[r])) for r in rows]
