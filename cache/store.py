@@ -239,44 +239,61 @@ class Shard:
 
 def read_row_chunks(array: zarr.Array, n: int) -> np.ndarray:
     """The first `n` values of a bool or string array with one chunk per row (`done`, `key`,
-    `error`, `warning`): bool, or str objects. zarr spends about 0.3 ms of Python per chunk,
-    so a stage's row states over 3,000 rows took it 1-3 s; where the array has the layout this
-    module makes (a local store, chunk files `c/<row>`, `bytes` or `vlen-utf8` then `zstd`)
+    `error`, `warning`): bool, or str objects; rows past the array's end are the fill value.
+    zarr spends about 0.3 ms of Python per chunk, so a stage's row states over 3,000 rows
+    took it 2-2.5 s; where the array has the layout this module makes (`_row_chunk_kind`)
     the files are read and decoded here, about 10x faster. A missing file is the fill value,
     as in zarr (chunk files are replaced by rename, so a read never sees half of one). Any
     other layout, or a chunk this does not recognise, is read through zarr."""
-    from zarr.storage import LocalStore
-
-    meta = array.metadata.to_dict()
-    codecs = tuple(codec["name"] for codec in meta["codecs"])
-    kind = {("bool", ("bytes", "zstd")): "bool", ("string", ("vlen-utf8", "zstd")): "str"}.get(
-        (meta["data_type"], codecs)
-    )
-    if (
-        kind is None
-        or not isinstance(array.store, LocalStore)
-        or tuple(meta["chunk_grid"]["configuration"]["chunk_shape"]) != (1,)
-        or meta["chunk_grid"]["name"] != "regular"
-        or meta["chunk_key_encoding"] != {"name": "default", "configuration": {"separator": "/"}}
-    ):
-        values = array[:n]
-        return values if kind == "bool" else values.astype(object)
+    kind = _row_chunk_kind(array)
+    fill = array.fill_value
+    if kind is None:
+        read = array[:n]
+        values = np.full(n, fill, dtype=bool if read.dtype == bool else object)
+        values[: len(read)] = read if read.dtype == bool else read.astype(object)
+        return values
     from numcodecs import Zstd
 
     zstd, folder = Zstd(), Path(array.store.root) / array.path / "c"
-    values = np.full(n, array.fill_value, dtype=bool if kind == "bool" else object)
-    for row in range(n):
+    values = np.full(n, fill, dtype=bool if kind == "bool" else object)
+    for row in range(min(n, array.shape[0])):
         try:
             raw = bytes(zstd.decode((folder / str(row)).read_bytes()))
-        except FileNotFoundError:
-            continue
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            continue  # no chunk: the fill value (zarr's LocalStore reads these the same way)
+        except Exception:  # noqa: BLE001 - zarr reads it below, and says what is wrong
+            raw = b""
         if kind == "bool" and len(raw) == 1:
             values[row] = raw != b"\x00"
         elif kind == "str" and raw[:4] == b"\x01\x00\x00\x00":  # one item: length, utf-8
-            values[row] = raw[8 : 8 + int.from_bytes(raw[4:8], "little")].decode()
+            length = int.from_bytes(raw[4:8], "little")
+            values[row] = raw[8:].decode() if len(raw) == 8 + length else str(array[row])
         else:
             values[row] = (bool if kind == "bool" else str)(array[row])
     return values
+
+
+def _row_chunk_kind(array: zarr.Array) -> str | None:
+    """'bool' or 'str' where `read_row_chunks` can read the array's chunk files itself: a
+    local store, one row per chunk in files `c/<row>`, `bytes` (bool) or `vlen-utf8` (str)
+    then `zstd`; None for anything else."""
+    from zarr.storage import LocalStore
+
+    try:
+        meta = array.metadata.to_dict()
+        grid, codecs = meta["chunk_grid"], tuple(codec["name"] for codec in meta["codecs"])
+        regular = grid["name"] == "regular" and tuple(grid["configuration"]["chunk_shape"]) == (1,)
+        key_files = meta["chunk_key_encoding"] == {
+            "name": "default",
+            "configuration": {"separator": "/"},
+        }
+        kinds = {("bool", ("bytes", "zstd")): "bool", ("string", ("vlen-utf8", "zstd")): "str"}
+        kind = (
+            kinds.get((meta["data_type"], codecs)) if isinstance(meta["data_type"], str) else None
+        )
+    except (AttributeError, KeyError, TypeError):  # zarr v2 metadata, another grid
+        return None
+    return kind if regular and key_files and isinstance(array.store, LocalStore) else None
 
 
 class StageGroup:

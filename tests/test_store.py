@@ -121,10 +121,13 @@ def test_failed_rows_are_logged_and_skipped_until_retried_or_changed(tmp_path):
     assert group.errors() == [] and group.counts()["done"] == 2
 
 
-def test_row_states_read_from_chunk_files_equal_zarr_reading_them(tmp_path):
+@pytest.mark.parametrize("stored_fills", [False, True])
+def test_row_states_read_from_chunk_files_equal_zarr_reading_them(tmp_path, stored_fills):
     """`read_row_chunks` reads the bookkeeping arrays' chunk files itself: done, failed,
     reset (no chunk: the fill value) and never-written rows, non-ASCII keys and messages,
-    and a layout it does not know (several rows per chunk), all as zarr reads them."""
+    fill values kept in files (zarr's `write_empty_chunks`), rows past the end; layouts it
+    does not know (several rows per chunk, fixed-width strings) go through zarr, and a
+    corrupt chunk fails as zarr fails on it."""
     import zarr
 
     from cache.store import read_row_chunks
@@ -134,25 +137,38 @@ def test_row_states_read_from_chunk_files_equal_zarr_reading_them(tmp_path):
     records = video_records(ids)
     records[1]["key"] = "b-視頻-😀"
     work.manifest.videos.upsert(records)
-    group = work.stage("ocr", FakeOcr())
-    fill(group, [0, 1, 3, 4])
-    group.fail_row(2, "c-k1", "c.mp4: 讀不到 the stream")
-    group.reset_rows([3])  # its chunks are dropped
-    group.array("warning", (), str, "")
-    group.group["warning"][4] = "truncated: 1 of 12 frames repeated"
-    expected = {name: group.group[name][:].tolist() for name in ("done", "key", "error", "warning")}
+    with zarr.config.set({"array.write_empty_chunks": stored_fills}):
+        group = work.stage("ocr", FakeOcr())
+        fill(group, [0, 1, 3, 4])
+        group.fail_row(2, "c-k1", "c.mp4: 讀不到 the stream")
+        group.reset_rows([3])  # its chunks are dropped, or hold fill values
+        group.array("warning", (), str, "")
+        group.group["warning"][4] = "truncated: 1 of 12 frames repeated"
+    names = ("done", "key", "error", "warning")
+    expected = {name: group.group[name][:].tolist() for name in names}
+    chunk_files = {
+        name: len(list((tmp_path / "cache.zarr" / group.group[name].path / "c").iterdir()))
+        for name in ("done", "error")
+    }
+    assert chunk_files == ({"done": 5, "error": 5} if stored_fills else {"done": 3, "error": 1})
     with pytest.MonkeyPatch.context() as patch:  # the chunk files alone, never zarr's reading
         patch.setattr(zarr.Array, "__getitem__", lambda *a: pytest.fail("read through zarr"))
         for name, values in expected.items():
             assert read_row_chunks(group.group[name], len(ids)).tolist() == values, name
+        assert read_row_chunks(group.group["key"], 8).tolist() == expected["key"] + ["", ""]
     assert read_row_chunks(group.group["key"], 3).tolist() == ["a-k1", "b-視頻-😀", "c-k1"]
     assert group.counts() == {"done": 3, "stale": 0, "failed": 1, "pending": 2, "removed": 0}
     assert group.warnings() == [(4, "truncated: 1 of 12 frames repeated")]
-    other = zarr.create_array(  # another layout goes through zarr
-        zarr.storage.LocalStore(tmp_path / "other.zarr"), shape=(5,), chunks=(2,), dtype=str
-    )
-    other[:] = ["x", "", "zz", "y", "é"]
-    assert read_row_chunks(other, 5).tolist() == ["x", "", "zz", "y", "é"]
+    store = zarr.storage.LocalStore(tmp_path / "other.zarr")
+    for name, dtype, chunks in (("pairs", str, (2,)), ("fixed", "<U3", (1,))):
+        other = zarr.create_array(store, name=name, shape=(5,), chunks=chunks, dtype=dtype)
+        other[:] = ["x", "", "zz", "y", "é"]
+        assert read_row_chunks(other, 6).tolist() == ["x", "", "zz", "y", "é", ""], name
+    (tmp_path / "cache.zarr" / group.group["key"].path / "c" / "0").write_bytes(b"not zstd")
+    with pytest.raises(RuntimeError) as by_zarr:
+        group.group["key"][0]
+    with pytest.raises(RuntimeError, match=str(by_zarr.value)):
+        read_row_chunks(group.group["key"], 2)
 
 
 CRASH_SCRIPT = """
