@@ -39,7 +39,12 @@ from bench.common import peak_rss_mb, save, synthetic_work
 from cache import WorkDir
 from pipeline.captions import run_captions
 from pipeline.encode import default_batch_size, run_encode, run_encode_frames
-from pipeline.frame_loader import PREFETCH, decoded_videos, decoding_workers
+from pipeline.frame_loader import (
+    PREFETCH,
+    decoded_videos,
+    decoding_workers,
+    shared_memory_room,
+)
 from pipeline.models import load_vision
 from pipeline.ocr import ocr_sample_times, run_ocr
 from pipeline.settings import CaptionSettings, EncodeSettings, OcrSettings
@@ -158,6 +163,8 @@ def main() -> None:
             crossing: handoff_ms(videos, captions.frames, args.workers, crossing == "slots")
             for crossing in ("slots", "tensors")
         }
+        # slots need room for themselves and SHARED_MEMORY_NEEDED more, or frames cross as tensors
+        results["handoff"]["shared_memory_free_gib"] = shared_memory_room() / 2**30
         decoded = np.concatenate(  # the encode stage's frames, for the model-only rate
             [
                 b

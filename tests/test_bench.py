@@ -65,6 +65,7 @@ def test_extraction_frames_only_encodes_afresh_for_each_batch_size(results, monk
     assert (
         handoff["slots"] == handoff["tensors"] == {"skipped": "4 videos start no decoding worker"}
     )
+    assert handoff["shared_memory_free_gib"] >= 0
     for measured in runs.values():  # each run encoded every video (a fresh work dir)
         assert measured["videos_encoded"] == 4 and measured["encode_vs_parallel_decode"] > 0
     assert "ocr" not in out["results"] and not (results / "extraction.json").exists()
