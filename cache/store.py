@@ -451,13 +451,30 @@ class StageGroup:
         if not rows:
             return
         names = {name for _, _, data in rows for name in data} | {"error", "key", "done"}
-        arrays = {name: self.group[name].async_array for name in names}
+        opened = {name: self.group[name] for name in names}
+        arrays = {name: array.async_array for name, array in opened.items()}
+        # zarr keeps no chunk for a value equal to the fill value, so writing the fill value
+        # (a cleared error, no warning) to a row without a chunk file changes nothing and is
+        # skipped: two of a frames row's six writes, most rows (the frames stage on an H200
+        # ran 10% faster, its writer processes waited on half as long: bench.extraction)
+        folders = {
+            name: Path(array.store.root) / array.path / "c"
+            for name, array in opened.items()
+            if _row_chunk_kind(array) is not None
+        }
+
+        def changes(name: str, row: int, value: Any) -> bool:
+            if name not in folders or np.ndim(value) or value != opened[name].fill_value:
+                return True
+            return (folders[name] / str(row)).exists()
+
         steps = [
             [(name, row, value) for row, _, data in rows for name, value in data.items()]
             + [("error", row, "") for row, _, _ in rows],
             [("key", row, key) for row, key, _ in rows],
             [("done", row, True) for row, _, _ in rows],
         ]
+        steps = [[write for write in step if changes(*write)] for step in steps]
 
         async def write() -> None:
             for step in steps:

@@ -150,7 +150,7 @@ def test_row_states_read_from_chunk_files_equal_zarr_reading_them(tmp_path, stor
         name: len(list((tmp_path / "cache.zarr" / group.group[name].path / "c").iterdir()))
         for name in ("done", "error")
     }
-    assert chunk_files == ({"done": 5, "error": 5} if stored_fills else {"done": 3, "error": 1})
+    assert chunk_files == ({"done": 5, "error": 2} if stored_fills else {"done": 3, "error": 1})
     with pytest.MonkeyPatch.context() as patch:  # the chunk files alone, never zarr's reading
         patch.setattr(zarr.Array, "__getitem__", lambda *a: pytest.fail("read through zarr"))
         for name, values in expected.items():
@@ -169,6 +169,33 @@ def test_row_states_read_from_chunk_files_equal_zarr_reading_them(tmp_path, stor
         group.group["key"][0]
     with pytest.raises(RuntimeError, match=str(by_zarr.value)):
         read_row_chunks(group.group["key"], 2)
+
+
+def test_writing_a_fill_value_where_no_chunk_is_kept_writes_nothing(tmp_path, monkeypatch):
+    """A cleared error or an empty warning on a row without a chunk for it is not written
+    (zarr would keep no chunk for it anyway); where one is kept, it is cleared."""
+    import zarr
+
+    work = WorkDir(tmp_path, create=True)
+    work.manifest.videos.upsert(video_records(["a", "b", "c"]))
+    group = work.stage("ocr", FakeOcr())
+    group.array("warning", (), str, "")
+    group.fail_row(1, "b-k1", "b.mp4: truncated stream")
+    group.write_rows([(2, "c-k1", {"warning": "1 of 12 frames repeated"})])
+    written = []
+    setitem = zarr.AsyncArray.setitem
+
+    async def counted(self, selection, value, *args):
+        written.append((self.basename, selection))
+        return await setitem(self, selection, value, *args)
+
+    monkeypatch.setattr(zarr.AsyncArray, "setitem", counted)
+    group.write_rows([(row, f"{v}-k1", {"warning": ""}) for row, v in enumerate("abc")])
+    kept = [("error", 1), ("warning", 2)]  # the stored message and warning are cleared
+    assert sorted(written) == sorted(kept + [(n, r) for n in ("key", "done") for r in range(3)])
+    assert group.counts()["done"] == 3 and group.errors() == [] and group.warnings() == []
+    chunks = tmp_path / "cache.zarr" / group.group.path
+    assert not list((chunks / "error" / "c").glob("*")) + list((chunks / "warning" / "c").glob("*"))
 
 
 CRASH_SCRIPT = """
