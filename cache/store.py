@@ -241,20 +241,19 @@ def read_row_chunks(array: zarr.Array, n: int) -> np.ndarray:
     """The first `n` values of a bool or string array with one chunk per row (`done`, `key`,
     `error`, `warning`): bool, or str objects; rows past the array's end are the fill value.
     zarr spends about 0.3 ms of Python per chunk, so a stage's row states over 3,000 rows
-    took it 2-2.5 s; where the array has the layout this module makes (`_row_chunk_kind`)
+    took it 2-2.5 s; where the array has the layout this module makes (`_row_chunk_files`)
     the files are read and decoded here, about 10x faster. A missing file is the fill value,
     as in zarr (chunk files are replaced by rename, so a read never sees half of one). Any
     other layout, or a chunk this does not recognise, is read through zarr."""
-    kind = _row_chunk_kind(array)
-    fill = array.fill_value
-    if kind is None:
+    layout, fill = _row_chunk_files(array), array.fill_value
+    if layout is None:
         read = array[:n]
         values = np.full(n, fill, dtype=bool if read.dtype == bool else object)
         values[: len(read)] = read if read.dtype == bool else read.astype(object)
         return values
     from numcodecs import Zstd
 
-    zstd, folder = Zstd(), Path(array.store.root) / array.path / "c"
+    (kind, folder), zstd = layout, Zstd()
     values = np.full(n, fill, dtype=bool if kind == "bool" else object)
     for row in range(min(n, array.shape[0])):
         try:
@@ -273,10 +272,11 @@ def read_row_chunks(array: zarr.Array, n: int) -> np.ndarray:
     return values
 
 
-def _row_chunk_kind(array: zarr.Array) -> str | None:
-    """'bool' or 'str' where `read_row_chunks` can read the array's chunk files itself: a
-    local store, one row per chunk in files `c/<row>`, `bytes` (bool) or `vlen-utf8` (str)
-    then `zstd`; None for anything else."""
+def _row_chunk_files(array: zarr.Array) -> tuple[str, Path] | None:
+    """('bool' or 'str', the folder of its chunk files, row r in `<folder>/<r>`) where this
+    module can see an array's chunk files itself (`read_row_chunks`, `write_rows`): a local
+    store, one row per chunk in files `c/<row>`, `bytes` (bool) or `vlen-utf8` (str) then
+    `zstd`; None for anything else."""
     from zarr.storage import LocalStore
 
     try:
@@ -293,7 +293,9 @@ def _row_chunk_kind(array: zarr.Array) -> str | None:
         )
     except (AttributeError, KeyError, TypeError):  # zarr v2 metadata, another grid
         return None
-    return kind if regular and key_files and isinstance(array.store, LocalStore) else None
+    if kind is None or not regular or not key_files or not isinstance(array.store, LocalStore):
+        return None
+    return kind, Path(array.store.root) / array.path / "c"
 
 
 class StageGroup:
@@ -457,11 +459,8 @@ class StageGroup:
         # (a cleared error, no warning) to a row without a chunk file changes nothing and is
         # skipped: two of a frames row's six writes, most rows (the frames stage on an H200
         # ran 10% faster, its writer processes waited on half as long: bench.extraction)
-        folders = {
-            name: Path(array.store.root) / array.path / "c"
-            for name, array in opened.items()
-            if _row_chunk_kind(array) is not None
-        }
+        layouts = {name: _row_chunk_files(array) for name, array in opened.items()}
+        folders = {name: layout[1] for name, layout in layouts.items() if layout is not None}
 
         def changes(name: str, row: int, value: Any) -> bool:
             if name not in folders or np.ndim(value) or value != opened[name].fill_value:
