@@ -9,12 +9,14 @@ Three groups, so that a change of one model recomputes only its half:
     stages/queries/<key>   (captions) query (Dt,) f16
                                       key: text model
 Embeddings are L2-normalised; masked entries are zeros. Frames are decoded by DataLoader
-workers while the main process runs the model, so the model does not wait on one video.
+workers while the main process runs the model, so the model does not wait on one video; on a
+GPU a batch's forward pass runs while the main process gathers the next batch.
 The frames group also holds `warning (str)` per row: why its frames are not all real (a
 truncated stream; '' when they are).
 
 Report phases: decoding (waiting on the workers) and reading the captions rows are read
-time; resizing, tokenising and the forward passes compute; loading a model setup.
+time; resizing, tokenising and the forward passes (on a GPU: queuing them, and waiting for
+their results) compute; loading a model setup.
 """
 
 from __future__ import annotations
@@ -30,7 +32,13 @@ from cache import Shard, StageGroup, WorkDir
 from cache.device import default_device
 from pipeline.captions import fit_to_tokens
 from pipeline.frame_loader import decoded_videos
-from pipeline.models import TextEncoder, VisionEncoder, load_text, load_vision
+from pipeline.models import (
+    PendingEmbeds,
+    TextEncoder,
+    VisionEncoder,
+    load_text,
+    load_vision,
+)
 from pipeline.settings import (
     CaptionSettings,
     EncodeSettings,
@@ -116,6 +124,13 @@ def run_encode_frames(
     )  # fmt: skip
 
 
+def batches_left_running(encoder: VisionEncoder) -> int:
+    """Batches the frames stage leaves computing while it gathers the next: one on a GPU (its
+    forward pass runs while this process takes, copies and resizes the next batch's videos),
+    none on the CPU (a batch is computed when started; its rows are then written at once)."""
+    return 1 if encoder.device.type == "cuda" else 0
+
+
 # cache writer processes of the frames group on a GPU (`run_stage`): with 2, an H200's stage
 # waited 7.0 s of 3,000 videos on them; with 4, 0.6 s (bench.extraction, 16 cores)
 WRITE_PROCESSES = 4
@@ -152,16 +167,23 @@ def _encode_frames(
         # resumed run writes the same bits as an uninterrupted one.
         per_batch = max(1, batch_size // n)
         pending: list[tuple[int, dict[str, Any], torch.Tensor]] = []
+        started: list[tuple[list[tuple[int, dict[str, Any]]], PendingEmbeds]] = []
+        running = batches_left_running(model["m"])
 
-        def flush() -> Iterator[tuple[int, Any]]:
-            encoder = model["m"]
+        def start_batch() -> None:
             with clock.computing():
                 pixels = torch.cat([p for _, _, p in pending])  # videos differ in size: resized
                 blank = pixels.new_zeros((per_batch * n - len(pixels), *pixels.shape[1:]))
-                embeds = encoder.embed(torch.cat([pixels, blank])).astype(np.float16)
-            for k, (row, data, _) in enumerate(pending):
-                yield row, {**data, "frames": embeds[k * n : (k + 1) * n]}
+                embeds = model["m"].start_embed(torch.cat([pixels, blank]))
+            started.append(([(row, data) for row, data, _ in pending], embeds))
             pending.clear()
+
+        def finish_batch() -> Iterator[tuple[int, Any]]:
+            members, embeds = started.pop(0)
+            with clock.computing():
+                frames = embeds.result().astype(np.float16)
+            for k, (row, data) in enumerate(members):
+                yield row, {**data, "frames": frames[k * n : (k + 1) * n]}
 
         for row, times, frames, warning in decoded_videos(rows, videos, n, decoder, workers):
             if times is None:
@@ -171,9 +193,13 @@ def _encode_frames(
                 pixels = model["m"].preprocess(frames)
             pending.append((row, {"times": times.astype(np.float32), "warning": warning}, pixels))
             if len(pending) == per_batch:
-                yield from flush()
+                start_batch()
+                while len(started) > running:
+                    yield from finish_batch()
         if pending:
-            yield from flush()
+            start_batch()
+        while started:
+            yield from finish_batch()
 
     # On a GPU rows come faster than this process could also write them (milliseconds each);
     # workers=0 (a Ray actor) asks the stage to fork no process: it writes on a thread.

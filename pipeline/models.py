@@ -66,6 +66,21 @@ def _autocast(device: torch.device) -> Any:
 
 
 @dataclass
+class PendingEmbeds:
+    """Embeddings whose computation was started: `result()` waits for it (on a GPU, for the
+    event recorded after their copy to host memory)."""
+
+    host: torch.Tensor
+    done: Any = None  # a torch.cuda.Event, or None once computed
+
+    def result(self) -> np.ndarray:
+        """The (B, D) float32 embeddings, once computed."""
+        if self.done is not None:
+            self.done.synchronize()
+        return self.host.numpy()
+
+
+@dataclass
 class VisionEncoder:
     name: str
     model: torch.nn.Module
@@ -79,12 +94,30 @@ class VisionEncoder:
         # made on the device once: a copy to a GPU per video would wait on its queued work
         self._mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
+        # On a GPU frames go up on a separate copy stream: a copy from pageable memory may
+        # first wait for the work queued on its stream (CUDA's API synchronization notes),
+        # and the compute stream holds the forward pass of the previous batch.
+        cuda = self.device.type == "cuda"
+        self._copy_stream = torch.cuda.Stream(self.device) if cuda else None
+
+    def _to_device(self, frames: torch.Tensor) -> torch.Tensor:
+        if self._copy_stream is None:
+            return frames.to(self.device)
+        compute = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(self._copy_stream):
+            x = frames.to(self.device, non_blocking=True)
+        # waits for this copy alone (the copy stream holds nothing else): the frames' memory
+        # (a slot a worker refills) may be reused from here on
+        self._copy_stream.synchronize()
+        compute.wait_stream(self._copy_stream)
+        x.record_stream(compute)  # its memory is not reused before the compute stream is done
+        return x
 
     def preprocess(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W, 3) RGB -> normalised (B, 3, S, S): short side to S, centre crop."""
         if not isinstance(frames, torch.Tensor):
             frames = torch.from_numpy(np.ascontiguousarray(frames))
-        x = frames.to(self.device).permute(0, 3, 1, 2).float()
+        x = self._to_device(frames).permute(0, 3, 1, 2).float()
         h, w = x.shape[-2:]
         scale = self.image_size / min(h, w)
         size = (max(self.image_size, round(h * scale)), max(self.image_size, round(w * scale)))
@@ -94,11 +127,24 @@ class VisionEncoder:
         return (x - self._mean) / self._std
 
     @torch.inference_mode()
-    def embed(self, pixels: torch.Tensor) -> np.ndarray:
-        """Preprocessed (B, 3, S, S) -> unit-norm (B, D) embeddings."""
+    def start_embed(self, pixels: torch.Tensor) -> PendingEmbeds:
+        """Preprocessed (B, 3, S, S) -> unit-norm (B, D) embeddings, as a `PendingEmbeds`: on a
+        GPU the forward pass and the copy back are queued and this returns at once, so the
+        caller can prepare the next batch while the GPU computes this one."""
         with _autocast(self.device):
             embeds = self.model(pixel_values=pixels).image_embeds
-        return F.normalize(embeds.float(), dim=-1).cpu().numpy()
+        embeds = F.normalize(embeds.float(), dim=-1)
+        if self.device.type != "cuda":
+            return PendingEmbeds(embeds.cpu())
+        host = torch.empty(embeds.shape, dtype=embeds.dtype, pin_memory=True)
+        host.copy_(embeds, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return PendingEmbeds(host, done)
+
+    def embed(self, pixels: torch.Tensor) -> np.ndarray:
+        """Preprocessed (B, 3, S, S) -> unit-norm (B, D) embeddings."""
+        return self.start_embed(pixels).result()
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """uint8 (B, H, W, 3) RGB frames of one size -> unit-norm (B, D) embeddings."""

@@ -17,7 +17,7 @@ import torch
 from cache import CacheError, Shard, StageGroup, TcdError, WorkDir
 from pipeline.captions import fit_to_tokens, ocr_instances, run_captions, window_captions
 from pipeline.datasets import read_textvr
-from pipeline.encode import run_encode
+from pipeline.encode import run_encode, run_encode_frames
 from pipeline.errors import VideoError
 from pipeline.manifest import build_manifest
 from pipeline.models import ModelError, load_text, load_vision
@@ -695,3 +695,38 @@ def test_decoding_workers_write_the_bits_one_process_writes(synth_set, tmp_path,
         group = StageGroups.resolve(work, PipelineSettings(ocr=KWAI)).frames
         frames[name] = np.asarray(group.group["frames"][:])
     assert np.array_equal(frames["workers"], frames["inline"])
+
+
+def embeddings_in_stage_batches(work: WorkDir, encoder, n_frames: int, batch: int) -> np.ndarray:
+    """Each video's frame embeddings as the frames stage should write them: the model on its
+    T decoded frames, alone in a blank-padded batch of the stage's shape, as float16."""
+    videos = work.manifest.videos.read(["path", "duration"])
+    rows = []
+    for path, duration in zip(videos["path"], videos["duration"], strict=True):
+        times = segment_centres(float(duration), n_frames)
+        pixels = encoder.preprocess(np.concatenate([b for _, b in read_frames(path, times, 16)]))
+        blank = pixels.new_zeros((batch - len(pixels), *pixels.shape[1:]))
+        rows.append(encoder.embed(torch.cat([pixels, blank]))[:n_frames].astype(np.float16))
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize("running", [0, 1])
+def test_each_row_holds_its_own_videos_frame_embeddings(synth_set, tmp_path, monkeypatch, running):
+    """Batches written as computed (the CPU) or one behind the batch being gathered (a GPU,
+    which computes one while the next is prepared): every row, the last partial batch's
+    included, holds the model's embeddings of its own video's frames."""
+    import pipeline.encode
+
+    monkeypatch.setattr(pipeline.encode, "batches_left_running", lambda encoder: running)
+    work = make_work(synth_set, tmp_path)
+    captions, settings, batch = CaptionSettings(), EncodeSettings(), 60  # 12 videos: 5, 5, 2
+    run_encode_frames(work, settings, captions, KWAI, batch, workers=0, progress=False)
+    stored = StageGroups.resolve(work, PipelineSettings(ocr=KWAI)).frames.group["frames"][:]
+    expected = embeddings_in_stage_batches(
+        work, load_vision(settings.vision_model), captions.frames, batch
+    )
+    assert expected.shape == stored.shape == (12, captions.frames, 64)
+    np.testing.assert_allclose(stored, expected, atol=2e-3)
+    # the tolerance tells the videos apart: another row's embeddings would fail it
+    apart = [np.abs(expected[i] - expected[j]).max() for i in range(12) for j in range(i)]
+    assert min(apart) > 10 * 2e-3
