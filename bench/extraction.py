@@ -15,19 +15,26 @@ spends per video to take a decoded video that is already waiting and to read its
 (`handoff_ms`), with the frame slots it uses (`pipeline.frame_loader`) and with a fresh
 shared tensor per video (what it did before them).
 
+`--profile` then encodes the frames once more, under cProfile, with the first model and batch
+size, and keeps the stage's process's costliest calls by own time (`frames_profile`): where
+that process spends its time, at profiling's cost (not a rate to quote).
+
 `--frames-only` times decoding and the frames group alone (no OCR, captions or text models:
 what a GPU machine without the OCR engine can run) and writes `extraction_frames.json`.
 One-process decoding and the model-only rate use the first 256 videos.
 
     python -m bench.extraction [--videos 24] [--vision-models clip-tiny-random,clip-vit-b32-random]
-    python -m bench.extraction --frames-only --videos 3000 --workers 13 \\
-        --vision-models clip-vit-b32-random --batch-sizes 64,512    # on a GPU machine
+    python -m bench.extraction --frames-only --videos 3000 --workers 12 \\
+        --vision-models clip-vit-b32-random --batch-sizes 512 [--profile]   # on a GPU machine
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import os
+import pstats
 import shutil
 import tempfile
 import time
@@ -52,6 +59,7 @@ from pipeline.video import Decoder, read_frames, segment_centres
 
 SAMPLE_VIDEOS = 256  # one-process decoding and the model-only rate use at most these
 HANDOFF_ROUNDS = 6  # rounds of taking the videos the workers hold (`handoff_ms`)
+PROFILE_CALLS = 30  # the calls `--profile` keeps, by own time
 
 
 def decode_rate(paths: list[str], durations: np.ndarray, times_of) -> dict[str, float]:
@@ -124,6 +132,19 @@ def handoff_ms(videos: dict[str, np.ndarray], n_frames: int, workers: int, slots
     }
 
 
+def profile_frames(stage_args: tuple) -> dict:
+    """The frames stage run under cProfile: its process's `PROFILE_CALLS` costliest calls by
+    own time, as pstats prints them (calls, own and cumulative seconds, where)."""
+    profile = cProfile.Profile()
+    report = profile.runcall(run_encode_frames, *stage_args, progress=False)
+    text = io.StringIO()
+    pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(PROFILE_CALLS)
+    lines = text.getvalue().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls"))
+    calls = [line.rstrip() for line in lines[start:] if line.strip()]
+    return {"videos_encoded": report.computed, "seconds": report.seconds, "calls": calls}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=24)
@@ -136,6 +157,11 @@ def main() -> None:
         "stage's --batch-size; default: the stage's default, 64 on the CPU, 512 on a GPU)",
     )
     parser.add_argument("--frames-only", action="store_true")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="then encode the frames once more under cProfile (the first model and batch size)",
+    )
     args = parser.parse_args()
     # the engine's own rate, ungated (what the OCR gate buys is bench.ocr_reuse's)
     ocr, captions = OcrSettings(reuse="off"), CaptionSettings()
@@ -190,7 +216,7 @@ def main() -> None:
         n_frames = results["decode_encode_parallel"]["frames"]
         runs = [(m, b) for m in args.vision_models.split(",") for b in batch_sizes]
         fresh = Path(tmp) / "fresh"  # the work dir before encoding: one copy per later run
-        if len(runs) > 1:
+        if len(runs) > 1 or args.profile:
             shutil.copytree(work.path, fresh)
         for run, (model, batch) in enumerate(runs):
             if run:
@@ -229,9 +255,18 @@ def main() -> None:
                     "caption_videos_per_s": args.videos / text.seconds,
                     "queries_per_s": queries.computed / queries.seconds,
                 }
+        if args.profile:
+            model, batch = runs[0]
+            work = WorkDir(shutil.copytree(fresh, Path(tmp) / "work-profile"))
+            stage_args = (work, EncodeSettings(vision_model=model), captions, ocr, batch)
+            results["frames_profile"] = profile_frames((*stage_args, args.workers))
         results["peak_rss_mb"] = peak_rss_mb()
     for key, value in results.items():
-        print(f"{key}: {value}")
+        if key == "frames_profile":
+            print(f"{key}: {value['videos_encoded']} videos in {value['seconds']:.1f} s")
+            print(*value["calls"], sep="\n  ")
+        else:
+            print(f"{key}: {value}")
     save("extraction", results, "extraction_frames" if args.frames_only else None)
 
 

@@ -54,7 +54,7 @@ def test_heads_scale(results, monkeypatch):
 def test_extraction_frames_only_encodes_afresh_for_each_batch_size(results, monkeypatch):
     from bench import extraction
 
-    argv = ["--frames-only", "--videos", "4", "--vision-models", "clip-tiny-random"]
+    argv = ["--frames-only", "--videos", "4", "--vision-models", "clip-tiny-random", "--profile"]
     run(extraction, monkeypatch, *argv, "--batch-sizes", "24,48")
     out = json.loads((results / "extraction_frames.json").read_text())
     assert out["command"].startswith("python -m bench.extraction --frames-only")
@@ -69,6 +69,10 @@ def test_extraction_frames_only_encodes_afresh_for_each_batch_size(results, monk
     for measured in runs.values():  # each run encoded every video (a fresh work dir)
         assert measured["videos_encoded"] == 4 and measured["encode_vs_parallel_decode"] > 0
     assert "ocr" not in out["results"] and not (results / "extraction.json").exists()
+    profile = out["results"]["frames_profile"]  # a third run, profiled, on a fresh work dir
+    assert profile["videos_encoded"] == 4
+    assert profile["calls"][0].split()[:3] == ["ncalls", "tottime", "percall"]
+    assert len(profile["calls"]) == 1 + extraction.PROFILE_CALLS
 
 
 def test_extraction_handoff_takes_the_videos_the_workers_hold(synth_set, tmp_path, monkeypatch):
