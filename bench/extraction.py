@@ -258,8 +258,10 @@ def main() -> None:
         if args.profile:
             model, batch = runs[0]
             work = WorkDir(shutil.copytree(fresh, Path(tmp) / "work-profile"))
-            stage_args = (work, EncodeSettings(vision_model=model), captions, ocr, batch)
-            results["frames_profile"] = profile_frames((*stage_args, args.workers))
+            settings = EncodeSettings(vision_model=model)
+            results["frames_profile"] = profile_frames(
+                (work, settings, captions, ocr, batch, args.workers)
+            )
         results["peak_rss_mb"] = peak_rss_mb()
     for key, value in results.items():
         if key == "frames_profile":

@@ -32,13 +32,7 @@ from cache import Shard, StageGroup, WorkDir
 from cache.device import default_device
 from pipeline.captions import fit_to_tokens
 from pipeline.frame_loader import decoded_videos
-from pipeline.models import (
-    PendingEmbeds,
-    TextEncoder,
-    VisionEncoder,
-    load_text,
-    load_vision,
-)
+from pipeline.models import PendingEmbeds, TextEncoder, VisionEncoder, load_text, load_vision
 from pipeline.settings import (
     CaptionSettings,
     EncodeSettings,

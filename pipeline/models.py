@@ -105,10 +105,9 @@ class VisionEncoder:
             return frames.to(self.device)
         compute = torch.cuda.current_stream(self.device)
         with torch.cuda.stream(self._copy_stream):
-            x = frames.to(self.device, non_blocking=True)
-        # waits for this copy alone (the copy stream holds nothing else): the frames' memory
-        # (a slot a worker refills) may be reused from here on
-        self._copy_stream.synchronize()
+            # returns once copied, having waited on the copy stream alone: the frames' memory
+            # (a slot a worker refills) may be reused from here on
+            x = frames.to(self.device)
         compute.wait_stream(self._copy_stream)
         x.record_stream(compute)  # its memory is not reused before the compute stream is done
         return x

@@ -19,6 +19,7 @@ from pipeline.captions import fit_to_tokens, ocr_instances, run_captions, window
 from pipeline.datasets import read_textvr
 from pipeline.encode import run_encode, run_encode_frames
 from pipeline.errors import VideoError
+from pipeline.frame_loader import decoded_videos
 from pipeline.manifest import build_manifest
 from pipeline.models import ModelError, load_text, load_vision
 from pipeline.ocr import OcrError, make_engine, read_kwai_ocr, run_ocr
@@ -700,11 +701,12 @@ def test_decoding_workers_write_the_bits_one_process_writes(synth_set, tmp_path,
 def embeddings_in_stage_batches(work: WorkDir, encoder, n_frames: int, batch: int) -> np.ndarray:
     """Each video's frame embeddings as the frames stage should write them: the model on its
     T decoded frames, alone in a blank-padded batch of the stage's shape, as float16."""
-    videos = work.manifest.videos.read(["path", "duration"])
+    videos = work.manifest.videos.read(["path", "duration", "error"])
     rows = []
-    for path, duration in zip(videos["path"], videos["duration"], strict=True):
-        times = segment_centres(float(duration), n_frames)
-        pixels = encoder.preprocess(np.concatenate([b for _, b in read_frames(path, times, 16)]))
+    for _, _, frames, _ in decoded_videos(
+        np.arange(len(videos["path"])), videos, n_frames, "auto", 0
+    ):
+        pixels = encoder.preprocess(frames)
         blank = pixels.new_zeros((batch - len(pixels), *pixels.shape[1:]))
         rows.append(encoder.embed(torch.cat([pixels, blank]))[:n_frames].astype(np.float16))
     return np.stack(rows)
