@@ -116,8 +116,10 @@ def test_a_worker_without_a_free_slot_stops_the_stage_and_says_why(
     monkeypatch.setattr(loading, "SLOT_WAIT_S", 0.5)
     one_slot = FrameSlots(1, 12 * 384 * 216 * 3)
     monkeypatch.setattr(FrameSlots, "fitting", classmethod(lambda cls, n, count: one_slot))
-    items = decoded_videos(np.tile(np.arange(12), 3), videos, 12, "auto", workers=2)
-    next(items)  # holds the only slot while both workers have videos to decode
+    # one worker: with two, the second worker's video could take the only slot first, and
+    # the first video (which the loader must yield first) would then be the one to time out
+    items = decoded_videos(np.tile(np.arange(12), 3), videos, 12, "auto", workers=1)
+    next(items)  # holds the only slot while the worker has more videos to decode
     time.sleep(1.5)
     with pytest.raises(SlotsExhausted, match="no free frame slot in 0.5 s"):
         next(items)
