@@ -4,7 +4,8 @@
     metrics.jsonl      one line per training epoch
     best.pt, last.pt   checkpoints (heads/checkpoint.py); last.pt also holds the optimiser
     curves.png         training loss and validation R@1
-    metrics.json       `tcd eval` results, one entry per split
+    metrics.json       `tcd eval` results, one entry per split (dropped when training
+                       starts again, with another config or to finish an unfinished run)
     index_<split>.faiss, index_<split>.json   a FAISS index and what it was built from
 
 Ablation runs live in `runs/ablate/<variant>/seed<S>/`, the study's tables in
@@ -158,6 +159,11 @@ class RunDir:
 
     def saved_metrics(self) -> dict[str, Any]:
         return json.loads(self.metrics_path.read_text()) if self.metrics_path.exists() else {}
+
+    def forget_metrics(self) -> None:
+        """Drop the saved `tcd eval` metrics (training is about to replace the checkpoint they
+        describe: `tcd results` would show them beside a head they no longer measure)."""
+        self.metrics_path.unlink(missing_ok=True)
 
     def save_metrics(self, split: str, report: dict[str, Any]) -> None:
         atomic_write(

@@ -317,6 +317,7 @@ def train(
     finished = run.finished(config)
     if finished is not None:
         return finished  # this config already finished here: nothing to do
+    run.forget_metrics()
     if config.train.epochs == 0:
         return keep_initial(config, features, run, config_text)
     trainer = Trainer(config, features, run, config_text)

@@ -139,6 +139,19 @@ def test_rerunning_an_early_stopped_run_does_no_work(tmp_path):
     assert (tmp_path / "run" / "last.pt").read_bytes() == last
 
 
+def test_eval_metrics_are_dropped_when_the_run_is_trained_again_not_when_it_is_done(tmp_path):
+    """`tcd results` must not show a retrained head the metrics of the one it replaced; a
+    rerun of a finished config replaces nothing and keeps them."""
+    data, run = planted(n=32), RunDir.at(tmp_path / "run")
+    config = RunConfig(HeadSettings(heads=2), TrainSettings(epochs=1, batch_size=16))
+    train(config, data, run)
+    run.save_metrics("test", {"t2v": {"R@1": 50.0}})
+    train(config, data, run)  # finished: nothing trained
+    assert run.saved_metrics() == {"test": {"t2v": {"R@1": 50.0}}}
+    train(RunConfig(config.head, dataclasses.replace(config.train, epochs=2)), data, run)
+    assert run.saved_metrics() == {} and not run.metrics_path.exists()
+
+
 # What the hand-written TOML writer (replaced by tomli-w) stored in last.pt for OLD_CONFIG,
 # before head.coattn_into and head.coattn_window existed (missing keys mean their defaults).
 OLD_WRITER_TEXT = """[head]
