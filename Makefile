@@ -15,6 +15,7 @@ TCD    := $(BIN)/tcd
 OCR_ENGINE ?= rapidocr
 CONFIG ?= configs/tcd.toml
 RUN    ?= tcd
+NAME   ?=
 QUERY  ?= The bakery SUNRISE BREAD is on a busy street
 SET    ?=
 SETS   := $(foreach s,$(SET),--set $(s))
@@ -97,7 +98,7 @@ features: setup
 	$(TCD) extract --work $(WORK) --engine $(OCR_ENGINE) $(SETS)
 
 train: setup
-	$(TCD) train --work $(WORK) --config $(CONFIG) $(SETS)
+	$(TCD) train --work $(WORK) --config $(CONFIG) $(if $(NAME),--name $(NAME)) $(SETS)
 
 ablate: setup
 	$(TCD) ablate --work $(WORK) --grid configs/ablations.toml --seeds $(SEEDS) $(SETS)
