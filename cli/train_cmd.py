@@ -84,6 +84,12 @@ def train_command(
     if best is None:  # (a finished run needs no features: a rerun returns at once)
         data = features(store, "train", memory_budget_gb)
         announce(run.name, run_config, data)
+        if run.saved_metrics():
+            typer.echo(
+                f"{run.name} was evaluated before: training replaces its head, so its saved "
+                "metrics are dropped (run tcd eval again)",
+                err=True,
+            )
         best = train(run_config, data, run, progress=show_epoch)
     else:
         typer.echo(f"{run.name}: already trained with this config")

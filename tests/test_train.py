@@ -333,6 +333,15 @@ def test_train_and_ablate_commands_on_synthetic_caches(synth_copy, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "epoch   1" in result.output and (work.path / "runs" / "t1" / "best.pt").exists()
+    RunDir(work.path, "t1").save_metrics("test", {"t2v": {"R@1": 1.0}})  # as tcd eval does
+    again = [
+        "train", "--work", str(work.path), "--config", "configs/tcd.toml", "--name", "t1",
+        "--set", "train.epochs=1", "--set", "train.batch_size=4",
+    ]  # fmt: skip
+    result = runner.invoke(app, again)
+    assert result.exit_code == 0, result.output
+    assert "t1 was evaluated before: training replaces its head" in result.output
+    assert RunDir(work.path, "t1").saved_metrics() == {}
     groups_before = {(g.stage, g.key) for g in work.stages()}
     grid = tmp_path / "grid.toml"
     grid.write_text(
