@@ -18,8 +18,9 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print the hits as JSON.")]
 SearchRun = Annotated[
     str,
     typer.Option(
-        help="Run name under W/runs/; `zero-shot` (the default) is the frozen encoders, made "
-        "on first use, so a work dir can be searched before any training."
+        help="Run name under W/runs/, or the path (from the current directory) of a run "
+        "folder of another work dir with the same encoders; `zero-shot` (the default) is the "
+        "frozen encoders, made on first use, so a work dir can be searched before any training."
     ),
 ]
 Kind = Annotated[IndexKind, typer.Option("--index", help="flat (exact), ivf or hnsw.")]

@@ -12,8 +12,9 @@ from cli.common import Work
 ServeRun = Annotated[
     str,
     typer.Option(
-        help="Run name under W/runs/, or the path of a run folder of another work dir with the "
-        "same encoders; `zero-shot` (the default) needs no training."
+        help="Run name under W/runs/, or the path (from the current directory) of a run "
+        "folder of another work dir with the same encoders; `zero-shot` (the default) needs "
+        "no training."
     ),
 ]
 ServeSplit = Annotated[

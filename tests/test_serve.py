@@ -221,6 +221,13 @@ def test_a_folder_without_captions_is_searched_zero_shot(served, client, synth_s
     result = runner.invoke(app, ["search", "--work", str(work), "--run", str(other_run), "sign"])
     message = str(result.exception)
     assert result.exit_code != 0 and "'minilm'" in message and "'other-text-model'" in message
+    # a path that holds no run says where it looked, and that paths are not the work dir's
+    missing = ["search", "--work", str(work), "--run", "runs/nothing", "sign"]
+    result = runner.invoke(app, missing)
+    message = str(result.exception)
+    assert "--run runs/nothing: no run folder at" in message, result.output
+    assert "read from the current directory, not the work dir" in message
+    assert "tcd train" not in message
     empty = tmp_path / "empty"
     empty.mkdir()
     result = runner.invoke(app, ["data", "folder", "--videos", str(empty), "--work", str(work)])
