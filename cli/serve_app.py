@@ -11,8 +11,8 @@ video encodings (`retrieval.search.Searcher`) and the text encoder, and answers
 Like the CLI it wires `pipeline` (query encoder, frames, OCR lines) to `retrieval`, so it sits
 at the CLI's level. Files are served only for manifest ids, and only when the file resolves
 inside the dataset root (or, for a linked video folder, beside its own link, the manifest's
-rule); anything else is a 404 with nothing else said. Errors are JSON `{"error": ...}` with a
-4xx status.
+rule); anything else is a 404 that says only "not found". Errors, an unknown path's
+included, are JSON `{"error": ...}` with a 4xx status.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from PIL import Image
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cache import WorkDir
 from cache.errors import TcdError
@@ -172,6 +173,11 @@ def create_app(service: SearchService) -> FastAPI:
             where = ".".join(str(p) for p in problem.get("loc", ())[1:]) or "request"
             parts.append(f"{where}: {problem.get('msg', 'invalid')}")
         return _error(400, "; ".join(parts))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def no_route(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # an unknown path or method: the API's error form, not FastAPI's {"detail": ...}
+        return _not_found() if exc.status_code == 404 else _error(exc.status_code, exc.detail)
 
     @app.exception_handler(BadRequest)
     async def refused(_: Request, exc: BadRequest) -> JSONResponse:

@@ -134,8 +134,14 @@ def test_video_details_and_tcd_show(served, client):
 )
 def test_nothing_outside_the_manifest_is_served(client, path):
     response = client.get(path)
-    assert response.status_code == 404
+    assert response.status_code == 404 and response.json() == {"error": "not found"}
     assert "root:" not in response.text
+
+
+def test_unknown_paths_and_methods_answer_in_the_api_error_form(client):
+    assert client.get("/api/nosuch").json() == {"error": "not found"}
+    response = client.post("/api/search?q=x")
+    assert response.status_code == 405 and response.json() == {"error": "Method Not Allowed"}
 
 
 def test_a_symlink_out_of_the_root_is_not_served(served, client):
