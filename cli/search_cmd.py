@@ -75,8 +75,10 @@ def search_command(
     from retrieval.index import RetrievalError
     from retrieval.search import Searcher, check_query, format_hits, read_queries
 
-    if (query is None) == (queries is None):
-        raise RetrievalError("give one query, or a file of them with --queries (not both)")
+    if query is None and queries is None:
+        raise RetrievalError("no query: give one, or a file of them with --queries")
+    if query is not None and queries is not None:
+        raise RetrievalError("give one query, or a file of them with --queries, not both")
     texts = read_queries(queries) if queries is not None else [check_query(query or "")]
     scored = open_split(work, run, split or default_split(work))
     searcher = Searcher.open(scored, warn)

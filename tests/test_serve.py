@@ -196,6 +196,8 @@ def test_search_queries_file_writes_json_lines(served, tmp_path):
     assert result.exit_code == 0 and json.loads(result.stdout)["query"] == query
     both = runner.invoke(app, ["search", "--work", str(work), "q", "--queries", str(as_json)])
     assert both.exit_code != 0 and "not both" in str(both.exception)
+    neither = runner.invoke(app, ["search", "--work", str(work)])
+    assert neither.exit_code != 0 and "no query: give one" in str(neither.exception)
 
 
 def test_a_folder_without_captions_is_searched_zero_shot(served, client, synth_set, tmp_path):
