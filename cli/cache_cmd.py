@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from cache import WorkDir
-from cli.common import Work
+from cli.common import Work, flag
 from pipeline.settings import WORK_SETTINGS, StageGroups, resolve_settings
 from pipeline.stage import last_run
 
@@ -20,9 +20,9 @@ _ROW += "{pending:>7} {removed:>7} {warned:>6}  {last_run}"
 
 def status(
     work: Work,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: Annotated[bool, flag("--json", help="Print JSON instead of a table.")] = False,
     failed: Annotated[
-        bool, typer.Option("--failed", help="Also list every failed and warned row.")
+        bool, flag("--failed", help="Also list every failed and warned row.")
     ] = False,
 ) -> None:
     """Videos and captions in the manifest; per stage group: rows done/stale/failed/pending,
@@ -87,7 +87,7 @@ def _listed_rows(report: dict[str, Any]) -> list[str]:
 
 def gc(
     work: Work,
-    dry_run: Annotated[bool, typer.Option(help="Only report what would be cleared.")] = False,
+    dry_run: Annotated[bool, flag(help="Only report what would be cleared.")] = False,
 ) -> None:
     """Clear stage rows of videos/captions that left the manifest, and leftover temp files."""
     report = WorkDir(work).gc(dry_run=dry_run)

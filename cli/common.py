@@ -8,7 +8,7 @@ loader imports `heads` only when called.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -18,6 +18,12 @@ from pipeline.settings import PipelineSettings, StageGroups, resolve_settings
 if TYPE_CHECKING:
     from heads.data import Features
 
+
+def flag(*names: str, help: str) -> Any:
+    """A boolean option: in --help without typer's `<bool>` type, since it takes no value."""
+    return typer.Option(*names, help=help, metavar="")
+
+
 Work = Annotated[Path, typer.Option("--work", "-w", help="Work directory (made by `tcd data`).")]
 Config = Annotated[
     Path | None, typer.Option(help="TOML settings file (see configs/pipeline.toml).")
@@ -26,7 +32,7 @@ Set = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override one setting, e.g. captions.xi=0.5 (repeatable)."),
 ]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+Quiet = Annotated[bool, flag("--quiet", "-q", help="No progress bar.")]
 Run = Annotated[str, typer.Option(help="Run name under W/runs/.")]
 Split = Annotated[str, typer.Option(help="Split to use (train or test).")]
 Budget = Annotated[

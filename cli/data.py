@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli.common import Quiet
+from cli.common import Quiet, flag
 
 if TYPE_CHECKING:
     from pipeline.datasets import Dataset
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 NewWork = Annotated[Path, typer.Option("--work", "-w", help="Work directory (created if missing).")]
 Replace = Annotated[
     bool,
-    typer.Option(help="Replace the dataset the work dir holds (another kind or root)."),
+    flag(help="Replace the dataset the work dir holds (another kind or root)."),
 ]
 
 
@@ -44,7 +44,7 @@ def synth(
     videos: Annotated[int, typer.Option(min=2, help="Number of videos.")] = 300,
     seed: Annotated[int, typer.Option(help="Random seed; the output is a function of it.")] = 0,
     with_ocr_json: Annotated[
-        bool, typer.Option(help="Also write ground-truth OCR in Kwai_VideoOCR/ format.")
+        bool, flag(help="Also write ground-truth OCR in Kwai_VideoOCR/ format.")
     ] = False,
     workers: Annotated[int, typer.Option(min=1, help="Parallel video writers.")] = 2,
     profile: Annotated[

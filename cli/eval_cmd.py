@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import Run, Split, Work
+from cli.common import Run, Split, Work, flag
 from retrieval.choices import ColumnOrder
 
 SimMatrix = Annotated[
@@ -18,9 +18,9 @@ SimMatrix = Annotated[
 ]
 Order = Annotated[ColumnOrder, typer.Option(help="Column order of --sim-matrix.")]
 RandFile = Annotated[Path | None, typer.Option(help="TextVR_test_rand.json, for --order rand.")]
-TwoStage = Annotated[bool, typer.Option("--two-stage", help="FAISS top-K, then full rerank.")]
+TwoStage = Annotated[bool, flag("--two-stage", help="FAISS top-K, then full rerank.")]
 K = Annotated[int, typer.Option(min=1, help="Candidates per query for --two-stage.")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")]
+AsJson = Annotated[bool, flag("--json", help="Print the metrics as JSON.")]
 Groups = Annotated[
     str | None,
     typer.Option(

@@ -9,12 +9,12 @@ from typing import Annotated
 
 import typer
 
-from cli.common import Run, Split, Work
+from cli.common import Run, Split, Work, flag
 from retrieval.choices import IndexKind
 
 TopK = Annotated[int, typer.Option(min=1, help="Results to show.")]
 K = Annotated[int, typer.Option(min=1, help="Stage-1 candidates to rerank.")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print the hits as JSON.")]
+AsJson = Annotated[bool, flag("--json", help="Print the hits as JSON.")]
 SearchRun = Annotated[
     str,
     typer.Option(

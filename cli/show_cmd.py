@@ -8,12 +8,12 @@ from typing import Annotated
 
 import typer
 
-from cli.common import Work
+from cli.common import Work, flag
 
 VideoId = Annotated[
     str, typer.Argument(help="Video id as the manifest holds it, e.g. Cooking/clip_003.mp4.")
 ]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON (what /api/videos/ID serves).")]
+AsJson = Annotated[bool, flag("--json", help="Print JSON (what /api/videos/ID serves).")]
 
 
 def show_command(work: Work, video: VideoId, as_json: AsJson = False) -> None:

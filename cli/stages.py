@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import typer
 
 from cache import Shard, TcdError, WorkDir
-from cli.common import Config, Quiet, Set, Work
+from cli.common import Config, Quiet, Set, Work, flag
 from pipeline.settings import OcrEngine, PipelineSettings, resolve_settings, save_settings
 from pipeline.stage import StageReport
 from pipeline.video import Decoder
@@ -33,8 +33,8 @@ class Executor(StrEnum):
     ray = "ray"  # actors of a Ray cluster (`pipeline.distributed`)
 
 
-Strict = Annotated[bool, typer.Option(help="Exit 2 when any video failed.")]
-Retry = Annotated[bool, typer.Option(help="Also retry videos that failed before.")]
+Strict = Annotated[bool, flag(help="Exit 2 when any video failed.")]
+Retry = Annotated[bool, flag(help="Also retry videos that failed before.")]
 ShardOption = Annotated[
     str | None,
     typer.Option(

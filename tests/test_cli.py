@@ -106,6 +106,27 @@ def test_help_lists_every_command():
             assert runner.invoke(app, [group, command, "--help"]).exit_code == 0
 
 
+def test_flags_show_no_value_in_help():
+    """Typer shows every option's type, `<bool>` for a flag, which reads as if `--json` took
+    a value (`--json true` is refused): the flags of every command show none."""
+    from typer.main import get_command
+
+    def commands(command, path: list[str]):  # typer's own command classes
+        if hasattr(command, "commands"):
+            for name, sub in command.commands.items():
+                yield from commands(sub, [*path, name])
+        else:
+            yield path, command
+
+    checked = 0
+    for path, command in commands(get_command(app), []):
+        output = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"}).output
+        lines = [line for line in output.splitlines() if "<bool>" in line]
+        assert all("--help" in line for line in lines), (path, lines)
+        checked += sum(bool(getattr(p, "is_flag", False)) for p in command.params)
+    assert checked >= 20  # the stages' --strict, --retry-failed, --quiet, every --json, ...
+
+
 # -- retrieval commands: one `error:` line where users met tracebacks ------------------------
 @pytest.fixture(scope="module")
 def trained(synth_set, tmp_path_factory):
