@@ -36,13 +36,18 @@ def video_row(store: WorkDir, video_id: str) -> int:
     return row
 
 
-def stage_state(store: WorkDir, settings: PipelineSettings, stage: str, row: int) -> dict:
-    """{"state": done | failed | stale | pending | removed | not run, "message"?, "group"}."""
+def stage_state(
+    store: WorkDir, settings: PipelineSettings, stage: str, row: int, present: bool
+) -> dict:
+    """{"state": done | failed | stale | pending | removed | not run, "message"?, "group"}:
+    a video gone from the manifest (`present` false) is `removed`, never `pending` (no work
+    is due for it), whether its rows are still there or `tcd cache gc` cleared them."""
     group = StageGroups.resolve(store, settings).find(stage)
     if group is None:
         return {"state": "not run", "group": StageGroups.keys(settings)[stage]}
     states = group.row_states()
-    state = next((name for name, mask in states.items() if mask[row]), "pending")
+    fallback = "pending" if present else "removed"
+    state = next((name for name, mask in states.items() if mask[row]), fallback)
     out: dict[str, Any] = {"state": state, "group": group.key}
     if state == "failed" and row < group.n_rows:
         out["message"] = str(group.group["error"][row])
@@ -57,7 +62,8 @@ def video_details(
     row = video_row(store, video_id)
     videos = store.manifest.videos.read([*MANIFEST_FIELDS, "error"])
     manifest = {name: _plain(videos[name][row]) for name in MANIFEST_FIELDS}
-    stages = {stage: stage_state(store, settings, stage, row) for stage in VIDEO_STAGES}
+    present = bool(manifest["present"])
+    stages = {stage: stage_state(store, settings, stage, row, present) for stage in VIDEO_STAGES}
     error = str(videos["error"][row])
     failed = {name: s["message"] for name, s in stages.items() if s["state"] == "failed"}
     groups = StageGroups.resolve(store, settings)

@@ -257,3 +257,30 @@ def test_extract_equals_the_three_stages_and_a_rerun_loads_no_model(
     fresh = run_python(code, *command)
     assert fresh.returncode == 0, fresh.stderr
     assert fresh.stdout.count("nothing to do") == 5 and fresh.stdout.rstrip().endswith("[]")
+
+
+def test_a_video_gone_from_the_manifest_shows_removed_before_and_after_gc(synth_copy, tmp_path):
+    """`tcd show` of a video that left the dataset: no work is due for it, so its stages read
+    `removed`, not `pending`, also once `tcd cache gc` has cleared its rows."""
+    from pipeline.manifest import build_manifest
+    from pipeline.settings import OcrSettings
+
+    work = make_work(synth_copy, tmp_path)
+    run_ocr(work, KWAI, progress=False)
+    save_settings(work.path, PipelineSettings(ocr=OcrSettings(engine="kwai")))
+    tests = json.loads((synth_copy / "TextVR_test.json").read_text())
+    gone = tests[0]["path"]
+    (synth_copy / "TextVR_test.json").write_text(json.dumps(tests[1:]))
+    build_manifest(work, read_textvr(synth_copy), progress=False)
+
+    def ocr_state() -> str:
+        result = runner.invoke(app, ["show", "--work", str(work.path), gone, "--json"])
+        assert result.exit_code == 0, result.output
+        shown = json.loads(result.stdout)
+        assert shown["video"]["present"] is False
+        return shown["stages"]["ocr"]["state"]
+
+    assert ocr_state() == "removed"  # its row still written
+    result = runner.invoke(app, ["cache", "gc", "--work", str(work.path)])
+    assert result.exit_code == 0 and "cleared 1 row(s)" in result.output, result.output
+    assert ocr_state() == "removed"  # its row cleared
