@@ -83,11 +83,10 @@ def run_folder(work: Path, run: str, settings: PipelineSettings) -> tuple[RunDir
         return RunDir(work, run), False
     path = Path(run).expanduser().resolve()
     run_dir = RunDir.at(path)
-    if not run_dir.config_path.exists():  # `require`'s hint (train it here) does not apply
-        raise CheckpointError(
-            f"--run {run}: no run folder at {path} (no config.toml); a path is read from the "
-            "current directory, not the work dir: name a trained run folder W2/runs/NAME"
-        )
+    run_dir.require(
+        f"--run {run} is read from the current directory, not the work dir: name a trained "
+        "run folder W2/runs/NAME"
+    )
     trained_on = RunDir.work_of(path)
     if trained_on is None or not (trained_on / WORK_SETTINGS).exists():
         raise CheckpointError(

@@ -153,8 +153,8 @@ class SearchService:
         return buffer.getvalue()
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def _not_found() -> JSONResponse:
@@ -175,9 +175,11 @@ def create_app(service: SearchService) -> FastAPI:
         return _error(400, "; ".join(parts))
 
     @app.exception_handler(StarletteHTTPException)
-    async def no_route(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         # an unknown path or method: the API's error form, not FastAPI's {"detail": ...}
-        return _not_found() if exc.status_code == 404 else _error(exc.status_code, exc.detail)
+        if exc.status_code == 404:
+            return _not_found()
+        return _error(exc.status_code, exc.detail, exc.headers)  # a 405 keeps its Allow
 
     @app.exception_handler(BadRequest)
     async def refused(_: Request, exc: BadRequest) -> JSONResponse:

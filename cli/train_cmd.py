@@ -84,7 +84,7 @@ def train_command(
     if best is None:  # (a finished run needs no features: a rerun returns at once)
         data = features(store, "train", memory_budget_gb)
         announce(run.name, run_config, data)
-        if run.saved_metrics():
+        if run.metrics_path.exists():
             typer.echo(
                 f"{run.name} was evaluated before: training replaces its head, so its saved "
                 "metrics are dropped (run tcd eval again)",

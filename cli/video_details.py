@@ -1,6 +1,7 @@
 """What the caches hold for one video, for `tcd show` and the served video page: its manifest
-row, per stage whether its row is done, failed (with the message), stale or pending, its OCR
-lines over time and its window captions with their spans and mask.
+row, per stage whether its row is done, failed (with the message), stale, pending or removed
+(the video left the manifest), its OCR lines over time and its window captions with their
+spans and mask.
 
 Read-only: a stage group that does not exist yet is reported as "not run", never created.
 """

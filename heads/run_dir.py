@@ -105,12 +105,15 @@ class RunDir:
         atomic_write(self.config_path, text)
         return text
 
-    def require(self) -> None:
+    def require(self, hint: str | None = None) -> None:
+        """Refuse a folder without a run's config.toml, with `hint` (default: how to train
+        the run there)."""
         if not self.config_path.exists():
-            raise CheckpointError(
-                f"{self.path}: no such run (no config.toml); train it with "
+            hint = hint or (
+                f"train it with "
                 f"`tcd train --work {self.work} --config configs/tcd.toml --name {self.name}`"
             )
+            raise CheckpointError(f"{self.path}: no such run (no config.toml); {hint}")
 
     def config(self) -> RunConfig:
         self.require()

@@ -286,6 +286,7 @@ def keep_initial(config: RunConfig, features: Features, run: RunDir, config_text
     logged as epoch -1. Needs no captions, so a folder of videos can be searched with it."""
     model = initial_model(config, features)
     record: Record = {"epoch": -1, "seconds": 0.0}
+    run.forget_metrics()  # they measured the head this replaces
     save_checkpoint(run.best, model.head)
     state = {"epoch": -1, "best": json.dumps(record), "config": config_text}
     save_checkpoint(run.last, model, state)
@@ -317,11 +318,11 @@ def train(
     finished = run.finished(config)
     if finished is not None:
         return finished  # this config already finished here: nothing to do
-    run.forget_metrics()
     if config.train.epochs == 0:
         return keep_initial(config, features, run, config_text)
     trainer = Trainer(config, features, run, config_text)
     trainer.resume()
+    run.forget_metrics()  # they measured the head the next checkpoint replaces
     for epoch in range(trainer.start_epoch, config.train.epochs):
         started = time.monotonic()
         record = trainer.train_epoch(epoch, started)

@@ -108,7 +108,8 @@ def test_help_lists_every_command():
 
 def test_flags_show_no_value_in_help():
     """Typer shows every option's type, `<bool>` for a flag, which reads as if `--json` took
-    a value (`--json true` is refused): the flags of every command show none."""
+    a value (`--json true` is refused): the flags of every command show none (typer's own
+    `--help` keeps it)."""
     from typer.main import get_command
 
     def commands(command, path: list[str]):  # typer's own command classes

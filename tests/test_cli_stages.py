@@ -280,7 +280,7 @@ def test_a_video_gone_from_the_manifest_shows_removed_before_and_after_gc(synth_
         assert shown["video"]["present"] is False
         return shown["stages"]["ocr"]["state"]
 
-    assert ocr_state() == "removed"  # its row still written
+    assert ocr_state() == "removed"  # its row still written (its row states say so)
     result = runner.invoke(app, ["cache", "gc", "--work", str(work.path)])
     assert result.exit_code == 0 and "cleared 1 row(s)" in result.output, result.output
-    assert ocr_state() == "removed"  # its row cleared
+    assert ocr_state() == "removed"  # its row cleared: no row state; the manifest says so

@@ -142,6 +142,7 @@ def test_unknown_paths_and_methods_answer_in_the_api_error_form(client):
     assert client.get("/api/nosuch").json() == {"error": "not found"}
     response = client.post("/api/search?q=x")
     assert response.status_code == 405 and response.json() == {"error": "Method Not Allowed"}
+    assert response.headers["allow"] == "GET"
 
 
 def test_a_symlink_out_of_the_root_is_not_served(served, client):
@@ -233,7 +234,7 @@ def test_a_folder_without_captions_is_searched_zero_shot(served, client, synth_s
     missing = ["search", "--work", str(work), "--run", "runs/nothing", "sign"]
     result = runner.invoke(app, missing)
     message = str(result.exception)
-    assert "--run runs/nothing: no run folder at" in message, result.output
+    assert "runs/nothing: no such run (no config.toml); --run runs/nothing is" in message
     assert "read from the current directory, not the work dir" in message
     assert "tcd train" not in message
     empty = tmp_path / "empty"

@@ -150,6 +150,19 @@ def test_eval_metrics_are_dropped_when_the_run_is_trained_again_not_when_it_is_d
     assert run.saved_metrics() == {"test": {"t2v": {"R@1": 50.0}}}
     train(RunConfig(config.head, dataclasses.replace(config.train, epochs=2)), data, run)
     assert run.saved_metrics() == {} and not run.metrics_path.exists()
+    run.save_metrics("test", {"t2v": {"R@1": 50.0}})
+    train(RunConfig(config.head, dataclasses.replace(config.train, epochs=0)), data, run)
+    assert run.saved_metrics() == {}  # the initial head replaced the trained one
+
+    def stop_at_first(record):
+        raise KeyboardInterrupt
+
+    cut, longer = RunDir.at(tmp_path / "cut"), dataclasses.replace(config.train, epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        train(RunConfig(config.head, longer), data, cut, progress=stop_at_first)
+    cut.save_metrics("test", {"t2v": {"R@1": 50.0}, "training_finished": False})
+    train(RunConfig(config.head, longer), data, cut)  # resumed: its head changes
+    assert cut.saved_metrics() == {}
 
 
 # What the hand-written TOML writer (replaced by tomli-w) stored in last.pt for OLD_CONFIG,
