@@ -55,15 +55,24 @@ class WriterLock:
                         f"{self.what} is in use by another process ({holder}); "
                         f"wait for it to finish (lock file {self.path})"
                     ) from None
-                time.sleep(0.1)
-        if not self.shared:
-            info = {
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "since": time.time(),
-            }
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(info).encode(), 0)
+                try:
+                    time.sleep(0.1)
+                except BaseException:  # interrupted while waiting: the file is not left open
+                    os.close(fd)
+                    raise
+        try:
+            if not self.shared:
+                info = {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "since": time.time(),
+                }
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps(info).encode(), 0)
+        except BaseException:  # e.g. a full disk: give the lock back rather than keep it
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise
         self._fd = fd
 
     def release(self) -> None:

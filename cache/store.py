@@ -411,8 +411,10 @@ class StageGroup:
         error = np.full(n, "", dtype=object)
         m = min(n, self.n_rows)
         if m:
-            done[:m] = read_row_chunks(self.group["done"], m)
+            # key first: a writer stores data, key, done (fail_row: done, error, key), so a
+            # row whose new key is read here already has its new done and error
             have[:m] = read_row_chunks(self.group["key"], m)
+            done[:m] = read_row_chunks(self.group["done"], m)
             error[:m] = read_row_chunks(self.group["error"], m)
         if self.row_key_part is None:  # the part is unknown here: compare the manifest keys
             have = np.array([str(k).split(ROW_KEY_SEPARATOR)[0] for k in have], dtype=object)
@@ -494,9 +496,13 @@ class StageGroup:
         self.group["key"][row] = key
 
     def reset_rows(self, rows: Iterable[int]) -> int:
-        """Forget rows: fill values everywhere (zarr then drops their chunks)."""
+        """Forget rows: fill values everywhere (zarr then drops their chunks). done, key and
+        error go first (the reverse of a write): a row cut off midway reads as not done,
+        never as done over cleared data."""
         count = 0
-        arrays = [self.group[name] for name in self.group.array_keys()]
+        names = set(self.group.array_keys())
+        marks = [name for name in ("done", "key", "error") if name in names]
+        arrays = [self.group[name] for name in marks + sorted(names - set(marks))]
         for row in rows:
             if row >= self.n_rows:
                 continue

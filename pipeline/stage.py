@@ -178,6 +178,7 @@ class _BlockWriter:
         except BrokenExecutor as exc:
             self._lost(block, exc)
         except OSError:
+            self.orphaned += block  # `salvage` tries it again in this process
             self.failed = [row for row, _, _ in block]
             raise
         self.written(block)

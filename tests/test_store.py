@@ -424,3 +424,124 @@ def test_a_group_creation_killed_between_attribute_writes_is_redone(tmp_path):
     again = WorkDir(tmp_path).stage("ocr", FakeOcr())  # the next writer redoes it
     assert again.key == group.key and again.n_rows == 2
     assert [g.key for g in WorkDir(tmp_path).stages()] == [group.key]
+
+
+@pytest.mark.parametrize("cut_at", [1, 2, 3])
+def test_a_gc_cut_off_midway_never_leaves_a_row_done_over_cleared_data(
+    tmp_path, monkeypatch, cut_at
+):
+    """gc clears a removed video's row array by array; killed after `cut_at` arrays (whatever
+    order the store lists them in, here the data first), the row must not read as done: the
+    video may come back with the same content, and a done row would never be recomputed."""
+    import zarr
+
+    work = WorkDir(tmp_path, create=True)
+    work.manifest.videos.upsert(video_records(["a", "b"]))
+    group = work.stage("ocr", FakeOcr())
+    fill(group, [0, 1])
+    work.manifest.videos.upsert(video_records(["a"]))  # b removed
+    listed = zarr.Group.array_keys
+    data_first = ["feat", "error", "key", "done"]
+    monkeypatch.setattr(
+        zarr.Group,
+        "array_keys",
+        lambda self: (
+            iter(sorted(listed(self), key=data_first.index))
+            if self.path.startswith("stages/")
+            else listed(self)
+        ),
+    )
+    cleared = []
+    setitem = zarr.Array.__setitem__
+
+    def killed_after_cut(array, selection, value):
+        if len(cleared) == cut_at:
+            raise KeyboardInterrupt  # the process dies here
+        cleared.append(array.path)
+        return setitem(array, selection, value)
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", killed_after_cut)
+    with pytest.raises(KeyboardInterrupt):
+        work.gc()
+    monkeypatch.undo()
+    work = WorkDir(tmp_path)
+    work.manifest.videos.upsert(video_records(["a", "b"]))  # b is back, same content
+    group = work.find_stage("ocr", group.key)
+    assert group.pending().tolist() == [1]  # recomputed, not read as done over cleared data
+
+
+def test_a_reader_never_sees_a_failing_row_as_done_with_its_old_data(tmp_path, monkeypatch):
+    """A reader (`tcd eval` while `tcd encode` runs) reads the row states while the stage
+    fails a row whose content changed: it sees the row stale or failed, never done."""
+    import cache.store as store
+
+    work = WorkDir(tmp_path, create=True)
+    work.manifest.videos.upsert(video_records(["a"]))
+    group = work.stage("ocr", FakeOcr())
+    fill(group, [0])
+    work.manifest.videos.upsert(video_records(["a"], version=2))  # the file was replaced
+    read = store.read_row_chunks
+    for between in ("key", "done", "error"):  # the writer's steps land between two reads
+
+        def interleaved(array, n, between=between):
+            out = read(array, n)
+            if array.path.endswith("/" + between):
+                group.fail_row(0, "a-k2", "VideoError: a.mp4 truncated")
+            return out
+
+        monkeypatch.setattr(store, "read_row_chunks", interleaved)
+        states = {name: bool(mask[0]) for name, mask in group.row_states().items()}
+        monkeypatch.setattr(store, "read_row_chunks", read)
+        assert not states["done"], (between, states)
+        group.group["key"][0], group.group["done"][0] = "a-k1", True  # as before the failure
+        group.group["error"][0] = ""
+
+
+def test_a_lock_whose_holder_record_cannot_be_written_is_given_back(tmp_path, monkeypatch):
+    """A full disk while the holder's pid is written: the error is raised and the lock is not
+    kept by this (long-lived: a notebook, a Ray actor) process."""
+    import errno
+
+    import cache.lock as lock
+
+    work = WorkDir(tmp_path, create=True)
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(lock.os, "pwrite", full)
+    with pytest.raises(OSError, match="No space left"):
+        work.stage_lock("ocr", "k").acquire()
+    monkeypatch.undo()
+    with work.stage_lock("ocr", "k", timeout=0.2):
+        pass
+
+
+def test_a_block_whose_write_failed_is_written_again_by_salvage(tmp_path):
+    """A block whose background write raised (a full disk, then freed) is not dropped: the
+    stage's `salvage` writes it in its own process, so its rows end done."""
+    import errno
+
+    from pipeline.stage import _BlockWriter
+
+    work = WorkDir(tmp_path, create=True)
+    work.manifest.videos.upsert(video_records(["a", "b"]))
+    group = work.stage("ocr", FakeOcr())
+    fill(group, [])
+    keys, _ = group.expected()
+    written = []
+    writer = _BlockWriter(group, written.extend)
+
+    def full(block):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer.write = full
+    for row in (0, 1):
+        writer.add(row, str(keys[row]), {"feat": np.full(3, float(row))})
+    writer.flush()
+    with pytest.raises(OSError):
+        writer.wait()
+    writer.salvage()
+    writer.close()
+    assert [row for row, _, _ in written] == [0, 1]
+    assert group.counts()["done"] == 2 and group.group["feat"][1].tolist() == [1.0, 1.0, 1.0]
