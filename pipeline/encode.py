@@ -21,6 +21,7 @@ their results) compute; loading a model setup.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -164,6 +165,9 @@ def _encode_frames(
         started: list[tuple[list[tuple[int, dict[str, Any]]], PendingEmbeds]] = []
         running = batches_left_running(model["m"])
 
+        def resized(frames: Any) -> dict[str, Any]:
+            return {"pixels": model["m"].preprocess(frames)}
+
         def start_batch() -> None:
             with clock.computing():
                 pixels = torch.cat([p for _, _, p in pending])  # videos differ in size: resized
@@ -183,9 +187,13 @@ def _encode_frames(
             if times is None:
                 yield row, frames  # the worker's Failure
                 continue
-            with clock.computing():
-                pixels = model["m"].preprocess(frames)
-            pending.append((row, {"times": times.astype(np.float32), "warning": warning}, pixels))
+            with clock.computing():  # one video that cannot be resized fails alone
+                _, prepared = guarded(row, functools.partial(resized, frames))
+            if not isinstance(prepared, dict):
+                yield row, prepared
+                continue
+            data = {"times": times.astype(np.float32), "warning": warning}
+            pending.append((row, data, prepared["pixels"]))
             if len(pending) == per_batch:
                 start_batch()
                 while len(started) > running:

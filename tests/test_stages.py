@@ -732,3 +732,31 @@ def test_each_row_holds_its_own_videos_frame_embeddings(synth_set, tmp_path, mon
     # the tolerance tells the videos apart: another row's embeddings would fail it
     apart = [np.abs(expected[i] - expected[j]).max() for i in range(12) for j in range(i)]
     assert min(apart) > 10 * 2e-3
+
+
+def test_a_video_the_model_cannot_take_fails_alone_in_the_frames_stage(
+    synth_set, tmp_path, monkeypatch
+):
+    """An error resizing one video's frames (e.g. out of memory on an absurd aspect ratio)
+    fails that row, with its message; the other videos are encoded, with a batch in flight."""
+    import pipeline.encode
+    from pipeline.models import VisionEncoder
+
+    monkeypatch.setattr(pipeline.encode, "batches_left_running", lambda encoder: 1)
+    preprocess, calls = VisionEncoder.preprocess, []
+
+    def third_fails(encoder, frames):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("out of memory resizing 12 frames of 2x4000")
+        return preprocess(encoder, frames)
+
+    monkeypatch.setattr(VisionEncoder, "preprocess", third_fails)
+    work = make_work(synth_set, tmp_path)
+    report = run_encode_frames(
+        work, EncodeSettings(), CaptionSettings(), KWAI, 60, workers=0, progress=False
+    )
+    group = StageGroups.resolve(work, PipelineSettings(ocr=KWAI)).frames
+    assert (report.computed, report.failed) == (11, 1)
+    assert group.counts()["done"] == 11 and group.counts()["failed"] == 1
+    assert "out of memory resizing" in group.errors()[0][1]
