@@ -2,6 +2,12 @@
 
 The kernel drops an `flock` when its process dies, so a killed run never leaves a stale lock.
 The lock file records who holds it, so the refusal can say which process to wait for.
+
+A forked child (a DataLoader worker, a writer process) would share the lock's open file, and
+keep the lock after its parent was killed until it noticed (seconds later): a rerun would be
+refused, naming a dead process. So a forked child closes its copies of the held locks' files
+at once (`os.register_at_fork`); the children write rows under their parent's lock, never
+taking or releasing one.
 """
 
 from __future__ import annotations
@@ -14,6 +20,20 @@ import time
 from pathlib import Path
 
 from cache.errors import LockBusy
+
+_HELD: set[int] = set()  # the files of the locks this process holds
+
+
+def _close_held_in_child() -> None:
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
 
 
 class WriterLock:
@@ -35,6 +55,7 @@ class WriterLock:
         self.timeout = timeout
         self.shared = shared  # readers share the lock; a writer needs it alone
         self._fd: int | None = None
+        self._pid = 0  # the process holding it
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,15 +94,17 @@ class WriterLock:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
             raise
-        self._fd = fd
+        self._fd, self._pid = fd, os.getpid()
+        _HELD.add(fd)
 
     def release(self) -> None:
-        if self._fd is not None:
+        if self._fd is not None and self._pid == os.getpid():  # a forked child closed it
+            _HELD.discard(self._fd)
             if not self.shared:
                 os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
-            self._fd = None
+        self._fd = None
 
     def __enter__(self) -> WriterLock:
         self.acquire()

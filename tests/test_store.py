@@ -331,6 +331,51 @@ def test_two_processes_contend_for_the_writer_lock(tmp_path):
         pass
 
 
+FORKING_LOCK_SCRIPT = """
+import multiprocessing, sys, time
+from cache import WorkDir
+work = WorkDir(sys.argv[1])
+with work.stage_lock("ocr", "k"):
+    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    child.start()  # as a DataLoader worker or a writer process is forked under the lock
+    print(child.pid, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_killed_holder_s_forked_children_do_not_keep_its_lock(tmp_path):
+    """The stage process is killed while its forked workers live on (they notice seconds
+    later): a rerun takes the lock at once, not refused in the name of a dead process."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    WorkDir(tmp_path, create=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", FORKING_LOCK_SCRIPT, str(tmp_path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child = int(holder.stdout.readline())
+    try:
+        with pytest.raises(LockBusy):
+            WorkDir(tmp_path).stage_lock("ocr", "k").acquire()
+        holder.kill()
+        holder.wait()
+        os.kill(child, 0)  # the child is still running
+        with WorkDir(tmp_path).stage_lock("ocr", "k"):
+            pass
+    finally:
+        holder.kill()
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_readers_share_the_manifest_lock_but_block_a_writer(tmp_path):
     work = WorkDir(tmp_path, create=True)
     with work.manifest_lock(shared=True), work.manifest_lock(shared=True):
