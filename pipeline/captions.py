@@ -207,4 +207,7 @@ def run_captions(
         share = window_sample_share(groups.captions)
         return {"window_sample_share": round(share, 4)} if math.isfinite(share) else {}
 
-    return run_stage(work, groups.captions, arrays, produce, retry_failed, progress, shard, figures)
+    return run_stage(
+        work, groups.captions, arrays, produce, retry_failed, progress, shard, figures,
+        upstream=ocr,
+    )  # fmt: skip

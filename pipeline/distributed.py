@@ -301,7 +301,7 @@ class _StageRun:
             for group in groups:  # the coordinator grows the arrays; the tasks find them grown
                 with group.layout_lock():
                     group.ensure_rows(len(group.expected()[0]))
-            todo = [group.pending(base.retry_failed) for group in groups]
+            todo = [self.groups.pending(group.stage, base.retry_failed) for group in groups]
             progress = _Progress(groups, todo)
             most = max(len(rows) for rows in todo)  # 0: another run did them meanwhile
             gpus = self.stage == "encode" and self.ray.cluster_resources().get("GPU", 0) >= 1

@@ -265,7 +265,7 @@ def _encode_ocr_text(
             if upstream.has(row):  # else: missing since the check (a concurrent run)
                 yield guarded(int(row), lambda row=int(row): encode_row(row, clock))
 
-    return run_stage(work, group, arrays, produce, retry_failed, progress, shard)
+    return run_stage(work, group, arrays, produce, retry_failed, progress, shard, upstream=upstream)
 
 
 # -- queries --------------------------------------------------------------------------------

@@ -216,6 +216,9 @@ def save_settings(work: Path, settings: PipelineSettings) -> None:
 
 # -- the chain settings -> stage groups -----------------------------------------------------
 STAGES = ("ocr", "captions", "frames", "ocr_text", "queries")
+# how a row that failed because its upstream row had failed is recorded (`Upstream.check`):
+# redone once that upstream row is done (`StageGroups.pending`)
+UPSTREAM_FAILED = "upstream failed: "
 # the groups each stage command (`tcd ocr`, `tcd caption`, `tcd encode`) computes
 COMMAND_GROUPS = {
     "ocr": ("ocr",),
@@ -366,11 +369,34 @@ class StageGroups:
         ocr, work = self.settings.ocr, self.work
         return lambda: annotation_keys(ocr, work)
 
+    def pending(self, stage: str, retry_failed: bool = False) -> np.ndarray:
+        """Rows the existing group of `stage` would compute: its own pending rows
+        (`StageGroup.pending`), and the rows it failed only because their upstream row had
+        failed (recorded with `UPSTREAM_FAILED`) once that upstream row is done."""
+        group = self.find(stage)
+        assert group is not None, f"no {stage} group yet"
+        todo = group.pending(retry_failed)
+        _, upstream, _ = self.link(stage)
+        source = self.find(upstream) if upstream is not None else None
+        failed = np.flatnonzero(group.row_states()["failed"]) if not retry_failed else []
+        if source is None or not len(failed):
+            return todo
+        upstream_done = source.row_states()["done"]
+        errors = group.group["error"]
+        redo = [
+            row
+            for row in failed
+            if row < len(upstream_done)
+            and upstream_done[row]
+            and str(errors[row]).startswith(UPSTREAM_FAILED)
+        ]
+        return np.union1d(todo, np.asarray(redo, dtype=np.int64)).astype(np.int64)
+
     def todo(self, stage: str, retry_failed: bool = False, shard: Shard | None = None) -> int:
         """How many rows `stage` would compute (of `shard`'s rows); creates nothing."""
         group = self.find(stage)
         if group is not None:
-            rows = group.pending(retry_failed)
+            rows = self.pending(stage, retry_failed)
         else:
             _, _, kind = self.link(stage)
             rows = np.flatnonzero(self.work.manifest.table(kind).column("present"))

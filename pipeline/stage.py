@@ -42,7 +42,7 @@ from tqdm import tqdm
 from cache import CacheError, Shard, StageGroup, TcdError, WorkDir
 from cache.store import write_rows_in_writer, writer_processes
 from pipeline.errors import UpstreamError
-from pipeline.settings import StageGroups
+from pipeline.settings import UPSTREAM_FAILED, StageGroups
 
 
 def error_message(exc: BaseException) -> str:
@@ -319,7 +319,7 @@ class Upstream:
         nothing there (neither done nor failed for their current key). Creates nothing."""
         group, source = self.groups.find(self.stage), self.groups.find(self.name)
         if group is not None:
-            todo = group.pending(retry_failed)
+            todo = self.groups.pending(self.stage, retry_failed)
         else:
             todo = np.flatnonzero(self.groups.work.manifest.table(self.rows).column("present"))
         if shard is not None:
@@ -342,10 +342,12 @@ class Upstream:
         return row < len(done) and bool(done[row] or failed[row])
 
     def check(self, row: int) -> None:
-        """Raise the upstream's failure of `row` as this row's (`UpstreamError`)."""
+        """Raise the upstream's failure of `row` as this row's (`UpstreamError`, recorded
+        with `UPSTREAM_FAILED`: the row is redone once the upstream row is done)."""
         if not self.states["done"][row]:
             message = str(self.group.group["error"][row]) or "failed"
-            raise UpstreamError(f"no {self.what} for this {self.rows[:-1]}: {message}")
+            what = f"no {self.what} for this {self.rows[:-1]}: {message}"
+            raise UpstreamError(UPSTREAM_FAILED + what)
 
 
 def run_stage(
@@ -358,6 +360,7 @@ def run_stage(
     shard: Shard | None = None,
     figures: Callable[[], dict[str, float]] | None = None,
     write_processes: int = 0,
+    upstream: Upstream | None = None,
 ) -> StageReport:
     """Compute the pending rows of `group` (only this shard's rows when `shard` is given).
 
@@ -365,7 +368,8 @@ def run_stage(
     called only when there is work (so a no-op rerun never loads a model to learn a width).
     `figures`: called once the rows are written, its measures (finite floats) go into the
     report (`StageReport.figures`). `write_processes`: write rows in that many processes
-    rather than on a thread of this one (`_BlockWriter`).
+    rather than on a thread of this one (`_BlockWriter`). `upstream`: the stage it reads
+    (its rows failed by an upstream failure are redone once the upstream row is done).
     A failed write (disk full, I/O error) stops the stage with a `CacheError`; the rows
     written before it stay done, and the rows being written stay pending for the rerun.
     """
@@ -374,7 +378,10 @@ def run_stage(
     name = group.stage if shard is None or shard.count == 1 else f"{group.stage} {shard}"
     with work.manifest_lock(shared=True), group.writing(shard):
         keys, present = group.expected()
-        todo, mine = group.pending(retry_failed), np.flatnonzero(present)
+        todo = group.pending(retry_failed)
+        if upstream is not None:
+            todo = upstream.groups.pending(upstream.stage, retry_failed)
+        mine = np.flatnonzero(present)
         if shard is not None:
             todo, mine = shard.select(todo), shard.select(mine)
         computed, warned, failures = 0, 0, []

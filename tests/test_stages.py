@@ -760,3 +760,39 @@ def test_a_video_the_model_cannot_take_fails_alone_in_the_frames_stage(
     assert (report.computed, report.failed) == (11, 1)
     assert group.counts()["done"] == 11 and group.counts()["failed"] == 1
     assert "out of memory resizing" in group.errors()[0][1]
+
+
+def test_rows_failed_by_their_upstream_are_redone_once_it_is_fixed(
+    synth_set, tmp_path, monkeypatch
+):
+    """A video whose OCR failed (a transient error) fails its captions and their encoding
+    with that message; once `--retry-failed` OCRs it, a plain caption and encode run redo
+    it (they said "nothing to do" and kept the failure). A row that failed on its own is
+    still left to `--retry-failed`."""
+    import pipeline.ocr as ocr_module
+
+    work = make_work(synth_set, tmp_path)
+    first = Path(read_textvr(synth_set).videos[0].id).stem  # its OCR file is first.json
+    read = ocr_module.read_imported_ocr
+
+    def flaky(path, *args):
+        if first in str(path):
+            raise MemoryError("transient")
+        return read(path, *args)
+
+    monkeypatch.setattr(ocr_module, "read_imported_ocr", flaky)
+    captions, encode = CaptionSettings(), EncodeSettings()
+    run_all(work)
+    groups = StageGroups.resolve(work, PipelineSettings(KWAI, captions, encode))
+    assert [groups.group(s).counts()["failed"] for s in ("ocr", "captions", "ocr_text")] == [1] * 3
+    assert groups.captions.errors()[0][1].startswith("upstream failed: no OCR for this video")
+    monkeypatch.setattr(ocr_module, "read_imported_ocr", read)
+    assert run_ocr(work, KWAI, retry_failed=True, progress=False).computed == 1
+    assert groups.todo("captions") == 1  # what `tcd extract` and the Ray executor ask
+    assert run_captions(work, captions, KWAI, progress=False).computed == 1
+    reports = run_encode(work, encode, captions, KWAI, 64, workers=0, progress=False)
+    assert [r.computed for r in reports if r.stage == "ocr_text"] == [1]
+    assert [groups.group(s).counts()["done"] for s in ("ocr", "captions", "ocr_text")] == [12] * 3
+    # a failure of the captions stage itself is not retried by a plain run
+    groups.captions.fail_row(0, str(groups.captions.expected()[0][0]), "ValueError: bad")
+    assert run_captions(work, captions, KWAI, progress=False).computed == 0
