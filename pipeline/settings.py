@@ -275,8 +275,33 @@ def gate_in_effect(ocr: OcrSettings) -> OcrSettings:
     return replace(ocr, reuse=mode, **unread)
 
 
+# the engine settings each OCR engine reads (the sampling engines also read fps, max_frames
+# and the gate); the others drop out of its key (`engine_in_effect`)
+ENGINE_READS = {
+    "rapidocr": ("fps", "max_frames", "det_limit_side", "rec_batch"),
+    "paddleocr": ("fps", "max_frames", "paddle_det_dir", "paddle_rec_dir"),
+    "kwai": (),
+    "import": ("import_format", "import_dir", "import_map"),
+}
+ENGINE_SETTINGS = sorted({name for reads in ENGINE_READS.values() for name in reads})
+
+
+def engine_in_effect(ocr: OcrSettings) -> OcrSettings:
+    """`ocr` with the engine settings its engine does not read at their defaults (their
+    values before they existed), so they do not key its group: a kwai group is not rebuilt
+    because `ocr.import_dir` was set for another engine, nor a rapidocr one because of the
+    paddleocr model folders."""
+    unread = {
+        f.name: value_before(f)
+        for f in fields(OcrSettings)
+        if f.name in ENGINE_SETTINGS and f.name not in ENGINE_READS[ocr.engine]
+    }
+    return replace(ocr, **unread)
+
+
 def _ocr_keyed_by(ocr: OcrSettings, frames: int) -> Any:
     """What keys the ocr group: see `OcrSampling` and `OcrImport`."""
+    ocr = engine_in_effect(ocr)
     if samples_frames(ocr):
         return OcrSampling(gate_in_effect(ocr), frames)
     if ocr.engine == OcrEngine.kwai:  # it reads no frames, so no gate keys it

@@ -131,3 +131,27 @@ def test_pipeline_settings_out_of_range_are_refused(override, message):
 def test_the_engine_choices_are_the_settings_choices():
     hint = typing.get_type_hints(OcrSettings)["engine"]
     assert typing.get_args(hint) == tuple(OcrEngine)
+
+
+@pytest.mark.parametrize(
+    "engine, unread, read",
+    [
+        ("rapidocr", ["ocr.paddle_det_dir=/m/det", "ocr.import_dir=ocr"], "ocr.rec_batch=16"),
+        ("paddleocr", ["ocr.det_limit_side=512", "ocr.rec_batch=16"], "ocr.paddle_det_dir=/m"),
+        ("kwai", ["ocr.fps=1", "ocr.max_frames=8", "ocr.import_format=kwai"], None),
+        ("import", ["ocr.fps=1", "ocr.det_limit_side=512"], "ocr.import_dir=ocr"),
+    ],
+)
+def test_only_the_settings_an_ocr_engine_reads_key_its_group(engine, unread, read):
+    """A setting left from another engine (`import_dir` set for an import, the paddleocr
+    model folders) must not rebuild this engine's OCR, captions and their encoding."""
+    from pipeline.settings import StageGroups
+
+    def key(*sets: str) -> str:
+        settings = load_settings(PipelineSettings, None, [f"ocr.engine={engine}", *sets])
+        return StageGroups.keys(settings)["ocr"]
+
+    base = key()
+    assert all(key(s) == base for s in unread), engine
+    if read is not None:
+        assert key(read) != base
