@@ -58,11 +58,17 @@ def open_split(
         from heads.train import train
 
         train(RunConfig(HeadSettings(kind=ZERO_SHOT), TrainSettings(epochs=0)), data, run_dir)
+    videos = store.manifest.videos.read(["key", "path"])
+    # the keys of the rows the features were read from: with an importing OCR engine they
+    # also hold each video's OCR file key, so an edited OCR file makes a saved index stale
+    text_rows = StageGroups.resolve(store, settings).find("ocr_text")
+    if text_rows is not None:
+        videos["key"] = text_rows.expected()[0]
     return RunSplit.open(
         run_dir,
         split,
         data,
-        store.manifest.videos.read(["key", "path"]),
+        videos,
         StageGroups.keys(settings),
         window_lookup(store, settings),
         need_queries,

@@ -356,6 +356,17 @@ def test_a_stale_index_is_rebuilt_never_searched(synth_copy, tmp_path):
     again, warned = search_json(trained, query, "--top-k", "3")
     assert again == hits and "stale" not in warned  # the rebuilt index was saved
 
+    # an edited OCR file (kwai reads them) changes that video's text features only: the
+    # manifest's content key is the same, the index must still be rebuilt
+    ocr_file = synth / "Kwai_VideoOCR" / Path(other).with_suffix(".json")
+    lines = json.loads(ocr_file.read_text())
+    for line in lines.values():
+        line["text"] = "ZEBRA CROSSING NOW"
+    ocr_file.write_text(json.dumps(lines))
+    assert [r.computed for r in run_all(WorkDir(trained))[:2]] == [1, 1]  # ocr, captions
+    _, warned = search_json(trained, query)
+    assert "index_train.faiss is stale (1 video(s) changed)" in warned
+
     # a retrained run (another best.pt) makes it stale again
     best = RunDir(trained, "r").best
     payload = torch.load(best, weights_only=True)
