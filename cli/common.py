@@ -70,6 +70,15 @@ def features(
     return data
 
 
+FEATURE_STAGES = ("frames", "ocr_text", "queries")  # the groups `features` reads
+
+
+def feature_source(work: WorkDir, settings: PipelineSettings | None = None) -> dict[str, str]:
+    """The keys of the groups `features` reads (`Features.source`), without reading them."""
+    keys = StageGroups.keys(settings or resolve_settings(work.path))
+    return {stage: keys[stage] for stage in FEATURE_STAGES}
+
+
 def _same_model(a: str, b: str) -> bool:
     """Whether two model names are one model (local directories compared resolved)."""
     if Path(a).is_dir() and Path(b).is_dir():

@@ -53,6 +53,14 @@ def open_split(
     if run != ZERO_SHOT or run_dir.path.exists():
         run_dir.require()  # a mistyped --run: said before any features are read
     data = features(store, split, settings=settings)
+    trained_on = run_dir.trained_on() if run != ZERO_SHOT else None  # zero-shot learns nothing
+    if trained_on is not None and trained_on != data.source:
+        changed = sorted(s for s in data.source if trained_on.get(s) != data.source[s])
+        warn(
+            f"run {run} was trained on other features than these ({', '.join(changed)} "
+            "groups: the settings changed since); its scores are not what they were: train "
+            "it again on these (tcd train)"
+        )
     if not run_dir.path.exists():
         from heads.config import HeadSettings, RunConfig, TrainSettings
         from heads.train import train

@@ -14,7 +14,7 @@ import typer
 
 from cache import WorkDir
 from cache.settings import load_settings
-from cli.common import Budget, Work, features
+from cli.common import Budget, Work, feature_source, features
 from heads.config import RunConfig
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ def train_command(
     run_config = load_settings(RunConfig, config, set_ or [])  # a bad value: before any work
     store = WorkDir(work)
     run = RunDir(store.path, name or config.stem)
-    best = run.finished(run_config)
+    best = run.finished(run_config, feature_source(store))
     if best is None:  # (a finished run needs no features: a rerun returns at once)
         data = features(store, "train", memory_budget_gb)
         announce(run.name, run_config, data)

@@ -8,7 +8,7 @@ place with zero features, and is counted in `missing`, so matrix columns never s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,9 @@ class Features:
     shared_space: bool = False
     # mean share of caption windows holding an OCR sample (NaN: unknown), for the study tables
     window_sample_share: float = float("nan")
+    # the key of each stage group read (frames, ocr_text, queries): what a run trained on
+    # them records, so it is trained again, not taken as finished, on other features
+    source: dict[str, str] = field(default_factory=dict)
 
     @property
     def n_videos(self) -> int:
@@ -174,4 +177,5 @@ def load_features(
         rows=rows,
         query_ids=[str(i) for i in captions["id"][q_rows]],
         shared_space=shared_space,
+        source={group.stage: group.key for group in (frames, ocr_text, queries)},
     )

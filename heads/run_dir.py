@@ -145,16 +145,34 @@ class RunDir:
             return []
         return [json.loads(line) for line in self.epochs_log.read_text().splitlines() if line]
 
-    def finished(self, config: RunConfig | None = None) -> dict[str, Any] | None:
-        """The best epoch's record when this folder holds a finished run of `config` (default:
-        its own config.toml): every epoch done or stopped early. Else None. Reads last.pt only.
-        Configs are compared parsed, so how the TOML was written does not matter."""
+    def trained_on(self) -> dict[str, str] | None:
+        """The feature groups (stage -> key) last.pt was trained on; None if it predates
+        their record (or there is no last.pt)."""
         if not self.last.exists():
             return None
-        config = config or self.config()
+        saved = load_checkpoint(self.last).get("features")
+        return json.loads(saved) if saved else None
+
+    def holds(self, config: RunConfig, features: dict[str, str] | None = None) -> bool:
+        """Whether last.pt is a run of `config` on `features` (feature group keys; a run that
+        predates their record counts as on any). Configs are compared parsed."""
+        if not self.last.exists():
+            return False
         state = load_checkpoint(self.last)
-        if not same_config(state.get("config", ""), config):
+        trained_on = json.loads(state["features"]) if state.get("features") else None
+        same_features = features is None or trained_on is None or trained_on == features
+        return same_features and same_config(state.get("config", ""), config)
+
+    def finished(
+        self, config: RunConfig | None = None, features: dict[str, str] | None = None
+    ) -> dict[str, Any] | None:
+        """The best epoch's record when this folder holds a finished run of `config` (default:
+        its own config.toml) on `features` (`holds`): every epoch done or stopped early. Else
+        None. Reads last.pt only."""
+        config = config or self.config()
+        if not self.holds(config, features):
             return None
+        state = load_checkpoint(self.last)
         best = {"val_loss": math.inf, **json.loads(state["best"])}
         stale = int(state["epoch"]) - best["epoch"]
         done = int(state["epoch"]) + 1 >= config.train.epochs or stale >= config.train.patience

@@ -51,7 +51,7 @@ from heads.losses import (
 )
 from heads.metrics import recall_at_1
 from heads.modules import ProjectedHead, build_head
-from heads.run_dir import RunDir, same_config
+from heads.run_dir import RunDir
 from heads.scoring import score_branches, score_matrix
 
 Record = dict[str, Any]
@@ -147,7 +147,7 @@ class Trainer:
     def resume(self) -> None:
         """Continue from last.pt when it holds this config; rewrite the epoch log to match."""
         last = self.run.last
-        if last.exists() and same_config(load_checkpoint(last).get("config", ""), self.config):
+        if last.exists() and self.run.holds(self.config, self.features.source):
             state = load_checkpoint(last, self.model)
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
@@ -256,6 +256,7 @@ class Trainer:
             "epoch": record["epoch"],
             "best": json.dumps(self.best),
             "config": self.config_text,
+            "features": json.dumps(self.features.source, sort_keys=True),
         }
         save_checkpoint(self.run.last, self.model, state)
         return self.stale >= self.settings.patience
@@ -288,10 +289,15 @@ def keep_initial(config: RunConfig, features: Features, run: RunDir, config_text
     record: Record = {"epoch": -1, "seconds": 0.0}
     run.forget_metrics()  # they measured the head this replaces
     save_checkpoint(run.best, model.head)
-    state = {"epoch": -1, "best": json.dumps(record), "config": config_text}
+    state = {
+        "epoch": -1,
+        "best": json.dumps(record),
+        "config": config_text,
+        "features": json.dumps(features.source, sort_keys=True),
+    }
     save_checkpoint(run.last, model, state)
     atomic_write(run.epochs_log, json.dumps(record) + "\n")
-    return run.finished(config)
+    return run.finished(config, features.source)
 
 
 def simplex_grid(n: int, steps: int) -> list[np.ndarray]:
@@ -315,7 +321,7 @@ def train(
 ) -> Record:
     """Train the configured head on `features` (train split); return the best epoch's record."""
     config_text = run.create(config)
-    finished = run.finished(config)
+    finished = run.finished(config, features.source)
     if finished is not None:
         return finished  # this config already finished here: nothing to do
     if config.train.epochs == 0:

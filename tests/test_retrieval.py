@@ -376,6 +376,23 @@ def test_a_stale_index_is_rebuilt_never_searched(synth_copy, tmp_path):
     torch.save(payload, best)
     _, warned = search_json(trained, query)
     assert "stale (the run's checkpoint changed)" in warned
+    assert "trained on other features" not in warned
+
+    # features of other settings (a caption setting changed): said at search, and the run is
+    # trained again, not taken as already trained
+    from pipeline.ocr import OcrSettings
+    from pipeline.settings import CaptionSettings, PipelineSettings, save_settings
+
+    half = PipelineSettings(ocr=OcrSettings(engine="kwai"), captions=CaptionSettings(xi=0.5))
+    save_settings(trained, half)
+    run_all(WorkDir(trained), captions=half.captions)
+    _, warned = search_json(trained, query)
+    assert "run r was trained on other features than these (ocr_text groups" in warned
+    args = ["train", "--work", w, "--config", "configs/tcd.toml", "--name", "r", *TRAIN]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and "already trained" not in result.output, result.output
+    _, warned = search_json(trained, query)
+    assert "trained on other features" not in warned
 
 
 # -- the commands --------------------------------------------------------------------------

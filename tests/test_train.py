@@ -165,6 +165,32 @@ def test_eval_metrics_are_dropped_when_the_run_is_trained_again_not_when_it_is_d
     assert cut.saved_metrics() == {}
 
 
+def test_a_run_is_trained_again_on_other_features_not_taken_as_finished(tmp_path):
+    """Features from other stage groups (a caption setting changed since): the run is not
+    finished for them, nor resumed from the state trained on the old ones; a run saved
+    before the groups were recorded stays finished for any."""
+    old, run = planted(n=32), RunDir.at(tmp_path / "run")
+    old.source = {"frames": "f1", "ocr_text": "t1", "queries": "q1"}
+    new = dataclasses.replace(old, source={**old.source, "ocr_text": "t2"})
+    config = RunConfig(HeadSettings(heads=2), TrainSettings(epochs=2, batch_size=16))
+    first = train(config, old, run)
+    assert run.trained_on() == old.source and run.finished(config, old.source) == first
+    assert run.finished(config, new.source) is None
+
+    def stop_at_first(record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # trained again from epoch 0: not resumed at 2
+        train(config, new, run, progress=stop_at_first)
+    assert [r["epoch"] for r in run.epochs()] == [0]
+    train(config, new, run)
+    assert run.trained_on() == new.source and run.finished(config, old.source) is None
+    state = torch.load(run.last, weights_only=True)
+    del state["features"]  # as saved before they were recorded
+    torch.save(state, run.last)
+    assert run.trained_on() is None and run.finished(config, old.source) is not None
+
+
 # What the hand-written TOML writer (replaced by tomli-w) stored in last.pt for OLD_CONFIG,
 # before head.coattn_into and head.coattn_window existed (missing keys mean their defaults).
 OLD_WRITER_TEXT = """[head]
