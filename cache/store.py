@@ -428,12 +428,15 @@ class StageGroup:
             "removed": ~present & (done | failed_mark),
         }
 
-    def pending(self, retry_failed: bool = False) -> np.ndarray:
+    def pending(
+        self, retry_failed: bool = False, states: dict[str, np.ndarray] | None = None
+    ) -> np.ndarray:
         """Rows to (re)compute: present rows not done for their current key.
 
-        Rows that failed for their current key are skipped unless `retry_failed`.
+        Rows that failed for their current key are skipped unless `retry_failed`. `states`:
+        the `row_states()` the caller has already read.
         """
-        states = self.row_states()
+        states = states or self.row_states()
         todo = states["pending"] | states["stale"]
         if retry_failed:
             todo |= states["failed"]

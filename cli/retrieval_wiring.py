@@ -53,35 +53,46 @@ def open_split(
     if run != ZERO_SHOT or run_dir.path.exists():
         run_dir.require()  # a mistyped --run: said before any features are read
     data = features(store, split, settings=settings)
-    trained_on = run_dir.trained_on() if run != ZERO_SHOT else None  # zero-shot learns nothing
-    if trained_on is not None and trained_on != data.source:
-        changed = sorted(s for s in data.source if trained_on.get(s) != data.source[s])
-        warn(
-            f"run {run} was trained on other features than these ({', '.join(changed)} "
-            "groups: the settings changed since); its scores are not what they were: train "
-            "it again on these (tcd train)"
-        )
+    if run != ZERO_SHOT:  # zero-shot learns nothing from its features
+        _warn_if_trained_on_others(run_dir, run, data.source)
     if not run_dir.path.exists():
         from heads.config import HeadSettings, RunConfig, TrainSettings
         from heads.train import train
 
         train(RunConfig(HeadSettings(kind=ZERO_SHOT), TrainSettings(epochs=0)), data, run_dir)
-    videos = store.manifest.videos.read(["key", "path"])
-    # the keys of the rows the features were read from: with an importing OCR engine they
-    # also hold each video's OCR file key, so an edited OCR file makes a saved index stale
-    text_rows = StageGroups.resolve(store, settings).find("ocr_text")
-    if text_rows is not None:
-        videos["key"] = text_rows.expected()[0]
     return RunSplit.open(
         run_dir,
         split,
         data,
-        videos,
+        _videos_by_row_key(store, settings),
         StageGroups.keys(settings),
         window_lookup(store, settings),
         need_queries,
         read_only=foreign,
     )
+
+
+def _warn_if_trained_on_others(run_dir: RunDir, run: str, source: dict[str, str]) -> None:
+    """One warning line when the run was trained on other feature groups than `source`."""
+    trained_on = run_dir.trained_on()
+    if trained_on is not None and trained_on != source:
+        changed = sorted(s for s in source if trained_on.get(s) != source[s])
+        warn(
+            f"run {run} was trained on other features than these ({', '.join(changed)} "
+            "groups: the settings changed since); its scores are not what they were: train "
+            "it again on these (tcd train)"
+        )
+
+
+def _videos_by_row_key(store: WorkDir, settings: PipelineSettings) -> dict[str, np.ndarray]:
+    """The manifest's `key` and `path` columns, each key that of the row the text features
+    were read from: with an importing OCR engine it also holds the video's OCR file key, so
+    an edited OCR file makes a saved index stale."""
+    videos = store.manifest.videos.read(["key", "path"])
+    text_rows = StageGroups.resolve(store, settings).find("ocr_text")
+    if text_rows is not None:
+        videos["key"] = text_rows.expected()[0]
+    return videos
 
 
 def is_run_path(run: str) -> bool:

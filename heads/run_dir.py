@@ -145,21 +145,27 @@ class RunDir:
             return []
         return [json.loads(line) for line in self.epochs_log.read_text().splitlines() if line]
 
-    def trained_on(self) -> dict[str, str] | None:
-        """The feature groups (stage -> key) last.pt was trained on; None if it predates
-        their record (or there is no last.pt)."""
-        if not self.last.exists():
-            return None
-        saved = load_checkpoint(self.last).get("features")
-        return json.loads(saved) if saved else None
+    def _last_state(self) -> dict[str, Any] | None:
+        return load_checkpoint(self.last) if self.last.exists() else None
 
-    def holds(self, config: RunConfig, features: dict[str, str] | None = None) -> bool:
-        """Whether last.pt is a run of `config` on `features` (feature group keys; a run that
-        predates their record counts as on any). Configs are compared parsed."""
-        if not self.last.exists():
+    def trained_on(self, state: dict[str, Any] | None = None) -> dict[str, str] | None:
+        """The feature groups (stage -> key) last.pt (or its `state`) was trained on; None if
+        it predates their record (or there is no last.pt)."""
+        state = state or self._last_state() or {}
+        return json.loads(state["features"]) if state.get("features") else None
+
+    def holds(
+        self,
+        config: RunConfig,
+        features: dict[str, str] | None = None,
+        state: dict[str, Any] | None = None,
+    ) -> bool:
+        """Whether last.pt (or its `state`) is a run of `config` on `features` (feature group
+        keys; a run that predates their record counts as on any). Configs compare parsed."""
+        state = state or self._last_state()
+        if state is None:
             return False
-        state = load_checkpoint(self.last)
-        trained_on = json.loads(state["features"]) if state.get("features") else None
+        trained_on = self.trained_on(state)
         same_features = features is None or trained_on is None or trained_on == features
         return same_features and same_config(state.get("config", ""), config)
 
@@ -168,11 +174,11 @@ class RunDir:
     ) -> dict[str, Any] | None:
         """The best epoch's record when this folder holds a finished run of `config` (default:
         its own config.toml) on `features` (`holds`): every epoch done or stopped early. Else
-        None. Reads last.pt only."""
+        None. Reads last.pt only, once."""
         config = config or self.config()
-        if not self.holds(config, features):
+        state = self._last_state()
+        if state is None or not self.holds(config, features, state):
             return None
-        state = load_checkpoint(self.last)
         best = {"val_loss": math.inf, **json.loads(state["best"])}
         stale = int(state["epoch"]) - best["epoch"]
         done = int(state["epoch"]) + 1 >= config.train.epochs or stale >= config.train.patience

@@ -400,10 +400,11 @@ class StageGroups:
         failed (recorded with `UPSTREAM_FAILED`) once that upstream row is done."""
         group = self.find(stage)
         assert group is not None, f"no {stage} group yet"
-        todo = group.pending(retry_failed)
+        states = group.row_states()
+        todo = group.pending(retry_failed, states)
         _, upstream, _ = self.link(stage)
         source = self.find(upstream) if upstream is not None else None
-        failed = np.flatnonzero(group.row_states()["failed"]) if not retry_failed else []
+        failed = np.flatnonzero(states["failed"]) if not retry_failed else []
         if source is None or not len(failed):
             return todo
         upstream_done = source.row_states()["done"]

@@ -378,8 +378,9 @@ def run_stage(
     name = group.stage if shard is None or shard.count == 1 else f"{group.stage} {shard}"
     with work.manifest_lock(shared=True), group.writing(shard):
         keys, present = group.expected()
-        todo = group.pending(retry_failed)
-        if upstream is not None:
+        if upstream is None:
+            todo = group.pending(retry_failed)
+        else:
             todo = upstream.groups.pending(upstream.stage, retry_failed)
         mine = np.flatnonzero(present)
         if shard is not None:

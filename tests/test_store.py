@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -300,19 +301,21 @@ with work.stage_lock("ocr", "k"):
 """
 
 
-def test_two_processes_contend_for_the_writer_lock(tmp_path):
+def lock_holder(script: str, work: Path):
+    """A Python process running `script` on the work dir `work` (made here), its stdout
+    piped: it prints once it holds the lock."""
     import subprocess
     import sys
 
     from tests.conftest import REPO
 
-    WorkDir(tmp_path, create=True)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", LOCK_SCRIPT, str(tmp_path)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    WorkDir(work, create=True)
+    command = [sys.executable, "-c", script, str(work)]
+    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
+
+
+def test_two_processes_contend_for_the_writer_lock(tmp_path):
+    holder = lock_holder(LOCK_SCRIPT, tmp_path)
     try:
         assert holder.stdout.readline().strip() == "locked"
         work = WorkDir(tmp_path)
@@ -347,18 +350,8 @@ def test_a_killed_holder_s_forked_children_do_not_keep_its_lock(tmp_path):
     """The stage process is killed while its forked workers live on (they notice seconds
     later): a rerun takes the lock at once, not refused in the name of a dead process."""
     import signal
-    import subprocess
-    import sys
 
-    from tests.conftest import REPO
-
-    WorkDir(tmp_path, create=True)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", FORKING_LOCK_SCRIPT, str(tmp_path)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    holder = lock_holder(FORKING_LOCK_SCRIPT, tmp_path)
     child = int(holder.stdout.readline())
     try:
         with pytest.raises(LockBusy):
