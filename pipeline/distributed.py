@@ -16,8 +16,10 @@ How a Ray run keeps the cache's rules (DESIGN.md section 7), with the `--shard` 
   and the OCR engine are created inside the actor.
 - An actor that dies is restarted (`MAX_RESTARTS`) and its task rerun (`MAX_TASK_RETRIES`;
   Ray's defaults are 0); a rerun task resumes its shard's pending rows. A task whose actor is
-  gone for good goes to another actor. Rows therefore end done or failed, never lost; where
-  no actor is left, the error names the rows still pending and a rerun resumes them.
+  gone for good goes to another actor; one whose actor was only unavailable for a moment
+  (the first attempt may still run there, holding the shard's lock) goes to that actor again,
+  which runs it after that attempt. Rows therefore end done or failed, never lost; where no
+  actor is left, the error names the rows still pending and a rerun resumes them.
 - Threads are pinned in every actor (Ray sets `OMP_NUM_THREADS` from the actor's CPU share):
   torch to the coordinator's `torch.get_num_threads()` (what a single process uses), the OCR
   engine to `--threads` (`run_ocr`'s `threads`, 1 by default), so a Ray run writes the bits a
@@ -388,13 +390,18 @@ class _StageRun:
                     results.append(ray.get(ref, timeout=POLL_S))
                     idle.append(actor)
                 except ray.exceptions.RayActorError as exc:
-                    if not isinstance(exc, ray.exceptions.ActorDiedError):
-                        idle.append(actor)  # unavailable for a moment, not gone
                     if attempt >= TASK_ATTEMPTS:
                         raise self._stopped(
                             f"task {task.shard} failed {attempt} times ({exc})", progress
                         ) from None
-                    queue.append((task, attempt + 1))  # resumes the shard's pending rows
+                    if isinstance(exc, ray.exceptions.ActorDiedError):
+                        queue.append((task, attempt + 1))  # resumes the shard's pending rows
+                    else:
+                        # Unavailable for a moment, not gone: the first attempt may still be
+                        # running there and hold the shard's lock, which another actor would
+                        # find busy (and stop the run). The actor runs its calls in order, so
+                        # asked again it resumes the shard once that attempt has ended.
+                        running[actor.run.remote(task)] = (actor, task, attempt + 1)
                 except ray.exceptions.RayTaskError as exc:
                     cause = getattr(exc, "cause", None)
                     if isinstance(cause, TcdError):

@@ -12,16 +12,20 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
 
-from cache import LockBusy, WorkDir
+from cache import LockBusy, Shard, WorkDir
 from cli.main import app
 from pipeline.captions import run_captions
 from pipeline.distributed import (
     RayExecutorError,
     RayOptions,
+    StageTask,
+    _Progress,
+    _StageRun,
     import_ray,
     ray_session,
     run_on_ray,
@@ -154,6 +158,45 @@ def test_killed_actor_loses_no_row_and_a_plain_run_is_refused_meanwhile(
     assert_same(cache_arrays(path), cache_arrays(reference["ocr"]), "ocr after a kill")
     rerun = run_ocr(WorkDir(path), SETTINGS.ocr, progress=False, captions=SETTINGS.captions)
     assert rerun.computed == 0
+
+
+class _FlakyCluster:
+    """A stand-in for the `ray` module in `_StageRun._run_tasks`: actors whose calls finish in
+    submission order, the first call of shard 0 answered `ActorUnavailableError` (the caller
+    lost touch with its actor, which may still be running it)."""
+
+    exceptions = ray.exceptions
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Shard]] = []  # (actor, shard), in submission order
+
+    def actor(self, name: str) -> SimpleNamespace:
+        return SimpleNamespace(run=SimpleNamespace(remote=lambda task: self._submit(name, task)))
+
+    def _submit(self, name: str, task: StageTask) -> int:
+        self.calls.append((name, task.shard))
+        return len(self.calls) - 1
+
+    def wait(self, refs: list[int], num_returns: int, timeout: float) -> tuple[list, list]:
+        return refs[:1], refs[1:]
+
+    def get(self, ref: int, timeout: float) -> list:
+        if self.calls[ref][1] == Shard(0, 3) and [s for _, s in self.calls].count(Shard(0, 3)) == 1:
+            raise ray.exceptions.ActorUnavailableError("connection lost", None)
+        return [self.calls[ref]]
+
+
+def test_a_task_whose_actor_was_unavailable_goes_back_to_that_actor(tmp_path):
+    # Another actor would find the shard's lock still held by the first attempt and stop the run.
+    cluster = _FlakyCluster()
+    work = SimpleNamespace(path=tmp_path)  # named only in errors
+    run = _StageRun(cluster, work, None, "ocr", RayOptions(), progress=False)
+    tasks = [StageTask("ocr", str(tmp_path), SETTINGS, Shard(i, 3)) for i in range(3)]
+    actors = [cluster.actor("a"), cluster.actor("b")]
+    results = run._run_tasks(actors, tasks, _Progress([], []), time.monotonic())
+    assert sorted(shard.index for [(_, shard)] in results) == [0, 1, 2]
+    shard0 = [name for name, shard in cluster.calls if shard == Shard(0, 3)]
+    assert len(shard0) == 2 and len(set(shard0)) == 1, cluster.calls
 
 
 def test_ray_refuses_shard_and_other_executors_options(reference, tmp_path):
