@@ -2,6 +2,7 @@
 
 - content key of a video: size + mtime + a hash of its first and last MiB (cheap, catches edits);
 - text key of a caption: a hash of its text;
+- directory key of a local model: its files' names and content keys (`directory_key`);
 - settings key of a stage: a stable hash of its resolved settings plus the key of its input stage.
 
 A setting added after caches exist is declared with `added_setting(default)`: the key leaves it
@@ -36,6 +37,20 @@ def content_key(path: str | os.PathLike[str]) -> str:
             f.seek(max(EDGE_BYTES, stat.st_size - EDGE_BYTES))
             digest.update(f.read(EDGE_BYTES))
     return f"{stat.st_size}-{stat.st_mtime_ns}-{digest.hexdigest()}"
+
+
+def directory_key(path: str | os.PathLike[str]) -> str:
+    """16-hex key of what a directory holds (a local model's config, weights, tokenizer): each
+    file's relative path and content key, hidden entries left out (a download's `.cache/`).
+    As for a video, new weights key anew, and so does a copy that does not keep mtimes (a
+    plain `cp -r`; `cp -a` and `rsync -a` keep them). Raises OSError if unreadable."""
+    root = Path(path).resolve()
+    digest = hashlib.blake2b(digest_size=8)
+    for file in sorted(root.rglob("*")):
+        name = file.relative_to(root)
+        if file.is_file() and not any(part.startswith(".") for part in name.parts):
+            digest.update(f"{name}\0{content_key(file)}\0".encode())
+    return digest.hexdigest()
 
 
 def text_key(text: str) -> str:

@@ -24,7 +24,7 @@ import numpy as np
 
 from cache import SettingsError, Shard, StageGroup, WorkDir, settings_key
 from cache.atomic import atomic_write
-from cache.keys import added_setting, as_written_before, value_before
+from cache.keys import added_setting, as_written_before, directory_key, value_before
 from cache.settings import check_setting as _check
 from cache.settings import dump_toml, load_settings, read_toml, to_dict
 
@@ -139,10 +139,12 @@ class EncodeSettings:
 
 @dataclass(frozen=True)
 class FrameSettings:
-    """What keys the frames group: the vision model and T."""
+    """What keys the frames group: the vision model (with its files, where it is a local
+    directory: `model_files_key`) and T."""
 
     model: str
     frames: int
+    model_files: str = added_setting("")
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,7 @@ class OcrSampling:
 
     ocr: OcrSettings
     frames: int
+    model_files: str = added_setting("")  # paddleocr's model folders (`model_files_key`)
 
 
 @dataclass(frozen=True)
@@ -167,9 +170,11 @@ class OcrImport:
 
 @dataclass(frozen=True)
 class TextSettings:
-    """What keys the ocr_text and queries groups: the text model."""
+    """What keys the ocr_text and queries groups: the text model (with its files, where it is
+    a local directory: `model_files_key`)."""
 
     model: str
+    model_files: str = added_setting("")
 
 
 @dataclass(frozen=True)
@@ -299,11 +304,27 @@ def engine_in_effect(ocr: OcrSettings) -> OcrSettings:
     return replace(ocr, **unread)
 
 
+def model_files_key(*models: str) -> str:
+    """What keys the files of `models` (names or folders): for each local directory among
+    them, its `cache.keys.directory_key`, so a model saved anew into the same folder opens
+    new groups; '' where none is one (a built-in or hub name keys by its name alone, and
+    groups keyed before this existed keep their keys)."""
+    keys = []
+    for model in models:
+        if model and Path(model).is_dir():
+            try:
+                keys.append(directory_key(model))
+            except OSError as exc:
+                raise SettingsError(f"cannot read the model folder {model}: {exc}") from None
+    return "-".join(keys)
+
+
 def _ocr_keyed_by(ocr: OcrSettings, frames: int) -> Any:
     """What keys the ocr group: see `OcrSampling` and `OcrImport`."""
     ocr = engine_in_effect(ocr)
     if samples_frames(ocr):
-        return OcrSampling(gate_in_effect(ocr), frames)
+        paddle = model_files_key(ocr.paddle_det_dir, ocr.paddle_rec_dir)
+        return OcrSampling(gate_in_effect(ocr), frames, paddle)
     if ocr.engine == OcrEngine.kwai:  # it reads no frames, so no gate keys it
         return gate_in_effect(replace(ocr, reuse="off"))  # the key kwai work dirs were built with
     return OcrImport(ocr.import_format, ocr.import_dir, ocr.import_map)
@@ -315,14 +336,17 @@ def _chain(settings: PipelineSettings) -> list[tuple[str, Any, str | None, str]]
     T (`captions.frames`) keys the ocr group of an engine that decodes frames (it reads the T
     segment centres too), while `captions.xi` keys only the captions group and, through its
     key, the ocr_text group."""
-    text = TextSettings(settings.encode.text_model)
+    encode = settings.encode
+    text = TextSettings(encode.text_model, model_files_key(encode.text_model))
     ocr = settings.ocr
     return [
         ("ocr", _ocr_keyed_by(ocr, settings.captions.frames), None, "videos"),
         ("captions", settings.captions, "ocr", "videos"),
         (
             "frames",
-            FrameSettings(settings.encode.vision_model, settings.captions.frames),
+            FrameSettings(
+                encode.vision_model, settings.captions.frames, model_files_key(encode.vision_model)
+            ),
             None,
             "videos",
         ),

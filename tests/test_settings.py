@@ -155,3 +155,36 @@ def test_only_the_settings_an_ocr_engine_reads_key_its_group(engine, unread, rea
     assert all(key(s) == base for s in unread), engine
     if read is not None:
         assert key(read) != base
+
+
+def test_a_model_folder_keys_its_groups_by_its_files(tmp_path):
+    """A model saved anew into the same folder must not reuse what the old weights computed;
+    a name that is no folder (built-in, hub id) keys its groups as before folders were keyed."""
+    from pipeline.settings import StageGroups
+
+    folder = tmp_path / "my-clip"
+    (folder / ".cache").mkdir(parents=True)  # a download's metadata, not the model
+    (folder / "config.json").write_text("{}")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(b"a" * 1000)
+    paddle = ("ocr.engine=paddleocr", f"ocr.paddle_det_dir={folder}")
+
+    def keys(*sets: str, model: str = str(folder)) -> dict[str, str]:
+        models = [f"encode.vision_model={model}", f"encode.text_model={model}"]
+        return StageGroups.keys(load_settings(PipelineSettings, None, [*models, *sets]))
+
+    base, base_paddle = keys(), keys(*paddle)
+    (folder / ".cache" / "etag").write_text("x")
+    assert (keys(), keys(*paddle)) == (base, base_paddle)
+    weights.write_bytes(b"b" * 1000)  # same name, same size, new weights
+    new, new_paddle = keys(), keys(*paddle)
+    assert [new[s] != base[s] for s in base] == [False, False, True, True, True], (base, new)
+    assert new_paddle["ocr"] != base_paddle["ocr"]
+
+    @dataclass(frozen=True)
+    class FrameSettings:  # the frames group's key before model folders were keyed
+        model: str
+        frames: int
+
+    named = keys(model="openai/clip-vit-base-patch32")
+    assert named["frames"] == settings_key(FrameSettings("openai/clip-vit-base-patch32", 12))
