@@ -69,16 +69,19 @@ def recall_at_1(sim: np.ndarray, query_video: np.ndarray) -> float:
 
 
 def v2t_metrics(sim: np.ndarray, query_video: np.ndarray) -> dict[str, float]:
-    """Video-to-text: each video ranks all captions; its best-ranked own caption counts."""
+    """Video-to-text: each video ranks all captions; its best-scored own caption counts, ranked
+    among the other videos' captions only (its own other captions are no misses, even tied
+    with it: duplicate captions of one video score alike), ties averaged."""
     sim = np.asarray(sim, dtype=np.float64)
     check_finite(sim)
     query_video = np.asarray(query_video)
     by_video = sim.T  # (videos, captions)
     ranks = []
     for video in np.unique(query_video):
-        own = np.flatnonzero(query_video == video)
+        own = query_video == video
         row = by_video[video]
-        ranks.append(min(tie_averaged_ranks(np.tile(row, (len(own), 1)), own)))
+        best, others = row[own].max(), row[~own]
+        ranks.append((others > best).sum() + ((others == best).sum() + 2) / 2)
     return summarise(np.array(ranks))
 
 
