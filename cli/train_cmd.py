@@ -46,10 +46,11 @@ TablesOut = Annotated[
 
 def show_epoch(record: dict[str, Any]) -> None:
     """One line per epoch: losses, validation, and HSC's diagnostics beside their baselines."""
-    line = (
-        f"  epoch {record['epoch']:>3}  loss {record['loss']:.3f}  "
-        f"val loss {record['val_loss']:.3f}  val R@1 {record['val_r1']:.1f}"
-    )
+    line = f"  epoch {record['epoch']:>3}  loss {record['loss']:.3f}  "
+    if "val_r1" in record:
+        line += f"val loss {record['val_loss']:.3f}  val R@1 {record['val_r1']:.1f}"
+    else:
+        line += "(no held-out captions)"
     if "hsc" in record:
         line += f"  hsc {record['hsc']:.4f} (uniform {record['hsc_uniform']:.4f})"
     if record.get("calib_frames"):
@@ -96,9 +97,12 @@ def train_command(
     if best["epoch"] < 0:
         typer.echo(f"kept the initial head (train.epochs = 0: nothing trained); run in {run.path}")
     else:
-        typer.echo(
-            f"best epoch {best['epoch']} (val t2v R@1 {best['val_r1']:.1f}); run in {run.path}"
+        chosen_by = (
+            f"val t2v R@1 {best['val_r1']:.1f}"
+            if "val_r1" in best
+            else f"lowest training loss {best['val_loss']:.3f}: no held-out captions"
         )
+        typer.echo(f"best epoch {best['epoch']} ({chosen_by}); run in {run.path}")
 
 
 def caption_features(store: WorkDir, split: str, memory_budget_gb: float) -> FeaturesFor:

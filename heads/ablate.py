@@ -156,8 +156,10 @@ def run_study(
 
 
 def summarise(rows: list[dict[str, Any]], variants: list[Variant]) -> list[dict[str, Any]]:
-    """Per variant: the mean of every numeric field over seeds, and its sample standard
-    deviation under `<field>_sd` (0 for a single seed)."""
+    """Per variant: the mean of every numeric field over the seeds that have it, and its
+    sample standard deviation under `<field>_sd` (0 for a single seed); a field only some
+    seeds have (a diagnostic their held-out videos allow) also gives their count under
+    `<field>_seeds`."""
     out = []
     for variant in variants:
         runs = [r for r in rows if r["variant"] == variant.name]
@@ -169,9 +171,16 @@ def summarise(rows: list[dict[str, Any]], variants: list[Variant]) -> list[dict[
             "seeds": len(runs),
             "paper_t2v_r1": variant.paper_t2v_r1,
         }
-        numeric = [k for k, v in runs[0].items() if isinstance(v, int | float) and k != "seed"]
+        numeric = {
+            k: None
+            for r in runs
+            for k, v in r.items()
+            if isinstance(v, int | float) and k != "seed"
+        }
         for key in numeric:
-            values = [float(r[key]) for r in runs]
+            values = [float(r[key]) for r in runs if isinstance(r.get(key), int | float)]
+            if len(values) < len(runs):
+                summary[f"{key}_seeds"] = len(values)
             mean = sum(values) / len(values)
             spread = (
                 math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))

@@ -22,6 +22,12 @@ def save_checkpoint(path: Path, model: nn.Module, extra: dict[str, Any] | None =
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
+def update_checkpoint(path: Path, **changes: Any) -> None:
+    """Rewrite a checkpoint's entries other than the model (atomically)."""
+    payload = {**load_checkpoint(path), **changes}
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
 def load_checkpoint(path: Path, model: nn.Module | None = None) -> dict[str, Any]:
     """Load tensors only (weights_only=True) and, given a model, fill it strictly."""
     if not path.exists():

@@ -168,3 +168,9 @@ class RunConfig:
             "0 for head.kind = 'zero-shot' (it has nothing to train)",
             self.train.epochs,
         )
+        check_setting(
+            "train.val_fraction",
+            self.head.fusion != "validation" or self.train.val_fraction > 0,
+            "> 0 for head.fusion = 'validation' (it chooses the weights on held-out videos)",
+            self.train.val_fraction,
+        )

@@ -98,9 +98,17 @@ class RunDir:
         return self.path / f"index_{split}.json"
 
     # -- contents -----------------------------------------------------------------------------
-    def create(self, config: RunConfig) -> str:
-        """Make the folder and write the resolved config; returns its TOML text."""
+    def create(self, config: RunConfig, features: dict[str, str] | None = None) -> str:
+        """Make the folder for a run of `config` on `features` (feature group keys) and write
+        the resolved config; returns its TOML text. The checkpoints of another run there
+        (another config or other features: not `holds`) and its metrics go first, so the
+        config never sits beside another config's head (which `tcd eval` would load under
+        it): last.pt, then best.pt, so a kill between leaves the old config with its head."""
         self.path.mkdir(parents=True, exist_ok=True)
+        if not self.holds(config, features):
+            self.last.unlink(missing_ok=True)
+            self.best.unlink(missing_ok=True)
+            self.forget_metrics()
         text = dump_toml(to_dict(config))
         atomic_write(self.config_path, text)
         return text
@@ -182,7 +190,9 @@ class RunDir:
         best = {"val_loss": math.inf, **json.loads(state["best"])}
         stale = int(state["epoch"]) - best["epoch"]
         done = int(state["epoch"]) + 1 >= config.train.epochs or stale >= config.train.patience
-        return best if done else None
+        # the steps after the last epoch (the fusion weights) are done too; a last.pt that
+        # predates this record finished them
+        return best if done and state.get("finished", True) else None
 
     def saved_metrics(self) -> dict[str, Any]:
         return json.loads(self.metrics_path.read_text()) if self.metrics_path.exists() else {}

@@ -39,7 +39,7 @@ from torch import nn
 from cache.atomic import atomic_write
 from cache.device import default_device
 from cache.errors import TcdError
-from heads.checkpoint import load_checkpoint, save_checkpoint
+from heads.checkpoint import load_checkpoint, save_checkpoint, update_checkpoint
 from heads.config import RunConfig, TrainSettings
 from heads.data import Features
 from heads.losses import (
@@ -128,6 +128,12 @@ class Trainer:
         self.features, self.config_text = features, config_text
         self.device = default_device()
         self.train_idx, self.val, self.captions_of = train_videos(features, self.settings)
+        if config.head.fusion == "validation" and (self.val is None or not len(self.val.queries)):
+            held_out = 0 if self.val is None else self.val.n_videos
+            raise TcdError(
+                f"head.fusion = 'validation' chooses the branch weights on held-out captions, "
+                f"but the {held_out} held-out video(s) have none; raise train.val_fraction"
+            )
         self.model = initial_model(config, features).to(self.device)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=self.settings.lr, weight_decay=self.settings.weight_decay
@@ -199,14 +205,13 @@ class Trainer:
         return parts
 
     def validate(self, record: Record) -> None:
-        """Add the held-out split's t2v R@1 and retrieval loss to `record` (without a held-out
-        split: minus the training loss and the training loss, so the lowest loss is kept), and
-        the calibration accuracy."""
+        """Add the held-out split's t2v R@1 and retrieval loss to `record` (without held-out
+        captions: no R@1, and the training loss as `val_loss`, so the lowest loss is kept),
+        and the calibration accuracy."""
         record.update(self.calibration())
         val = self.val
         if val is None or not len(val.queries):
-            loss = record.get("loss", math.inf)  # (no loss yet for an untrained head)
-            record["val_r1"], record["val_loss"] = -loss, loss
+            record["val_loss"] = record.get("loss", math.inf)  # (none yet when untrained)
             return
         memory = self.settings.score_memory_gb * 1e9
         sim = score_matrix(self.model.head, val, memory, self.device)
@@ -230,8 +235,9 @@ class Trainer:
         return {"calib_acc": accuracy, "calib_chance": chance, "calib_frames": frames}
 
     def better(self, record: Record) -> bool:
-        """Whether `record` beats the best epoch so far (by `train.select`)."""
-        if self.settings.select == "loss":
+        """Whether `record` beats the best epoch so far (by `train.select`; by the loss where
+        there is no held-out R@1)."""
+        if self.settings.select == "loss" or "val_r1" not in record:
             return record["val_loss"] < self.best["val_loss"]
         # a small validation split often ties on R@1 (e.g. at 100%): the lower loss wins
         return (record["val_r1"], -record["val_loss"]) > (
@@ -241,7 +247,7 @@ class Trainer:
 
     def checkpoint(self, record: Record) -> bool:
         """Log the epoch, keep the best head (best.pt) and the state to resume from (last.pt);
-        whether `patience` epochs passed without gain."""
+        whether training stops here (`stopped`)."""
         self.history.append(record)
         with self.run.epochs_log.open("a") as f:
             f.write(json.dumps(record) + "\n")
@@ -257,9 +263,20 @@ class Trainer:
             "best": json.dumps(self.best),
             "config": self.config_text,
             "features": json.dumps(self.features.source, sort_keys=True),
+            "finished": False,  # until `finish` has run
         }
         save_checkpoint(self.run.last, self.model, state)
+        return self.stopped()
+
+    def stopped(self) -> bool:
+        """Whether `patience` epochs passed without gain."""
         return self.stale >= self.settings.patience
+
+    def finish(self) -> None:
+        """After the last epoch: choose the fusion weights (`choose_fusion`), then mark last.pt
+        finished, so a run killed before this point does it when run again."""
+        self.choose_fusion()
+        update_checkpoint(self.run.last, best=json.dumps(self.best), finished=True)
 
     @torch.no_grad()
     def choose_fusion(self) -> None:
@@ -319,17 +336,21 @@ def train(
     run: RunDir,
     progress: Callable[[Record], None] | None = None,
 ) -> Record:
-    """Train the configured head on `features` (train split); return the best epoch's record."""
-    config_text = run.create(config)
+    """Train the configured head on `features` (train split); return the best epoch's record.
+    A run of another config or on other features in the folder is replaced (`RunDir.create`);
+    an unfinished one of this config on these features is resumed."""
     finished = run.finished(config, features.source)
     if finished is not None:
         return finished  # this config already finished here: nothing to do
+    config_text = run.create(config, features.source)
     if config.train.epochs == 0:
         return keep_initial(config, features, run, config_text)
     trainer = Trainer(config, features, run, config_text)
     trainer.resume()
     run.forget_metrics()  # they measured the head the next checkpoint replaces
     for epoch in range(trainer.start_epoch, config.train.epochs):
+        if trainer.stopped():  # it stopped early, then was killed before `finish`
+            break
         started = time.monotonic()
         record = trainer.train_epoch(epoch, started)
         trainer.validate(record)
@@ -339,7 +360,7 @@ def train(
             progress(record)
         if stop:
             break
-    trainer.choose_fusion()
+    trainer.finish()
     plot_curves(trainer.history, run.curves)
     return trainer.best
 
@@ -358,9 +379,10 @@ def plot_curves(history: list[Record], path: Path) -> None:
     left.plot(epochs, [h["loss"] for h in history], color="tab:blue", label="train loss")
     left.set_xlabel("epoch")
     left.set_ylabel("train loss", color="tab:blue")
-    right = left.twinx()
-    right.plot(epochs, [h["val_r1"] for h in history], color="tab:red", label="val t2v R@1")
-    right.set_ylabel("val t2v R@1 (%)", color="tab:red")
+    if all("val_r1" in h for h in history):  # (none without held-out captions)
+        right = left.twinx()
+        right.plot(epochs, [h["val_r1"] for h in history], color="tab:red", label="val t2v R@1")
+        right.set_ylabel("val t2v R@1 (%)", color="tab:red")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

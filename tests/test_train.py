@@ -11,6 +11,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import heads.train
+from cache.errors import SettingsError, TcdError
 from cache.settings import dump_toml, to_dict
 from heads.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from heads.config import HeadSettings, RunConfig, TrainSettings
@@ -117,8 +119,79 @@ def test_without_validation_the_lowest_training_loss_is_kept(tmp_path):
         HeadSettings(heads=2), TrainSettings(epochs=2, batch_size=16, val_fraction=0)
     )
     best = train(config, planted(n=32), RunDir.at(tmp_path))
-    assert best["loss"] > 1 and best["val_r1"] == -best["loss"]  # an R@1 stand-in below -1
+    epochs = RunDir.at(tmp_path).epochs()
+    assert best["val_loss"] == best["loss"] == min(e["loss"] for e in epochs)
+    assert not any("val_r1" in e for e in [best, *epochs])  # no R@1 without held-out captions
     assert (tmp_path / "best.pt").exists()
+
+
+def test_a_retrain_killed_before_its_first_checkpoint_leaves_no_head_under_its_config(
+    tmp_path, monkeypatch
+):
+    """`tcd eval` builds the head from config.toml: it must never load another config's
+    checkpoint under it (same shapes, so nothing would fail), and the old config is not
+    taken as finished meanwhile."""
+    data, run = planted(n=32), RunDir.at(tmp_path / "run")
+    old = RunConfig(HeadSettings(heads=2, tau=5.0), TrainSettings(epochs=1, batch_size=16))
+    new = RunConfig(HeadSettings(heads=2, tau=20.0), old.train)
+    train(old, data, run)
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(heads.train.Trainer, "train_epoch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(new, data, run)
+    assert run.config() == new
+    with pytest.raises(CheckpointError, match="not found"):
+        run.load_head(DV, DT)
+    assert run.finished(old) is None and run.finished(new) is None
+
+
+def test_a_run_killed_after_its_last_epoch_chooses_its_fusion_weights_when_rerun(
+    tmp_path, monkeypatch
+):
+    data = planted(n=64)
+    config = RunConfig(
+        HeadSettings(heads=2, fusion="validation"),
+        TrainSettings(epochs=2, batch_size=16, val_fraction=0.25),
+    )
+    clean_run = RunDir.at(tmp_path / "clean")
+    clean = train(config, data, clean_run)
+    choose = heads.train.Trainer.choose_fusion
+
+    def killed(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(heads.train.Trainer, "choose_fusion", killed)
+    run = RunDir.at(tmp_path / "killed")
+    with pytest.raises(KeyboardInterrupt):
+        train(config, data, run)
+    assert run.finished(config) is None  # every epoch done, the weights not chosen
+    monkeypatch.setattr(heads.train.Trainer, "choose_fusion", choose)
+    assert train(config, data, run)["fusion"] == clean["fusion"]
+    assert [e["epoch"] for e in run.epochs()] == [0, 1]  # no epoch trained again
+    chosen = [load_checkpoint(r.best)["model"]["fusion_chosen"] for r in (run, clean_run)]
+    torch.testing.assert_close(*chosen, rtol=0, atol=0)
+    assert not torch.equal(chosen[0], torch.full((3,), 1 / 3))  # chosen, not the uniform start
+    assert run.finished(config)["fusion"] == clean["fusion"]
+
+
+def test_validation_fusion_without_held_out_captions_is_refused():
+    with pytest.raises(SettingsError, match="train.val_fraction must be > 0 for head.fusion"):
+        RunConfig(HeadSettings(fusion="validation"), TrainSettings(val_fraction=0))
+    data = planted(n=32)
+    _, held_out = heads.train.split_train_val(data, 0.1, seed=0)
+    kept = ~np.isin(data.query_video, held_out)  # the held-out videos lose their captions
+    data = dataclasses.replace(
+        data,
+        queries=data.queries[kept],
+        query_video=data.query_video[kept],
+        query_text=[q for q, k in zip(data.query_text, kept, strict=True) if k],
+    )
+    config = RunConfig(HeadSettings(heads=2, fusion="validation"), TrainSettings(val_fraction=0.1))
+    with pytest.raises(TcdError, match="held-out video\\(s\\) have none"):
+        heads.train.Trainer(config, data, RunDir.at("/nonexistent"), "")
 
 
 def test_rerunning_an_early_stopped_run_does_no_work(tmp_path):
@@ -476,3 +549,17 @@ def test_shipped_configs_and_grid_load():
         for variant in variants:
             config = load_settings(RunConfig, REPO / variant.config, variant.set)
             build_head(config.head, DV, DT)  # every variant builds
+
+
+def test_ablation_summary_averages_a_diagnostic_over_the_seeds_that_have_it():
+    """The held-out split moves with train.seed, so calibration accuracy may exist for one
+    seed and not another: the summary must neither raise nor drop it."""
+    from heads.ablate import Variant, summarise
+
+    rows = [
+        {"variant": "a", "seed": 0, "R@1": 1.0},
+        {"variant": "a", "seed": 1, "R@1": 3.0, "calib_acc": 0.5},
+    ]
+    (summary,) = summarise(rows, [Variant("a", "configs/tcd.toml")])
+    assert summary["R@1"] == 2.0 and "R@1_seeds" not in summary
+    assert summary["calib_acc"] == 0.5 and summary["calib_acc_seeds"] == 1
