@@ -45,21 +45,19 @@ def open_split(
 ) -> RunSplit:
     """The run's best head on the split's features for `settings` (by default the work dir's
     current ones). The run `zero-shot` is made on first use (the frozen encoders: nothing to
-    train). `run` may also be the path of a run folder of another work dir with the same
-    encoders (`run_folder`); its folder is then only read (its index is built in memory)."""
+    train), and made again when its features change. `run` may also be the path of a run
+    folder of another work dir with the same encoders (`run_folder`); its folder is then only
+    read (its index is built in memory, its metrics are not saved)."""
     store = WorkDir(work)
     settings = settings or resolve_settings(store.path)
     run_dir, foreign = run_folder(store.path, run, settings)
     if run != ZERO_SHOT or run_dir.path.exists():
         run_dir.require()  # a mistyped --run: said before any features are read
     data = features(store, split, settings=settings)
-    if run != ZERO_SHOT:  # zero-shot learns nothing from its features
+    if run == ZERO_SHOT and not foreign:
+        _make_zero_shot(run_dir, data)
+    else:
         _warn_if_trained_on_others(run_dir, run, data.source)
-    if not run_dir.path.exists():
-        from heads.config import HeadSettings, RunConfig, TrainSettings
-        from heads.train import train
-
-        train(RunConfig(HeadSettings(kind=ZERO_SHOT), TrainSettings(epochs=0)), data, run_dir)
     return RunSplit.open(
         run_dir,
         split,
@@ -70,6 +68,20 @@ def open_split(
         need_queries,
         read_only=foreign,
     )
+
+
+def _make_zero_shot(run_dir: RunDir, data: Features) -> None:
+    """Make the zero-shot run on `data`'s features where it is missing or was made on others
+    (their encoders' widths may not fit its checkpoint): nothing is trained, so nothing is
+    lost. A run the user trained under that name is left alone."""
+    from heads.config import HeadSettings, RunConfig, TrainSettings
+    from heads.train import train
+
+    config = RunConfig(HeadSettings(kind=ZERO_SHOT), TrainSettings(epochs=0))
+    if run_dir.path.exists():
+        if run_dir.config().head.kind != ZERO_SHOT or run_dir.finished(config, data.source):
+            return
+    train(config, data, run_dir)
 
 
 def _warn_if_trained_on_others(run_dir: RunDir, run: str, source: dict[str, str]) -> None:

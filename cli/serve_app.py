@@ -45,6 +45,7 @@ MAX_QUERY_CHARS = 1000
 MAX_TOP_K = 1000
 MAX_K = 10_000
 THUMB_WIDTH = 320
+MAX_THUMB_S = 1e6  # a thumbnail's time at most (11 days; its centiseconds must fit an int)
 THUMB_CACHE = 512  # thumbnails kept in memory
 
 
@@ -228,8 +229,10 @@ def create_app(service: SearchService) -> FastAPI:
 
     @app.get("/thumbs/{video_id:path}", response_model=None)
     def thumb(video_id: str, t: float = 0.0, w: int = THUMB_WIDTH) -> Response:
-        if not np.isfinite(t) or not 16 <= w <= 1280:
-            raise BadRequest("t must be a number of seconds and w between 16 and 1280")
+        if not abs(t) <= MAX_THUMB_S or not 16 <= w <= 1280:  # (NaN fails too)
+            raise BadRequest(
+                f"t must be a number of seconds up to {MAX_THUMB_S:g} and w between 16 and 1280"
+            )
         jpeg = service.thumbnail(video_id, max(int(round(t * 100)), 0), w)
         if jpeg is None:
             return _not_found()

@@ -46,8 +46,8 @@ def evaluate(
     log: Callable[[str], None] = LOG.warning,
     groups: QueryGroups | None = None,
 ) -> dict[str, Any]:
-    """Score the split, save and return its report (metrics, sizes, timing, flags, and the
-    metrics of each query group of `groups`)."""
+    """Score the split, save (unless the run is another work dir's) and return its report
+    (metrics, sizes, timing, flags, and the metrics of each query group of `groups`)."""
     data, run = split.features, split.run
     if export is not None:  # a bad --rand-file fails before the scoring, not after
         sim_matrix_columns(data.video_ids, export.order, export.rand_file)
@@ -78,7 +78,13 @@ def evaluate(
     if groups is not None:
         report["groups"] = group_report(sim, data.query_video, groups)
     report["missing_videos"] = data.missing
-    run.save_metrics(split.split, report)
+    if split.read_only:
+        log(
+            f"run {run.path} belongs to another work dir, whose folder is never written: "
+            "these metrics are not saved (tcd results will not show them)"
+        )
+    else:
+        run.save_metrics(split.split, report)
     if export is not None:
         write_sim_matrix(export.path, sim, data.video_ids, export.order, export.rand_file)
     return report
@@ -157,7 +163,8 @@ def evaluation_warnings(report: dict[str, Any]) -> list[str]:
 
 
 def results_table(work: str | Path, split: str) -> str:
-    """One row of saved t2v and v2t metrics per run evaluated on `split`."""
+    """One row of saved t2v and v2t metrics per run evaluated on `split` (its last `tcd
+    eval`, marked where that scored two-stage, or an unfinished run)."""
     rows = {}
     for run in RunDir.evaluated(work):
         saved = run.saved_metrics()
@@ -175,6 +182,7 @@ def results_table(work: str | Path, split: str) -> str:
         values = [report[d][c] for d in ("t2v", "v2t") for c in METRICS]
         size = f"  ({report['captions']} captions x {report['videos']} videos)"
         unfinished = "  unfinished" if report.get("training_finished") is False else ""
+        approximate = f"  two-stage K={report['two_stage']['k']}" if "two_stage" in report else ""
         cells = "".join(f"{v:>9.1f}" for v in values)
-        lines.append(f"{name:<{width}}{cells}{size}{unfinished}")
+        lines.append(f"{name:<{width}}{cells}{size}{unfinished}{approximate}")
     return "\n".join(lines)

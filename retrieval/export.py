@@ -18,6 +18,7 @@ HDF5 layout (`tcd export --format h5`), one group per split:
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,10 +43,13 @@ def rand_column_order(video_ids: list[str], rand_file: Path) -> np.ndarray:
         raise RetrievalError(f"{rand_file}: cannot read the video order ({exc})") from None
     position = {vid: i for i, vid in enumerate(video_ids)}
     missing = [p for p in paths if p not in position]
-    if missing or len(paths) != len(video_ids):
+    repeated = [p for p, n in Counter(paths).items() if n > 1]
+    if missing or repeated or len(paths) != len(video_ids):
         raise RetrievalError(
-            f"{rand_file}: lists {len(paths)} videos, the split has {len(video_ids)}"
+            f"{rand_file}: lists {len(paths)} videos ({len(set(paths))} distinct), the split "
+            f"has {len(video_ids)}"
             + (f"; e.g. {missing[0]!r} is not in the split" if missing else "")
+            + (f"; e.g. {repeated[0]!r} is listed more than once" if repeated else "")
         )
     return np.array([position[p] for p in paths], dtype=np.int64)
 

@@ -16,17 +16,20 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from heads.checkpoint import save_checkpoint
-from heads.config import RunConfig
+from heads.checkpoint import CheckpointError, save_checkpoint
+from heads.config import RunConfig, TrainSettings
 from heads.metrics import MetricsError, recall_at_1, t2v_metrics, tie_averaged_ranks, v2t_metrics
 from heads.modules import HeadSettings, build_head
 from heads.run_dir import RunDir
 from heads.scoring import score_matrix
+from heads.train import train
 from pipeline.datasets import textvr_rand_columns
 from retrieval import index as index_module
+from retrieval.evaluate import evaluate
 from retrieval.export import write_sim_matrix
 from retrieval.index import (
     GPU_MAX_K,
+    RetrievalError,
     build_index,
     floor_unscored,
     query_embeddings,
@@ -111,6 +114,16 @@ def test_several_captions_per_video():
     assert v2t["R@1"] == 50.0 and v2t["MnR"] == 1.5
 
 
+def test_v2t_a_video_whose_own_captions_tie_ranks_first():
+    # captions 0, 1 of video 0 are one sentence twice (MSR-VTT has such), so they score alike:
+    # neither is a miss of the other, while a tie with another video's caption still counts
+    sim = np.array([[0.9, 0.1], [0.9, 0.1], [0.2, 0.8], [0.1, 0.7]])
+    v2t = v2t_metrics(sim, np.array([0, 0, 1, 1]))
+    assert v2t["R@1"] == 100.0 and v2t["MnR"] == 1.0
+    tied_with_other = v2t_metrics(np.array([[0.9, 0.1], [0.9, 0.1], [0.9, 0.8]]), [0, 0, 1])
+    assert tied_with_other["MnR"] == 1.25  # video 0: rank 1.5 (tied with caption 2); video 1: 1
+
+
 @pytest.mark.parametrize("kind", ["tcd", "video-only", "ocr-instances"])
 def test_flat_index_equals_brute_force_and_two_stage_with_all_equals_exact(kind):
     data = planted(n=40)
@@ -149,6 +162,14 @@ def test_sim_matrix_orientation_and_rand_order_on_real_files(textvr_files, tmp_p
     )
     assert (rand[np.arange(n), cols] == 2.0).all()
     assert (rand.argmax(axis=1) == cols).all()
+
+
+def test_a_rand_file_listing_a_video_twice_is_refused(tmp_path):
+    # same length, every path known: one video twice, another never (its column lost)
+    rand = tmp_path / "rand.json"
+    rand.write_text(json.dumps([{"path": p} for p in ("a", "a", "c")]))
+    with pytest.raises(RetrievalError, match="'a' is listed more than once"):
+        write_sim_matrix(tmp_path / "sim.npy", np.eye(3), ["a", "b", "c"], "rand", rand)
 
 
 # -- defect: NaN scores counted as hits ---------------------------------------------------
@@ -197,6 +218,40 @@ def run_split_of(data, tmp_path: Path) -> RunSplit:
         return Windows(np.full((len(rows), T), "", dtype=object))
 
     return RunSplit.open(run, "test", data, videos, {"frames": "f", "ocr_text": "t"}, windows)
+
+
+def test_eval_of_another_work_dirs_run_saves_nothing_in_its_folder(tmp_path):
+    split = dataclasses.replace(run_split_of(planted(n=20), tmp_path), read_only=True)
+    said = []
+    report = evaluate(split, log=said.append)
+    assert report["t2v"] and not split.run.metrics_path.exists()
+    assert "these metrics are not saved" in said[0]
+    evaluate(dataclasses.replace(split, read_only=False), log=said.append)
+    assert split.run.saved_metrics()["test"]["t2v"] == report["t2v"]
+
+
+def test_the_zero_shot_run_is_made_again_for_other_features_a_trained_one_kept(tmp_path):
+    from cli.retrieval_wiring import _make_zero_shot
+
+    run = RunDir.at(tmp_path / "zero-shot")
+    data = planted(n=8)
+    data.source = {"frames": "f1", "ocr_text": "t1", "queries": "q1"}
+    _make_zero_shot(run, data)
+    made = run.best.read_bytes()
+    _make_zero_shot(run, data)  # the same features: untouched
+    assert run.best.read_bytes() == made
+    wider = dataclasses.replace(  # another vision model: frames 32 wide
+        data, frames=np.zeros((8, T, 32), np.float16), source={**data.source, "frames": "f2"}
+    )
+    with pytest.raises(CheckpointError, match="does not fit"):
+        run.load_head(32, DT)
+    _make_zero_shot(run, wider)
+    run.load_head(32, DT)  # fits the new encoders
+    trained = RunDir.at(tmp_path / "mine")  # a run the user trained under that name
+    train(RunConfig(HeadSettings(heads=2), TrainSettings(epochs=1, batch_size=4)), data, trained)
+    before = trained.best.read_bytes()
+    _make_zero_shot(trained, wider)
+    assert trained.best.read_bytes() == before
 
 
 def test_faiss_no_result_labels_are_dropped_not_scored(tmp_path):
@@ -427,6 +482,7 @@ def test_eval_search_index_export_commands(trained, tmp_path):
     assert result.exit_code == 0, result.output
     row = next(line for line in result.output.splitlines() if line.startswith("r "))
     assert f"{report['t2v']['R@1']:.1f}" in row and f"x {report['videos']} videos" in row
+    assert row.endswith(f"two-stage K={report['videos']}")  # the last eval, approximate
     assert runner.invoke(app, ["results", "--work", w, "--split", "test"]).exit_code != 0
     result = runner.invoke(app, ["index", "--work", w, "--run", "r", "--split", "train"])
     assert result.exit_code == 0, result.output

@@ -152,6 +152,13 @@ def test_a_symlink_out_of_the_root_is_not_served(served, client):
         assert response.status_code == 404 and response.json() == {"error": "not found"}
 
 
+def test_a_thumbnail_time_too_large_for_the_frame_index_is_a_json_400(client):
+    for t in ("1e308", "-1e308", "nan"):  # t * 100 overflowed to inf: a plain-text 500
+        response = client.get("/thumbs/any.mp4", params={"t": t})
+        assert response.status_code == 400, response.text
+        assert "t must be a number of seconds up to" in response.json()["error"]
+
+
 @pytest.mark.parametrize(
     "params, message",
     [
