@@ -12,7 +12,10 @@ from cli.common import Run, Split, Work, features
 from retrieval.choices import ExportFormat
 
 Format = Annotated[ExportFormat, typer.Option("--format", help="h5 (HDF5).")]
-ExportRun = Annotated[str | None, typer.Option(help="Also export this run's video embeddings.")]
+ExportRun = Annotated[
+    str | None,
+    typer.Option(help="Also export this run's video embeddings (a name, a path, or zero-shot)."),
+]
 
 
 def report_command(
@@ -41,13 +44,16 @@ def export_command(
     run: ExportRun = None,
 ) -> None:
     """Export cached features (and a run's video embeddings) for other tools."""
-    from cli.retrieval_wiring import window_lookup
-    from heads.run_dir import RunDir
+    from cli.retrieval_wiring import named_run, ready_run, window_lookup
+    from pipeline.settings import resolve_settings
     from retrieval.export import export_splits
 
     store = WorkDir(work)
     names = sorted(store.status()["videos"]["by_split"])
-    run_dir = RunDir(store.path, run) if run else None
+    run_dir = None
+    if run:  # as search names it (a path, zero-shot), checked before any split is exported
+        run_dir, foreign = named_run(store, run, resolve_settings(store.path))
+        ready_run(run_dir, run, foreign, features(store, names[0]))
     sizes = export_splits(out, names, lambda s: features(store, s), window_lookup(store), run_dir)
     listed = ", ".join(f"{split} ({n} videos)" for split, n in sizes.items())
     typer.echo(f"exported {listed} -> {out}")

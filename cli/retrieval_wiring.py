@@ -50,14 +50,9 @@ def open_split(
     read (its index is built in memory, its metrics are not saved)."""
     store = WorkDir(work)
     settings = settings or resolve_settings(store.path)
-    run_dir, foreign = run_folder(store.path, run, settings)
-    if run != ZERO_SHOT or run_dir.path.exists():
-        run_dir.require()  # a mistyped --run: said before any features are read
+    run_dir, foreign = named_run(store, run, settings)
     data = features(store, split, settings=settings)
-    if run == ZERO_SHOT and not foreign:
-        _make_zero_shot(run_dir, data)
-    else:
-        _warn_if_trained_on_others(run_dir, run, data.source)
+    ready_run(run_dir, run, foreign, data)
     return RunSplit.open(
         run_dir,
         split,
@@ -68,6 +63,25 @@ def open_split(
         need_queries,
         read_only=foreign,
     )
+
+
+def named_run(store: WorkDir, run: str, settings: PipelineSettings) -> tuple[RunDir, bool]:
+    """The run `--run` names (a name in the work dir, or a path: `run_folder`) and whether it
+    is another work dir's, refused at once when it holds no run (a mistyped name is said
+    before any features are read); `zero-shot` may not exist yet (`ready_run` makes it)."""
+    run_dir, foreign = run_folder(store.path, run, settings)
+    if run != ZERO_SHOT or run_dir.path.exists():
+        run_dir.require()
+    return run_dir, foreign
+
+
+def ready_run(run_dir: RunDir, run: str, foreign: bool, data: Features) -> None:
+    """Before `data` is scored with the run: make the zero-shot run for these features, or
+    warn when a trained run was trained on other ones."""
+    if run == ZERO_SHOT and not foreign:
+        _make_zero_shot(run_dir, data)
+    else:
+        _warn_if_trained_on_others(run_dir, run, data.source)
 
 
 def _make_zero_shot(run_dir: RunDir, data: Features) -> None:

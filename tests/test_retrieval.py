@@ -527,6 +527,10 @@ def test_eval_search_index_export_commands(trained, tmp_path):
         assert f["train/frames"].shape[:2] == (n, 12) and f["train/caption_text"].shape == (n, 12)
         assert f["train/video_embeddings"].shape[0] == n
         assert f["train/queries"].shape[0] == f["train/query_video"].shape[0]
+    mistyped = runner.invoke(app, ["export", "--work", w, "--out", str(out) + "2", "--run", "rr"])
+    assert "no such run" in str(mistyped.exception) and not Path(str(out) + "2").exists()
+    zero = runner.invoke(app, ["export", "--work", w, "--out", str(out), "--run", "zero-shot"])
+    assert zero.exit_code == 0, zero.output  # made on first use, as search makes it
 
 
 def test_eval_refuses_nan_scores_and_writes_no_matrix(trained, tmp_path):
