@@ -134,8 +134,11 @@ class Table:
         """id -> row index."""
         return {str(vid): row for row, vid in enumerate(self.column("id"))}
 
-    def upsert(self, records: Sequence[dict[str, Any]]) -> UpsertStats:
-        """Insert or update rows by `id`; rows whose id is not in `records` become absent.
+    def upsert(
+        self, records: Sequence[dict[str, Any]], splits: Sequence[str] | None = None
+    ) -> UpsertStats:
+        """Insert or update rows by `id`; rows whose id is not in `records` become absent
+        (given `splits`, only rows of those splits: the others were not read).
 
         A record must hold `id` and `key`; missing columns keep their stored value (or fill).
         Writes `key` last, so a crash mid-update leaves stale keys that the next run repairs.
@@ -164,7 +167,8 @@ class Table:
                 data[name][row] = value
             data["present"][row] = True
         for row in range(n_old):
-            if data["present"][row] and data["id"][row] not in seen:
+            read = splits is None or data["split"][row] in splits
+            if read and data["present"][row] and data["id"][row] not in seen:
                 data["present"][row] = False
                 stats.removed += 1
         for name, (_, fill) in self.columns.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -55,6 +56,10 @@ class Dataset:
     name: str
     root: Path
     videos: list[VideoEntry] = field(default_factory=list)
+    # the splits read, where only some were asked for (`--split`): the manifest then leaves
+    # the other splits' videos as they are; None: the whole dataset, whatever it lacks now
+    # is removed
+    splits: tuple[str, ...] | None = None
 
     def captions(self) -> Iterator[CaptionEntry]:
         """Captions in annotation order; ids are `<video id>#<k>`."""
@@ -105,7 +110,9 @@ def textvr_video_dir(root: Path) -> Path:
 
 
 def read_textvr(root: str | Path, splits: tuple[str, ...] | None = None) -> Dataset:
-    """Read a TextVR folder (see TEXTVR_FORMAT.md). `splits=None` reads every file present."""
+    """Read a TextVR folder (see TEXTVR_FORMAT.md). `splits=None` reads every file present
+    (a split whose file is gone then leaves the manifest); given splits, only those are read
+    and the manifest's other splits are left as they are."""
     root = Path(root).resolve()
     if not root.is_dir():
         raise DatasetError(f"{root}: TextVR root folder not found")
@@ -118,8 +125,9 @@ def read_textvr(root: str | Path, splits: tuple[str, ...] | None = None) -> Data
                 f"{TEXTVR_FILES['test']} is needed to evaluate"
             )
         raise DatasetError(f"{root}: no {' or '.join(TEXTVR_FILES.values())} found{hint}")
+    wanted = tuple(dict.fromkeys(wanted))  # `--split test --split test` reads it once
     video_dir = textvr_video_dir(root)
-    dataset = Dataset(name="textvr", root=root)
+    dataset = Dataset(name="textvr", root=root, splits=wanted if splits else None)
     seen: dict[str, str] = {}
     for split in wanted:
         if split not in TEXTVR_FILES:
@@ -264,14 +272,29 @@ def read_folder(
     return dataset
 
 
+def _files_under(folder: Path) -> Iterator[Path]:
+    """The files (and file links) under `folder`, hidden entries left out, folder links
+    followed (each real folder once: a link back up does not loop)."""
+    seen: set[str] = set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            if not name.startswith("."):
+                yield Path(top) / name
+
+
 def _read_collection(videos_dir: Path, name: str) -> Dataset:
-    """Every video file under `videos_dir` (hidden files and folders skipped), split `all`."""
+    """Every video file under `videos_dir` (hidden files and folders skipped, linked folders
+    followed), split `all`."""
     found = sorted(
         path.relative_to(videos_dir).as_posix()
-        for path in videos_dir.rglob("*")
+        for path in _files_under(videos_dir)
         if path.suffix.lower() in VIDEO_SUFFIXES
-        and not any(part.startswith(".") for part in path.relative_to(videos_dir).parts)
-        and (path.is_file() or path.is_symlink())
     )
     if not found:
         suffixes = ", ".join(VIDEO_SUFFIXES)
@@ -443,8 +466,11 @@ def _read_caption_table(path: Path) -> list[dict[str, Any]]:
         return rows
     if path.suffix.lower() in (".csv", ".tsv"):
         try:
-            with path.open(newline="", encoding="utf-8") as f:
+            # utf-8-sig: Excel's "CSV UTF-8" starts the file with a byte order mark
+            with path.open(newline="", encoding="utf-8-sig") as f:
                 reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+                if reader.fieldnames:
+                    reader.fieldnames = [name.strip() for name in reader.fieldnames]
                 return list(reader)
         except (UnicodeDecodeError, csv.Error) as exc:
             raise DatasetError(f"{path}: cannot read the table ({exc})") from None
@@ -455,7 +481,7 @@ def _read_json(path: Path) -> Any:
     """A JSON annotation file's content; `DatasetError` naming the file when it is missing,
     not UTF-8 or not JSON."""
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        return json.loads(path.read_bytes().decode("utf-8-sig"))  # (a byte order mark too)
     except FileNotFoundError:
         raise DatasetError(f"{path}: annotation file not found") from None
     except UnicodeDecodeError as exc:

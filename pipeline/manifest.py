@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from cache import WorkDir, content_key, text_key
@@ -66,7 +67,7 @@ def build_manifest(
                     disable=not progress,
                 )
             )
-        video_stats = manifest.videos.upsert(records)
+        video_stats = manifest.videos.upsert(records, dataset.splits)
         rows = manifest.videos.row_of()
         caption_records = [
             {
@@ -79,7 +80,7 @@ def build_manifest(
             }
             for c in dataset.captions()
         ]
-        caption_stats = manifest.captions.upsert(caption_records)
+        caption_stats = manifest.captions.upsert(caption_records, dataset.splits)
         manifest.group.attrs.put({"dataset": dataset.name, "root": str(dataset.root)})
     unreadable = sum(1 for r in records if r["error"])
     return ManifestReport(video_stats, caption_stats, unreadable)
@@ -93,8 +94,11 @@ def _refuse_another_dataset(work: WorkDir, dataset: Dataset) -> None:
     held = work.manifest.attrs
     if not held or not len(work.manifest.videos):
         return
-    videos = work.manifest.videos.read(["id", "present"])
-    present = {str(v) for v in videos["id"][videos["present"]]}
+    videos = work.manifest.videos.read(["id", "present", "split"])
+    read = videos["present"]
+    if dataset.splits is not None:  # the other splits' videos stay as they are
+        read = read & np.isin(videos["split"].astype(str), dataset.splits)
+    present = {str(v) for v in videos["id"][read]}
     kept = present & {video.id for video in dataset.videos}
     same_root = Path(str(held.get("root", ""))).resolve() == dataset.root.resolve()
     if present and (held.get("dataset") != dataset.name or (kept != present and not same_root)):
@@ -127,8 +131,10 @@ def _video_record(video: VideoEntry, previous: dict[str, Any] | None, root: Path
         return {**record, "key": "missing", "error": f"{video.path}: file not found"}
     except OSError as exc:
         return {**record, "key": "unreadable", "error": f"{video.path}: {exc.strerror or exc}"}
-    if previous is not None and previous["key"] == key:
-        return {**record, **previous}  # unchanged: keep the stored probe (or its error)
+    if previous is not None and previous["key"] == key and not previous["error"]:
+        return {**record, **previous}  # unchanged: keep the stored probe
+    # (a video that failed its probe is probed again: the failure may have passed, e.g. a
+    # file system hiccup or a codec installed since)
     try:
         info = probe(video.path)
     except VideoError as exc:

@@ -33,6 +33,7 @@ import csv
 import io
 import json
 import math
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -42,7 +43,7 @@ import numpy as np
 
 from cache.errors import TcdError
 from cache.keys import content_key
-from pipeline.datasets import VIDEO_SUFFIXES, relative_path
+from pipeline.datasets import TEXTVR_OCR_DIR, VIDEO_SUFFIXES, relative_path
 from pipeline.errors import DatasetError
 
 if TYPE_CHECKING:
@@ -435,26 +436,57 @@ def annotation_paths(settings: OcrSettings, work: WorkDir) -> list[Path | None]:
         table_path = _under_root(root, settings.import_map)
         mapped = read_import_map(table_path, base or table_path.parent)
     videos = work.manifest.videos.read(["id", "path", "ocr_path"])
+    # a file name or stem shared by videos of several folders names none of them alone
+    shared = Counter(n for v in videos["path"] for n in {Path(str(v)).name, Path(str(v)).stem})
+    stems = Counter(PurePosixPath(video_name(str(v))).name for v in videos["id"])
     paths: list[Path | None] = []
     for video_id, video_path, ocr_path in zip(*videos.values(), strict=True):
         video_id, video_path = str(video_id), Path(str(video_path))
         name = video_name(video_id)
-        named = (video_id, name, video_path.name, video_path.stem)
-        found = next((mapped[n] for n in named if n in mapped), None)
-        if found is None and base is not None:
+        found = _mapped(mapped, (video_id, name), (video_path.name, video_path.stem), shared)
+        kwai_ocr = Path(str(ocr_path)) if fmt == "kwai" and ocr_path else None
+        if found is None and kwai_ocr is not None:  # TextVR's Kwai_OCR: always followed
+            found = _rebased(kwai_ocr, root / TEXTVR_OCR_DIR, base)
+        elif found is None and base is not None:
             stem = PurePosixPath(name).name
-            folders = [base / PurePosixPath(name).parent, base]
+            folders = [base / PurePosixPath(name).parent]
+            if stems[stem] == 1:  # a file at the import dir's top is this video's alone
+                folders.append(base)
             candidates = [f / n.format(stem=stem) for f in folders for n in FILE_NAMES[fmt]]
             found = next((c for c in candidates if c.is_file()), candidates[0])
-        elif found is None and fmt == "kwai":
-            found = Path(str(ocr_path)) if ocr_path else None
-        elif found is None:
+        elif found is None and fmt != "kwai":  # next to the video (kwai: no Kwai_OCR, none)
             candidates = [
                 video_path.parent / n.format(stem=video_path.stem) for n in FILE_NAMES[fmt]
             ]
             found = next((c for c in candidates if c.is_file()), candidates[0])
         paths.append(found)
     return paths
+
+
+def _mapped(
+    table: dict[str, Path], ids: tuple[str, ...], names: tuple[str, ...], shared: Counter[str]
+) -> Path | None:
+    """The import map's file for a video named by one of its `ids`, or by its file name or
+    stem where no other video has that name (`OcrError` where it is shared)."""
+    for key in ids:
+        if key in table:
+            return table[key]
+    for key in names:
+        if key in table:
+            if shared[key] > 1:
+                raise OcrError(
+                    f"ocr.import_map names {key!r}, which {shared[key]} videos' files share; "
+                    "name each by its id (its path under the dataset root, e.g. Sports/clip.mp4)"
+                )
+            return table[key]
+    return None
+
+
+def _rebased(path: Path, under: Path, base: Path | None) -> Path:
+    """`path` (a file under `under`) moved to the same place under `base` (given)."""
+    if base is None or not path.is_relative_to(under):
+        return path
+    return base / path.relative_to(under)
 
 
 # (path, size, mtime, ctime, inode) -> content key: a file is hashed again only when one of

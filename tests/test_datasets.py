@@ -176,3 +176,75 @@ def test_folder_reader_errors(tmp_path, content, message):
     (tmp_path / "caps.csv").write_text(content)
     with pytest.raises(DatasetError, match=message):
         read_folder(tmp_path / "vids", tmp_path / "caps.csv")
+
+
+def test_reading_some_splits_again_leaves_the_others_in_the_manifest(tmp_path, monkeypatch):
+    """`tcd data textvr --split test` after a full read must not mark the train videos
+    removed (a later `cache gc` would delete their features); within the split read, a
+    video gone from its file is removed as before."""
+    from cache import WorkDir
+    from pipeline.manifest import build_manifest
+
+    train = [
+        entry("Sports/a.mp4", "one", split="train"),
+        entry("Games/b.mp4", "two", split="train"),
+    ]
+    root = write_textvr(tmp_path / "tv", train=train, test=[entry("Driving/c.mp4", "three")])
+    work = WorkDir(tmp_path / "w", create=True)
+    build_manifest(work, read_textvr(root), progress=False)
+    again = build_manifest(work, read_textvr(root, ("test", "test")), progress=False)
+    assert (again.videos.removed, again.captions.removed) == (0, 0)
+    present = work.manifest.videos.read(["id", "present"])
+    assert present["present"].all() and len(present["id"]) == 3
+    write_textvr(root, test=[])  # the test file now lists no video
+    gone = build_manifest(work, read_textvr(root, ("test",)), progress=False)
+    assert (gone.videos.removed, gone.captions.removed) == (1, 1)
+    videos = work.manifest.videos.read(["id", "present"])
+    assert dict(zip(videos["id"], videos["present"], strict=True)) == {
+        "Sports/a.mp4": True,
+        "Games/b.mp4": True,
+        "Driving/c.mp4": False,
+    }
+
+
+def test_a_video_that_failed_its_probe_is_probed_again(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from cache import WorkDir
+    from pipeline import manifest
+    from pipeline.errors import VideoError
+
+    root = write_textvr(tmp_path / "tv", test=[entry("Driving/c.mp4", "three")])
+    (root / "Video" / "Driving").mkdir()
+    (root / "Video" / "Driving" / "c.mp4").write_bytes(b"x" * 100)
+    work = WorkDir(tmp_path / "w", create=True)
+
+    def failing(path):
+        raise VideoError(f"{path}: the file system hiccuped")
+
+    monkeypatch.setattr(manifest, "probe", failing)
+    assert manifest.build_manifest(work, read_textvr(root), progress=False).unreadable == 1
+    monkeypatch.setattr(
+        manifest, "probe", lambda path: SimpleNamespace(duration=2.0, fps=10.0, n_frames=20)
+    )
+    assert manifest.build_manifest(work, read_textvr(root), progress=False).unreadable == 0
+    assert work.manifest.videos.read(["error", "fps"])["fps"][0] == 10.0
+
+
+def test_tables_with_a_byte_order_mark_and_linked_folders_are_read(tmp_path):
+    (tmp_path / "vids" / "own").mkdir(parents=True)
+    (tmp_path / "vids" / "own" / "a.mp4").write_bytes(b"")
+    (tmp_path / "elsewhere" / "linked").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "linked" / "e.mp4").write_bytes(b"")
+    (tmp_path / "vids" / "linked").symlink_to(tmp_path / "elsewhere" / "linked")
+    (tmp_path / "vids" / "own" / "loop").symlink_to(tmp_path / "vids")  # a cycle: read once
+    assert [v.id for v in read_folder(tmp_path / "vids").videos] == ["linked/e.mp4", "own/a.mp4"]
+    table = tmp_path / "caps.csv"  # Excel's "CSV UTF-8": a byte order mark, padded headers
+    table.write_bytes("\ufeffvideo, caption ,split\nown/a.mp4,OPEN,test\n".encode())
+    assert [v.captions for v in read_folder(tmp_path / "vids", table).videos] == [("OPEN",)]
+    as_json = tmp_path / "caps.json"
+    as_json.write_bytes(
+        "\ufeff".encode()
+        + json.dumps([{"video": "own/a.mp4", "caption": "x", "split": "test"}]).encode()
+    )
+    assert [v.id for v in read_folder(tmp_path / "vids", as_json).videos] == ["own/a.mp4"]

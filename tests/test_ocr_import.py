@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -431,3 +432,34 @@ def test_msrvtt_with_imported_ocr_goes_through_caption_encode_train_eval(synth_s
     ).ocr_text
     assert ocr_text.counts()["done"] == 7
     assert np.asarray(ocr_text.group["mask"][:]).any()  # the imported text was encoded
+
+
+def test_a_file_named_only_by_a_shared_name_is_no_video_s_and_kwai_follows_its_ocr_path(tmp_path):
+    """Two videos named clip.mp4 in two folders: a file at the import dir's top, or a map row
+    naming `clip.mp4`, belongs to neither (it went to both); TextVR's Kwai_OCR path, which
+    may name another folder than the video's, is followed under an import dir too."""
+    from pipeline.manifest import build_manifest
+    from tests.test_datasets import entry, write_textvr
+
+    test = [
+        entry("Sports/clip.mp4", "a"),
+        entry("Games/clip.mp4", "b"),
+        entry("News_Movie/n.mp4", "c", ocr="Movie/n.json"),
+    ]
+    root = write_textvr(tmp_path / "tv", test=test)
+    work = WorkDir(tmp_path / "w", create=True)
+    build_manifest(work, read_textvr(root), progress=False)
+    ocr = tmp_path / "ocr"
+    write_jsonl(ocr / "clip.jsonl", [])  # whose?
+    paths = annotation_paths(OcrSettings(engine="import", import_dir=str(ocr)), work)
+    assert paths[:2] == [ocr / "Sports" / "clip.jsonl", ocr / "Games" / "clip.jsonl"]
+    table = tmp_path / "map.csv"
+    table.write_text("clip.mp4,clip.jsonl\n")
+    mapped = OcrSettings(engine="import", import_dir=str(ocr), import_map=str(table))
+    with pytest.raises(OcrError, match="'clip.mp4', which 2 videos' files share"):
+        annotation_paths(mapped, work)
+    table.write_text("Sports/clip.mp4,clip.jsonl\n")  # by id: fine
+    assert annotation_paths(mapped, work)[0] == ocr / "clip.jsonl"
+    kwai = replace(KWAI, import_dir=str(tmp_path / "kwai_copy"))
+    assert annotation_paths(kwai, work)[2] == tmp_path / "kwai_copy" / "Movie" / "n.json"
+    assert annotation_paths(KWAI, work)[2] == root.resolve() / "Kwai_VideoOCR" / "Movie" / "n.json"
