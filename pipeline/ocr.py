@@ -39,6 +39,7 @@ from pipeline.ocr_import import (
     read_kwai_ocr,  # noqa: F401 (its old home, for existing callers)
 )
 from pipeline.settings import (
+    ENGINE_READS,
     CaptionSettings,
     OcrSettings,
     PipelineSettings,
@@ -160,13 +161,15 @@ def read_lines(group: StageGroup, row: int) -> list[Line]:
 
 
 # -- engines --------------------------------------------------------------------------------
-_ENGINES: dict[tuple[OcrSettings, int], Any] = {}  # per process: each engine loads once
+_ENGINES: dict[tuple[Any, ...], Any] = {}  # per process: each engine loads once
 
 
 def make_engine(settings: OcrSettings, threads: int = 1) -> Any:
     """The decoding engine `settings` name, loaded once per process (a Ray actor or an
-    `extract` run reuses it across calls)."""
-    key = (settings, threads)
+    `extract` run reuses it across calls): one per engine settings, so gate variants (a
+    benchmark's loop) share it."""
+    reads = tuple(getattr(settings, name) for name in ENGINE_READS.get(settings.engine, ()))
+    key = (settings.engine, reads, threads)
     if key not in _ENGINES:
         if settings.engine == "rapidocr":
             _ENGINES[key] = RapidOcrEngine(settings, threads)
@@ -189,7 +192,7 @@ def make_reader(settings: OcrSettings, threads: int = 1) -> Any:
     if mode == "frame+boxes" and whole_frames:  # an engine gate_mode does not name
         mode = "frame"
     if mode == "frame":
-        return FrameGate(engine, settings.reuse_frame_diff)
+        return FrameGate(engine, settings.reuse_frame_diff, settings.reuse_block_px)
     if mode in ("boxes", "frame+boxes"):
         if whole_frames:
             raise OcrError(
@@ -206,6 +209,7 @@ def make_reader(settings: OcrSettings, threads: int = 1) -> Any:
             settings.reuse_edge,
             settings.reuse_frame_texts,
             settings.reuse_regions,
+            settings.reuse_block_px,
         )
     return engine
 

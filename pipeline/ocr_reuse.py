@@ -6,9 +6,12 @@ order, batch by batch, and returns each frame's lines as the engine would, compu
 what changed:
 
 - `FrameGate` ("frame"): a frame takes the lines of the last frame that was read when no
-  8x8 block of their 64x36 grey thumbnails differs by more than `reuse_frame_diff` (a block's
+  8x8 block of their grey thumbnails differs by more than `reuse_frame_diff` (a block's
   mean absolute difference, pixels in [0, 1]); any other frame is read whole. A block, not
-  the whole thumbnail, so that a small sign appearing is a change.
+  the whole thumbnail, so that a small sign appearing is a change; a block covers
+  `reuse_block_px` frame pixels a side whatever the frame's size (`thumb_size`: 64x36 for
+  384x216, 320x180 for 1080p), so a subtitle appearing in a 1080p frame changes one as it
+  does in a small frame.
 - `BoxGate` ("boxes"): the detector runs on every frame; a box takes the text of a box of the
   previous frame when their IoU is >= `reuse_iou` and its crop is unchanged since that text
   was recognised: the crop's inner part (a quarter of the box height in from each side) is
@@ -31,8 +34,8 @@ what changed:
 - "frame+boxes": both; a frame "frame" calls unchanged takes the last detected frame's
   boxes and texts without running the detector, any other goes through "boxes". With
   `reuse_frame_texts`, a frame is unchanged only if each of those boxes also passes the box
-  test: a thumbnail block is 48x48 pixels of a 384x216 frame (240x240 of 1080p), and a
-  scoreboard digit changing inside it moves its mean by far less than `reuse_frame_diff`.
+  test: a thumbnail block is 48x48 pixels of the frame, and a scoreboard digit changing
+  inside it moves its mean by far less than `reuse_frame_diff`.
   With `reuse_regions`, the detector runs only on the changed parts of a frame
   (`changed_regions`: the changed thumbnail blocks and the boxes failing the box test, grown
   to take whole every last box they touch), each at the whole frame's scale, and the last
@@ -61,7 +64,7 @@ import cv2
 import numpy as np
 
 Found = list[tuple[str, float, list]]  # one frame's lines: (text, score, box 4x2)
-FRAME_THUMB = (64, 36)  # (width, height) of the grey thumbnail "frame" compares
+FRAME_THUMB = (64, 36)  # (width, height) of the fixed thumbnail of `reuse_block_px = 0`
 FRAME_BLOCK = 8  # side of the thumbnail blocks whose change counts
 REGION_MAX_SHARE = 0.5  # changed regions over this share of a frame: detect it whole
 Rect = tuple[int, int, int, int]  # (x0, y0, x1, y1), frame or thumbnail pixels
@@ -72,9 +75,23 @@ def grey(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
 
 
-def frame_thumbnail(grey_frame: np.ndarray) -> np.ndarray:
-    """The 64x36 area-downscaled thumbnail of a grey frame, float32 in [0, 1]."""
-    small = cv2.resize(grey_frame, FRAME_THUMB, interpolation=cv2.INTER_AREA)
+def thumb_size(shape: tuple[int, ...], block_px: int) -> tuple[int, int]:
+    """(width, height) of the grey thumbnail the gate compares for a frame of `shape`: a
+    thumbnail block (8x8 pixels) covers `block_px` frame pixels a side (48: a 384x216 frame
+    gives 64x36, a 1080p one 320x180), so a text of a given size changes a block alike in
+    any frame; 0: the fixed 64x36 of earlier versions (a block 240 pixels wide at 1080p, where
+    a new subtitle moved no block past `reuse_frame_diff`)."""
+    if not block_px:
+        return FRAME_THUMB
+    scale = block_px / FRAME_BLOCK
+    height, width = shape[:2]
+    return max(FRAME_BLOCK, round(width / scale)), max(FRAME_BLOCK, round(height / scale))
+
+
+def frame_thumbnail(grey_frame: np.ndarray, block_px: int) -> np.ndarray:
+    """The area-downscaled thumbnail of a grey frame (`thumb_size`), float32 in [0, 1]."""
+    size = thumb_size(grey_frame.shape, block_px)
+    small = cv2.resize(grey_frame, size, interpolation=cv2.INTER_AREA)
     return small.astype(np.float32) / 255.0
 
 
@@ -84,18 +101,20 @@ def frame_change(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def changed_mask(thumb: np.ndarray, last: np.ndarray, frame_diff: float) -> np.ndarray:
-    """The thumbnail pixels (bool, 36x64) of the 8x8 blocks that changed by more than
-    `frame_diff` (as `frame_change` measures), and one pixel around them."""
+    """The thumbnail pixels (bool, the thumbnail's shape) of the 8x8 blocks that changed by
+    more than `frame_diff` (as `frame_change` measures), and one pixel around them."""
     blocks = cv2.blur(np.abs(thumb - last), (FRAME_BLOCK, FRAME_BLOCK)) > frame_diff
     # the block of position p covers p-4..p+3 (cv2's anchor); one more pixel on each side
     reach = np.ones((FRAME_BLOCK + 2, FRAME_BLOCK + 2), np.uint8)
     return cv2.dilate(blocks.astype(np.uint8), reach, anchor=(FRAME_BLOCK // 2,) * 2) > 0
 
 
-def under_box(box: np.ndarray, shape: tuple[int, ...], margin: int = 0) -> tuple[slice, slice]:
-    """The thumbnail pixels (rows, columns) under a box of a frame of `shape`, `margin` more
-    on each side."""
-    (width, height), (frame_h, frame_w) = FRAME_THUMB, shape[:2]
+def under_box(
+    box: np.ndarray, shape: tuple[int, ...], thumb: tuple[int, ...], margin: int = 0
+) -> tuple[slice, slice]:
+    """The pixels (rows, columns) of a thumbnail of shape `thumb` under a box of a frame of
+    `shape`, `margin` more on each side."""
+    (height, width), (frame_h, frame_w) = thumb[:2], shape[:2]
     x0, y0, x1, y1 = box_rect(box)
     to_x, to_y = width / frame_w, height / frame_h
     return (
@@ -112,12 +131,13 @@ def changed_regions(
     detected whole or kept whole. They are disjoint (rectangles that overlapped would have
     been one component). None when they cover more than REGION_MAX_SHARE of the frame,
     where detecting it whole is about as cheap."""
-    mask = changed.copy()
+    mask, thumb = changed.copy(), changed.shape
     while True:  # the mask only grows, so this ends
         grown = False
         for box in boxes:
-            if mask[under_box(box, shape)].any() and not mask[under_box(box, shape, 1)].all():
-                mask[under_box(box, shape, 1)] = grown = True
+            inner, outer = under_box(box, shape, thumb), under_box(box, shape, thumb, 1)
+            if mask[inner].any() and not mask[outer].all():
+                mask[outer] = grown = True
         _, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8))
         rects = [(x, y, x + w, y + h) for x, y, w, h, _ in stats[1:]]
         filled = np.zeros_like(mask)
@@ -134,10 +154,11 @@ def covered(rects: list[Rect], shape: tuple[int, ...]) -> float:
     return sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in rects) / (shape[0] * shape[1])
 
 
-def thumb_to_frame(rect: Rect, shape: tuple[int, ...]) -> Rect:
-    """The frame pixels (x0, y0, x1, y1) of a rectangle of thumbnail pixels."""
+def thumb_to_frame(rect: Rect, shape: tuple[int, ...], thumb: tuple[int, ...]) -> Rect:
+    """The frame pixels (x0, y0, x1, y1) of a rectangle of pixels of a thumbnail of shape
+    `thumb`."""
     x0, y0, x1, y1 = rect
-    (width, height), (frame_h, frame_w) = FRAME_THUMB, shape[:2]
+    (height, width), (frame_h, frame_w) = thumb[:2], shape[:2]
     to_x, to_y = frame_w / width, frame_h / height
     return (
         int(x0 * to_x),
@@ -264,8 +285,14 @@ READ_REASONS = ("new", "changed", "grown", "dropped")
 class FrameGate:
     """`ocr.reuse = "frame"` over a whole-frame engine (`engine(frames) -> [Found]`)."""
 
-    def __init__(self, engine: Callable[[np.ndarray], list[Found]], reuse_frame_diff: float):
+    def __init__(
+        self,
+        engine: Callable[[np.ndarray], list[Found]],
+        reuse_frame_diff: float,
+        reuse_block_px: int = 0,
+    ):
         self.engine, self.reuse_frame_diff = engine, reuse_frame_diff
+        self.reuse_block_px = reuse_block_px
         self.counts = GateCounts()
         self.start_video()
 
@@ -277,7 +304,7 @@ class FrameGate:
         source: list[int] = []  # per frame: index of the read frame whose lines it takes
         read: list[int] = []
         for i, frame in enumerate(frames):
-            thumb = frame_thumbnail(grey(frame))
+            thumb = frame_thumbnail(grey(frame), self.reuse_block_px)
             last = self.last_thumb
             if last is None or frame_change(thumb, last) > self.reuse_frame_diff:
                 self.last_thumb = thumb
@@ -324,8 +351,10 @@ class BoxGate:
         reuse_edge: bool = False,
         reuse_frame_texts: bool = False,
         reuse_regions: bool = False,
+        reuse_block_px: int = 0,
     ):
         self.engine, self.reuse_iou, self.reuse_diff = engine, reuse_iou, reuse_diff
+        self.reuse_block_px = reuse_block_px
         self.reuse_frame_diff, self.reuse_shift = reuse_frame_diff, reuse_shift
         self.reuse_edge, self.reuse_frame_texts = reuse_edge, reuse_frame_texts
         self.reuse_regions = reuse_regions
@@ -348,7 +377,7 @@ class BoxGate:
         never). What the detector sees becomes what later frames are compared with."""
         if self.reuse_frame_diff is None:
             return None
-        thumb, last = frame_thumbnail(frame), self.last_thumb
+        thumb, last = frame_thumbnail(frame, self.reuse_block_px), self.last_thumb
         if last is None:
             self.last_thumb = thumb
             return None
@@ -360,14 +389,14 @@ class BoxGate:
                 return None
             return []
         for track in self.tracks if self.reuse_frame_texts else []:  # changed, blocks not
-            if not changed[under_box(track.box, frame.shape)].any():
+            if not changed[under_box(track.box, frame.shape, thumb.shape)].any():
                 if self._text_changed(frame, track.seen, track.box):
-                    changed[under_box(track.box, frame.shape, 1)] = True
+                    changed[under_box(track.box, frame.shape, thumb.shape, 1)] = True
         if not changed.any():
             return []
         for track in self.tracks:  # a dropped read is read again where the detector runs
             if track.result is not None and not track.result[0]:
-                changed[under_box(track.box, frame.shape, 1)] = True
+                changed[under_box(track.box, frame.shape, thumb.shape, 1)] = True
         regions = changed_regions(changed, [t.box for t in self.tracks], frame.shape)
         area = covered(regions or [], changed.shape)
         if regions is None or self.regional_area + area >= 1.0:
@@ -420,18 +449,20 @@ class BoxGate:
         outside the regions. A box that reaches a region's inner side sends the frame to the
         detector whole (both runs count in `counts.area_detected`)."""
         shape = frame_grey.shape
+        thumb = thumb_size(shape, self.reuse_block_px)[::-1]
         if regions is not None:
-            in_frame = [thumb_to_frame(r, shape) for r in regions]
+            in_frame = [thumb_to_frame(r, shape, thumb) for r in regions]
             boxes, crops = self.engine.detect(frame, in_frame)
             self.counts.area_detected += covered(in_frame, shape)
             if not any(on_inner_edge(box, in_frame, shape) for box in boxes):
-                inside = np.zeros(FRAME_THUMB[::-1], bool)
+                inside = np.zeros(thumb, bool)
                 for x0, y0, x1, y1 in regions:
                     inside[y0:y1, x0:x1] = True
                 self.counts.frames_regional += 1
-                kept = [t for t in self.tracks if not inside[under_box(t.box, shape)].any()]
+                kept = [t for t in self.tracks if not inside[under_box(t.box, shape, thumb)].any()]
                 return boxes, crops, kept
-            self.last_thumb, self.regional_area = frame_thumbnail(frame_grey), 0.0
+            self.last_thumb = frame_thumbnail(frame_grey, self.reuse_block_px)
+            self.regional_area = 0.0
         self.counts.area_detected += 1.0
         return *self.engine.detect(frame), []
 

@@ -87,6 +87,10 @@ class OcrSettings:
     reuse_edge: bool = added_setting(True, before=False)
     reuse_frame_texts: bool = added_setting(True, before=False)
     reuse_regions: bool = added_setting(True, before=False)
+    # "frame", "frame+boxes": frame pixels a thumbnail block covers a side (the thumbnail is
+    # the frame at 8 / reuse_block_px of its size); 0: the fixed 64x36 thumbnail of earlier
+    # versions, whose blocks grow with the frame (240 pixels wide at 1080p)
+    reuse_block_px: int = added_setting(48, before=0)
     rec_batch: int = added_setting(6)  # rapidocr: crops per recogniser call (its rec_batch_num)
     # The `import` engine (`pipeline.ocr_import`): OCR files of this format, one per video,
     # found under import_dir by the video's name or through import_map, a two-column table
@@ -107,6 +111,8 @@ class OcrSettings:
         _check("ocr.reuse_frame_diff", 0 <= frame_diff <= 1, "in [0, 1]", frame_diff)
         _check("ocr.reuse_shift", 0 <= self.reuse_shift <= 4, "in [0, 4]", self.reuse_shift)
         _check("ocr.rec_batch", self.rec_batch >= 1, ">= 1", self.rec_batch)
+        block = self.reuse_block_px
+        _check("ocr.reuse_block_px", block == 0 or 8 <= block <= 1024, "0 or in 8..1024", block)
         formats = tuple(ImportFormat)
         fmt = self.import_format
         _check("ocr.import_format", fmt in formats, f"one of {formats}", fmt)
@@ -252,9 +258,15 @@ def import_format(ocr: OcrSettings) -> str | None:
 BOX_GATE = ("reuse_iou", "reuse_diff", "reuse_shift", "reuse_edge")
 GATE_READS = {
     "off": (),
-    "frame": ("reuse_frame_diff",),
+    "frame": ("reuse_frame_diff", "reuse_block_px"),
     "boxes": BOX_GATE,
-    "frame+boxes": ("reuse_frame_diff", "reuse_frame_texts", "reuse_regions", *BOX_GATE),
+    "frame+boxes": (
+        "reuse_frame_diff",
+        "reuse_block_px",
+        "reuse_frame_texts",
+        "reuse_regions",
+        *BOX_GATE,
+    ),
 }
 
 

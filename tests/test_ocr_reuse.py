@@ -121,13 +121,14 @@ def test_a_work_dir_saved_before_the_gate_keeps_its_ungated_ocr(tmp_path):
     assert gated == resolve_settings(tmp_path / "new").ocr == OcrSettings()
 
 
-RULES_SINCE = ("reuse_shift", "reuse_edge", "reuse_frame_texts", "reuse_regions")
+RULES_SINCE = ("reuse_shift", "reuse_edge", "reuse_frame_texts", "reuse_regions", "reuse_block_px")
 
 
-@pytest.mark.parametrize("unknown", [RULES_SINCE, RULES_SINCE[-1:]])
+@pytest.mark.parametrize("unknown", [RULES_SINCE, RULES_SINCE[-2:], RULES_SINCE[-1:]])
 def test_a_work_dir_gated_before_the_new_box_rule_keeps_its_groups(tmp_path, unknown):
     """Saved with a box gate before `reuse_shift`, `reuse_edge`, `reuse_frame_texts` (or
-    only `reuse_regions`) existed: it ran the rule of then, and keeps it and its ocr group."""
+    only `reuse_regions`, `reuse_block_px`) existed: it ran the rule of then, and keeps it and
+    its ocr group."""
     then = OcrSettings(reuse="frame+boxes", **{name: ADDED_BEFORE[name] for name in unknown})
     saved = saved_without(tmp_path, then, unknown)
     old = resolve_settings(tmp_path)
@@ -415,11 +416,37 @@ def test_frame_plus_boxes_sees_a_changed_digit_the_thumbnail_cannot(check_texts)
     engine = SmallSign()
     gate = BoxGate(engine, 0.7, 0.15, 0.05, reuse_shift=1, reuse_frame_texts=check_texts)
     frames = np.stack([small_sign("SCORE 12"), small_sign("SCORE 12"), small_sign("SCORE 13")])
-    thumbs = [frame_thumbnail(grey(f)) for f in frames[1:]]
+    thumbs = [frame_thumbnail(grey(f), 48) for f in frames[1:]]
     assert frame_change(*thumbs) < 0.005  # README's 0.003: the thumbnail cannot see it
     read = texts(gate(frames))
     assert read[:2] == [["READ1"], ["READ1"]] and engine.detected == 1 + check_texts
     assert read[2] == (["READ2"] if check_texts else ["READ1"])
+
+
+def subtitle_frames(width: int, height: int) -> np.ndarray:
+    """Two frames of a smooth gradient, the second with a 40-pixel-high subtitle in an empty
+    part of the picture (a phone video's caption appearing)."""
+    ramp = np.linspace(40, 200, width, dtype=np.float32)[None, :, None]
+    bg = np.broadcast_to(ramp, (height, width, 3)).astype(np.uint8).copy()
+    shown = bg.copy()
+    cv2.putText(shown, "TESCO express", (width // 3, height - 120), 0, 1.5, (250,) * 3, 3)
+    return np.stack([bg, shown])
+
+
+@pytest.mark.parametrize("size", [(1920, 1080), (1080, 1920)])
+def test_a_subtitle_appearing_in_an_hd_frame_is_read(size):
+    """In a 1080p frame a block of the fixed 64x36 thumbnail is 240 pixels wide: a subtitle
+    appearing in an empty part moves no block past reuse_frame_diff, and the frame gate kept
+    the frame before's (no) lines. Blocks of 48 frame pixels see it, in portrait too."""
+    frames = subtitle_frames(*size)
+    for block_px, reads in ((0, 1), (48, 2)):
+        thumbs = [frame_thumbnail(grey(f), block_px) for f in frames]
+        engine = CountingEngine()
+        FrameGate(engine, 0.05, block_px)(frames)
+        assert engine.calls == reads, (block_px, frame_change(*thumbs))
+    small = [scene("OPEN"), scene("SHUT")]  # 384x216: the same thumbnail either way
+    for f in small:
+        np.testing.assert_array_equal(frame_thumbnail(grey(f), 48), frame_thumbnail(grey(f), 0))
 
 
 # -- "frame+boxes" with reuse_regions ------------------------------------------------------
@@ -592,7 +619,7 @@ def test_changed_regions_take_whole_every_box_they_reach_even_through_another():
     shape = (216, 384)
     ((x0, y0, x1, y1),) = changed_regions(changed, [upper, lower], shape)
     for box in (upper, lower):
-        rows, cols = under_box(box, shape)
+        rows, cols = under_box(box, shape, changed.shape)
         assert y0 <= rows.start and rows.stop <= y1 and x0 <= cols.start and cols.stop <= x1
 
 
@@ -687,3 +714,12 @@ def test_a_gated_stage_keeps_the_key_texts_in_its_own_group(synth_set, tmp_path)
     for reuse in ("boxes", "frame+boxes"):
         read_gated = {row for row, key in keys.items() if key in found[reuse][row]}
         assert read_off and read_off <= read_gated
+
+
+def test_gate_variants_share_one_engine_and_engine_settings_do_not():
+    """The engine cache was keyed by every OCR setting: each gate variant of a benchmark's
+    loop loaded its own rapidocr."""
+    one = make_engine(OcrSettings(reuse="off"))
+    assert make_engine(OcrSettings(reuse_diff=0.3, reuse_block_px=0)) is one
+    assert make_engine(OcrSettings(det_limit_side=512)) is not one
+    assert make_engine(OcrSettings(reuse="off"), threads=2) is not one
