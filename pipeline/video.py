@@ -174,8 +174,12 @@ def _decord_batches(
     n = len(reader)  # decord indexes the frames the file really holds
     if n == 0 or fps <= 0:
         raise VideoError(f"{path}: no frames")
-    _warn_truncated(path, times, float(reader.get_frame_timestamp(n - 1)[-1]), warn)
-    index = np.clip(np.round(times * fps - 0.5).astype(int), 0, n - 1)
+    # each frame's (start, end) in seconds, from the container: the frame shown at time t is
+    # the last one starting at or before it (as `_pyav_batches` picks), which `t * fps` only
+    # gives at a constant frame rate (phones record a variable one)
+    spans = np.asarray(reader.get_frame_timestamp(np.arange(n)), dtype=np.float64)
+    _warn_truncated(path, times, float(spans[-1, 1]), warn)
+    index = np.clip(np.searchsorted(spans[:, 0], times + 1e-6, side="right") - 1, 0, n - 1)
     for start in range(0, len(times), batch_size):
         chunk = index[start : start + batch_size]
         try:
@@ -211,11 +215,14 @@ def _pyav_batches(
         target = 0
         previous = None
         rate = float(stream.average_rate or stream.guessed_rate or 0.0)
+        # times count from the stream's start, as `probe`'s duration does (an MPEG-TS
+        # stream starts at 1.4 s, say)
+        offset = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
         end = 0.0  # where the last decoded frame ends
         broken = ""
         try:
             for frame in container.decode(stream):
-                t = float(frame.time or 0.0)
+                t = float(frame.time or 0.0) - offset
                 while target < len(times) and t > times[target] + 1e-6 and previous is not None:
                     picked.append(previous)
                     picked_times.append(times[target])

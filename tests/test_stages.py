@@ -67,6 +67,45 @@ def test_decord_and_pyav_agree_and_stream_in_batches(synth_set):
     )
 
 
+def indexed_video(path, starts_ms, fmt=None, codec="libx264"):
+    """A small video whose frame i starts at starts_ms[i] and is grey level 6 i + 4."""
+    import fractions
+
+    import av
+
+    with av.open(str(path), "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.time_base = stream.codec_context.time_base = fractions.Fraction(1, 1000)
+        for i, start in enumerate(starts_ms):
+            image = np.full((48, 64, 3), 6 * i + 4, np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = int(start), stream.time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+def frame_indexes(path, times, backend) -> list[int]:
+    frames = np.concatenate([f for _, f in read_frames(path, np.asarray(times), 8, backend)])
+    return [int(round((f.mean() - 4) / 6)) for f in frames]
+
+
+def test_frames_are_taken_at_their_time_in_variable_rate_and_offset_streams(tmp_path):
+    """A phone's variable frame rate: 5 frames 0.4 s apart, then 30 fps. The frame shown at
+    t starts at or before t; t * average fps picked frames seconds late, with no warning.
+    An MPEG-TS stream starting at 0.2 s: times count from its start, as the probe's duration
+    does (PyAV compared them with the absolute times)."""
+    starts = [0, 400, 800, 1200, 1600] + [2000 + round(1000 * k / 30) for k in range(30)]
+    vfr = indexed_video(tmp_path / "vfr.mp4", starts)
+    times = [0.25, 0.75, 1.25, 1.75, 2.25, 2.75]
+    expected = [0, 1, 3, 4, 12, 27]  # 2.25 s: the 8th frame after 2.0 s (index 5 + 7)
+    for backend in ("decord", "pyav"):
+        assert frame_indexes(vfr, times, backend) == expected, backend
+    offset = indexed_video(tmp_path / "cfr.ts", [200 + 100 * k for k in range(40)], fmt="mpegts")
+    assert frame_indexes(offset, [0.25, 1.25, 3.75], "auto") == [2, 12, 37]
+
+
 def test_bad_video_raises_video_error_naming_it(tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video at all")
