@@ -1,7 +1,9 @@
 """The window-OCR captioner: T captions per video from its OCR lines (DESIGN section 4).
 
 For each of the `T` segment centres t_i (the times `encode` samples), gather the lines whose
-time lies in `[t_i - xi*dt/2, t_i + xi*dt/2]` with `dt = duration / T`, drop lines under
+time lies in `[t_i - xi*dt/2, t_i + xi*dt/2]` with `dt = duration / T` (`in_windows`: a line
+on an edge two windows share, every edge at xi = 1, goes to the later one only; with
+`window_edges = "both"`, as in earlier versions, to both), drop lines under
 `min_score`, normalise whitespace, merge duplicates (case-folded text; a track seen over many
 frames counts once), order by first appearance then reading order (top to bottom, left to
 right), and join. An empty window gives an empty caption and a False mask bit. The cut to the
@@ -36,6 +38,7 @@ import numpy as np
 
 from cache import Shard, StageGroup, WorkDir
 from pipeline.ocr import Line, line_time, ocr_sample_times, read_lines
+from pipeline.ocr_import import TIME_DECIMALS
 from pipeline.settings import (
     CaptionSettings,
     OcrSettings,
@@ -61,11 +64,31 @@ def window_captions(
     kept = [
         line for line in lines if line["score"] >= settings.min_score and normalise(line["text"])
     ]
+    spans = window_spans(duration, settings)
+    member = in_windows([line["t"] for line in kept], spans, settings.window_edges)
     captions = []
-    for start, end in zip(*window_spans(duration, settings), strict=True):
-        inside = [line for line in kept if start <= line["t"] <= end]
-        captions.append(settings.separator.join(_distinct_in_order(inside)))
+    for inside in member:
+        lines_in = [line for line, keep in zip(kept, inside, strict=True) if keep]
+        captions.append(settings.separator.join(_distinct_in_order(lines_in)))
     return captions, np.array([bool(c) for c in captions])
+
+
+def in_windows(
+    times: np.ndarray | list[float], spans: tuple[np.ndarray, np.ndarray], edges: str
+) -> np.ndarray:
+    """(T, n) bool: whether time j lies in window i of `spans` (`window_spans`), bounds
+    included, to the millisecond as line times are (so the centre of a window one frame long
+    stays in it). A time on the end of a window that is also the next window's start (at
+    xi = 1 every end is) is in the next window only with `edges = "next"`, in both with
+    "both" (earlier versions, exactly)."""
+    starts, ends = (np.asarray(a, dtype=np.float64).ravel()[:, None] for a in spans)
+    t = np.asarray(times, dtype=np.float64).ravel()[None, :]
+    if edges == "both":
+        return (starts <= t) & (t <= ends)
+    starts, ends = np.round(starts, TIME_DECIMALS), np.round(ends, TIME_DECIMALS)
+    inside = (starts <= t) & (t <= ends)
+    inside[:-1] &= ~((t == ends[:-1]) & (t >= starts[1:]))  # on an edge the next one shares
+    return inside
 
 
 def window_spans(
@@ -79,17 +102,14 @@ def window_spans(
 
 
 def sampled_window_share(
-    times: np.ndarray | list[float], spans: tuple[np.ndarray, np.ndarray]
+    times: np.ndarray | list[float], spans: tuple[np.ndarray, np.ndarray], edges: str = "both"
 ) -> float:
     """Share of the windows `spans` = (starts, ends) (`window_spans`) that hold at least one of
-    the sample `times`, bounds included as in `window_captions`. NaN for no windows."""
-    starts, ends = (np.asarray(a, dtype=np.float64).ravel() for a in spans)
-    if not len(starts):
+    the sample `times`, by `edges` as in `window_captions` (`in_windows`). NaN for no
+    windows."""
+    if not np.asarray(spans[0]).size:
         return math.nan
-    times = np.sort(np.asarray(times, dtype=np.float64).ravel())
-    first_in = np.searchsorted(times, starts, side="left")  # first time >= start
-    past_end = np.searchsorted(times, ends, side="right")  # first time > end
-    return float((past_end > first_in).mean())
+    return float(in_windows(times, spans, edges).any(axis=1).mean())
 
 
 def video_sample_share(duration: float, ocr: OcrSettings, settings: CaptionSettings) -> float:
@@ -98,7 +118,7 @@ def video_sample_share(duration: float, ocr: OcrSettings, settings: CaptionSetti
     if not samples_frames(ocr):
         return math.nan
     times = [line_time(t) for t in ocr_sample_times(duration, ocr, settings.frames)]
-    return sampled_window_share(times, window_spans(duration, settings))
+    return sampled_window_share(times, window_spans(duration, settings), settings.window_edges)
 
 
 def window_sample_share(group: StageGroup) -> float:

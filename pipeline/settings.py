@@ -125,12 +125,22 @@ class CaptionSettings:
     min_score: float = 0.5
     separator: str = ", "
     max_instances: int = 200
+    # a line on the edge two windows share (at xi = 1 every window's end is the next one's
+    # start): in the next window only ("next"), or in both ("both", earlier versions)
+    window_edges: Literal["next", "both"] = added_setting("next", before="both")
 
     def __post_init__(self) -> None:
         _check("captions.frames", 1 <= self.frames <= 1024, "in 1..1024", self.frames)
         _check("captions.xi", math.isfinite(self.xi) and self.xi > 0, "> 0", self.xi)
         _check("captions.min_score", 0 <= self.min_score <= 1, "in [0, 1]", self.min_score)
         _check("captions.max_instances", self.max_instances >= 0, ">= 0", self.max_instances)
+        edges = ("next", "both")
+        _check(
+            "captions.window_edges",
+            self.window_edges in edges,
+            f"one of {edges}",
+            self.window_edges,
+        )
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ incremental reruns, settings changes that recompute only their half, failures, r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -29,6 +30,7 @@ from pipeline.settings import (
     OcrSettings,
     PipelineSettings,
     StageGroups,
+    resolve_settings,
 )
 from pipeline.stage import Failure, error_message, guarded, last_run, run_stage
 from pipeline.video import ocr_times, read_frames, segment_centres
@@ -187,6 +189,27 @@ def test_window_captions_filter_dedupe_order_and_mask():
     assert wide[1] == "A SIGN, b SIGN, LATE"  # window 3 s wide around t=1.5
     narrow, _ = window_captions(lines, 4.0, CaptionSettings(frames=4, xi=0.2, min_score=0.5))
     assert narrow == ["A SIGN, b SIGN", "", "b sign", ""]  # 0.2 s windows: 0.4-0.6, 2.4-2.6, ...
+
+
+def test_a_line_on_the_edge_two_windows_share_is_in_the_later_one_only(tmp_path):
+    """At xi = 1 each window's end is the next one's start: a sample there (2 frames/s on a
+    3 s video puts every one on an edge) went into both windows, smearing the text over two
+    windows' time. A window a frame long keeps its centre sample (edges to the millisecond,
+    as line times)."""
+    from pipeline.captions import video_sample_share
+
+    lines = [line("EDGE", 0.25), line("INSIDE", 0.4), line("END", 3.0)]
+    settings = CaptionSettings(frames=12, xi=1.0)
+    captions, _ = window_captions(lines, 3.0, settings)
+    assert captions[:3] == ["", "EDGE, INSIDE", ""] and captions[-1] == "END"
+    both, _ = window_captions(lines, 3.0, dataclasses.replace(settings, window_edges="both"))
+    assert both[:2] == ["EDGE", "EDGE, INSIDE"]  # earlier versions: in both windows
+    narrow = CaptionSettings(frames=4, xi=0.2)  # gaps between windows: an end is no start
+    assert window_captions([line("AT END", 0.6)], 4.0, narrow)[0][0] == "AT END"
+    one_frame = CaptionSettings(xi=0.2)
+    assert video_sample_share(0.04, OcrSettings(), one_frame) == 1.0
+    (tmp_path / "settings.toml").write_text("[captions]\nxi = 1.0\n")  # saved before the rule
+    assert resolve_settings(tmp_path).captions.window_edges == "both"
 
 
 def word_ends(text: str) -> list[int]:
