@@ -51,7 +51,7 @@ def export_command(
     store = WorkDir(work)
     names = sorted(store.status()["videos"]["by_split"])
     run_dir = None
-    if run:  # as search names it (a path, zero-shot), checked before any split is exported
+    if run and names:  # as search names it (a path, zero-shot), checked before any export
         run_dir, foreign = named_run(store, run, resolve_settings(store.path))
         ready_run(run_dir, run, foreign, features(store, names[0]))
     sizes = export_splits(out, names, lambda s: features(store, s), window_lookup(store), run_dir)

@@ -273,8 +273,10 @@ def read_folder(
 
 
 def _files_under(folder: Path) -> Iterator[Path]:
-    """The files (and file links) under `folder`, hidden entries left out, folder links
-    followed (each real folder once: a link back up does not loop)."""
+    """The files (and file links) under `folder`, hidden entries left out, links to folders
+    outside it followed (a link to a folder inside it is not: that folder is listed by its
+    own path, whichever comes first; each real folder once, so a link cycle ends)."""
+    inside = os.path.realpath(folder)
     seen: set[str] = set()
     for top, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(top)
@@ -282,7 +284,15 @@ def _files_under(folder: Path) -> Iterator[Path]:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = [
+            d
+            for d in sorted(dirs)
+            if not d.startswith(".")
+            and not (
+                os.path.islink(os.path.join(top, d))
+                and Path(os.path.realpath(os.path.join(top, d))).is_relative_to(inside)
+            )
+        ]
         for name in files:
             if not name.startswith("."):
                 yield Path(top) / name

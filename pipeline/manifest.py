@@ -95,18 +95,23 @@ def _refuse_another_dataset(work: WorkDir, dataset: Dataset) -> None:
     if not held or not len(work.manifest.videos):
         return
     videos = work.manifest.videos.read(["id", "present", "split"])
+    present = {str(v) for v in videos["id"][videos["present"]]}
+    if not present:
+        return
+    same_root = Path(str(held.get("root", ""))).resolve() == dataset.root.resolve()
     read = videos["present"]
     if dataset.splits is not None:  # the other splits' videos stay as they are
         read = read & np.isin(videos["split"].astype(str), dataset.splits)
-    present = {str(v) for v in videos["id"][read]}
-    kept = present & {video.id for video in dataset.videos}
-    same_root = Path(str(held.get("root", ""))).resolve() == dataset.root.resolve()
-    if present and (held.get("dataset") != dataset.name or (kept != present and not same_root)):
+    scoped = {str(v) for v in videos["id"][read]}
+    kept = scoped & {video.id for video in dataset.videos}
+    if held.get("dataset") != dataset.name or (not same_root and kept != present):
+        # (another root, even for one split: the other splits' videos would stay from the
+        # old root, under the new root's name)
         raise DatasetError(
             f"{work.path} holds {len(present)} video(s) of dataset {held.get('dataset')!r} from "
             f"{held.get('root')}; reading {dataset.name!r} from {dataset.root} would mark "
-            f"{len(present) - len(kept)} of them removed: pass --replace to do that, or use "
-            "another --work"
+            f"{len(present) - len(kept)} of them removed or leave them from the old root: "
+            "pass --replace to do that, or use another --work"
         )
 
 

@@ -436,9 +436,12 @@ def annotation_paths(settings: OcrSettings, work: WorkDir) -> list[Path | None]:
         table_path = _under_root(root, settings.import_map)
         mapped = read_import_map(table_path, base or table_path.parent)
     videos = work.manifest.videos.read(["id", "path", "ocr_path"])
-    # a file name or stem shared by videos of several folders names none of them alone
-    shared = Counter(n for v in videos["path"] for n in {Path(str(v)).name, Path(str(v)).stem})
-    stems = Counter(PurePosixPath(video_name(str(v))).name for v in videos["id"])
+    present = work.manifest.videos.column("present")
+    # a file name or stem shared by (present) videos of several folders names none of them
+    listed = zip(videos["id"], videos["path"], present, strict=True)
+    held = [(str(i), Path(str(p))) for i, p, keep in listed if keep]
+    shared = Counter(n for _, path in held for n in {path.name, path.stem})
+    stems = Counter(PurePosixPath(video_name(i)).name for i, _ in held)
     paths: list[Path | None] = []
     for video_id, video_path, ocr_path in zip(*videos.values(), strict=True):
         video_id, video_path = str(video_id), Path(str(video_path))

@@ -205,6 +205,10 @@ def test_reading_some_splits_again_leaves_the_others_in_the_manifest(tmp_path, m
         "Games/b.mp4": True,
         "Driving/c.mp4": False,
     }
+    # one split from another root would leave the others from the old root: refused
+    other = write_textvr(tmp_path / "other", test=[entry("Driving/c.mp4", "three")])
+    with pytest.raises(DatasetError, match="--replace"):
+        build_manifest(work, read_textvr(other, ("test",)), progress=False)
 
 
 def test_a_video_that_failed_its_probe_is_probed_again(tmp_path, monkeypatch):
@@ -238,7 +242,11 @@ def test_tables_with_a_byte_order_mark_and_linked_folders_are_read(tmp_path):
     (tmp_path / "elsewhere" / "linked" / "e.mp4").write_bytes(b"")
     (tmp_path / "vids" / "linked").symlink_to(tmp_path / "elsewhere" / "linked")
     (tmp_path / "vids" / "own" / "loop").symlink_to(tmp_path / "vids")  # a cycle: read once
-    assert [v.id for v in read_folder(tmp_path / "vids").videos] == ["linked/e.mp4", "own/a.mp4"]
+    (tmp_path / "vids" / "zz").mkdir()
+    (tmp_path / "vids" / "zz" / "x.mp4").write_bytes(b"")
+    (tmp_path / "vids" / "aa").symlink_to(tmp_path / "vids" / "zz")  # inside: by its own path
+    ids = [v.id for v in read_folder(tmp_path / "vids").videos]
+    assert ids == ["linked/e.mp4", "own/a.mp4", "zz/x.mp4"]
     table = tmp_path / "caps.csv"  # Excel's "CSV UTF-8": a byte order mark, padded headers
     table.write_bytes("\ufeffvideo, caption ,split\nown/a.mp4,OPEN,test\n".encode())
     assert [v.captions for v in read_folder(tmp_path / "vids", table).videos] == [("OPEN",)]
