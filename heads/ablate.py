@@ -193,7 +193,8 @@ def summarise(rows: list[dict[str, Any]], variants: list[Variant]) -> list[dict[
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[Column]) -> str:
-    """One Markdown table; a numeric cell with a `<key>_sd` companion reads 'mean ± sd'."""
+    """One Markdown table; a numeric cell with a `<key>_sd` companion reads 'mean ± sd', and
+    one only some seeds have says how many."""
     lines = [
         "| " + " | ".join(c.header for c in columns) + " |",
         "|" + "---|" * len(columns),
@@ -207,8 +208,11 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[Column]) -> str:
             elif isinstance(value, float):
                 cell = f"{value:,.{column.digits}f}"
                 spread = row.get(f"{column.key}_sd")
-                if column.spread and spread is not None and row.get("seeds", 1) > 1:
+                seeds = row.get(f"{column.key}_seeds", row.get("seeds", 1))
+                if column.spread and spread is not None and seeds > 1:
                     cell += f" ± {spread:,.{column.digits}f}"
+                if f"{column.key}_seeds" in row:  # only some seeds have it
+                    cell += f" ({seeds} of {row['seeds']} seeds)"
                 cells.append(cell)
             elif isinstance(value, int) and not isinstance(value, bool):
                 cells.append(f"{value:,}")

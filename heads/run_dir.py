@@ -188,6 +188,8 @@ class RunDir:
         if state is None or not self.holds(config, features, state):
             return None
         best = {"val_loss": math.inf, **json.loads(state["best"])}
+        if best.get("val_r1") == -best["val_loss"]:  # an older version's R@1 stand-in
+            del best["val_r1"]  # (minus the training loss, without held-out captions)
         stale = int(state["epoch"]) - best["epoch"]
         done = int(state["epoch"]) + 1 >= config.train.epochs or stale >= config.train.patience
         # the steps after the last epoch (the fusion weights) are done too; a last.pt that

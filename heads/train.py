@@ -102,6 +102,21 @@ def train_videos(
     return np.array(usable), val, captions_of
 
 
+def trainable(
+    config: RunConfig, features: Features
+) -> tuple[np.ndarray, Features | None, list[np.ndarray]]:
+    """`train_videos`, refused (`TcdError`) where the config cannot train on `features`: too
+    few train videos, or `head.fusion = "validation"` without held-out captions."""
+    train_idx, val, captions_of = train_videos(features, config.train)
+    if config.head.fusion == "validation" and (val is None or not len(val.queries)):
+        held_out = 0 if val is None else val.n_videos
+        raise TcdError(
+            f"head.fusion = 'validation' chooses the branch weights on held-out captions, "
+            f"but the {held_out} held-out video(s) have none; raise train.val_fraction"
+        )
+    return train_idx, val, captions_of
+
+
 def warmup_cosine(total: int, warmup: int) -> Callable[[int], float]:
     """Learning-rate factor per step: linear warm-up over `warmup` steps, then cosine decay."""
 
@@ -127,13 +142,7 @@ class Trainer:
         self.config, self.settings, self.run = config, config.train, run
         self.features, self.config_text = features, config_text
         self.device = default_device()
-        self.train_idx, self.val, self.captions_of = train_videos(features, self.settings)
-        if config.head.fusion == "validation" and (self.val is None or not len(self.val.queries)):
-            held_out = 0 if self.val is None else self.val.n_videos
-            raise TcdError(
-                f"head.fusion = 'validation' chooses the branch weights on held-out captions, "
-                f"but the {held_out} held-out video(s) have none; raise train.val_fraction"
-            )
+        self.train_idx, self.val, self.captions_of = trainable(config, features)
         self.model = initial_model(config, features).to(self.device)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=self.settings.lr, weight_decay=self.settings.weight_decay
@@ -342,6 +351,8 @@ def train(
     finished = run.finished(config, features.source)
     if finished is not None:
         return finished  # this config already finished here: nothing to do
+    if config.train.epochs:
+        trainable(config, features)  # refused before `create` replaces the run there
     config_text = run.create(config, features.source)
     if config.train.epochs == 0:
         return keep_initial(config, features, run, config_text)

@@ -177,10 +177,13 @@ def test_a_run_killed_after_its_last_epoch_chooses_its_fusion_weights_when_rerun
     assert run.finished(config)["fusion"] == clean["fusion"]
 
 
-def test_validation_fusion_without_held_out_captions_is_refused():
+def test_validation_fusion_without_held_out_captions_is_refused(tmp_path):
     with pytest.raises(SettingsError, match="train.val_fraction must be > 0 for head.fusion"):
         RunConfig(HeadSettings(fusion="validation"), TrainSettings(val_fraction=0))
     data = planted(n=32)
+    run = RunDir.at(tmp_path / "run")  # a run already there, which a refusal must keep
+    train(RunConfig(HeadSettings(heads=2), TrainSettings(epochs=1, batch_size=16)), data, run)
+    files = sorted(p.name for p in run.path.iterdir())
     _, held_out = heads.train.split_train_val(data, 0.1, seed=0)
     kept = ~np.isin(data.query_video, held_out)  # the held-out videos lose their captions
     data = dataclasses.replace(
@@ -191,7 +194,8 @@ def test_validation_fusion_without_held_out_captions_is_refused():
     )
     config = RunConfig(HeadSettings(heads=2, fusion="validation"), TrainSettings(val_fraction=0.1))
     with pytest.raises(TcdError, match="held-out video\\(s\\) have none"):
-        heads.train.Trainer(config, data, RunDir.at("/nonexistent"), "")
+        train(config, data, run)
+    assert sorted(p.name for p in run.path.iterdir()) == files and run.best.exists()
 
 
 def test_rerunning_an_early_stopped_run_does_no_work(tmp_path):
@@ -554,7 +558,7 @@ def test_shipped_configs_and_grid_load():
 def test_ablation_summary_averages_a_diagnostic_over_the_seeds_that_have_it():
     """The held-out split moves with train.seed, so calibration accuracy may exist for one
     seed and not another: the summary must neither raise nor drop it."""
-    from heads.ablate import Variant, summarise
+    from heads.ablate import Column, Variant, markdown_table, summarise
 
     rows = [
         {"variant": "a", "seed": 0, "R@1": 1.0},
@@ -563,3 +567,5 @@ def test_ablation_summary_averages_a_diagnostic_over_the_seeds_that_have_it():
     (summary,) = summarise(rows, [Variant("a", "configs/tcd.toml")])
     assert summary["R@1"] == 2.0 and "R@1_seeds" not in summary
     assert summary["calib_acc"] == 0.5 and summary["calib_acc_seeds"] == 1
+    table = markdown_table([summary], [Column("R@1", "R@1"), Column("calib_acc", "calib", 3)])
+    assert "| 2.0 ± 1.4 | 0.500 (1 of 2 seeds) |" in table  # no spread of one seed
