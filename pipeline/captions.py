@@ -4,9 +4,10 @@ For each of the `T` segment centres t_i (the times `encode` samples), gather the
 time lies in `[t_i - xi*dt/2, t_i + xi*dt/2]` with `dt = duration / T` (`in_windows`: a line
 on an edge two windows share, every edge at xi = 1, goes to the later one only; with
 `window_edges = "both"`, as in earlier versions, to both), drop lines under
-`min_score`, normalise whitespace, merge duplicates (case-folded text; a track seen over many
-frames counts once), order by first appearance then reading order (top to bottom, left to
-right), and join. An empty window gives an empty caption and a False mask bit. The cut to the
+`min_score`, normalise whitespace, merge duplicates (case-folded text; a track seen over
+many frames counts once, its best-scored read), order by first appearance then reading order
+(top to bottom, boxes on one line left to right: `_distinct_in_order`), and join. An empty
+window gives an empty caption and a False mask bit. The cut to the
 text encoder's token limit happens in `encode`, which owns the tokenizer (`fit_to_tokens`).
 
 Also the StarVR-style instance list: the video's distinct OCR words by best score, up to
@@ -69,7 +70,7 @@ def window_captions(
     captions = []
     for inside in member:
         lines_in = [line for line, keep in zip(kept, inside, strict=True) if keep]
-        captions.append(settings.separator.join(_distinct_in_order(lines_in)))
+        captions.append(settings.separator.join(_distinct_in_order(lines_in, settings)))
     return captions, np.array([bool(c) for c in captions])
 
 
@@ -80,14 +81,16 @@ def in_windows(
     included, to the millisecond as line times are (so the centre of a window one frame long
     stays in it). A time on the end of a window that is also the next window's start (at
     xi = 1 every end is) is in the next window only with `edges = "next"`, in both with
-    "both" (earlier versions, exactly)."""
+    "both" (earlier versions, exactly); an end that is no other window's edge (xi < 1 leaves
+    gaps, xi > 1 overlaps) keeps its time."""
     starts, ends = (np.asarray(a, dtype=np.float64).ravel()[:, None] for a in spans)
     t = np.asarray(times, dtype=np.float64).ravel()[None, :]
     if edges == "both":
         return (starts <= t) & (t <= ends)
     starts, ends = np.round(starts, TIME_DECIMALS), np.round(ends, TIME_DECIMALS)
     inside = (starts <= t) & (t <= ends)
-    inside[:-1] &= ~((t == ends[:-1]) & (t >= starts[1:]))  # on an edge the next one shares
+    shared = ends[:-1] == starts[1:]  # an edge of two windows (every one at xi = 1)
+    inside[:-1] &= ~(shared & (t == ends[:-1]))  # there, the later window takes the time
     return inside
 
 
@@ -133,17 +136,53 @@ def window_sample_share(group: StageGroup) -> float:
     return float(shares.mean()) if len(shares) else math.nan
 
 
-def _distinct_in_order(lines: list[Line]) -> list[str]:
-    """Distinct texts (case-folded; a track over many frames is one text), in first-seen order."""
+def _distinct_in_order(lines: list[Line], settings: CaptionSettings) -> list[str]:
+    """Distinct texts (case-folded), in first-seen order: by time, then reading order. With
+    `reading_order = "lines"` boxes whose vertical centres lie within half the lower box's
+    height of each other are one line, read left to right ("top": by top edge, then left
+    edge, earlier versions: a word one pixel higher, or a taller word beside a smaller one,
+    was read first). With `merge_tracks` the lines of one track (an importer's track id)
+    are one text, the one read with the best score (a track read two ways counted twice)."""
+    if settings.merge_tracks:
+        best: dict[int, tuple[float, str]] = {}
+        for line in lines:
+            if line.get("track", -1) >= 0:
+                track, score = int(line["track"]), float(line["score"])
+                if track not in best or score > best[track][0]:
+                    best[track] = (score, line["text"])
+        lines = [
+            {**line, "text": best[int(line["track"])][1]} if line.get("track", -1) >= 0 else line
+            for line in lines
+        ]
+    keyed = [(float(line["t"]), np.asarray(line["box"], dtype=float), line) for line in lines]
+    rows = (
+        _reading_rows([box for _, box, _ in keyed]) if settings.reading_order == "lines" else None
+    )
     first: dict[str, tuple[float, float, float, str]] = {}
-    for line in lines:
+    for i, (t, box, line) in enumerate(keyed):
         text = normalise(line["text"])
         key = text.casefold()
-        box = np.asarray(line["box"], dtype=float)
-        order = (float(line["t"]), float(box[:, 1].min()), float(box[:, 0].min()), text)
+        row = float(box[:, 1].min()) if rows is None else float(rows[i])
+        order = (t, row, float(box[:, 0].min()), text)
         if key not in first or order < first[key]:
             first[key] = order
     return [item[3] for item in sorted(first.values())]
+
+
+def _reading_rows(boxes: list[np.ndarray]) -> list[int]:
+    """Per box, its line's rank top to bottom: boxes join a line while their vertical centre
+    lies within half the smaller box's height of the line's last box."""
+    spans = [(float(b[:, 1].min()), float(b[:, 1].max())) for b in boxes]
+    order = sorted(range(len(boxes)), key=lambda i: sum(spans[i]) / 2)
+    rows = [0] * len(boxes)
+    row, last = -1, None
+    for i in order:
+        top, bottom = spans[i]
+        centre, height = (top + bottom) / 2, bottom - top
+        if last is None or abs(centre - last[0]) > min(height, last[1]) / 2:
+            row += 1
+        rows[i], last = row, (centre, height)
+    return rows
 
 
 def ocr_instances(lines: list[Line], settings: CaptionSettings) -> list[str]:

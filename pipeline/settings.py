@@ -128,12 +128,19 @@ class CaptionSettings:
     # a line on the edge two windows share (at xi = 1 every window's end is the next one's
     # start): in the next window only ("next"), or in both ("both", earlier versions)
     window_edges: Literal["next", "both"] = added_setting("next", before="both")
+    # within a window and a time: boxes on one line read left to right ("lines"), or by top
+    # edge then left edge ("top", earlier versions)
+    reading_order: Literal["lines", "top"] = added_setting("lines", before="top")
+    # the lines of one track (an importer's track id) are one text, its best-scored read
+    merge_tracks: bool = added_setting(True, before=False)
 
     def __post_init__(self) -> None:
         _check("captions.frames", 1 <= self.frames <= 1024, "in 1..1024", self.frames)
         _check("captions.xi", math.isfinite(self.xi) and self.xi > 0, "> 0", self.xi)
         _check("captions.min_score", 0 <= self.min_score <= 1, "in [0, 1]", self.min_score)
         _check("captions.max_instances", self.max_instances >= 0, ">= 0", self.max_instances)
+        orders, given = ("lines", "top"), self.reading_order
+        _check("captions.reading_order", given in orders, f"one of {orders}", given)
         edges = ("next", "both")
         _check(
             "captions.window_edges",

@@ -206,10 +206,39 @@ def test_a_line_on_the_edge_two_windows_share_is_in_the_later_one_only(tmp_path)
     assert both[:2] == ["EDGE", "EDGE, INSIDE"]  # earlier versions: in both windows
     narrow = CaptionSettings(frames=4, xi=0.2)  # gaps between windows: an end is no start
     assert window_captions([line("AT END", 0.6)], 4.0, narrow)[0][0] == "AT END"
+    wide = CaptionSettings(frames=4, xi=2.0)  # overlapping windows: 1.5 ends window 0 only
+    assert window_captions([line("AT END", 1.5)], 4.0, wide)[0][:2] == ["AT END", "AT END"]
     one_frame = CaptionSettings(xi=0.2)
     assert video_sample_share(0.04, OcrSettings(), one_frame) == 1.0
     (tmp_path / "settings.toml").write_text("[captions]\nxi = 1.0\n")  # saved before the rule
     assert resolve_settings(tmp_path).captions.window_edges == "both"
+
+
+def test_boxes_on_one_line_read_left_to_right_and_a_track_is_one_text():
+    """By top edge alone a word 1 px higher, or a tall word beside a small one, was read
+    first ('vegetables, fresh'); a track read two ways was kept twice."""
+    settings = CaptionSettings(frames=1)
+
+    def boxed(text, x0, y0, x1, y1, track=-1, score=0.9):
+        return {**line(text, 0.5, score), "box": [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]} | {
+            "track": track
+        }
+
+    jitter = [boxed("fresh", 10, 31, 60, 50), boxed("vegetables", 70, 30, 180, 50)]
+    tall = [boxed("the", 10, 40, 40, 60), boxed("GOLD", 50, 20, 150, 60)]
+    two_lines = [boxed("BELOW", 0, 100, 50, 120), boxed("ABOVE", 60, 10, 120, 30)]
+    expected = {"fresh, vegetables": jitter, "the, GOLD": tall, "ABOVE, BELOW": two_lines}
+    for caption, lines in expected.items():
+        assert window_captions(lines, 1.0, settings)[0] == [caption]
+    top = dataclasses.replace(settings, reading_order="top")
+    assert window_captions(jitter, 1.0, top)[0] == ["vegetables, fresh"]  # earlier versions
+    track = [
+        boxed("TESCO expres", 0, 0, 9, 9, track=3, score=0.7),
+        boxed("TESCO express", 0, 0, 9, 9, track=3),
+    ]
+    assert window_captions(track, 1.0, settings)[0] == ["TESCO express"]
+    unmerged = dataclasses.replace(settings, merge_tracks=False)
+    assert window_captions(track, 1.0, unmerged)[0] == ["TESCO expres, TESCO express"]
 
 
 def word_ends(text: str) -> list[int]:
