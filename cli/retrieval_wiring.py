@@ -91,11 +91,10 @@ def _make_zero_shot(run_dir: RunDir, data: Features) -> None:
     from heads.config import HeadSettings, RunConfig, TrainSettings
     from heads.train import train
 
-    config = RunConfig(HeadSettings(kind=ZERO_SHOT), TrainSettings(epochs=0))
-    if run_dir.path.exists():
-        if run_dir.config().head.kind != ZERO_SHOT or run_dir.finished(config, data.source):
-            return
-    train(config, data, run_dir)
+    if run_dir.path.exists() and run_dir.config().head.kind != ZERO_SHOT:
+        return
+    # (made on these features already: `train` sees it finished and writes nothing)
+    train(RunConfig(HeadSettings(kind=ZERO_SHOT), TrainSettings(epochs=0)), data, run_dir)
 
 
 def _warn_if_trained_on_others(run_dir: RunDir, run: str, source: dict[str, str]) -> None:

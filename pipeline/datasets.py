@@ -284,15 +284,15 @@ def _files_under(folder: Path) -> Iterator[Path]:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = [
-            d
-            for d in sorted(dirs)
-            if not d.startswith(".")
-            and not (
-                os.path.islink(os.path.join(top, d))
-                and Path(os.path.realpath(os.path.join(top, d))).is_relative_to(inside)
-            )
-        ]
+        followed = []
+        for name in sorted(dirs):
+            path = os.path.join(top, name)
+            if name.startswith("."):
+                continue
+            if os.path.islink(path) and Path(os.path.realpath(path)).is_relative_to(inside):
+                continue  # listed by its own path
+            followed.append(name)
+        dirs[:] = followed
         for name in files:
             if not name.startswith("."):
                 yield Path(top) / name

@@ -435,15 +435,12 @@ def annotation_paths(settings: OcrSettings, work: WorkDir) -> list[Path | None]:
     if settings.import_map:
         table_path = _under_root(root, settings.import_map)
         mapped = read_import_map(table_path, base or table_path.parent)
-    videos = work.manifest.videos.read(["id", "path", "ocr_path"])
-    present = work.manifest.videos.column("present")
-    # a file name or stem shared by (present) videos of several folders names none of them
-    listed = zip(videos["id"], videos["path"], present, strict=True)
-    held = [(str(i), Path(str(p))) for i, p, keep in listed if keep]
-    shared = Counter(n for _, path in held for n in {path.name, path.stem})
-    stems = Counter(PurePosixPath(video_name(i)).name for i, _ in held)
+    videos = work.manifest.videos.read(["id", "path", "ocr_path", "present"])
+    # a file name or stem shared by present videos of several folders names none of them
+    held = [Path(str(p)) for p in videos["path"][videos["present"].astype(bool)]]
+    shared = Counter(n for path in held for n in {path.name, path.stem})
     paths: list[Path | None] = []
-    for video_id, video_path, ocr_path in zip(*videos.values(), strict=True):
+    for video_id, video_path, ocr_path, _ in zip(*videos.values(), strict=True):
         video_id, video_path = str(video_id), Path(str(video_path))
         name = video_name(video_id)
         found = _mapped(mapped, (video_id, name), (video_path.name, video_path.stem), shared)
@@ -453,7 +450,7 @@ def annotation_paths(settings: OcrSettings, work: WorkDir) -> list[Path | None]:
         elif found is None and base is not None:
             stem = PurePosixPath(name).name
             folders = [base / PurePosixPath(name).parent]
-            if stems[stem] == 1:  # a file at the import dir's top is this video's alone
+            if shared[stem] <= 1:  # a file at the import dir's top is this video's alone
                 folders.append(base)
             candidates = [f / n.format(stem=stem) for f in folders for n in FILE_NAMES[fmt]]
             found = next((c for c in candidates if c.is_file()), candidates[0])

@@ -139,15 +139,12 @@ class CaptionSettings:
         _check("captions.xi", math.isfinite(self.xi) and self.xi > 0, "> 0", self.xi)
         _check("captions.min_score", 0 <= self.min_score <= 1, "in [0, 1]", self.min_score)
         _check("captions.max_instances", self.max_instances >= 0, ">= 0", self.max_instances)
-        orders, given = ("lines", "top"), self.reading_order
-        _check("captions.reading_order", given in orders, f"one of {orders}", given)
-        edges = ("next", "both")
-        _check(
-            "captions.window_edges",
-            self.window_edges in edges,
-            f"one of {edges}",
-            self.window_edges,
-        )
+        for name, allowed in (
+            ("window_edges", ("next", "both")),
+            ("reading_order", ("lines", "top")),
+        ):
+            given = getattr(self, name)
+            _check(f"captions.{name}", given in allowed, f"one of {allowed}", given)
 
 
 @dataclass(frozen=True)
