@@ -61,7 +61,18 @@ def hsc_loss(
     i and the soft-nearest caption's index nu_i = sum_j j softmax_j(cos(v_i, o_j)/s) (and from
     captions to frames), averaged with the cycle.
     v, o: (N, T, D); mask (N, T) True where the caption has text. Returns a scalar.
+
+    Computed in float32 with autocast off, whatever the caller's: under a GPU's bf16
+    autocast the cosines would be bf16, too coarse for 1/T^2 index errors, and a bf16 tensor
+    cannot hold the float32 minimum that masks an empty caption (training stopped there).
     """
+    with torch.autocast(v.device.type, enabled=False):
+        return _hsc_loss(v.float(), o.float(), mask, temperature, form)
+
+
+def _hsc_loss(
+    v: torch.Tensor, o: torch.Tensor, mask: torch.Tensor, temperature: float, form: str
+) -> torch.Tensor:
     n, t, _ = v.shape
     v = F.normalize(v, dim=-1)
     o = F.normalize(o, dim=-1)

@@ -550,13 +550,7 @@ class TCDHead(ProjectedHead):
         if not settings.hsc:
             return {}
         v, o = self.hsc_features(**videos)
-        loss = hsc_loss(
-            v.float(),
-            o.float(),
-            videos["caption_mask"],
-            settings.hsc_temperature,
-            settings.hsc_form,
-        )
+        loss = hsc_loss(v, o, videos["caption_mask"], settings.hsc_temperature, settings.hsc_form)
         return {"hsc": (settings.hsc_weight, loss)}
 
 

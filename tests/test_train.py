@@ -17,6 +17,7 @@ from cache.settings import dump_toml, to_dict
 from heads.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from heads.config import HeadSettings, RunConfig, TrainSettings
 from heads.data import Features
+from heads.losses import hsc_loss
 from heads.metrics import recall_at_1
 from heads.modules import build_head
 from heads.run_dir import RunDir, same_config
@@ -112,6 +113,25 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
         torch.testing.assert_close(clean[name], resumed[name], rtol=0, atol=0)
     lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2, 3]
+
+
+def test_a_tcd_head_trains_under_bf16_autocast_as_on_a_gpu(tmp_path, monkeypatch):
+    """On a GPU the trainer runs under bf16 autocast; the CPU's bf16 autocast stands in for
+    it here (HSC once stopped there: bf16 cannot hold the mask value it wrote)."""
+    data = planted(n=64)
+    config = RunConfig(HeadSettings(heads=2), TrainSettings(epochs=1, batch_size=16))
+    assert config.train.hsc  # the loss that stopped
+    monkeypatch.setattr(
+        heads.train, "_autocast", lambda device: torch.autocast("cpu", dtype=torch.bfloat16)
+    )
+    best = train(config, data, RunDir.at(tmp_path / "run"))
+    assert np.isfinite(best["loss"]) and np.isfinite(best["hsc"])
+    captions = torch.from_numpy(data.captions[:8]).float()
+    frames = captions.roll(1, dims=1)  # HSC compares both in the head's width
+    mask = torch.from_numpy(data.caption_mask[:8])
+    exact = hsc_loss(frames, captions, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert hsc_loss(frames, captions, mask) == exact  # float32 whatever the caller's
 
 
 def test_without_validation_the_lowest_training_loss_is_kept(tmp_path):
