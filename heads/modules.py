@@ -91,12 +91,16 @@ def time_code(t: int, device: torch.device | str = "cpu") -> torch.Tensor:
 
 
 def condition_weights(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Text-condition weights T * softmax over t of (Q, N, T) logits; masked positions get 0
-    (all-masked rows give zeros)."""
-    t = logits.shape[-1]
-    if mask is not None:
-        logits = logits.masked_fill(~mask.unsqueeze(0), float("-inf"))
-    return t * torch.softmax(logits, dim=-1).nan_to_num(0.0)
+    """Text-condition weights L * softmax over t of (Q, N, T) logits, L the sequence's length:
+    T, or a video's number of unmasked positions (masked ones get 0; all-masked rows give
+    zeros). Weights average 1 over the positions that count, so uniform logits leave the
+    head as without text-condition: DESIGN's T * a for a full sequence. (T over a video's
+    few captions scaled its `to` mean and CTCD's attention logits by T / count.)"""
+    if mask is None:
+        return logits.shape[-1] * torch.softmax(logits, dim=-1)
+    length = mask.sum(-1).unsqueeze(0).unsqueeze(-1).to(logits.dtype)  # (1, N, 1)
+    logits = logits.masked_fill(~mask.unsqueeze(0), float("-inf"))
+    return length * torch.softmax(logits, dim=-1).nan_to_num(0.0)
 
 
 def relevance(q: torch.Tensor, x: torch.Tensor, tau: float) -> torch.Tensor:

@@ -115,6 +115,26 @@ def test_text_condition_makes_scores_query_dependent():
         assert not torch.allclose(on(**data).total, off(**data).total)
 
 
+def test_text_condition_with_uniform_weights_is_the_head_without_it():
+    """tau = 0 makes every weight uniform: then the re-weighted sequences are the plain ones,
+    for videos with all, some, one or no captions (the weights average 1 over a video's
+    captions, not over T)."""
+    data = batch(q=4, seed=3)
+    data["caption_mask"][0] = True
+    data["caption_mask"][2, 1:] = False  # one caption
+    on = build_head(HeadSettings(tau=0.0, heads=4), DV, DT).eval()
+    off = build_head(HeadSettings(tau=0.0, heads=4, text_condition="none"), DV, DT).eval()
+    with torch.no_grad():  # trained-like biases: a scaled mean would move against them
+        for p in on.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        off.load_state_dict(on.state_dict())
+        scores_on, scores_off = on(**data), off(**data)
+    for branch in ("tv", "to", "th"):
+        torch.testing.assert_close(
+            scores_on.branches[branch], scores_off.branches[branch], atol=1e-5, rtol=1e-5
+        )
+
+
 def test_identity_initialisation_starts_from_zero_shot_cosine():
     settings = HeadSettings(text_condition="none", coattn=False, ctcd=False, branches=("tv",))
     head = build_head(settings, DT, DT).eval()
