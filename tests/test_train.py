@@ -575,6 +575,29 @@ def test_shipped_configs_and_grid_load():
             build_head(config.head, DV, DT)  # every variant builds
 
 
+def test_the_text_only_baseline_learns_nothing_from_frames(tmp_path):
+    """The studies' `text-only` row is OCR captions alone: its trained head is the same
+    whatever the frames were (HSC, which ties frames to captions, once reached it)."""
+    from cache.settings import load_settings
+    from heads.ablate import read_grid
+    from tests.conftest import REPO
+
+    data = planted(n=32)
+    other_frames = dataclasses.replace(data, frames=data.frames[::-1].copy())
+    for grid in ("ablations.toml", "study_temporal.toml"):
+        (variant,) = [v for v in read_grid(REPO / "configs" / grid) if v.name == "text-only"]
+        config = load_settings(RunConfig, REPO / variant.config, variant.set)
+        config = dataclasses.replace(
+            config, train=dataclasses.replace(config.train, epochs=1, batch_size=16)
+        )
+        weights = []
+        for k, features in enumerate((data, other_frames)):
+            train(config, features, RunDir.at(tmp_path / f"{grid}-{k}"))
+            weights.append(load_checkpoint(tmp_path / f"{grid}-{k}" / "last.pt")["model"])
+        for name, value in weights[0].items():
+            assert torch.equal(value, weights[1][name]), (grid, name)
+
+
 def test_ablation_summary_averages_a_diagnostic_over_the_seeds_that_have_it():
     """The held-out split moves with train.seed, so calibration accuracy may exist for one
     seed and not another: the summary must neither raise nor drop it."""
