@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -23,7 +24,8 @@ class VideoInfo:
 
 
 def probe(path: str | Path) -> VideoInfo:
-    """Read duration, frame rate and frame count from the container (no full decode).
+    """Read duration, frame rate and frame count from the container (no decoding; where the
+    container holds no exact length, from the video stream's packets: see `_indexed`).
 
     Raises `VideoError` naming the file when it cannot be opened or has no video stream.
     """
@@ -36,13 +38,11 @@ def probe(path: str | Path) -> VideoInfo:
                 raise VideoError(f"{path}: no video stream")
             stream = container.streams.video[0]
             fps = float(stream.average_rate or stream.guessed_rate or 0.0)
-            if stream.duration is not None and stream.time_base is not None:
+            if _indexed(container) and stream.duration and stream.time_base is not None:
                 duration = float(stream.duration * stream.time_base)
-            elif container.duration is not None:
-                duration = container.duration / av.time_base
+                n_frames = int(stream.frames or round(duration * fps))
             else:
-                duration = 0.0
-            n_frames = int(stream.frames or round(duration * fps))
+                duration, n_frames = _scan_video_packets(container, stream, fps)
             if duration <= 0 and fps > 0 and n_frames > 0:
                 duration = n_frames / fps
             if duration <= 0 or n_frames <= 0:
@@ -54,6 +54,43 @@ def probe(path: str | Path) -> VideoInfo:
         raise VideoError(f"{path}: permission denied") from None
     except (av.error.FFmpegError, OSError, ValueError) as exc:
         raise VideoError(f"{path}: cannot open video ({exc})") from None
+
+
+def _indexed(container: Any) -> bool:
+    """Whether the container indexes its streams' exact lengths: MP4/MOV (the moov atom) and
+    AVI (one chunk per frame). Matroska, WebM and FLV give a container length that counts
+    from time 0 (a video starting at 2 s, or audio running on, lengthens it) and MPEG
+    program streams an estimate from the bit rate."""
+    name = container.format.name
+    return "mp4" in name or "mov" in name or name == "avi"
+
+
+def _scan_video_packets(container: Any, stream: Any, fps: float) -> tuple[float, int]:
+    """The video stream's length in seconds (first frame's start to last frame's end) and
+    frame count, from its packets' timestamps (demuxing only, no decoding). A stream whose
+    packets carry no times (a raw H.264 file) gets its count over `fps`; a read error ends
+    the scan with what was read."""
+    import av
+
+    if stream.time_base is None:
+        return 0.0, 0
+    # a packet without a duration shows its frame for one frame period
+    period = 1 / (fps * stream.time_base) if fps > 0 else 0
+    first, end, count = math.inf, -math.inf, 0
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:  # the demuxer's final empty packet
+                continue
+            count += 1
+            start = packet.pts if packet.pts is not None else packet.dts
+            if start is not None:
+                first = min(first, start)
+                end = max(end, start + (packet.duration or period))
+    except av.error.FFmpegError:
+        pass
+    if first == math.inf:
+        return (count / fps if fps > 0 else 0.0), count
+    return float((end - first) * stream.time_base), count
 
 
 # -- frame sampling -------------------------------------------------------------------------
@@ -178,6 +215,14 @@ def _decord_batches(
     # the last one starting at or before it (as `_pyav_batches` picks), which `t * fps` only
     # gives at a constant frame rate (phones record a variable one)
     spans = np.asarray(reader.get_frame_timestamp(np.arange(n)), dtype=np.float64)
+    if not _plausible_spans(spans, n, fps):
+        # AVI holds no presentation times, MPEG program streams and very short Matroska
+        # files lose some in decord (+-9e17 s): frames would be picked at random, and
+        # decord's seeks in such files were seen to return other frames than asked. Raised
+        # before any frame, so `auto` reads the file with PyAV.
+        raise VideoError(
+            f"{path}: decord reports no usable frame times; --decoder pyav reads this file"
+        )
     _warn_truncated(path, times, float(spans[-1, 1]), warn)
     index = np.clip(np.searchsorted(spans[:, 0], times + 1e-6, side="right") - 1, 0, n - 1)
     for start in range(0, len(times), batch_size):
@@ -191,6 +236,18 @@ def _decord_batches(
         except Exception as exc:
             raise VideoError(f"{path}: decode failed near frame {int(chunk[0])} ({exc})") from None
         yield times[start : start + batch_size], frames
+
+
+def _plausible_spans(spans: np.ndarray, n: int, fps: float) -> bool:
+    """Whether decord's (start, end) frame times can be frame times: finite, starting near 0
+    (decord counts from the stream's start), in order, and within twice the nominal length."""
+    starts = spans[:, 0]
+    return bool(
+        np.isfinite(spans).all()
+        and starts[0] > -1.0
+        and (np.diff(starts) >= 0).all()
+        and starts[-1] < 2 * n / fps + 60.0
+    )
 
 
 def _pyav_batches(
@@ -218,18 +275,28 @@ def _pyav_batches(
         # times count from the stream's start, as `probe`'s duration does (an MPEG-TS
         # stream starts at 1.4 s, say)
         offset = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+        # AVI holds no presentation times (a frame's is its decoding slot, out of order with
+        # B-frames) but a constant rate: the k-th frame shown starts at k / rate, as does a
+        # frame without a time (a raw H.264 stream)
+        counted = container.format.name == "avi"
         end = 0.0  # where the last decoded frame ends
+        size: tuple[int, int] | None = None
         broken = ""
         try:
-            for frame in container.decode(stream):
-                t = float(frame.time or 0.0) - offset
+            for shown, frame in enumerate(container.decode(stream)):
+                if (counted or frame.time is None) and rate > 0:
+                    t = shown / rate
+                else:
+                    t = float(frame.time or 0.0) - offset
                 while target < len(times) and t > times[target] + 1e-6 and previous is not None:
                     picked.append(previous)
                     picked_times.append(times[target])
                     target += 1
                 if target >= len(times):
                     break
-                previous = frame.to_ndarray(format="rgb24")
+                # at the first frame's size: a stream may change resolution midway
+                size = size or (frame.width, frame.height)
+                previous = frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
                 end = t + (1 / rate if rate > 0 else 0.0)
                 if len(picked) >= batch_size:
                     yield np.array(picked_times), np.stack(picked)

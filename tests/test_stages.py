@@ -33,7 +33,7 @@ from pipeline.settings import (
     resolve_settings,
 )
 from pipeline.stage import Failure, error_message, guarded, last_run, run_stage
-from pipeline.video import ocr_times, read_frames, segment_centres
+from pipeline.video import ocr_times, probe, read_frames, segment_centres
 from tests.conftest import run_python
 
 KWAI = OcrSettings(engine="kwai")
@@ -69,14 +69,15 @@ def test_decord_and_pyav_agree_and_stream_in_batches(synth_set):
     )
 
 
-def indexed_video(path, starts_ms, fmt=None, codec="libx264"):
-    """A small video whose frame i starts at starts_ms[i] and is grey level 6 i + 4."""
+def indexed_video(path, starts_ms, fmt=None, codec="libx264", rate=25):
+    """A small video whose frame i starts at starts_ms[i] and is grey level 6 i + 4 (`rate`:
+    the frame rate its stream declares)."""
     import fractions
 
     import av
 
     with av.open(str(path), "w", format=fmt) as container:
-        stream = container.add_stream(codec, rate=25)
+        stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
         stream.time_base = stream.codec_context.time_base = fractions.Fraction(1, 1000)
         for i, start in enumerate(starts_ms):
@@ -106,6 +107,100 @@ def test_frames_are_taken_at_their_time_in_variable_rate_and_offset_streams(tmp_
         assert frame_indexes(vfr, times, backend) == expected, backend
     offset = indexed_video(tmp_path / "cfr.ts", [200 + 100 * k for k in range(40)], fmt="mpegts")
     assert frame_indexes(offset, [0.25, 1.25, 3.75], "auto") == [2, 12, 37]
+
+
+def constant_rate_video(path, n=30, fmt=None, codec="libx264", options=None, audio_s=0.0):
+    """n frames at 10 frames/s, frame i grey level 8 i (and `audio_s` s of silence beside)."""
+    import av
+
+    with av.open(str(path), "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=10, options=options or {})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        sound = container.add_stream("pcm_s16le", rate=8000) if audio_s else None
+        for i in range(n):
+            image = np.full((48, 64, 3), 8 * i, np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+        for k in range(round(audio_s * 10)):  # 0.1 s per frame of silence
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), layout="mono")
+            frame.sample_rate, frame.pts = 8000, 800 * k
+            container.mux(sound.encode(frame))
+        if sound:
+            container.mux(sound.encode())
+    return path
+
+
+def frames_in_order(path) -> np.ndarray:
+    """Every frame of `path` in the order shown, decoded one after another (the truth)."""
+    import av
+
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+@pytest.mark.parametrize(
+    "name, codec, options",
+    [
+        ("h264.avi", "libx264", {}),  # PyAV's frame times are decoding slots, out of order
+        ("bframes.avi", "mpeg4", {"bf": "2"}),
+        ("program.mpg", "mpeg2video", {"bf": "2"}),
+        ("three.mkv", "libx264", {}),  # 3 frames
+    ],
+)
+def test_frames_in_containers_whose_times_decord_loses_are_those_shown(
+    name, codec, options, tmp_path
+):
+    """decord gives these files' frames times of +-9e17 s (and seeks in some to other
+    frames): `auto` reads them with PyAV, and forced decord refuses them naming the file."""
+    n = 3 if name == "three.mkv" else 30
+    path = constant_rate_video(tmp_path / name, n, codec=codec, options=options)
+    info = probe(path)
+    assert (info.duration, info.n_frames) == (pytest.approx(n / 10), n)
+    times = segment_centres(info.duration, 12)
+    expected = frames_in_order(path)[np.floor(times * 10 + 1e-6).astype(int)]
+    for backend in ("auto", "pyav"):
+        frames = np.concatenate([f for _, f in read_frames(path, times, 5, backend)])
+        np.testing.assert_array_equal(frames, expected, err_msg=f"{name} {backend}")
+    with pytest.raises(VideoError, match=f"{name}: decord reports no usable frame times"):
+        list(read_frames(path, times, 5, "decord"))
+
+
+def test_probe_measures_the_video_stream_not_the_container(tmp_path):
+    """Matroska's length counts from time 0 (a video starting at 2 s lasted 5 s) and covers
+    every stream (audio running 2 s past the video): 4-5 of 12 samples fell past the end."""
+    starts = [2000 + 100 * k for k in range(30)]
+    late = indexed_video(tmp_path / "late.mkv", starts, "matroska", rate=10)
+    sound = constant_rate_video(tmp_path / "sound.mkv", audio_s=5.0)
+    for path in (late, sound):
+        info = probe(path)
+        assert (info.duration, info.n_frames) == (pytest.approx(3.0), 30), path.name
+        warnings = []
+        list(read_frames(path, segment_centres(info.duration, 12), 12, "auto", warnings.append))
+        assert not warnings  # no "truncated stream" for an intact file
+
+
+def test_a_stream_changing_resolution_midway_is_read_at_its_first_size(tmp_path):
+    """Two MPEG-TS segments of different sizes back to back (a bit-rate switch in a stream
+    capture): PyAV stacked frames of two sizes and failed the row."""
+    import av
+
+    parts = []
+    for k, (width, height) in enumerate(((64, 48), (96, 64))):
+        part = tmp_path / f"part{k}.ts"
+        with av.open(str(part), "w", format="mpegts") as container:
+            stream = container.add_stream("libx264", rate=10)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            for i in range(20):
+                image = np.full((height, width, 3), 6 * (i + 20 * k), np.uint8)
+                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+                frame.pts = i + 20 * k  # the second part carries on the first's times
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+        parts.append(part.read_bytes())
+    path = tmp_path / "switch.ts"
+    path.write_bytes(b"".join(parts))
+    batches = list(read_frames(path, segment_centres(4.0, 12), 4, "pyav"))
+    assert [f.shape for _, f in batches] == [(4, 48, 64, 3)] * 3
 
 
 def test_bad_video_raises_video_error_naming_it(tmp_path):
