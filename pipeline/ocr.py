@@ -33,10 +33,10 @@ from pipeline.ocr_import import (
     TIME_DECIMALS,
     Line,
     OcrError,
-    annotation_paths,
     line_time,
     read_imported_ocr,
     read_kwai_ocr,  # noqa: F401 (its old home, for existing callers)
+    require_some_file,
 )
 from pipeline.settings import (
     ENGINE_READS,
@@ -94,6 +94,7 @@ def run_ocr(
     group = StageGroups.resolve(work, PipelineSettings(ocr=settings, captions=captions)).ocr
     videos = work.manifest.videos.read(["path", "fps", "duration", "error"])
     imported = import_format(settings)  # None for an engine that decodes frames
+    files = require_some_file(settings, work) if imported else []
 
     readers: list[Any] = []
 
@@ -101,7 +102,6 @@ def run_ocr(
         with clock.setting_up():  # only when there is work: loading the models takes seconds
             reader = None if imported else make_reader(settings, threads)
             readers.append(reader)
-        files = annotation_paths(settings, work) if imported else []
         for row in rows:
             video = {name: values[row] for name, values in videos.items()}
 
@@ -109,6 +109,8 @@ def run_ocr(
                 warnings: list[str] = []
                 if imported:
                     lines = read_imported_ocr(files[row], float(video["fps"]), imported)
+                    if files[row] is None or not files[row].is_file():
+                        warnings.append(f"no OCR file ({files[row] or 'none named'}): no text")
                 else:
                     if video["error"]:
                         raise OcrError(f"unreadable video: {video['error']}")

@@ -423,14 +423,20 @@ def read_import_map(path: Path, base: Path) -> dict[str, Path]:
 
 def annotation_paths(settings: OcrSettings, work: WorkDir) -> list[Path | None]:
     """Per manifest video row, the path of its OCR file (None: the format names none for it,
-    as for a TextVR video without Kwai_OCR). The path need not exist (no file: no text)."""
-    from pipeline.settings import import_format
+    as for a TextVR video without Kwai_OCR). The path need not exist (no file: no text).
+    The settings the engine does not read are not looked at (`engine_in_effect`: the kwai
+    engine follows Kwai_OCR whatever `ocr.import_dir` an import left), as they key nothing;
+    an `ocr.import_dir` that is no folder is an `OcrError`."""
+    from pipeline.settings import engine_in_effect, import_format
 
+    settings = engine_in_effect(settings)
     fmt = import_format(settings)
     if fmt is None:
         raise OcrError(f"the {settings.engine} engine imports no OCR files")
     root = Path(str(work.manifest.attrs.get("root", work.path)))
     base = _under_root(root, settings.import_dir) if settings.import_dir else None
+    if base is not None and not base.is_dir():
+        raise OcrError(f"{base}: the ocr.import_dir folder is not found")
     mapped: dict[str, Path] = {}
     if settings.import_map:
         table_path = _under_root(root, settings.import_map)
@@ -460,6 +466,23 @@ def annotation_paths(settings: OcrSettings, work: WorkDir) -> list[Path | None]:
             ]
             found = next((c for c in candidates if c.is_file()), candidates[0])
         paths.append(found)
+    return paths
+
+
+def require_some_file(settings: OcrSettings, work: WorkDir) -> list[Path | None]:
+    """`annotation_paths`, refused (`OcrError`) where no present video has a file: a mistyped
+    folder, or the kwai engine on a dataset without Kwai_OCR, would store every video as
+    without scene text, silently."""
+    paths = annotation_paths(settings, work)
+    present = work.manifest.videos.column("present").astype(bool)
+    wanted = [p for p, here in zip(paths, present, strict=True) if here]
+    if wanted and not any(p is not None and p.is_file() for p in wanted):
+        named = [p for p in wanted if p is not None]
+        where = f"looked for {named[0]}, ..." if named else "the dataset names no Kwai_OCR file"
+        raise OcrError(
+            f"no OCR file found for any of the {len(wanted)} videos ({where}); check the "
+            f"{settings.engine} engine's settings (ocr.import_dir, ocr.import_map)"
+        )
     return paths
 
 

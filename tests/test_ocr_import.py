@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 
 from cache import WorkDir
 from cli.main import app
-from pipeline.datasets import read_textvr
-from pipeline.ocr import OcrError, read_kwai_ocr, read_lines
+from pipeline.datasets import read_folder, read_textvr
+from pipeline.manifest import build_manifest
+from pipeline.ocr import OcrError, read_kwai_ocr, read_lines, run_ocr
 from pipeline.ocr_import import (
     annotation_paths,
     read_bovtext_ocr,
@@ -245,6 +246,7 @@ def test_files_are_found_under_the_import_dir_by_name_or_through_the_map(synth_c
     # no import dir: next to the video; relative dirs are relative to the dataset root
     beside = annotation_paths(OcrSettings(engine="import"), work)
     assert beside[0] == synth_copy / "Video" / Path(ids[0]).with_suffix(".jsonl")
+    (synth_copy / "theirs").mkdir()
     relative = annotation_paths(OcrSettings(engine="import", import_dir="theirs"), work)
     assert relative[0] == synth_copy / "theirs" / Path(ids[0]).with_suffix(".jsonl")
     # BOVText's and ICDAR's own names
@@ -460,6 +462,40 @@ def test_a_file_named_only_by_a_shared_name_is_no_video_s_and_kwai_follows_its_o
         annotation_paths(mapped, work)
     table.write_text("Sports/clip.mp4,clip.jsonl\n")  # by id: fine
     assert annotation_paths(mapped, work)[0] == ocr / "clip.jsonl"
-    kwai = replace(KWAI, import_dir=str(tmp_path / "kwai_copy"))
+    (tmp_path / "kwai_copy").mkdir()
+    kwai = OcrSettings(
+        engine="import", import_format="kwai", import_dir=str(tmp_path / "kwai_copy")
+    )
     assert annotation_paths(kwai, work)[2] == tmp_path / "kwai_copy" / "Movie" / "n.json"
     assert annotation_paths(KWAI, work)[2] == root.resolve() / "Kwai_VideoOCR" / "Movie" / "n.json"
+    # the kwai engine reads no import_dir (nor is keyed by one): one left by an import is
+    # not looked at
+    leftover = replace(KWAI, import_dir=str(tmp_path / "kwai_copy"))
+    assert annotation_paths(leftover, work) == annotation_paths(KWAI, work)
+
+
+def test_an_import_that_finds_no_file_is_refused_and_a_video_without_one_is_warned(
+    synth_copy, tmp_path
+):
+    """A mistyped import folder, or kwai on a dataset without Kwai_OCR, stored every video
+    as without scene text and said nothing."""
+    work = make_work(synth_copy, tmp_path)
+    ids = [str(i) for i in work.manifest.videos.column("id")]
+    with pytest.raises(OcrError, match="nowhere: the ocr.import_dir folder is not found"):
+        run_ocr(work, OcrSettings(engine="import", import_dir=str(tmp_path / "nowhere")))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(OcrError, match=f"no OCR file found for any of the {len(ids)} videos"):
+        run_ocr(work, OcrSettings(engine="import", import_dir=str(empty)))
+    folder = WorkDir(tmp_path / "folder", create=True)
+    build_manifest(folder, read_folder(synth_copy / "Video"), progress=False)
+    with pytest.raises(OcrError, match="the dataset names no Kwai_OCR file"):
+        run_ocr(folder, KWAI)
+    write_jsonl(empty / Path(ids[0]).with_suffix(".jsonl"), kwai_lines(synth_copy, ids[0]))
+    report = run_ocr(work, OcrSettings(engine="import", import_dir=str(empty)), progress=False)
+    assert (report.computed, report.failed) == (len(ids), 0)
+    group = StageGroups.resolve(
+        work, PipelineSettings(ocr=OcrSettings(engine="import", import_dir=str(empty)))
+    ).ocr
+    warnings = [str(w) for w in group.group["warning"][:]]
+    assert warnings[0] == "" and all(w.startswith("no OCR file (") for w in warnings[1:])
