@@ -101,7 +101,7 @@ train: setup
 	$(TCD) train --work $(WORK) --config $(CONFIG) $(if $(NAME),--name $(NAME)) $(SETS)
 
 ablate: setup
-	$(TCD) ablate --work $(WORK) --grid configs/ablations.toml --seeds $(SEEDS) $(SETS)
+	$(TCD) ablate --work $(WORK) --grid $(GRID) --seeds $(SEEDS) $(SETS)
 
 # The quality study of README: every variant of configs/ablations.toml over 3 head-training
 # seeds, on the demo's synthetic set (built first if missing; cached stages are no-ops).

@@ -19,7 +19,10 @@ SimMatrix = Annotated[
 Order = Annotated[ColumnOrder, typer.Option(help="Column order of --sim-matrix.")]
 RandFile = Annotated[Path | None, typer.Option(help="TextVR_test_rand.json, for --order rand.")]
 TwoStage = Annotated[bool, flag("--two-stage", help="FAISS top-K, then full rerank.")]
-K = Annotated[int, typer.Option(min=1, help="Candidates per query for --two-stage.")]
+K = Annotated[
+    int | None, typer.Option(min=1, help="Candidates per query for --two-stage (default 100).")
+]
+TWO_STAGE_K = 100
 AsJson = Annotated[bool, flag("--json", help="Print the metrics as JSON.")]
 Groups = Annotated[
     str | None,
@@ -39,7 +42,7 @@ def eval_command(
     order: Order = ColumnOrder.annotation,
     rand_file: RandFile = None,
     two_stage: TwoStage = False,
-    k: K = 100,
+    k: K = None,
     as_json: AsJson = False,
     groups: Groups = None,
 ) -> None:
@@ -49,7 +52,12 @@ def eval_command(
     from cli.retrieval_wiring import open_split, warn
     from heads.groups import parse_groups
     from retrieval.evaluate import SimMatrixExport, evaluate, evaluation_warnings, format_evaluation
+    from retrieval.index import RetrievalError
 
+    if not sim_matrix and (order != ColumnOrder.annotation or rand_file is not None):
+        raise RetrievalError("--order and --rand-file order the columns of --sim-matrix; add it")
+    if k is not None and not two_stage:
+        raise RetrievalError("--k is the candidates of --two-stage; add it, or leave --k out")
     export = SimMatrixExport(sim_matrix, order, rand_file) if sim_matrix else None
     spec = parse_groups(groups) if groups else None  # a malformed file fails before scoring
     scored = open_split(work, run, split, need_queries=True)
@@ -57,7 +65,8 @@ def eval_command(
     if spec is not None:
         manifest = WorkDir(work).manifest if spec.by_domain else None
         query_groups = spec.resolve(scored.features, manifest)
-    report = evaluate(scored, k if two_stage else None, export, log=warn, groups=query_groups)
+    two_stage_k = (k or TWO_STAGE_K) if two_stage else None
+    report = evaluate(scored, two_stage_k, export, log=warn, groups=query_groups)
     typer.echo(json.dumps(report, indent=2) if as_json else format_evaluation(report, export))
     for line in evaluation_warnings(report):
         warn(line)

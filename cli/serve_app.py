@@ -206,8 +206,6 @@ def create_app(service: SearchService) -> FastAPI:
             raise BadRequest(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
         if not 1 <= k <= MAX_K:
             raise BadRequest(f"k must be between 1 and {MAX_K}, got {k}")
-        if min_score is not None and not np.isfinite(min_score):
-            raise BadRequest("min_score must be a finite number")
         return service.search(q, split, top_k, k, min_score)
 
     @app.get("/api/info")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,7 +115,8 @@ class StageRun:
 
     def open(self, work: Path, chosen: dict[str, str | None]) -> tuple[WorkDir, PipelineSettings]:
         """The work dir and its settings; `chosen`: `section.key` -> a value an option gave."""
-        extra = [f"{key}={value}" for key, value in chosen.items() if value]
+        # as TOML strings: a model folder named `2024` or `2024-05-01` is a name, not a number
+        extra = [f"{key}={json.dumps(value)}" for key, value in chosen.items() if value]
         return WorkDir(work), resolve_settings(work, self.config, [*(self.sets or []), *extra])
 
     @property

@@ -233,6 +233,10 @@ def read_folder(
         return _read_collection(videos_dir, name)
     captions_file = Path(captions_file)
     rows = _read_caption_table(captions_file)
+    if not rows:  # a header alone (even a wrong one) would read as an empty dataset
+        raise DatasetError(
+            f"{captions_file}: no caption rows; expected columns {', '.join(FOLDER_COLUMNS)}"
+        )
     grouped: dict[str, dict[str, Any]] = {}
     for index, row in enumerate(rows):
         where = f"{captions_file.name}: row {index + 1}"

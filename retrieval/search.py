@@ -116,6 +116,8 @@ class Searcher:
         """The `top_k` best videos for `text` among `k` FAISS candidates (videos with
         features only), reranked by the full head; hits under `min_score` are dropped."""
         text = check_query(text)
+        if min_score is not None and not np.isfinite(min_score):
+            raise RetrievalError(f"min_score must be a finite number, got {min_score}")
         split, head = self.split, self.split.head
         query = np.asarray(encode([text]), dtype=np.float16)
         n_missing = int((~self.searchable).sum())

@@ -10,6 +10,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
+from cache import WorkDir
 from cache.errors import TcdError
 from cli.main import app
 from tests.conftest import REPO
@@ -164,6 +165,29 @@ def test_an_empty_query_is_refused(trained):
     for query in ("", "   "):
         line = tcd_error("search", "--work", str(trained), "--run", "r", "--split", "train", query)
         assert "the query is empty" in line
+    search = ["search", "--work", str(trained), "--run", "r", "--split", "train", "a sign"]
+    for value in ("nan", "inf"):  # found nothing and said so, where the served page refused
+        line = tcd_error(*search, "--min-score", value)
+        assert "min_score must be a finite number" in line
+
+
+def test_eval_options_that_would_be_ignored_are_refused(trained):
+    evaluate = ["eval", "--work", str(trained), "--run", "r", "--split", "train"]
+    for extra, message in [
+        (["--order", "rand"], "--order and --rand-file order the columns of --sim-matrix"),
+        (["--rand-file", "rand.json"], "--order and --rand-file order the columns"),
+        (["--k", "5"], "--k is the candidates of --two-stage"),
+    ]:
+        assert message in tcd_error(*evaluate, *extra)
+
+
+def test_a_model_option_is_a_name_even_where_it_reads_as_a_number(tmp_path):
+    from cli.stages import StageRun
+
+    WorkDir(tmp_path / "w", create=True)
+    for name in ("2024", "2024-05-01", "true"):
+        _, settings = StageRun().open(tmp_path / "w", {"encode.text_model": name})
+        assert settings.encode.text_model == name
 
 
 def test_results_with_nothing_evaluated_and_eval_of_an_empty_split_print_one_line(trained):
@@ -187,3 +211,18 @@ def test_retrieval_commands_list_their_choices():
         assert result.exit_code == 0 and all(c in result.output for c in choices)
     result = runner.invoke(app, ["index", "--work", "w", "--run", "r", "--index", "ivf-typo"])
     assert result.exit_code == 2 and "ivf-typo" in result.output  # refused before any work
+
+
+def test_make_targets_pass_their_variables_to_the_command():
+    """`make ablate GRID=...` ran the default grid (the target named it itself)."""
+    grid = "configs/study_temporal.toml"
+    for target in ("ablate", "ablations"):
+        result = subprocess.run(
+            ["make", "-n", target, f"GRID={grid}", "WORK=work/elsewhere"],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=60,
+        )
+        ablate = [line for line in result.stdout.splitlines() if " ablate " in line]
+        assert ablate and all(f"--grid {grid}" in line for line in ablate), result.stdout

@@ -169,6 +169,8 @@ def test_folder_reader_csv_and_json(tmp_path):
         ("video,caption\na.mp4,x\n", "missing or non-string column"),
         ("video,caption,split\na.mp4,x,train\na.mp4,y,test\n", "is in split 'train' and 'test'"),
         ("video,caption,split\n../a.mp4,x,train\n", "leads outside"),
+        ("vid,cap\n", "no caption rows; expected columns video, caption, split"),
+        ("[]", "no caption rows"),
     ],
 )
 def test_folder_reader_errors(tmp_path, content, message):
