@@ -169,6 +169,12 @@ class RunConfig:
             self.train.epochs,
         )
         check_setting(
+            "train.epochs",
+            self.head.fusion != "validation" or self.train.epochs > 0,
+            "> 0 for head.fusion = 'validation' (0 epochs keep the initial head and its mean)",
+            self.train.epochs,
+        )
+        check_setting(
             "train.val_fraction",
             self.head.fusion != "validation" or self.train.val_fraction > 0,
             "> 0 for head.fusion = 'validation' (it chooses the weights on held-out videos)",

@@ -200,6 +200,8 @@ def test_a_run_killed_after_its_last_epoch_chooses_its_fusion_weights_when_rerun
 def test_validation_fusion_without_held_out_captions_is_refused(tmp_path):
     with pytest.raises(SettingsError, match="train.val_fraction must be > 0 for head.fusion"):
         RunConfig(HeadSettings(fusion="validation"), TrainSettings(val_fraction=0))
+    with pytest.raises(SettingsError, match="train.epochs must be > 0 for head.fusion"):
+        RunConfig(HeadSettings(fusion="validation"), TrainSettings(epochs=0))  # chose nothing
     data = planted(n=32)
     run = RunDir.at(tmp_path / "run")  # a run already there, which a refusal must keep
     train(RunConfig(HeadSettings(heads=2), TrainSettings(epochs=1, batch_size=16)), data, run)
