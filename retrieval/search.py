@@ -180,7 +180,7 @@ def read_queries(path: Path) -> list[str]:
     """Queries from a file: a JSON list of strings (`.json`), else one query a line (blank
     lines skipped). Each is checked like a single query."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is no text
     except FileNotFoundError:
         raise RetrievalError(f"{path}: queries file not found") from None
     except UnicodeDecodeError:

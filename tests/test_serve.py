@@ -208,6 +208,17 @@ def test_search_queries_file_writes_json_lines(served, tmp_path):
     assert neither.exit_code != 0 and "no query: give one" in str(neither.exception)
 
 
+def test_a_queries_file_saved_with_a_byte_order_mark_reads_as_without(tmp_path):
+    """Windows editors start UTF-8 files with a BOM: it stayed in the first query (and a
+    JSON list failed to parse)."""
+    from retrieval.search import read_queries
+
+    for name, text in (("q.txt", "a sign\nOPEN\n"), ("q.json", '["a sign", "OPEN"]')):
+        path = tmp_path / name
+        path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+        assert read_queries(path) == ["a sign", "OPEN"], name
+
+
 def test_a_folder_without_captions_is_searched_zero_shot(served, client, synth_set, tmp_path):
     """`tcd data folder` with no table -> stages -> search: split `all`, no trained head."""
     from cache import WorkDir
