@@ -82,6 +82,12 @@ ROW_KEY_SEPARATOR = "|"
 RowKeyPart = Callable[[], np.ndarray]  # per manifest row: the part ('' for none)
 
 
+def storable_text(text: str) -> str:
+    """`text` as the store's UTF-8 string arrays can hold it: lone surrogates (a JSON
+    `\\ud83d` escape without its pair, a file name that is not UTF-8) become '?'."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 @dataclass
 class UpsertStats:
     """What a manifest update did, by row count."""
@@ -499,7 +505,7 @@ class StageGroup:
     def fail_row(self, row: int, key: str, message: str) -> None:
         """Record that `row` failed for input `key`; a rerun skips it until the key changes."""
         self.group["done"][row] = False
-        self.group["error"][row] = message or "failed (no message)"
+        self.group["error"][row] = storable_text(message) or "failed (no message)"
         self.group["key"][row] = key
 
     def reset_rows(self, rows: Iterable[int]) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from cache.store import storable_text
 from pipeline.errors import DatasetError
 
 TEXTVR_FILES = {"train": "TextVR_train.json", "test": "TextVR_test.json"}
@@ -62,13 +63,15 @@ class Dataset:
     splits: tuple[str, ...] | None = None
 
     def captions(self) -> Iterator[CaptionEntry]:
-        """Captions in annotation order; ids are `<video id>#<k>`."""
+        """Captions in annotation order; ids are `<video id>#<k>`; texts storable (a JSON
+        escape of half an emoji becomes '?': `storable_text`)."""
         order: dict[str, int] = {}
         for index, video in enumerate(self.videos):
             for k, text in enumerate(video.captions):
                 position = order.get(video.split, 0)
                 order[video.split] = position + 1
-                yield CaptionEntry(f"{video.id}#{k}", index, text, video.split, position)
+                caption = storable_text(text)
+                yield CaptionEntry(f"{video.id}#{k}", index, caption, video.split, position)
 
     def split_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -8,8 +8,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from cache import WorkDir
 from pipeline.datasets import read_folder, read_textvr, safe_join, textvr_rand_columns
 from pipeline.errors import DatasetError
+from pipeline.manifest import build_manifest
 
 DOMAINS = {
     "Activity": 1244,
@@ -256,3 +258,14 @@ def test_tables_with_a_byte_order_mark_and_linked_folders_are_read(tmp_path):
         + json.dumps([{"video": "own/a.mp4", "caption": "x", "split": "test"}]).encode()
     )
     assert [v.id for v in read_folder(tmp_path / "vids", as_json).videos] == ["own/a.mp4"]
+
+
+def test_half_an_emoji_in_a_caption_is_replaced_not_fatal(tmp_path):
+    """A JSON escape of half a surrogate pair is valid JSON but no UTF-8 text."""
+    (tmp_path / "vids").mkdir()
+    (tmp_path / "vids" / "a.mp4").write_bytes(b"")
+    table = tmp_path / "caps.json"
+    table.write_text('[{"video": "a.mp4", "caption": "half \\ud83d", "split": "test"}]')
+    work = WorkDir(tmp_path / "work", create=True)
+    build_manifest(work, read_folder(tmp_path / "vids", table), progress=False)
+    assert work.manifest.captions.column("text").tolist() == ["half ?"]

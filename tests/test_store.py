@@ -568,7 +568,7 @@ def test_a_block_whose_write_failed_is_written_again_by_salvage(tmp_path):
     fill(group, [])
     keys, _ = group.expected()
     written = []
-    writer = _BlockWriter(group, written.extend)
+    writer = _BlockWriter(group, written.extend, refused=lambda row, key, exc: None)
 
     def full(block):
         raise OSError(errno.ENOSPC, "No space left on device")
