@@ -356,9 +356,8 @@ class StageGroup:
         return self.work.lock(f"{self.stage}-{self.key}", what, shared=True)
 
     def layout_lock(self) -> WriterLock:
-        """Held while growing arrays or adding one: sharded writers take turns at it."""
-        what = f"the layout of stage {self.stage} ({self.key})"
-        return self.work.lock(f"{self.stage}-{self.key}.layout", what, timeout=60.0)
+        """Held while growing arrays or adding one (`WorkDir.layout_lock`)."""
+        return self.work.layout_lock(self.stage, self.key)
 
     def ensure_rows(self, n: int) -> None:
         """Grow every per-row array to `n` rows. Only the lock holder calls this."""
@@ -667,6 +666,13 @@ class WorkDir:
         """The writer lock of one stage group."""
         return self.lock(f"{stage}-{key}", f"stage {stage} ({key})", timeout)
 
+    def layout_lock(self, stage: str, key: str) -> WriterLock:
+        """Held while creating a stage group, growing its arrays or adding one: sharded
+        writers take turns at it. Never the writer lock, which a shard holds shared for its
+        whole run: shards started together on a new group would wait on each other's run."""
+        what = f"the layout of stage {stage} ({key})"
+        return self.lock(f"{stage}-{key}.layout", what, timeout=60.0)
+
     # -- stage groups -----------------------------------------------------------------------
     def stage(
         self,
@@ -685,8 +691,7 @@ class WorkDir:
         found = self.find_stage(name, key, row_key_part)
         if found is not None:
             return found
-        # Creation takes the group's writer lock, so call this before holding that lock.
-        with self.stage_lock(name, key, timeout=30.0):
+        with self.layout_lock(name, key):  # another process may create it meanwhile
             try:
                 group = self._create_stage(path, name, key, rows, upstream, settings)
                 group.row_key_part = row_key_part
@@ -709,6 +714,8 @@ class WorkDir:
     def _create_stage(
         self, path: str, name: str, key: str, rows: str, upstream: str | None, settings: Any
     ) -> StageGroup:
+        """Create the group under the layout lock: the group another process finished
+        creating first is taken as it is."""
         if path in self.root:
             if _complete(self.root[path]):
                 return StageGroup(self, self.root[path])

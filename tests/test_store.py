@@ -369,6 +369,64 @@ def test_a_killed_holder_s_forked_children_do_not_keep_its_lock(tmp_path):
             pass
 
 
+SHARD_ON_A_NEW_GROUP = """
+import sys, time
+from pathlib import Path
+import cache.lock
+from cache import Shard, WorkDir
+
+acquire = cache.lock.WriterLock.acquire
+
+def acquire_soon(self):  # any lock wait is cut to 1 s, so a refusal comes quickly
+    self.timeout = min(self.timeout, 1.0)
+    acquire(self)
+
+cache.lock.WriterLock.acquire = acquire_soon
+find_stage, looked = WorkDir.find_stage, []
+
+def find_none_first(self, *args):  # both shards looked before either created the group
+    looked.append(1)
+    return None if len(looked) == 1 else find_stage(self, *args)
+
+WorkDir.find_stage = find_none_first
+work, index = WorkDir(sys.argv[1]), int(sys.argv[2])
+ready = Path(sys.argv[1], f"ready{index}")
+ready.touch()
+deadline = time.monotonic() + 30
+while not Path(sys.argv[1], f"ready{1 - index}").exists() and time.monotonic() < deadline:
+    time.sleep(0.01)
+group = work.stage("ocr", {"fps": 2})
+with group.writing(Shard(index, 2)):
+    print("running", flush=True)
+    time.sleep(2.5)
+"""
+
+
+def test_shards_started_together_on_a_new_group_both_run(tmp_path):
+    """Slurm array jobs on a fresh work dir: each shard finds no group and creates it. The
+    first to create it then holds the writer lock shared for its whole run; creating under
+    that lock (exclusive) refused the other shard."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    WorkDir(tmp_path, create=True).manifest.videos.upsert(video_records(["a", "b"]))
+    shards = [
+        subprocess.Popen(
+            [sys.executable, "-c", SHARD_ON_A_NEW_GROUP, str(tmp_path), str(index)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for index in (0, 1)
+    ]
+    outputs = [shard.communicate(timeout=60) for shard in shards]
+    assert [out.strip() for out, _ in outputs] == ["running", "running"], outputs
+    assert len(WorkDir(tmp_path).stages()) == 1
+
+
 def test_readers_share_the_manifest_lock_but_block_a_writer(tmp_path):
     work = WorkDir(tmp_path, create=True)
     with work.manifest_lock(shared=True), work.manifest_lock(shared=True):
