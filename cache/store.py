@@ -159,6 +159,7 @@ class Table:
             vid = record["id"]
             if vid in seen:
                 raise CacheError(f"duplicate id {vid!r} in one manifest update")
+            self._require_utf8(record)
             seen.add(vid)
             row = rows.get(vid)
             if row is None:
@@ -191,6 +192,19 @@ class Table:
                 values = data[name]
                 array[:] = values.astype(str) if self.columns[name][0] is str else values
         return stats
+
+    def _require_utf8(self, record: dict[str, Any]) -> None:
+        """Refuse, naming the row and column, a string the UTF-8 arrays cannot hold (a
+        path or text holding lone surrogates: an undecodable file name, a JSON escape)."""
+        for name, value in record.items():
+            if isinstance(value, str):
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise CacheError(
+                        f"manifest {self.group.basename} {record['id']!r}: {name} {value!r} "
+                        "is not UTF-8 text; rename the file or fix the annotation"
+                    ) from None
 
 
 class Manifest:

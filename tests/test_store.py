@@ -427,6 +427,14 @@ def test_shards_started_together_on_a_new_group_both_run(tmp_path):
     assert len(WorkDir(tmp_path).stages()) == 1
 
 
+def test_a_manifest_string_that_is_not_utf8_is_refused_naming_its_row_and_column(tmp_path):
+    work = WorkDir(tmp_path, create=True)
+    records = [{"id": "a.mp4#0", "key": "k", "text": "half \ud83d"}]
+    with pytest.raises(CacheError, match=r"captions 'a.mp4#0': text 'half \\ud83d' is not UTF-8"):
+        work.manifest.captions.upsert(records)
+    assert len(work.manifest.captions) == 0  # nothing written
+
+
 def test_readers_share_the_manifest_lock_but_block_a_writer(tmp_path):
     work = WorkDir(tmp_path, create=True)
     with work.manifest_lock(shared=True), work.manifest_lock(shared=True):
