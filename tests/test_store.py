@@ -435,6 +435,34 @@ def test_a_manifest_string_that_is_not_utf8_is_refused_naming_its_row_and_column
     assert len(work.manifest.captions) == 0  # nothing written
 
 
+def test_a_killed_writer_s_record_does_not_name_it_as_the_holder(tmp_path):
+    """A killed exclusive holder leaves its pid in the lock file; the lock held shared
+    since (by a reader or a shard) is not that dead process's."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    dead = int(
+        subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    work = WorkDir(tmp_path, create=True)
+    lock_file = work.stage_lock("ocr", "k").path
+    with work.lock("ocr-k", shared=True):
+        for host, holder in [
+            (socket.gethostname(), "a reader or a sharded worker"),
+            ("elsewhere", f"pid {dead} on elsewhere"),  # another host's process: not known
+        ]:
+            lock_file.write_text(json.dumps({"pid": dead, "host": host, "since": 0}))
+            with pytest.raises(LockBusy, match=f"another process \\({holder}\\)"):
+                work.stage_lock("ocr", "k").acquire()
+
+
 def test_readers_share_the_manifest_lock_but_block_a_writer(tmp_path):
     work = WorkDir(tmp_path, create=True)
     with work.manifest_lock(shared=True), work.manifest_lock(shared=True):
