@@ -115,11 +115,14 @@ class Table:
         self.group = group
         self.columns = columns
         existing = set(group.array_keys())
+        # a column an older work dir lacks holds its fill value in every row it has (at
+        # length 0 it would make the table read as empty, and the next update renumber it)
+        rows = int(group["id"].shape[0]) if "id" in existing else 0
         for name, (dtype, fill) in columns.items():
             if name not in existing:
                 group.create_array(
                     name,
-                    shape=(0,),
+                    shape=(rows,),
                     chunks=(_MANIFEST_CHUNK,),
                     dtype=dtype,
                     fill_value=fill,

@@ -43,6 +43,19 @@ def fill(group, rows):
     return feat
 
 
+def test_a_column_an_older_work_dir_lacks_is_added_at_the_table_s_length(tmp_path):
+    """Else the table reads as empty (its length is its shortest column's) and the next
+    `tcd data` gives every video a new row."""
+    work = WorkDir(tmp_path, create=True)
+    work.manifest.videos.upsert(video_records(["a", "b", "c"]))
+    del work.manifest.videos.group["domain"]  # written before `domain` existed
+    videos = WorkDir(tmp_path).manifest.videos
+    assert len(videos) == 3 and videos.column("domain").tolist() == ["", "", ""]
+    stats = videos.upsert(video_records(["a", "b", "c"]))
+    assert (stats.added, stats.unchanged) == (0, 3)
+    assert videos.row_of() == {"a": 0, "b": 1, "c": 2}
+
+
 def test_open_missing_work_dir_is_a_clear_error(tmp_path):
     with pytest.raises(CacheError, match="is not a work directory"):
         WorkDir(tmp_path / "nowhere")
