@@ -429,7 +429,9 @@ class StageGroup:
         return keys, present
 
     def row_states(self) -> dict[str, np.ndarray]:
-        """Boolean masks over manifest rows: done, stale, failed, pending, removed."""
+        """Boolean masks over manifest rows: done, stale, failed, pending, removed; a present
+        row is in exactly one of the first four (stale: done for an older key; pending: not
+        done, and not failed for its current key)."""
         want, present = self.expected()
         n = len(want)
         done = np.zeros(n, bool)
@@ -450,7 +452,7 @@ class StageGroup:
             "done": present & done & match,
             "stale": present & done & ~match,
             "failed": present & failed_mark & match,
-            "pending": present & ~(done & match) & ~(failed_mark & match),
+            "pending": present & ~done & ~(failed_mark & match),
             "removed": ~present & (done | failed_mark),
         }
 
