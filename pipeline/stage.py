@@ -190,25 +190,28 @@ class _BlockWriter:
             self.failed = [row for row, _, _ in block]
             raise
         except Exception:  # noqa: BLE001 - a row's value: `_write_each` finds which
-            block = self._write_each(block)
+            self._write_each(block)
+            return
         self.written(block)
 
-    def _write_each(self, block: Block) -> Block:
-        """Write a failed block's rows one at a time, in this process; a row that fails
-        with anything but an `OSError` (which stops the stage) goes to `refused`. Returns
-        the rows written."""
-        kept = []
-        for row, key, data in block:
-            try:
-                self.group.write_rows([(row, key, data)])
-            except OSError:
-                self.failed = [row]
-                raise
-            except Exception as exc:  # noqa: BLE001 - this row's failure, not the stage's
-                self.refused(row, key, exc)
-                continue
-            kept.append((row, key, data))
-        return kept
+    def _write_each(self, block: Block) -> None:
+        """Write a failed block's rows one at a time, in this process, and report those
+        written: a row that fails with anything but an `OSError` goes to `refused`; an
+        `OSError` stops the stage, leaving the rows not written yet to `salvage`."""
+        kept: _BlockWriter.Block = []
+        try:
+            for index, (row, key, data) in enumerate(block):
+                try:
+                    self.group.write_rows([(row, key, data)])
+                    kept.append((row, key, data))
+                except OSError:
+                    self.orphaned += block[index:]
+                    self.failed = [row]
+                    raise
+                except Exception as exc:  # noqa: BLE001 - this row's failure, not the stage's
+                    self.refused(row, key, exc)
+        finally:
+            self.written(kept)
 
     def _lost(self, block: Block, exc: BaseException) -> None:
         self.orphaned += block
@@ -241,7 +244,7 @@ class _BlockWriter:
                 pass
             except Exception:  # noqa: BLE001 - a row's value: the others are kept
                 try:
-                    self.written(self._write_each(rows))
+                    self._write_each(rows)
                 except OSError:
                     pass
 
