@@ -38,11 +38,12 @@ def _remove_orphans(path: Path) -> None:
     prefix = f"{path.name}.{_HOST}."
     for old in path.parent.glob(f"{glob_escape(prefix)}*.tmp*"):
         pid = old.name[len(prefix) :].split(".", 1)[0]
-        if pid.isdigit() and not _running(int(pid)):
+        if pid.isdigit() and not pid_running(int(pid)):
             old.unlink(missing_ok=True)
 
 
-def _running(pid: int) -> bool:
+def pid_running(pid: int) -> bool:
+    """Whether process `pid` of this host runs."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -16,22 +16,28 @@ key leaves it out at `old` instead, and a settings file written before it existe
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
 import typing
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 EDGE_BYTES = 1 << 20  # 1 MiB read from each end of a file
 
 
 def content_key(path: str | os.PathLike[str]) -> str:
-    """`<size>-<mtime_ns>-<blake2b of first and last MiB>`; raises OSError if unreadable."""
-    path = Path(path)
-    stat = path.stat()
+    """`<size>-<mtime_ns>-<blake2b of first and last MiB>`; raises OSError if unreadable or
+    not a regular file (reading a FIFO named like a video would wait forever)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once, unread
+    stat = os.fstat(fd)
+    if not S_ISREG(stat.st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
     digest = hashlib.blake2b(digest_size=8)
-    with path.open("rb") as f:
+    with open(fd, "rb") as f:
         digest.update(f.read(EDGE_BYTES))
         if stat.st_size > EDGE_BYTES:
             f.seek(max(EDGE_BYTES, stat.st_size - EDGE_BYTES))

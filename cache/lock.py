@@ -19,6 +19,7 @@ import socket
 import time
 from pathlib import Path
 
+from cache.atomic import pid_running
 from cache.errors import LockBusy
 
 _HELD: set[int] = set()  # the files of the locks this process holds
@@ -115,8 +116,15 @@ class WriterLock:
 
 
 def _read_holder(fd: int) -> str:
+    """Who holds the lock, for the refusal: the exclusive holder's record, unless it is of
+    a process of this host that no longer runs (killed, it left its record behind: the
+    lock is held shared now, and shared holders write none)."""
+    shared = "a reader or a sharded worker"
     try:
         info = json.loads(os.pread(fd, 4096, 0) or b"{}")
-        return f"pid {info['pid']} on {info['host']}"
-    except (ValueError, KeyError):
-        return "a reader or a sharded worker"
+        pid, host = int(info["pid"]), info["host"]
+    except (ValueError, KeyError, TypeError):
+        return shared
+    if host == socket.gethostname() and not pid_running(pid):
+        return shared
+    return f"pid {pid} on {host}"

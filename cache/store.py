@@ -82,6 +82,12 @@ ROW_KEY_SEPARATOR = "|"
 RowKeyPart = Callable[[], np.ndarray]  # per manifest row: the part ('' for none)
 
 
+def storable_text(text: str) -> str:
+    """`text` as the store's UTF-8 string arrays can hold it: lone surrogates (a JSON
+    `\\ud83d` escape without its pair, a file name that is not UTF-8) become '?'."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 @dataclass
 class UpsertStats:
     """What a manifest update did, by row count."""
@@ -109,11 +115,14 @@ class Table:
         self.group = group
         self.columns = columns
         existing = set(group.array_keys())
+        # a column an older work dir lacks holds its fill value in every row it has (at
+        # length 0 it would make the table read as empty, and the next update renumber it)
+        rows = int(group["id"].shape[0]) if "id" in existing else 0
         for name, (dtype, fill) in columns.items():
             if name not in existing:
                 group.create_array(
                     name,
-                    shape=(0,),
+                    shape=(rows,),
                     chunks=(_MANIFEST_CHUNK,),
                     dtype=dtype,
                     fill_value=fill,
@@ -153,6 +162,7 @@ class Table:
             vid = record["id"]
             if vid in seen:
                 raise CacheError(f"duplicate id {vid!r} in one manifest update")
+            self._require_utf8(record)
             seen.add(vid)
             row = rows.get(vid)
             if row is None:
@@ -185,6 +195,19 @@ class Table:
                 values = data[name]
                 array[:] = values.astype(str) if self.columns[name][0] is str else values
         return stats
+
+    def _require_utf8(self, record: dict[str, Any]) -> None:
+        """Refuse, naming the row and column, a string the UTF-8 arrays cannot hold (a
+        path or text holding lone surrogates: an undecodable file name, a JSON escape)."""
+        for name, value in record.items():
+            if isinstance(value, str):
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise CacheError(
+                        f"manifest {self.group.basename} {record['id']!r}: {name} {value!r} "
+                        "is not UTF-8 text; rename the file or fix the annotation"
+                    ) from None
 
 
 class Manifest:
@@ -350,9 +373,8 @@ class StageGroup:
         return self.work.lock(f"{self.stage}-{self.key}", what, shared=True)
 
     def layout_lock(self) -> WriterLock:
-        """Held while growing arrays or adding one: sharded writers take turns at it."""
-        what = f"the layout of stage {self.stage} ({self.key})"
-        return self.work.lock(f"{self.stage}-{self.key}.layout", what, timeout=60.0)
+        """Held while growing arrays or adding one (`WorkDir.layout_lock`)."""
+        return self.work.layout_lock(self.stage, self.key)
 
     def ensure_rows(self, n: int) -> None:
         """Grow every per-row array to `n` rows. Only the lock holder calls this."""
@@ -407,7 +429,9 @@ class StageGroup:
         return keys, present
 
     def row_states(self) -> dict[str, np.ndarray]:
-        """Boolean masks over manifest rows: done, stale, failed, pending, removed."""
+        """Boolean masks over manifest rows: done, stale, failed, pending, removed; a present
+        row is in exactly one of the first four (stale: done for an older key; pending: not
+        done, and not failed for its current key)."""
         want, present = self.expected()
         n = len(want)
         done = np.zeros(n, bool)
@@ -428,7 +452,7 @@ class StageGroup:
             "done": present & done & match,
             "stale": present & done & ~match,
             "failed": present & failed_mark & match,
-            "pending": present & ~(done & match) & ~(failed_mark & match),
+            "pending": present & ~done & ~(failed_mark & match),
             "removed": ~present & (done | failed_mark),
         }
 
@@ -499,7 +523,7 @@ class StageGroup:
     def fail_row(self, row: int, key: str, message: str) -> None:
         """Record that `row` failed for input `key`; a rerun skips it until the key changes."""
         self.group["done"][row] = False
-        self.group["error"][row] = message or "failed (no message)"
+        self.group["error"][row] = storable_text(message) or "failed (no message)"
         self.group["key"][row] = key
 
     def reset_rows(self, rows: Iterable[int]) -> int:
@@ -661,6 +685,13 @@ class WorkDir:
         """The writer lock of one stage group."""
         return self.lock(f"{stage}-{key}", f"stage {stage} ({key})", timeout)
 
+    def layout_lock(self, stage: str, key: str) -> WriterLock:
+        """Held while creating a stage group, growing its arrays or adding one: sharded
+        writers take turns at it. Never the writer lock, which a shard holds shared for its
+        whole run: shards started together on a new group would wait on each other's run."""
+        what = f"the layout of stage {stage} ({key})"
+        return self.lock(f"{stage}-{key}.layout", what, timeout=60.0)
+
     # -- stage groups -----------------------------------------------------------------------
     def stage(
         self,
@@ -679,8 +710,7 @@ class WorkDir:
         found = self.find_stage(name, key, row_key_part)
         if found is not None:
             return found
-        # Creation takes the group's writer lock, so call this before holding that lock.
-        with self.stage_lock(name, key, timeout=30.0):
+        with self.layout_lock(name, key):  # another process may create it meanwhile
             try:
                 group = self._create_stage(path, name, key, rows, upstream, settings)
                 group.row_key_part = row_key_part
@@ -703,6 +733,8 @@ class WorkDir:
     def _create_stage(
         self, path: str, name: str, key: str, rows: str, upstream: str | None, settings: Any
     ) -> StageGroup:
+        """Create the group under the layout lock: the group another process finished
+        creating first is taken as it is."""
         if path in self.root:
             if _complete(self.root[path]):
                 return StageGroup(self, self.root[path])

@@ -35,6 +35,8 @@ def _read_into(work: Path, dataset: Dataset, replace: bool, quiet: bool) -> None
     from cache import WorkDir
     from pipeline.manifest import build_manifest
 
+    for reason in dataset.skipped:
+        typer.echo(f"warning: skipped {reason}", err=True)
     report = build_manifest(WorkDir(work, create=True), dataset, not quiet, replace)
     typer.echo(f"manifest {work}: {report}")
 

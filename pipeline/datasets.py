@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from cache.store import storable_text
 from pipeline.errors import DatasetError
 
 TEXTVR_FILES = {"train": "TextVR_train.json", "test": "TextVR_test.json"}
@@ -60,15 +61,19 @@ class Dataset:
     # the other splits' videos as they are; None: the whole dataset, whatever it lacks now
     # is removed
     splits: tuple[str, ...] | None = None
+    # why files that look like videos were left out (one line each, for the user to fix)
+    skipped: list[str] = field(default_factory=list)
 
     def captions(self) -> Iterator[CaptionEntry]:
-        """Captions in annotation order; ids are `<video id>#<k>`."""
+        """Captions in annotation order; ids are `<video id>#<k>`; texts storable (a JSON
+        escape of half an emoji becomes '?': `storable_text`)."""
         order: dict[str, int] = {}
         for index, video in enumerate(self.videos):
             for k, text in enumerate(video.captions):
                 position = order.get(video.split, 0)
                 order[video.split] = position + 1
-                yield CaptionEntry(f"{video.id}#{k}", index, text, video.split, position)
+                caption = storable_text(text)
+                yield CaptionEntry(f"{video.id}#{k}", index, caption, video.split, position)
 
     def split_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -304,16 +309,24 @@ def _files_under(folder: Path) -> Iterator[Path]:
 
 def _read_collection(videos_dir: Path, name: str) -> Dataset:
     """Every video file under `videos_dir` (hidden files and folders skipped, linked folders
-    followed), split `all`."""
-    found = sorted(
-        path.relative_to(videos_dir).as_posix()
-        for path in _files_under(videos_dir)
-        if path.suffix.lower() in VIDEO_SUFFIXES
-    )
+    followed), split `all`. A file whose path is not UTF-8 (the manifest stores UTF-8 text)
+    is left out, and named in `Dataset.skipped`."""
+    found, skipped = [], []
+    for path in _files_under(videos_dir):
+        if path.suffix.lower() not in VIDEO_SUFFIXES:
+            continue
+        relative = path.relative_to(videos_dir).as_posix()
+        try:
+            relative.encode("utf-8")
+        except UnicodeEncodeError:  # os.walk kept the undecodable bytes as surrogates
+            skipped.append(f"{os.fsencode(path)!r}: file name is not UTF-8; rename it to read it")
+            continue
+        found.append(relative)
+    found.sort()
     if not found:
         suffixes = ", ".join(VIDEO_SUFFIXES)
         raise DatasetError(f"{videos_dir}: no video files ({suffixes}) in the folder")
-    dataset = Dataset(name=name, root=videos_dir)
+    dataset = Dataset(name=name, root=videos_dir, skipped=sorted(skipped))
     for order, rel in enumerate(found):
         parts = PurePosixPath(rel).parts
         dataset.videos.append(

@@ -43,6 +43,7 @@ import numpy as np
 
 from cache.errors import TcdError
 from cache.keys import content_key
+from cache.store import storable_text
 from pipeline.datasets import TEXTVR_OCR_DIR, VIDEO_SUFFIXES, relative_path
 from pipeline.errors import DatasetError
 
@@ -69,7 +70,8 @@ def line_time(seconds: float) -> float:
 
 
 def _line(text: str, score: float, box: np.ndarray | list, t: float, track: int) -> Line:
-    box = np.asarray(box, dtype=float).reshape(4, 2).tolist()
+    """Every reader's line (its text storable: a JSON escape may leave half an emoji)."""
+    box, text = np.asarray(box, dtype=float).reshape(4, 2).tolist(), storable_text(text)
     return {"text": text, "score": float(score), "box": box, "t": line_time(t), "track": track}
 
 

@@ -128,12 +128,20 @@ class _BlockWriter:
     finished row across a crash. At most one block per thread (two per process) is in
     flight: `flush` waits for the oldest beyond that, `wait` for all, and either raises a
     block's `OSError` (a writer process that died is one too); `written(block)` is called
-    once a block is on disk."""
+    once a block is on disk. A block that fails otherwise holds a value its arrays cannot
+    take (a string that is not UTF-8): its rows are written again one by one, and each row
+    that still fails goes to `refused(row, key, error)`, so it fails alone."""
 
     Block = list[tuple[int, str, dict[str, Any]]]
 
-    def __init__(self, group: StageGroup, written: Callable[[Block], None], processes: int = 0):
-        self.group, self.written = group, written
+    def __init__(
+        self,
+        group: StageGroup,
+        written: Callable[[Block], None],
+        refused: Callable[[int, str, Exception], None],
+        processes: int = 0,
+    ):
+        self.group, self.written, self.refused = group, written, refused
         self.block: _BlockWriter.Block = []
         self.in_flight: dict[Future, _BlockWriter.Block] = {}
         self.orphaned: _BlockWriter.Block = []  # computed rows a dead writer process dropped
@@ -181,7 +189,29 @@ class _BlockWriter:
             self.orphaned += block  # `salvage` tries it again in this process
             self.failed = [row for row, _, _ in block]
             raise
+        except Exception:  # noqa: BLE001 - a row's value: `_write_each` finds which
+            self._write_each(block)
+            return
         self.written(block)
+
+    def _write_each(self, block: Block) -> None:
+        """Write a failed block's rows one at a time, in this process, and report those
+        written: a row that fails with anything but an `OSError` goes to `refused`; an
+        `OSError` stops the stage, leaving the rows not written yet to `salvage`."""
+        kept: _BlockWriter.Block = []
+        try:
+            for index, (row, key, data) in enumerate(block):
+                try:
+                    self.group.write_rows([(row, key, data)])
+                    kept.append((row, key, data))
+                except OSError:
+                    self.orphaned += block[index:]
+                    self.failed = [row]
+                    raise
+                except Exception as exc:  # noqa: BLE001 - this row's failure, not the stage's
+                    self.refused(row, key, exc)
+        finally:
+            self.written(kept)
 
     def _lost(self, block: Block, exc: BaseException) -> None:
         self.orphaned += block
@@ -212,6 +242,11 @@ class _BlockWriter:
                 self.written(rows)
             except OSError:
                 pass
+            except Exception:  # noqa: BLE001 - a row's value: the others are kept
+                try:
+                    self._write_each(rows)
+                except OSError:
+                    pass
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -400,7 +435,17 @@ def run_stage(
             warned += sum(bool(data.get("warning")) for _, _, data in block)
             bar.update(len(block))
 
-        writer = _BlockWriter(group, written, write_processes if len(todo) else 0)
+        def record_failure(row: int, key: str, failure: Failure) -> None:
+            group.fail_row(row, key, failure.message)
+            failures.append(failure)
+            bar.update(1)
+
+        def refused(row: int, key: str, exc: Exception) -> None:
+            """A row the cache cannot take (a value its array cannot hold) fails alone."""
+            message = f"cannot write the row to the cache: {error_message(exc)}"
+            record_failure(row, key, Failure(type(exc).__name__, message))
+
+        writer = _BlockWriter(group, written, refused, write_processes if len(todo) else 0)
 
         @contextmanager
         def writing_to_cache(what: str | Callable[[], str]) -> Iterator[None]:
@@ -433,9 +478,7 @@ def run_stage(
                 else:
                     failure = data if isinstance(data, Failure) else Failure.of(data)
                     with writing_to_cache(f"row {row}"):
-                        group.fail_row(row, str(keys[row]), failure.message)
-                    failures.append(failure)
-                    bar.update(1)
+                        record_failure(row, str(keys[row]), failure)
             with writing_to_cache(writer.failed_rows):
                 writer.flush()
                 writer.wait()

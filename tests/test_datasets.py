@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from cache import WorkDir
+from cli.main import app
 from pipeline.datasets import read_folder, read_textvr, safe_join, textvr_rand_columns
 from pipeline.errors import DatasetError
+from pipeline.manifest import build_manifest
 
 DOMAINS = {
     "Activity": 1244,
@@ -258,3 +263,34 @@ def test_tables_with_a_byte_order_mark_and_linked_folders_are_read(tmp_path):
         + json.dumps([{"video": "own/a.mp4", "caption": "x", "split": "test"}]).encode()
     )
     assert [v.id for v in read_folder(tmp_path / "vids", as_json).videos] == ["own/a.mp4"]
+
+
+def test_half_an_emoji_in_a_caption_is_replaced_not_fatal(tmp_path):
+    """A JSON escape of half a surrogate pair is valid JSON but no UTF-8 text."""
+    (tmp_path / "vids").mkdir()
+    (tmp_path / "vids" / "a.mp4").write_bytes(b"")
+    table = tmp_path / "caps.json"
+    table.write_text('[{"video": "a.mp4", "caption": "half \\ud83d", "split": "test"}]')
+    work = WorkDir(tmp_path / "work", create=True)
+    build_manifest(work, read_folder(tmp_path / "vids", table), progress=False)
+    assert work.manifest.captions.column("text").tolist() == ["half ?"]
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_with_a_warning_naming_it(tmp_path):
+    videos = tmp_path / "vids"
+    videos.mkdir()
+    (videos / "ok.mp4").write_bytes(b"")
+    with open(os.fsencode(videos) + b"/caf\xe9.mp4", "wb"):
+        pass
+    dataset = read_folder(videos)
+    assert [v.id for v in dataset.videos] == ["ok.mp4"]
+    assert dataset.skipped == [
+        f"{os.fsencode(videos) + b'/caf' + bytes([0xE9]) + b'.mp4'!r}: "
+        "file name is not UTF-8; rename it to read it"
+    ]
+    result = CliRunner().invoke(
+        app, ["data", "folder", "--videos", str(videos), "-w", str(tmp_path / "w"), "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "warning: skipped b'" in result.output and "caf\\xe9.mp4" in result.output
+    assert WorkDir(tmp_path / "w").manifest.videos.column("id").tolist() == ["ok.mp4"]

@@ -499,3 +499,19 @@ def test_an_import_that_finds_no_file_is_refused_and_a_video_without_one_is_warn
     ).ocr
     warnings = [str(w) for w in group.group["warning"][:]]
     assert warnings[0] == "" and all(w.startswith("no OCR file (") for w in warnings[1:])
+
+
+def test_half_an_emoji_in_an_imported_file_is_replaced_not_fatal(synth_copy, tmp_path):
+    """A JSON escape of half a surrogate pair is valid JSON but no UTF-8 text: the line is
+    imported with '?' in its place, and the stage writes every row."""
+    work = make_work(synth_copy, tmp_path)
+    ids = [str(i) for i in work.manifest.videos.column("id")]
+    ocr = tmp_path / "ocr"
+    path = ocr / Path(ids[0]).with_suffix(".jsonl")
+    path.parent.mkdir(parents=True)
+    path.write_text('{"t": 0.5, "text": "emoji half \\ud83d"}\n')
+    settings = OcrSettings(engine="import", import_dir=str(ocr))
+    report = run_ocr(work, settings, progress=False)
+    assert (report.computed, report.failed) == (12, 0)
+    group = StageGroups.resolve(work, PipelineSettings(ocr=settings)).ocr
+    assert [line["text"] for line in read_lines(group, 0)] == ["emoji half ?"]

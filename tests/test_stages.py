@@ -982,3 +982,46 @@ def test_rows_failed_by_their_upstream_are_redone_once_it_is_fixed(
     # a failure of the captions stage itself is not retried by a plain run
     groups.captions.fail_row(0, str(groups.captions.expected()[0][0]), "ValueError: bad")
     assert run_captions(work, captions, KWAI, progress=False).computed == 0
+
+
+@pytest.mark.parametrize("write_processes", [0, 1])
+def test_a_row_the_cache_cannot_take_fails_alone(tmp_path, write_processes):
+    """A value that does not encode or cast into its array (half an emoji, text for numbers)
+    fails its row, as a computation error would; the stage and its other rows go on."""
+    work, group = ocr_group_of_rows(tmp_path, 8)
+    bad = {2: {"text": "emoji half \ud83d"}, 5: {"v": "not numbers"}}
+
+    def produce(rows, clock):
+        for row in rows:
+            good = {"text": f"row {row}", "v": np.full(3, row, "float32")}
+            yield row, {**good, **bad.get(int(row), {})}
+
+    arrays = {"text": ((), str, ""), "v": ((3,), "float32", 0)}
+    report = run_stage(
+        work, group, arrays, produce, progress=False, write_processes=write_processes
+    )
+    assert (report.computed, report.failed) == (6, 2)
+    assert report.failures["UnicodeEncodeError"] == 1
+    failed = dict(group.errors())
+    assert sorted(failed) == [2, 5]
+    assert all(
+        message.startswith("cannot write the row to the cache") for message in failed.values()
+    )
+    assert [str(t) for t in group.group["text"][[0, 7]]] == ["row 0", "row 7"]
+    assert group.pending().tolist() == []  # a rerun skips them, as any failed row
+
+
+def test_salvage_keeps_the_good_rows_of_a_block_holding_one_the_cache_cannot_take(tmp_path):
+    work, group = ocr_group_of_rows(tmp_path, 10)
+
+    def produce(rows, clock):
+        for row in rows:
+            if row == 6:
+                raise KeyboardInterrupt  # stopped while rows 0-5 wait in one block
+            yield row, {"text": "half \ud83d" if row == 3 else f"row {row}"}
+
+    with pytest.raises(KeyboardInterrupt):  # not the row's UnicodeEncodeError
+        run_stage(work, group, {"text": ((), str, "")}, produce, progress=False)
+    states = WorkDir(tmp_path).find_stage("ocr", group.key).row_states()
+    assert np.flatnonzero(states["done"]).tolist() == [0, 1, 2, 4, 5]
+    assert np.flatnonzero(states["failed"]).tolist() == [3]

@@ -43,6 +43,19 @@ def fill(group, rows):
     return feat
 
 
+def test_a_column_an_older_work_dir_lacks_is_added_at_the_table_s_length(tmp_path):
+    """Else the table reads as empty (its length is its shortest column's) and the next
+    `tcd data` gives every video a new row."""
+    work = WorkDir(tmp_path, create=True)
+    work.manifest.videos.upsert(video_records(["a", "b", "c"]))
+    del work.manifest.videos.group["domain"]  # written before `domain` existed
+    videos = WorkDir(tmp_path).manifest.videos
+    assert len(videos) == 3 and videos.column("domain").tolist() == ["", "", ""]
+    stats = videos.upsert(video_records(["a", "b", "c"]))
+    assert (stats.added, stats.unchanged) == (0, 3)
+    assert videos.row_of() == {"a": 0, "b": 1, "c": 2}
+
+
 def test_open_missing_work_dir_is_a_clear_error(tmp_path):
     with pytest.raises(CacheError, match="is not a work directory"):
         WorkDir(tmp_path / "nowhere")
@@ -77,8 +90,8 @@ def test_changed_key_makes_row_stale(tmp_path):
     records[1]["key"] = "b-k2"
     stats = work.manifest.videos.upsert(records)
     assert (stats.changed, stats.unchanged) == (1, 1)
-    assert group.counts()["stale"] == 1
-    assert group.pending().tolist() == [1]
+    assert group.counts() == {"done": 1, "stale": 1, "failed": 0, "pending": 0, "removed": 0}
+    assert group.pending().tolist() == [1]  # recomputed, though counted stale, not pending
 
 
 def test_upstream_settings_change_invalidates_downstream(tmp_path):
@@ -369,6 +382,100 @@ def test_a_killed_holder_s_forked_children_do_not_keep_its_lock(tmp_path):
             pass
 
 
+SHARD_ON_A_NEW_GROUP = """
+import sys, time
+from pathlib import Path
+import cache.lock
+from cache import Shard, WorkDir
+
+acquire = cache.lock.WriterLock.acquire
+
+def acquire_soon(self):  # any lock wait is cut to 1 s, so a refusal comes quickly
+    self.timeout = min(self.timeout, 1.0)
+    acquire(self)
+
+cache.lock.WriterLock.acquire = acquire_soon
+find_stage, looked = WorkDir.find_stage, []
+
+def find_none_first(self, *args):  # both shards looked before either created the group
+    looked.append(1)
+    return None if len(looked) == 1 else find_stage(self, *args)
+
+WorkDir.find_stage = find_none_first
+work, index = WorkDir(sys.argv[1]), int(sys.argv[2])
+ready = Path(sys.argv[1], f"ready{index}")
+ready.touch()
+deadline = time.monotonic() + 30
+while not Path(sys.argv[1], f"ready{1 - index}").exists() and time.monotonic() < deadline:
+    time.sleep(0.01)
+group = work.stage("ocr", {"fps": 2})
+with group.writing(Shard(index, 2)):
+    print("running", flush=True)
+    time.sleep(2.5)
+"""
+
+
+def test_shards_started_together_on_a_new_group_both_run(tmp_path):
+    """Slurm array jobs on a fresh work dir: each shard finds no group and creates it. The
+    first to create it then holds the writer lock shared for its whole run; creating under
+    that lock (exclusive) refused the other shard."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    WorkDir(tmp_path, create=True).manifest.videos.upsert(video_records(["a", "b"]))
+    shards = [
+        subprocess.Popen(
+            [sys.executable, "-c", SHARD_ON_A_NEW_GROUP, str(tmp_path), str(index)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for index in (0, 1)
+    ]
+    outputs = [shard.communicate(timeout=60) for shard in shards]
+    assert [out.strip() for out, _ in outputs] == ["running", "running"], outputs
+    assert len(WorkDir(tmp_path).stages()) == 1
+
+
+def test_a_manifest_string_that_is_not_utf8_is_refused_naming_its_row_and_column(tmp_path):
+    work = WorkDir(tmp_path, create=True)
+    records = [{"id": "a.mp4#0", "key": "k", "text": "half \ud83d"}]
+    with pytest.raises(CacheError, match=r"captions 'a.mp4#0': text 'half \\ud83d' is not UTF-8"):
+        work.manifest.captions.upsert(records)
+    assert len(work.manifest.captions) == 0  # nothing written
+
+
+def test_a_killed_writer_s_record_does_not_name_it_as_the_holder(tmp_path):
+    """A killed exclusive holder leaves its pid in the lock file; the lock held shared
+    since (by a reader or a shard) is not that dead process's."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    dead = int(
+        subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    work = WorkDir(tmp_path, create=True)
+    lock_file = work.stage_lock("ocr", "k").path
+    with work.lock("ocr-k", shared=True):
+        for host, holder in [
+            (socket.gethostname(), "a reader or a sharded worker"),
+            ("elsewhere", f"pid {dead} on elsewhere"),  # another host's process: not known
+        ]:
+            lock_file.write_text(json.dumps({"pid": dead, "host": host, "since": 0}))
+            with pytest.raises(LockBusy, match=f"another process \\({holder}\\)"):
+                work.stage_lock("ocr", "k").acquire()
+
+
 def test_readers_share_the_manifest_lock_but_block_a_writer(tmp_path):
     work = WorkDir(tmp_path, create=True)
     with work.manifest_lock(shared=True), work.manifest_lock(shared=True):
@@ -568,7 +675,7 @@ def test_a_block_whose_write_failed_is_written_again_by_salvage(tmp_path):
     fill(group, [])
     keys, _ = group.expected()
     written = []
-    writer = _BlockWriter(group, written.extend)
+    writer = _BlockWriter(group, written.extend, refused=lambda row, key, exc: None)
 
     def full(block):
         raise OSError(errno.ENOSPC, "No space left on device")
