@@ -20,6 +20,7 @@ Selection = Literal["loss", "r1"]
 HscForm = Literal["cycle", "cycle+index"]
 Branch = Literal["tv", "to", "th"]
 CoattnInto = Literal["both", "captions", "frames"]
+ConditionLength = Literal["T", "captions"]
 HEAD_KINDS: tuple[str, ...] = get_args(HeadKind)
 BRANCHES: tuple[str, ...] = get_args(Branch)
 
@@ -35,6 +36,10 @@ class HeadSettings:
     heads: int = 4  # attention heads
     text_condition: Literal["none", "softmax-reweight"] = "softmax-reweight"
     tau: float = 5.0
+    # what a video's caption weights sum to: its number of captions with text (uniform
+    # weights then leave the head as without text-condition: configs/tcd.toml), or T (the
+    # behaviour before the setting, kept for runs saved then)
+    condition_length: ConditionLength = added_setting("T")
     coattn: bool = True
     # which features co-attention updates: both (the paper; the default here so runs saved
     # before this setting load as trained), only the captions (they read the frames, frames
@@ -77,6 +82,12 @@ class HeadSettings:
             self.text_condition,
         )
         check_setting("head.tau", math.isfinite(self.tau) and self.tau >= 0, ">= 0", self.tau)
+        check_setting(
+            "head.condition_length",
+            self.condition_length in get_args(ConditionLength),
+            f"one of {get_args(ConditionLength)}",
+            self.condition_length,
+        )
         check_setting("head.dropout", 0 <= self.dropout < 1, "in [0, 1)", self.dropout)
         check_setting(
             "head.coattn_into",

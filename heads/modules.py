@@ -90,15 +90,19 @@ def time_code(t: int, device: torch.device | str = "cpu") -> torch.Tensor:
     return torch.cat([torch.sin(position * freqs), torch.cos(position * freqs)], dim=-1)
 
 
-def condition_weights(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Text-condition weights L * softmax over t of (Q, N, T) logits, L the sequence's length:
-    T, or a video's number of unmasked positions (masked ones get 0; all-masked rows give
-    zeros). Weights average 1 over the positions that count, so uniform logits leave the
-    head as without text-condition: DESIGN's T * a for a full sequence. (T over a video's
-    few captions scaled its `to` mean and CTCD's attention logits by T / count.)"""
+def condition_weights(
+    logits: torch.Tensor, mask: torch.Tensor | None, per_caption: bool = True
+) -> torch.Tensor:
+    """Text-condition weights L * softmax over t of (Q, N, T) logits (masked positions get 0;
+    all-masked rows give zeros). L is T without a mask; with one, a video's number of
+    unmasked positions (`per_caption`), so weights average 1 over the positions that count
+    and uniform logits leave the head as without text-condition (DESIGN's T * a, for a full
+    sequence), or T (`head.condition_length = "T"`, the rule before: a video's few captions
+    got their `to` mean and CTCD's attention logits scaled by T / count)."""
+    t = logits.shape[-1]
     if mask is None:
-        return logits.shape[-1] * torch.softmax(logits, dim=-1)
-    length = mask.sum(-1).unsqueeze(0).unsqueeze(-1).to(logits.dtype)  # (1, N, 1)
+        return t * torch.softmax(logits, dim=-1)
+    length = mask.sum(-1).unsqueeze(0).unsqueeze(-1).to(logits.dtype) if per_caption else t
     logits = logits.masked_fill(~mask.unsqueeze(0), float("-inf"))
     return length * torch.softmax(logits, dim=-1).nan_to_num(0.0)
 
@@ -468,9 +472,9 @@ class TCDHead(ProjectedHead):
     def condition(
         self, q: torch.Tensor, v: torch.Tensor, o: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Text-condition weights of frames and captions, T * softmax(tau * cos(t, x_i)) each:
-        (Q, D), (N, T, D) x2 -> (Q, N, T) x2. With `cotimed_pooling` a frame's logit adds its
-        co-timed caption's (when that caption has text).
+        """Text-condition weights of frames and captions, L * softmax(tau * cos(t, x_i)) each
+        (`condition_weights`): (Q, D), (N, T, D) x2 -> (Q, N, T) x2. With `cotimed_pooling` a
+        frame's logit adds its co-timed caption's (when that caption has text).
 
         The re-weighted sequence is `weights[..., None] * x`; it is never materialised."""
         q_n, (n, t, _) = q.shape[0], v.shape
@@ -482,7 +486,8 @@ class TCDHead(ProjectedHead):
         v_logits = relevance(q, v, tau)
         if self.settings.cotimed_pooling:
             v_logits = v_logits + o_logits * mask.unsqueeze(0).to(v.dtype)
-        return condition_weights(v_logits, None), condition_weights(o_logits, mask)
+        per_caption = self.settings.condition_length == "captions"
+        return condition_weights(v_logits, None), condition_weights(o_logits, mask, per_caption)
 
     def encode(self, frames, captions, caption_mask, **_: object) -> dict[str, torch.Tensor]:
         """Per video: co-attended V and O, their rows through the tv/to branch projections
@@ -628,7 +633,7 @@ class ZeroShotHead(ProjectedHead):
     """No training: the frozen encoders' own matching, with identity projections.
 
     S_TO: the query against the window captions, text-conditioned as TCD pools them
-    (T * softmax(tau * cos) weights over captions with text), cosine with the pooled caption;
+    (L * softmax(tau * cos) weights over captions with text), cosine with the pooled caption;
     0 for a video without scene text. S_TV: the same against the frames, only when frames and
     texts come from one two-tower model (`Features.shared_space`, a CLIP directory for both);
     otherwise the head has no S_TV branch at all. Total: the mean of the branches it has.

@@ -122,17 +122,23 @@ def test_text_condition_with_uniform_weights_is_the_head_without_it():
     data = batch(q=4, seed=3)
     data["caption_mask"][0] = True
     data["caption_mask"][2, 1:] = False  # one caption
-    on = build_head(HeadSettings(tau=0.0, heads=4), DV, DT).eval()
-    off = build_head(HeadSettings(tau=0.0, heads=4, text_condition="none"), DV, DT).eval()
+    uniform = HeadSettings(tau=0.0, heads=4, condition_length="captions")
+    on = build_head(uniform, DV, DT).eval()
+    off = build_head(dataclasses.replace(uniform, text_condition="none"), DV, DT).eval()
+    before = build_head(dataclasses.replace(uniform, condition_length="T"), DV, DT).eval()
     with torch.no_grad():  # trained-like biases: a scaled mean would move against them
         for p in on.parameters():
             p.add_(0.1 * torch.randn_like(p))
         off.load_state_dict(on.state_dict())
-        scores_on, scores_off = on(**data), off(**data)
+        before.load_state_dict(on.state_dict())
+        scores_on, scores_off, scores_before = on(**data), off(**data), before(**data)
     for branch in ("tv", "to", "th"):
         torch.testing.assert_close(
             scores_on.branches[branch], scores_off.branches[branch], atol=1e-5, rtol=1e-5
         )
+    # runs saved before the setting keep their rule: T over a video's few captions
+    assert not torch.allclose(scores_before.branches["to"], scores_off.branches["to"])
+    assert HeadSettings().condition_length == "T"
 
 
 def test_identity_initialisation_starts_from_zero_shot_cosine():
