@@ -32,10 +32,13 @@ def content_key(path: str | os.PathLike[str]) -> str:
     """`<size>-<mtime_ns>-<blake2b of first and last MiB>`; raises OSError if unreadable or
     not a regular file (reading a FIFO named like a video would wait forever)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once, unread
-    stat = os.fstat(fd)
-    if not S_ISREG(stat.st_mode):
+    try:
+        stat = os.fstat(fd)
+        if not S_ISREG(stat.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+    except OSError:
         os.close(fd)
-        raise OSError(errno.EINVAL, "not a regular file", str(path))
+        raise
     digest = hashlib.blake2b(digest_size=8)
     with open(fd, "rb") as f:
         digest.update(f.read(EDGE_BYTES))

@@ -113,6 +113,10 @@ class StageClock:
 Produce = Callable[[np.ndarray, StageClock], Iterable[tuple[int, RowResult]]]
 
 WRITE_BLOCK = 64  # rows written together at most
+# what writing a row raises when its arrays cannot hold a value (a string that is not UTF-8,
+# a value that does not cast): that row fails alone. Anything else is the stage's own bug
+# (a value for an array it never declared): it stops the stage, its rows left pending.
+UNSTORABLE = (ValueError, TypeError)
 SLOW_ROW_S = 0.25  # a row that took this long to come is written at once
 
 
@@ -189,15 +193,16 @@ class _BlockWriter:
             self.orphaned += block  # `salvage` tries it again in this process
             self.failed = [row for row, _, _ in block]
             raise
-        except Exception:  # noqa: BLE001 - a row's value: `_write_each` finds which
+        except UNSTORABLE:  # a row's value: `_write_each` finds which
             self._write_each(block)
             return
         self.written(block)
 
     def _write_each(self, block: Block) -> None:
         """Write a failed block's rows one at a time, in this process, and report those
-        written: a row that fails with anything but an `OSError` goes to `refused`; an
-        `OSError` stops the stage, leaving the rows not written yet to `salvage`."""
+        written: a row whose value cannot be stored (`UNSTORABLE`) goes to `refused`; an
+        `OSError`, here or in recording a refusal, stops the stage, leaving the rows not
+        written yet to `salvage`."""
         kept: _BlockWriter.Block = []
         try:
             for index, (row, key, data) in enumerate(block):
@@ -208,8 +213,13 @@ class _BlockWriter:
                     self.orphaned += block[index:]
                     self.failed = [row]
                     raise
-                except Exception as exc:  # noqa: BLE001 - this row's failure, not the stage's
-                    self.refused(row, key, exc)
+                except UNSTORABLE as exc:  # this row's failure, not the stage's
+                    try:
+                        self.refused(row, key, exc)
+                    except OSError:
+                        self.orphaned += block[index + 1 :]
+                        self.failed = [row]
+                        raise
         finally:
             self.written(kept)
 
@@ -242,7 +252,7 @@ class _BlockWriter:
                 self.written(rows)
             except OSError:
                 pass
-            except Exception:  # noqa: BLE001 - a row's value: the others are kept
+            except UNSTORABLE:  # a row's value: the others are kept
                 try:
                     self._write_each(rows)
                 except OSError:

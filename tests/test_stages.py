@@ -1011,6 +1011,21 @@ def test_a_row_the_cache_cannot_take_fails_alone(tmp_path, write_processes):
     assert group.pending().tolist() == []  # a rerun skips them, as any failed row
 
 
+def test_a_stage_writing_an_array_it_never_declared_stops_with_its_rows_pending(tmp_path):
+    """The stage's own bug, not its rows': failing every row would make a plain rerun skip
+    them all once the code is fixed."""
+    work, group = ocr_group_of_rows(tmp_path, 4)
+
+    def produce(rows, clock):
+        for row in rows:
+            yield row, {"text": f"row {row}", "typo": 1.0}
+
+    with pytest.raises(KeyError, match="typo"):
+        run_stage(work, group, {"text": ((), str, "")}, produce, progress=False)
+    group = WorkDir(tmp_path).find_stage("ocr", group.key)
+    assert group.pending().tolist() == [0, 1, 2, 3] and not group.errors()
+
+
 def test_salvage_keeps_the_good_rows_of_a_block_holding_one_the_cache_cannot_take(tmp_path):
     work, group = ocr_group_of_rows(tmp_path, 10)
 
