@@ -116,7 +116,8 @@ class StageRun:
     def open(self, work: Path, chosen: dict[str, str | None]) -> tuple[WorkDir, PipelineSettings]:
         """The work dir and its settings; `chosen`: `section.key` -> a value an option gave."""
         # as TOML strings: a model folder named `2024` or `2024-05-01` is a name, not a number
-        extra = [f"{key}={json.dumps(value)}" for key, value in chosen.items() if value]
+        given = {key: value for key, value in chosen.items() if value}
+        extra = [f"{key}={json.dumps(value, ensure_ascii=False)}" for key, value in given.items()]
         return WorkDir(work), resolve_settings(work, self.config, [*(self.sets or []), *extra])
 
     @property

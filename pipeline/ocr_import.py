@@ -378,6 +378,11 @@ def read_imported_ocr(path: str | Path | None, fps: float, import_format: str) -
 
 
 # -- where each video's file is -------------------------------------------------------------
+def _dataset_root(work: WorkDir) -> Path:
+    """The folder the work dir's dataset was read from (relative settings start there)."""
+    return Path(str(work.manifest.attrs.get("root", work.path)))
+
+
 def _under_root(root: Path, setting: str) -> Path:
     """A path setting: absolute as it is, relative to the dataset root."""
     path = Path(setting).expanduser()
@@ -427,18 +432,15 @@ def annotation_paths(settings: OcrSettings, work: WorkDir) -> list[Path | None]:
     """Per manifest video row, the path of its OCR file (None: the format names none for it,
     as for a TextVR video without Kwai_OCR). The path need not exist (no file: no text).
     The settings the engine does not read are not looked at (`engine_in_effect`: the kwai
-    engine follows Kwai_OCR whatever `ocr.import_dir` an import left), as they key nothing;
-    an `ocr.import_dir` that is no folder is an `OcrError`."""
+    engine follows Kwai_OCR whatever `ocr.import_dir` an import left), as they key nothing."""
     from pipeline.settings import engine_in_effect, import_format
 
     settings = engine_in_effect(settings)
     fmt = import_format(settings)
     if fmt is None:
         raise OcrError(f"the {settings.engine} engine imports no OCR files")
-    root = Path(str(work.manifest.attrs.get("root", work.path)))
+    root = _dataset_root(work)
     base = _under_root(root, settings.import_dir) if settings.import_dir else None
-    if base is not None and not base.is_dir():
-        raise OcrError(f"{base}: the ocr.import_dir folder is not found")
     mapped: dict[str, Path] = {}
     if settings.import_map:
         table_path = _under_root(root, settings.import_map)
@@ -472,9 +474,17 @@ def annotation_paths(settings: OcrSettings, work: WorkDir) -> list[Path | None]:
 
 
 def require_some_file(settings: OcrSettings, work: WorkDir) -> list[Path | None]:
-    """`annotation_paths`, refused (`OcrError`) where no present video has a file: a mistyped
-    folder, or the kwai engine on a dataset without Kwai_OCR, would store every video as
-    without scene text, silently."""
+    """`annotation_paths`, refused (`OcrError`) where `ocr.import_dir` is no folder or no
+    present video has a file: a mistyped folder, or the kwai engine on a dataset without
+    Kwai_OCR, would store every video as without scene text, silently. (Only a run refuses:
+    a status of a work dir whose folder moved shows its rows stale.)"""
+    from pipeline.settings import engine_in_effect
+
+    import_dir = engine_in_effect(settings).import_dir
+    if import_dir:
+        base = _under_root(_dataset_root(work), import_dir)
+        if not base.is_dir():
+            raise OcrError(f"{base}: the ocr.import_dir folder is not found")
     paths = annotation_paths(settings, work)
     present = work.manifest.videos.column("present").astype(bool)
     wanted = [p for p, here in zip(paths, present, strict=True) if here]

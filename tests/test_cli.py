@@ -185,7 +185,7 @@ def test_a_model_option_is_a_name_even_where_it_reads_as_a_number(tmp_path):
     from cli.stages import StageRun
 
     WorkDir(tmp_path / "w", create=True)
-    for name in ("2024", "2024-05-01", "true"):
+    for name in ("2024", "2024-05-01", "true", "models/\U0001f642clip"):
         _, settings = StageRun().open(tmp_path / "w", {"encode.text_model": name})
         assert settings.encode.text_model == name
 
