@@ -299,6 +299,11 @@ def ablate(
     is reused) and score it on `split`; write the tables to `out` (default
     `RunDir.study_tables`) and every result to the `.json` beside it. `groups` adds per-group
     columns."""
+    if out is not None and out.suffix.lower() == ".json":  # refused before any training
+        raise SettingsError(
+            f"--out {out}: the results go to the .json beside the tables, which would "
+            f"overwrite them; name the tables file, e.g. {out.with_suffix('.md')}"
+        )
     variants, seed_list = read_grid(grid), parse_seeds(seeds)
     scorer = _variant_scorer(work, split, features_for, progress, groups)
     rows = run_study(variants, seed_list, Path.cwd(), RunConfig, scorer, overrides)

@@ -103,11 +103,13 @@ class RunDir:
         the resolved config; returns its TOML text. The checkpoints of another run there
         (another config or other features: not `holds`) and its metrics go first, so the
         config never sits beside another config's head (which `tcd eval` would load under
-        it): last.pt, then best.pt, so a kill between leaves the old config with its head."""
+        it): last.pt, then best.pt, so a kill between leaves the old config with its head;
+        then its curves (`tcd report` showed them for the new run)."""
         self.path.mkdir(parents=True, exist_ok=True)
         if not self.holds(config, features):
             self.last.unlink(missing_ok=True)
             self.best.unlink(missing_ok=True)
+            self.curves.unlink(missing_ok=True)
             self.forget_metrics()
         text = dump_toml(to_dict(config))
         atomic_write(self.config_path, text)

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from cache.atomic import atomic_write
-from heads.metrics import METRICS, check_finite, t2v_metrics, v2t_metrics
+from heads.metrics import METRICS, check_finite, t2v_metrics, tie_averaged_ranks, v2t_metrics
 from heads.scoring import score_matrix
 from retrieval.run_split import RunSplit
 from retrieval.search import branch_scores, closest_windows
@@ -75,7 +75,10 @@ class QueryResult:
     query: str
     true_video: str
     hits: list[Hit]
-    true_rank: int | None = None  # 1-based among the videos with features; None: it has none
+    # 1-based among the videos with features, ties averaged as `tcd eval` ranks (None: it
+    # has none); true_ties: how many other videos score exactly as it does
+    true_rank: float | None = None
+    true_ties: int = 0
     true_score: float | None = None
     true_missing: NoFeatures | None = None  # why the true video has no features
 
@@ -171,12 +174,12 @@ def render_query(result: QueryResult) -> str:
         why = escape(result.true_missing.describe())
         out.append(f"<p class='failed'>true video {why} ({true_video}; not scored)</p>")
     elif any(hit.true for hit in result.hits):
-        out.append(f"<p>true video: {true_video} (outlined)</p>")
+        out.append(f"<p>true video: {true_video} (outlined{_ties(result)})</p>")
     elif result.true_rank is not None:
         score = f"S {result.true_score:+.3f}" if result.true_score is not None else ""
         out.append(
             f"<p>true video: {true_video}, not in the top {len(result.hits)}: "
-            f"true video at rank {result.true_rank}, {score}</p>"
+            f"true video at rank {result.true_rank:g}, {score}{_ties(result)}</p>"
         )
     else:
         out.append(f"<p>true video: {true_video}</p>")
@@ -187,6 +190,25 @@ def render_query(result: QueryResult) -> str:
         out.append("<p class='note'>no video with features to show</p>")
     out.append("</div>")
     return "\n".join(out)
+
+
+def _ties(result: QueryResult) -> str:
+    """What a tie does to the true video's rank, as the metrics count it ('' without one)."""
+    if not result.true_ties:
+        return ""
+    return (
+        f"; tied with {result.true_ties} other video(s): rank {result.true_rank:g} as "
+        "tcd eval counts it"
+    )
+
+
+def rank_among(scores: np.ndarray, candidates: np.ndarray, video: int) -> tuple[float, int]:
+    """`video`'s 1-based rank by `scores` among `candidates`, ties averaged (`tcd eval`'s
+    rule, `heads.metrics.tie_averaged_ranks`), and how many other candidates tie with it."""
+    row = np.asarray(scores)[candidates][None, :]
+    position = int(np.flatnonzero(candidates == video)[0])
+    rank = float(tie_averaged_ranks(row, np.array([position]))[0])
+    return rank, int((row[0] == row[0, position]).sum()) - 1
 
 
 def render_hit(rank: int, hit: Hit, words: set[str]) -> str:
@@ -244,7 +266,7 @@ def query_results(
         true_id = data.video_ids[true_video]
         result = QueryResult(data.query_text[q], true_id, [])
         if searchable[true_video]:
-            result.true_rank = int(np.flatnonzero(ranked == true_video)[0]) + 1
+            result.true_rank, result.true_ties = rank_among(sim[q], candidates, true_video)
             result.true_score = float(sim[q, true_video])
         else:
             result.true_missing = no_features.get(true_id, NoFeatures("features", "missing"))

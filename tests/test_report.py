@@ -11,6 +11,7 @@ import shutil
 from html import unescape
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -84,3 +85,19 @@ def test_highlight_escapes_before_marking():
     assert highlight("<b>Bakery</b> & amp", words) == (
         "&lt;b&gt;<mark>Bakery</mark>&lt;/b&gt; &amp; <mark>amp</mark>"
     )
+
+
+def test_the_true_video_s_rank_counts_ties_as_tcd_eval_does():
+    """A stable sort put a tied true video first and outlined it, where the metrics on the
+    same page counted it as a miss (ties averaged)."""
+    from retrieval.report import QueryResult, rank_among, render_query
+
+    scores = np.array([0.0, 0.0, 0.0, 0.0, 0.0, -1.0])
+    candidates = np.arange(6)
+    assert rank_among(scores, candidates, 0) == (3.0, 4)  # 5 tied at the top: (1 + 5) / 2
+    assert rank_among(scores, candidates, 5) == (6.0, 0)
+    assert rank_among(scores, np.array([1, 5]), 5) == (2.0, 0)
+    shown = QueryResult("q", "v0", [], true_rank=3.0, true_ties=4, true_score=0.0)
+    assert "tied with 4 other video(s): rank 3 as tcd eval counts it" in render_query(shown)
+    alone = QueryResult("q", "v5", [], true_rank=6.0, true_score=-1.0)
+    assert "true video at rank 6, S -1.000</p>" in render_query(alone)

@@ -155,6 +155,7 @@ def test_a_retrain_killed_before_its_first_checkpoint_leaves_no_head_under_its_c
     old = RunConfig(HeadSettings(heads=2, tau=5.0), TrainSettings(epochs=1, batch_size=16))
     new = RunConfig(HeadSettings(heads=2, tau=20.0), old.train)
     train(old, data, run)
+    assert run.curves.exists()
 
     def killed(*args):
         raise KeyboardInterrupt
@@ -166,6 +167,7 @@ def test_a_retrain_killed_before_its_first_checkpoint_leaves_no_head_under_its_c
     with pytest.raises(CheckpointError, match="not found"):
         run.load_head(DV, DT)
     assert run.finished(old) is None and run.finished(new) is None
+    assert not run.curves.exists()  # `tcd report` showed the old run's curves for it
 
 
 def test_a_run_killed_after_its_last_epoch_chooses_its_fusion_weights_when_rerun(
@@ -539,6 +541,10 @@ def test_train_and_ablate_commands_on_synthetic_caches(synth_copy, tmp_path):
     bad.write_text('[[variant]]\nname = "x"\nconfig = "c.toml"\npipeline = ["ocr.fps=1"]\n')
     result = runner.invoke(app, ["ablate", "--work", str(work.path), "--grid", str(bad)])
     assert result.exit_code == 1 and "captions.* only" in str(result.exception)
+    # results go to the .json beside the tables: a .json --out would overwrite them
+    out = ["--out", str(tmp_path / "s.json")]
+    result = runner.invoke(app, ["ablate", "--work", str(work.path), "--grid", str(bad), *out])
+    assert result.exit_code == 1 and "e.g. " + str(tmp_path / "s.md") in str(result.exception)
 
 
 def test_features_over_budget_are_memory_mapped(synth_copy, tmp_path):
