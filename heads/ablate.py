@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 from cache.atomic import atomic_write
 from cache.errors import SettingsError
 from cache.settings import load_settings, read_toml
+from heads.checkpoint import CheckpointError
 from heads.config import RunConfig
 from heads.cost import head_cost
 from heads.data import Features
@@ -83,6 +84,10 @@ def read_grid(path: Path) -> list[Variant]:
         ):
             raise SettingsError(f"{path}: variant {i} needs a string 'name' and 'config'")
         name = item["name"]
+        try:  # refused here, not once the variants before it have trained
+            RunDir.check_name(name)
+        except CheckpointError as exc:
+            raise SettingsError(f"{path}: variant {i}: {exc}") from None
         extra = set(item) - {"name", "config", "set", "pipeline", "paper_t2v_r1"}
         if extra:
             raise SettingsError(f"{path}: variant {name!r} has unknown key(s) {sorted(extra)}")

@@ -43,11 +43,16 @@ class RunDir:
     """The files of one run: `RunDir(work_path, name)`."""
 
     def __init__(self, work: str | Path, name: str):
-        if not name or name in (".", "..") or "/" in name or "\\" in name:
-            raise CheckpointError(f"run name {name!r} must be a plain folder name")
+        self.check_name(name)
         self.work = Path(work)
         self.name = name
         self.path = self.work / RUNS / name
+
+    @staticmethod
+    def check_name(name: str) -> None:
+        """Refuse a run (or ablation variant) name that is no plain folder name."""
+        if not name or name in (".", "..") or "/" in name or "\\" in name:
+            raise CheckpointError(f"run name {name!r} must be a plain folder name")
 
     @staticmethod
     def work_of(path: str | Path) -> Path | None:

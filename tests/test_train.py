@@ -583,6 +583,20 @@ def test_shipped_configs_and_grid_load():
             build_head(config.head, DV, DT)  # every variant builds
 
 
+@pytest.mark.parametrize("name", ["", ".", "a/b"])
+def test_a_grid_naming_a_variant_no_run_folder_can_have_is_refused_when_read(name, tmp_path):
+    """Before, it failed once the variants before it had trained."""
+    from heads.ablate import read_grid
+
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        '[[variant]]\nname = "tcd"\nconfig = "configs/tcd.toml"\n'
+        f'[[variant]]\nname = "{name}"\nconfig = "configs/tcd.toml"\n'
+    )
+    with pytest.raises(SettingsError, match="variant 1: run name .* must be a plain folder name"):
+        read_grid(grid)
+
+
 def test_the_text_only_baseline_learns_nothing_from_frames(tmp_path):
     """The studies' `text-only` row is OCR captions alone: its trained head is the same
     whatever the frames were (HSC, which ties frames to captions, once reached it)."""
