@@ -390,8 +390,9 @@ from cache import Shard, WorkDir
 
 acquire = cache.lock.WriterLock.acquire
 
-def acquire_soon(self):  # any lock wait is cut to 1 s, so a refusal comes quickly
-    self.timeout = min(self.timeout, 1.0)
+def acquire_soon(self):  # a writer lock wait is cut to 1 s, so a refusal comes quickly
+    if ".layout" not in self.path.name:  # (creating the group may take seconds under load)
+        self.timeout = min(self.timeout, 1.0)
     acquire(self)
 
 cache.lock.WriterLock.acquire = acquire_soon
