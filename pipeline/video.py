@@ -42,7 +42,12 @@ def probe(path: str | Path) -> VideoInfo:
                 duration = float(stream.duration * stream.time_base)
                 n_frames = int(stream.frames or round(duration * fps))
             else:
-                duration, n_frames = _scan_video_packets(container, stream, fps)
+                duration, n_frames, data_end = _scan_packets(container, stream, fps)
+                declared = container.duration / av.time_base if container.duration else 0.0
+                if declared > data_end + TRUNCATION_SLACK_S:
+                    # the file holds less than its header says (a cut download): keep the
+                    # header's length, so the frames sampled past the cut are warned of
+                    duration = declared
             if duration <= 0 and fps > 0 and n_frames > 0:
                 duration = n_frames / fps
             if duration <= 0 or n_frames <= 0:
@@ -65,32 +70,36 @@ def _indexed(container: Any) -> bool:
     return "mp4" in name or "mov" in name or name == "avi"
 
 
-def _scan_video_packets(container: Any, stream: Any, fps: float) -> tuple[float, int]:
+def _scan_packets(container: Any, stream: Any, fps: float) -> tuple[float, int, float]:
     """The video stream's length in seconds (first frame's start to last frame's end) and
-    frame count, from its packets' timestamps (demuxing only, no decoding). A stream whose
-    packets carry no times (a raw H.264 file) gets its count over `fps`; a read error ends
-    the scan with what was read."""
+    frame count, from its packets' timestamps (demuxing only, no decoding), and where the
+    last packet of any stream ends (s; -inf without times). A stream whose packets carry no
+    times (a raw H.264 file) gets its count over `fps`; a read error ends the scan with what
+    was read."""
     import av
 
-    if stream.time_base is None:
-        return 0.0, 0
-    # a packet without a duration shows its frame for one frame period
-    period = 1 / (fps * stream.time_base) if fps > 0 else 0
-    first, end, count = math.inf, -math.inf, 0
+    first, end, count, data_end = math.inf, -math.inf, 0, -math.inf
     try:
-        for packet in container.demux(stream):
-            if packet.size == 0:  # the demuxer's final empty packet
+        for packet in container.demux():
+            start = packet.pts if packet.pts is not None else packet.dts
+            if packet.size == 0 or packet.time_base is None:  # the final empty packets
+                continue
+            # a video packet without a duration shows its frame for one frame period
+            video = packet.stream.index == stream.index
+            length = packet.duration or (1 / (fps * packet.time_base) if video and fps else 0)
+            if start is not None:
+                data_end = max(data_end, float((start + length) * packet.time_base))
+            if not video:
                 continue
             count += 1
-            start = packet.pts if packet.pts is not None else packet.dts
             if start is not None:
                 first = min(first, start)
-                end = max(end, start + (packet.duration or period))
+                end = max(end, start + length)
     except av.error.FFmpegError:
         pass
     if first == math.inf:
-        return (count / fps if fps > 0 else 0.0), count
-    return float((end - first) * stream.time_base), count
+        return (count / fps if fps > 0 else 0.0), count, data_end
+    return float((end - first) * stream.time_base), count, data_end
 
 
 # -- frame sampling -------------------------------------------------------------------------

@@ -177,6 +177,9 @@ def test_probe_measures_the_video_stream_not_the_container(tmp_path):
         warnings = []
         list(read_frames(path, segment_centres(info.duration, 12), 12, "auto", warnings.append))
         assert not warnings  # no "truncated stream" for an intact file
+    cut = tmp_path / "cut.mkv"
+    write_truncated_video(cut)  # 4 s in its header, 2 s of packets left
+    assert probe(cut).duration == pytest.approx(4.0)  # so the frames past the cut are warned of
 
 
 def test_a_stream_changing_resolution_midway_is_read_at_its_first_size(tmp_path):
