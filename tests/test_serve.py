@@ -231,8 +231,13 @@ def test_a_folder_without_captions_is_searched_zero_shot(served, client, synth_s
     result = runner.invoke(app, videos)
     assert result.exit_code == 0 and "videos: 12 added" in result.output, result.output
     assert WorkDir(work).status()["videos"]["by_split"] == {"all": 12}
-    run_all(WorkDir(work))  # kwai OCR: no OCR files here, so no scene text (no OCR run)
-    save_settings(work, PipelineSettings(ocr=OcrSettings(engine="kwai")))
+    # imported OCR, one empty file: no scene text anywhere, and no OCR engine to run
+    imported = tmp_path / "ocr"
+    imported.mkdir()
+    (imported / f"{sorted((synth_set / 'Video').rglob('*.mp4'))[0].stem}.jsonl").write_text("")
+    ocr = OcrSettings(engine="import", import_dir=str(imported))
+    run_all(WorkDir(work), ocr=ocr)
+    save_settings(work, PipelineSettings(ocr=ocr))
     result = runner.invoke(app, ["search", "--work", str(work), "a sign", "--json"])
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.stdout)["results"]) == 10  # split `all`, run zero-shot
