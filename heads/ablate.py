@@ -351,7 +351,8 @@ def _variant_scorer(
         if variant.pipeline not in grouped:
             groups = groups_for(eval_data) if groups_for is not None else None
             if groups is not None and not grouped:  # (every variant has the same queries)
-                for line in skipped_lines(groups.not_in_split, groups.twins_not_in_split):
+                skipped = (groups.not_in_split, groups.twins_not_in_split)
+                for line in skipped_lines(*skipped, groups.pairs_without_features):
                     progress(f"groups {groups.source}: {line}")
             grouped[variant.pipeline] = groups
         run = RunDir.for_ablation(work, variant.name, seed)

@@ -13,8 +13,10 @@ An entry of the group `twin-swap` must name its twin video (any entry may). Wher
 twin is a video of the split, its group also gets the pair accuracy (`heads.metrics`): the
 share of its queries whose true video scores above the twin, ties counting half. Entries that
 name no query of the split are ignored and counted, and so are twins that are not videos of
-the split (left out of the pair accuracy). Queries without an entry are in no group; a group
-with no query in the split is left out.
+the split (left out of the pair accuracy). A pair whose query's video or twin has no features
+(a video that failed or was not computed scores from zeros) is left out of the pair accuracy
+and counted too. Queries without an entry are in no group; a group with no query in the split
+is left out.
 
 `--groups domain` groups the queries by the `domain` column of their video in the manifest
 (the dataset reader's: the TextVR category folder, e.g. `Cooking`); a video without a domain
@@ -71,6 +73,7 @@ class QueryGroups:
     twin: np.ndarray  # (M,) index of each query's twin video in the split, -1 for none
     not_in_split: int = 0  # entries naming no query of the split
     twins_not_in_split: int = 0  # twins that are not videos of the split
+    pairs_without_features: int = 0  # pairs left out: the query's video or twin has no features
 
 
 @dataclass(frozen=True)
@@ -106,8 +109,9 @@ class GroupSpec:
                     f"{self.source}: entries {seen.key!r} and {entry.key!r} name the same query "
                     f"(row {query}) with different groups or twins"
                 )
+        no_features = {videos[v] for v in features.missing if v in videos}
         twin = np.full(n_queries, -1, dtype=np.int64)
-        twins_not_in_split = 0
+        twins_not_in_split = pairs_without_features = 0
         members: dict[str, list[int]] = {}
         for query, entry in sorted(chosen.items()):
             members.setdefault(entry.group, []).append(query)
@@ -120,6 +124,8 @@ class GroupSpec:
                     f"{self.source}: entry {entry.key!r}: its twin {entry.twin!r} is the "
                     "query's own video"
                 )
+            elif {videos[entry.twin], features.query_video[query]} & no_features:
+                pairs_without_features += 1
             else:
                 twin[query] = videos[entry.twin]
         return QueryGroups(
@@ -128,6 +134,7 @@ class GroupSpec:
             twin,
             not_in_split,
             twins_not_in_split,
+            pairs_without_features,
         )
 
 
@@ -194,11 +201,14 @@ def group_report(sim: np.ndarray, query_video: np.ndarray, groups: QueryGroups) 
         "source": groups.source,
         "entries_not_in_split": groups.not_in_split,
         "twins_not_in_split": groups.twins_not_in_split,
+        "pairs_without_features": groups.pairs_without_features,
         "by_group": group_metrics(sim, query_video, groups),
     }
 
 
-def skipped_lines(entries_not_in_split: int, twins_not_in_split: int) -> list[str]:
+def skipped_lines(
+    entries_not_in_split: int, twins_not_in_split: int, pairs_without_features: int = 0
+) -> list[str]:
     """What was ignored, in words (empty when nothing was)."""
     lines = []
     if entries_not_in_split:
@@ -207,6 +217,12 @@ def skipped_lines(entries_not_in_split: int, twins_not_in_split: int) -> list[st
     if twins_not_in_split:
         twins = "twin is not a video" if twins_not_in_split == 1 else "twins are not videos"
         lines.append(f"{twins_not_in_split} {twins} of this split (left out of the pair accuracy)")
+    if pairs_without_features:
+        pairs = "pair" if pairs_without_features == 1 else "pairs"
+        lines.append(
+            f"{pairs_without_features} {pairs} with a video without features "
+            "(left out of the pair accuracy)"
+        )
     return lines
 
 

@@ -124,7 +124,11 @@ def group_table(groups: dict[str, Any]) -> str:
             )
         elif name == TWIN_SWAP:
             lines.append(f"{name} pair accuracy: no twin is a video of this split")
-    lines += skipped_lines(groups["entries_not_in_split"], groups["twins_not_in_split"])
+    lines += skipped_lines(
+        groups["entries_not_in_split"],
+        groups["twins_not_in_split"],
+        groups.get("pairs_without_features", 0),  # (absent from reports saved before it)
+    )
     return "\n".join(lines)
 
 

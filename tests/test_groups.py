@@ -22,6 +22,7 @@ from heads.groups import (
     group_metrics,
     parse_groups,
     read_groups,
+    skipped_lines,
 )
 from heads.metrics import pair_accuracy, t2v_metrics
 
@@ -101,6 +102,26 @@ def test_group_metrics_equal_the_overall_metrics_on_the_groups_rows(tmp_path):
     assert flat_group_header("group:twin-swap:pair_accuracy") == "twin-swap pair acc"
     assert flat_group_header("group:odd:R@1") == "odd R@1"
     assert flat_group_header("R@1") is None
+
+
+def test_pairs_with_a_video_without_features_are_left_out_of_the_pair_accuracy(tmp_path):
+    """A video that failed scores from zero features: its pairs would be won or lost by
+    the zeros, not by the model, so they are counted apart."""
+    data = tiny_features(n_videos=4, per_video=2)  # queries 0..7, query q of video q // 2
+    data.missing = ["Cooking/v3.mp4"]
+    sim = np.zeros((8, 4))
+    sim[np.arange(8), data.query_video] = 0.5  # each true video above every other one
+    sim[:, 3] = 0.9  # the missing video's constant column beats them
+    path = tmp_path / "g.json"
+    twins = {"0": "Cooking/v1.mp4", "2": "Cooking/v3.mp4", "6": "Cooking/v0.mp4"}
+    path.write_text(json.dumps({q: {"group": "twin-swap", "twin": t} for q, t in twins.items()}))
+    groups = read_groups(path, data)
+    assert groups.pairs_without_features == 2  # query 2's twin and query 6's own video
+    metrics = group_metrics(sim, data.query_video, groups)["twin-swap"]
+    assert (metrics["pairs"], metrics["pair_accuracy"]) == (1, 100.0)
+    assert skipped_lines(0, 0, groups.pairs_without_features) == [
+        "2 pairs with a video without features (left out of the pair accuracy)"
+    ]
 
 
 # -- files -----------------------------------------------------------------------------------
