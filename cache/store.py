@@ -354,8 +354,9 @@ class StageGroup:
     def writing(self, shard: Shard | None = None) -> Iterator[None]:
         """The right to write rows. Unsharded: the group's writer lock, alone. Sharded: the
         writer lock shared with the other shards (so an unsharded writer is refused) plus
-        this shard's own lock (so one shard never runs twice)."""
-        if shard is None or shard.count == 1:
+        this shard's own lock (so one shard never runs twice). `0/1` is a shard too: a Ray
+        run with a single task holds the writer lock shared, as its coordinator does."""
+        if shard is None:
             with self.lock():
                 yield
             return

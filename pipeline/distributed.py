@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from cache import Shard, StageGroup, TcdError, WorkDir
 from pipeline.settings import COMMAND_GROUPS, PipelineSettings, StageGroups
-from pipeline.stage import StageReport, Upstream
+from pipeline.stage import StageReport, Upstream, merge_figures
 from pipeline.video import Decoder
 
 STAGES = ("ocr", "caption", "encode")  # in pipeline order, as the commands name them
@@ -88,6 +88,10 @@ class StageTask:
     decoder: str = Decoder.auto
     batch_size: int | None = None  # None: the stage function's default
     ocr_threads: int | None = None  # None: run_ocr's default
+    # where the coordinator runs, and the keys of the groups it opened: relative model paths
+    # in the settings are read from there, and an actor that keys the groups otherwise refuses
+    cwd: str = ""
+    keys: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -118,6 +122,9 @@ def run_task(task: StageTask) -> list[StageReport]:
     """Run one task's stage function on its shard (in an actor; plain Python, so testable)."""
     work = WorkDir(task.work)
     settings = task.settings
+    if task.cwd and os.getcwd() != task.cwd and os.path.isdir(task.cwd):
+        os.chdir(task.cwd)  # an actor of a cluster starts where its node's Ray was started
+    _require_same_keys(task)
     sized = {"batch_size": task.batch_size} if task.batch_size else {}
     common = {"retry_failed": task.retry_failed, "progress": False, "shard": task.shard}
     if task.stage == "ocr":
@@ -142,6 +149,22 @@ def run_task(task: StageTask) -> list[StageReport]:
             decoder=task.decoder, **sized, **common,
         )  # fmt: skip
     raise ValueError(f"unknown stage {task.stage!r}; expected one of {STAGES}")
+
+
+def _require_same_keys(task: StageTask) -> None:
+    """Refuse a task whose settings key other groups here than in the coordinator: a model
+    folder given as a relative path that this node reads elsewhere (or not at all) would
+    write the rows into another group while the coordinator waits for them."""
+    here = StageGroups.keys(task.settings)
+    differ = [f"{stage} {key} there, {here[stage]} here" for stage, key in task.keys
+              if here[stage] != key]  # fmt: skip
+    if differ:
+        raise RayExecutorError(
+            f"{task.stage} task {task.shard} on {os.uname().nodename}: its settings key other "
+            f"groups than the coordinator's ({'; '.join(differ)}): a model or OCR folder of "
+            "the settings reads differently on this node; give it as an absolute path on a "
+            "file system every node sees"
+        )
 
 
 class StageWorker:
@@ -186,9 +209,11 @@ def run_on_ray(
         ray = None
         for stage in stages:
             groups = StageGroups.resolve(work, settings)
+            keys = StageGroups.keys(settings)
             task = StageTask(
                 stage, str(work.path.resolve()), settings, None, retry_failed, decoder,
-                (batch_sizes or {}).get(stage), options.ocr_threads,
+                (batch_sizes or {}).get(stage), options.ocr_threads, os.getcwd(),
+                tuple((name, keys[name]) for name in COMMAND_GROUPS[stage]),
             )  # fmt: skip
             if not any(groups.todo(name, retry_failed) for name in COMMAND_GROUPS[stage]):
                 reports += run_task(task)  # nothing to do: no model loads, no Ray
@@ -203,13 +228,15 @@ def run_on_ray(
 
 @contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[Any]:
-    """Ray, connected: to `address`, else to a local instance started here with `num_cpus`
-    (default: this machine's cores) and shut down on exit. A Ray this process already runs
-    is reused and left running."""
+    """Ray, connected: to `address` (else `RAY_ADDRESS`, as `ray job submit` sets it), else
+    to a new local instance started here with `num_cpus` (default: this machine's cores), even
+    where a `ray start` cluster runs on this machine; shut down on exit. A Ray this process
+    already runs is reused and left running."""
     ray = import_ray()
     if ray.is_initialized():
         yield ray
         return
+    address = address or os.environ.get("RAY_ADDRESS") or None
     # A new local Ray turns token authentication on (its default) and warns that it did: noise
     # for a cluster that lives as long as this command.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
@@ -217,7 +244,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     )
     try:
         ray.init(
-            address=address,
+            address=address or "local",  # None would join a cluster `ray start` left here
             num_cpus=None if address else num_cpus or len(os.sched_getaffinity(0)),
             include_dashboard=False,
             log_to_driver=False,
@@ -225,7 +252,13 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        raise RayExecutorError(f"cannot connect to {where}: {exc}") from None
+        hint = (
+            " (a cluster with token authentication, Ray's default, needs RAY_AUTH_MODE=token "
+            "and its token in ~/.ray/auth_token or RAY_AUTH_TOKEN)"
+            if address and not os.environ.get("RAY_AUTH_MODE")
+            else ""
+        )
+        raise RayExecutorError(f"cannot connect to {where}: {exc}{hint}") from None
     try:
         yield ray
     finally:
@@ -320,6 +353,8 @@ class _StageRun:
             try:
                 results = self._run_tasks(actors, tasks, progress, started)
                 progress.poll(force=True)
+                if any(not done.all() for done in progress.finished()):
+                    raise self._stopped("its tasks ended with rows not written", progress)
             finally:
                 progress.bar.close()
                 for actor in actors:
@@ -459,7 +494,7 @@ def _merge(
                 failures=dict(failures.most_common()),
                 examples=examples,
                 errors=[message for part in parts for message in part.errors],
-                figures=parts[-1].figures if parts else {},  # the task that finished last
+                figures=merge_figures([part.figures for part in parts]),
                 executor=executor,
             )
         )

@@ -49,7 +49,7 @@ from pipeline.settings import (
     resolve_settings,
     samples_frames,
 )
-from pipeline.stage import StageClock, StageReport, guarded, run_stage
+from pipeline.stage import OVER, StageClock, StageReport, guarded, run_stage
 from pipeline.video import Decoder, ocr_times, read_frames, require_decoder, segment_centres
 
 
@@ -147,7 +147,10 @@ def run_ocr(
         shares = {"frames_read_share": counts.frames_read / counts.frames}
         if counts.frames_regional:  # frames detected in their changed regions only
             shares["frames_regional_share"] = counts.frames_regional / counts.frames
+        if counts.area_detected:  # a gate that runs the detector (not "frame")
             shares["detected_area_share"] = counts.area_detected / counts.frames
+        # what the shares are over, so shards' and Ray tasks' merge (`merge_figures`)
+        shares |= {OVER: counts.frames, f"{OVER}boxes_": counts.boxes}
         if counts.boxes:
             shares["boxes_read_share"] = counts.boxes_read / counts.boxes
             for reason, n in counts.read_because.items():  # why boxes were recognised

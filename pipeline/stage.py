@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import BrokenExecutor, Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -317,15 +317,45 @@ class StageReport:
         return {**data, "items_per_s": self.items_per_s, "finished": time.strftime("%FT%T")}
 
 
+# Figures named `over:<prefix>` are no measures of their own: how many items the `*_share`
+# figures whose names start with <prefix> are over (the longest such prefix; `over:` for
+# the rest), so that the shares of shards or Ray tasks merge by weight.
+OVER = "over:"
+
+
+def merge_figures(parts: Sequence[dict[str, float]]) -> dict[str, float]:
+    """One run's figures from its shards' or tasks' (in finishing order): each share weighted
+    by the count it is over, where every part says (`OVER`; a share a part lacks is 0 there);
+    otherwise the last part's, a measure of the whole group once every part has written."""
+    parts = [part for part in parts if part]
+    if not parts:
+        return {}
+    if not all(OVER in part for part in parts):
+        return dict(parts[-1])
+    counts = dict.fromkeys(name for part in parts for name in part if name.startswith(OVER))
+    merged = {name: sum(part.get(name, 0) for part in parts) for name in counts}
+    for name in dict.fromkeys(n for part in parts for n in part if not n.startswith(OVER)):
+        over = max((c for c in counts if name.startswith(c[len(OVER) :])), key=len, default=OVER)
+        total = merged[over]
+        weighted = sum(part.get(name, 0.0) * part.get(over, 0) for part in parts)
+        merged[name] = weighted / total if total else 0.0
+    shares = {name: value for name, value in merged.items() if name not in counts}
+    return {**shares, **{name: merged[name] for name in counts}}  # the counts last
+
+
 def _figures(figures: dict[str, float]) -> str:
     """`; window sample share 1.00` (nothing without figures)."""
-    return "".join(f"; {name.replace('_', ' ')} {value:.2f}" for name, value in figures.items())
+    return "".join(
+        f"; {name.replace('_', ' ')} {value:.2f}"
+        for name, value in figures.items()
+        if not name.startswith(OVER)
+    )
 
 
 def last_run(reports: dict[str, dict[str, Any]]) -> str:
     """One short line for the reports a group keeps (one per shard), for `tcd cache status`:
     `12 in 3.1 s, 3.9/s (read 0.4, compute 2.2, write 0.3); 1 VideoError`, then the figures
-    of the run that finished last (`; window sample share 1.00`)."""
+    over the shards (`merge_figures`; `; window sample share 1.00`)."""
     if not reports:
         return "-"
     runs = list(reports.values())
@@ -340,8 +370,9 @@ def last_run(reports: dict[str, dict[str, Any]]) -> str:
     text = f"{done} in {seconds:.1f} s, {sum(r['items_per_s'] for r in runs):.1f}/s ({phases})"
     shards = f" over {len(runs)} shards" if len(runs) > 1 else ""
     kinds = ", ".join(f"{n} {kind}" for kind, n in failures.most_common())
-    latest = max(runs, key=lambda r: str(r.get("finished", "")))
-    return text + shards + (f"; {kinds}" if kinds else "") + _figures(latest.get("figures", {}))
+    runs.sort(key=lambda r: str(r.get("finished", "")))
+    figures = merge_figures([r.get("figures", {}) for r in runs])
+    return text + shards + (f"; {kinds}" if kinds else "") + _figures(figures)
 
 
 class Upstream:

@@ -11,6 +11,7 @@ import shutil
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,6 +20,7 @@ from typer.testing import CliRunner
 
 from cache import LockBusy, Shard, WorkDir
 from cli.main import app
+from pipeline import distributed
 from pipeline.captions import run_captions
 from pipeline.distributed import (
     RayExecutorError,
@@ -29,6 +31,7 @@ from pipeline.distributed import (
     import_ray,
     ray_session,
     run_on_ray,
+    run_task,
 )
 from pipeline.encode import run_encode
 from pipeline.ocr import run_ocr
@@ -97,6 +100,10 @@ def test_each_stage_on_ray_equals_a_single_process(ray_cluster, reference, tmp_p
     assert_same(cache_arrays(path), cache_arrays(reference["ocr"]), "ocr")
     group = StageGroups.resolve(work, SETTINGS).ocr
     assert list(WorkDir(path).find_stage("ocr", group.key).reports()) == ["all"]  # merged
+    # the gate's shares are over every task's frames, not the last task's alone
+    single = WorkDir(reference["ocr"]).find_stage("ocr", group.key).reports()["all"]["figures"]
+    assert single["over:"] == ocr.figures["over:"] > 0  # frames the gate saw
+    assert ocr.figures == pytest.approx(single)
 
     # the CLI wiring; the work dir's saved settings give T and the OCR settings
     result = runner.invoke(
@@ -227,3 +234,66 @@ def test_the_cli_and_the_executor_module_do_not_import_ray():
     result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_ray_run_of_a_single_task_writes_under_the_coordinators_lock(
+    ray_cluster, reference, tmp_path
+):
+    # one actor, one task `0/1` (encode on a one-GPU machine, or one pending row): the task
+    # shares the writer lock the coordinator holds shared, instead of asking for it alone
+    path = copy_of(reference, "caption", tmp_path)
+    work = WorkDir(path)
+    one = RayOptions(actors=1, timeout=180)
+    reports = run_on_ray(work, SETTINGS, ["encode"], one, progress=False)
+    assert [(r.computed, r.failed) for r in reports] == [
+        (12, 0),
+        (12, 0),
+        (len(work.manifest.captions), 0),
+    ]
+    assert_same(cache_arrays(path), cache_arrays(reference["encode"]), "encode on one actor")
+
+
+def test_a_task_whose_settings_key_other_groups_is_refused(reference, tmp_path):
+    # a relative model folder that a cluster node reads elsewhere keys other groups there:
+    # its rows would go to them while the coordinator waits, so the task refuses
+    path = copy_of(reference, "ocr", tmp_path)
+    keys = StageGroups.keys(SETTINGS)
+    task = StageTask(
+        "caption", str(path), SETTINGS, Shard(0, 2), cwd=str(tmp_path),
+        keys=(("captions", keys["captions"][::-1]),),
+    )  # fmt: skip
+    with pytest.raises(RayExecutorError, match="key other groups than the coordinator's"):
+        run_task(task)
+    assert WorkDir(path).find_stage("captions", keys["captions"]) is None  # nothing written
+    same = replace(task, keys=(("captions", keys["captions"]),))
+    assert [r.computed for r in run_task(same)] == [6]
+
+
+class _FakeRay:
+    """A stand-in for the `ray` module in `ray_session`: records what `ray.init` is asked."""
+
+    def __init__(self) -> None:
+        self.asked: dict[str, object] = {}
+
+    def is_initialized(self) -> bool:
+        return False
+
+    def init(self, **kwargs: object) -> None:
+        self.asked = kwargs
+
+    def shutdown(self) -> None:
+        pass
+
+
+def test_ray_session_joins_ray_address_and_otherwise_starts_its_own(monkeypatch):
+    fake = _FakeRay()
+    monkeypatch.setattr(distributed, "import_ray", lambda: fake)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with ray_session(num_cpus=2):
+        # "local": a fresh instance, even where `ray start` left a cluster on this machine
+        assert (fake.asked["address"], fake.asked["num_cpus"]) == ("local", 2)
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # as `ray job submit` sets it
+    with ray_session(num_cpus=2):
+        assert (fake.asked["address"], fake.asked["num_cpus"]) == ("10.0.0.1:6379", None)
+    with ray_session("10.0.0.2:6379"):
+        assert fake.asked["address"] == "10.0.0.2:6379"
