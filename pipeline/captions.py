@@ -87,9 +87,12 @@ def in_windows(
     t = np.asarray(times, dtype=np.float64).ravel()[None, :]
     if edges == "both":
         return (starts <= t) & (t <= ends)
+    # an edge of two windows (every one at xi = 1), found before rounding: the two sides of
+    # one edge, computed apart, can round to neighbouring milliseconds (2.3125 -> .312/.313)
+    shared = np.isclose(ends[:-1], starts[1:], rtol=0, atol=1e-9)
     starts, ends = np.round(starts, TIME_DECIMALS), np.round(ends, TIME_DECIMALS)
+    starts[1:][shared] = ends[:-1][shared]  # one edge, one millisecond
     inside = (starts <= t) & (t <= ends)
-    shared = ends[:-1] == starts[1:]  # an edge of two windows (every one at xi = 1)
     inside[:-1] &= ~(shared & (t == ends[:-1]))  # there, the later window takes the time
     return inside
 
@@ -155,9 +158,15 @@ def _distinct_in_order(lines: list[Line], settings: CaptionSettings) -> list[str
             for line in lines
         ]
     keyed = [(float(line["t"]), np.asarray(line["box"], dtype=float), line) for line in lines]
-    rows = (
-        _reading_rows([box for _, box, _ in keyed]) if settings.reading_order == "lines" else None
-    )
+    rows = None
+    if settings.reading_order == "lines":  # the lines of each time's boxes, apart
+        rows = [0] * len(keyed)
+        at_time: dict[float, list[int]] = {}
+        for i, (t, _, _) in enumerate(keyed):
+            at_time.setdefault(t, []).append(i)
+        for members in at_time.values():
+            for i, row in zip(members, _reading_rows([keyed[i][1] for i in members]), strict=True):
+                rows[i] = row
     first: dict[str, tuple[float, float, float, str]] = {}
     for i, (t, box, line) in enumerate(keyed):
         text = normalise(line["text"])
@@ -189,7 +198,7 @@ def ocr_instances(lines: list[Line], settings: CaptionSettings) -> list[str]:
     """Distinct OCR words (case-folded), best score first, at most `max_instances`."""
     best: dict[str, tuple[float, str]] = {}
     for line in lines:
-        if line["score"] < settings.min_score:
+        if not line["score"] >= settings.min_score:  # (NaN is no score)
             continue
         for word in normalise(line["text"]).split(" "):
             if word and (word.casefold() not in best or line["score"] > best[word.casefold()][0]):

@@ -338,8 +338,8 @@ def read_kwai_ocr(path: str | Path, fps: float) -> list[Line]:
             raise OcrError(f"{where}: missing string 'text'")
         score = track.get("score", 1.0)
         frames = track.get("tracks", {})
-        if not isinstance(score, (int, float)) or not isinstance(frames, dict):
-            raise OcrError(f"{where}: 'score' must be a number and 'tracks' an object")
+        if not _number(score) or not isinstance(frames, dict):  # (JSON reads NaN too)
+            raise OcrError(f"{where}: 'score' must be a finite number and 'tracks' an object")
         for frame, values in frames.items():
             try:
                 index = int(frame)

@@ -16,14 +16,22 @@ import pytest
 import torch
 
 from cache import CacheError, Shard, StageGroup, TcdError, WorkDir
-from pipeline.captions import fit_to_tokens, ocr_instances, run_captions, window_captions
+from pipeline.captions import (
+    fit_to_tokens,
+    in_windows,
+    ocr_instances,
+    run_captions,
+    window_captions,
+    window_spans,
+)
 from pipeline.datasets import read_textvr
 from pipeline.encode import run_encode, run_encode_frames
 from pipeline.errors import VideoError
 from pipeline.frame_loader import decoded_videos
 from pipeline.manifest import build_manifest
 from pipeline.models import ModelError, load_text, load_vision
-from pipeline.ocr import OcrError, make_engine, read_kwai_ocr, run_ocr
+from pipeline.ocr import OcrError, make_engine, ocr_sample_times, read_kwai_ocr, run_ocr
+from pipeline.ocr_import import line_time
 from pipeline.settings import (
     CaptionSettings,
     EncodeSettings,
@@ -247,6 +255,7 @@ def test_kwai_import(tmp_path):
         ('{"1": {"text": "x", "tracks": {"-3": [0, 0, 0, 0, 0, 0, 0, 0]}}}', "negative index"),
         ('{"1": {"text": "x", "tracks": {"a": [0]}}}', "integer index and 8 numbers"),
         ('{"1": {"score": 1}}', "missing string 'text'"),
+        ('{"1": {"text": "x", "score": NaN, "tracks": {}}}', "finite number"),  # JSON reads NaN
         ("{bad", "not valid OCR JSON"),
     ]
     assert_refused_naming_file(path, lambda p: read_kwai_ocr(p, 30.0), cases)
@@ -308,6 +317,12 @@ def test_a_line_on_the_edge_two_windows_share_is_in_the_later_one_only(tmp_path)
     assert window_captions([line("AT END", 1.5)], 4.0, wide)[0][:2] == ["AT END", "AT END"]
     one_frame = CaptionSettings(xi=0.2)
     assert video_sample_share(0.04, OcrSettings(), one_frame) == 1.0
+    # 111 frames at 24 fps: window 5's end and window 6's start, computed apart, rounded to
+    # neighbouring milliseconds (2.313 / 2.312), so the sample at 2.312 was in both
+    duration = 111 / 24
+    times = [line_time(t) for t in ocr_sample_times(duration, OcrSettings(), 12)]
+    member = in_windows(times, window_spans(duration, settings), "next")
+    assert (member.sum(axis=0) == 1).all(), times
     (tmp_path / "settings.toml").write_text("[captions]\nxi = 1.0\n")  # saved before the rule
     assert resolve_settings(tmp_path).captions.window_edges == "both"
 
@@ -330,6 +345,12 @@ def test_boxes_on_one_line_read_left_to_right_and_a_track_is_one_text():
         assert window_captions(lines, 1.0, settings)[0] == [caption]
     top = dataclasses.replace(settings, reading_order="top")
     assert window_captions(jitter, 1.0, top)[0] == ["vegetables, fresh"]  # earlier versions
+    # the lines of one time are found among that time's boxes alone: a box of another time
+    # between the two lines joined them into one, read left to right ('BOTTOM, TOP')
+    between = [boxed("TOP", 200, 90, 260, 110), boxed("BOTTOM", 10, 102, 100, 122)]
+    elsewhere = {**boxed("OTHER", 300, 96, 360, 116), "t": 0.2}
+    assert window_captions(between, 1.0, settings)[0] == ["TOP, BOTTOM"]
+    assert window_captions([elsewhere, *between], 1.0, settings)[0] == ["OTHER, TOP, BOTTOM"]
     track = [
         boxed("TESCO expres", 0, 0, 9, 9, track=3, score=0.7),
         boxed("TESCO express", 0, 0, 9, 9, track=3),
@@ -351,6 +372,8 @@ def test_instances_and_token_cut():
     ]
     assert ocr_instances(lines, CaptionSettings()) == ["open", "late", "Bar"]
     assert ocr_instances(lines, CaptionSettings(max_instances=1)) == ["open"]
+    ghost = line("GHOST", 4, score=float("nan"))  # no score: dropped, as from the captions
+    assert ocr_instances([*lines, ghost], CaptionSettings()) == ["open", "late", "Bar"]
     # a whitespace tokenizer and two special tokens: 5 tokens leave 3 for text
     assert fit_to_tokens("one two three four five", word_ends, 5 - 2) == "one two three"
     assert fit_to_tokens("short", word_ends, 5 - 2) == "short"
