@@ -286,6 +286,28 @@ class RapidOcrEngine:
         boxes = map_boxes_to_original(detected.boxes, record, *image.shape[:2])
         return np.asarray(boxes, dtype=float).reshape(-1, 4, 2), list(crops)
 
+    def crop(self, frame: np.ndarray, boxes: np.ndarray) -> list[np.ndarray]:
+        """The crops the recogniser reads for `boxes` (N x 4 x 2, frame pixels) of one RGB
+        frame, cut from the image the detector sees as `detect` cuts them (a box the gate
+        carries onto a frame it did not detect, read again there: `BoxGate`)."""
+        from rapidocr.utils.process_img import apply_vertical_padding
+
+        image = np.ascontiguousarray(frame[..., ::-1])
+        if self.detects_in_place(image.shape):  # as `_detect_regions` cuts them
+            return list(self.engine.crop_text_regions(image, boxes.astype(np.float32)))
+        engine = self.engine
+        resized, record = engine.preprocess_img(image)
+        if engine.cfg.Global.use_vertical_padding:
+            resized, record = apply_vertical_padding(
+                resized, record, engine.width_height_ratio, engine.min_height
+            )
+        scale = record["preprocess"]
+        pad = record.get("padding_1", {"top": 0, "left": 0})
+        seen = np.array(boxes, dtype=np.float64)  # `map_boxes_to_original`, undone
+        seen[..., 0] = seen[..., 0] / scale["ratio_w"] + pad["left"]
+        seen[..., 1] = seen[..., 1] / scale["ratio_h"] + pad["top"]
+        return list(engine.crop_text_regions(resized, seen.astype(np.float32)))
+
     def detects_in_place(self, shape: tuple[int, ...]) -> bool:
         """Whether rapidocr detects a frame of this shape as it is (neither shrunk under its
         max_side_len nor padded for being flat), so a region's pixels are the detector's."""

@@ -321,16 +321,31 @@ class FrameGate:
 
 @dataclass
 class _Track:
-    """A box of a frame: where it is, its crop, the grey frame where the text it takes was
+    """A box of a frame: where it is, its crop (None for a box carried onto a frame the
+    detector skipped: cut when needed), the grey frame where the text it takes was
     recognised, and which recognition of the batch that is (`slot`; -1 once `result` is
-    known). `own`: that recognition is of this box's crop."""
+    known). `own`: that recognition is of this box's crop. `frame`, `index`: its own grey
+    frame and that frame's place in the batch."""
 
     box: np.ndarray
-    crop: np.ndarray
+    crop: np.ndarray | None
     seen: np.ndarray
     slot: int
     result: tuple[str, float] | None
     own: bool
+    frame: np.ndarray
+    index: int
+
+    def continued(
+        self, box: np.ndarray, crop: np.ndarray | None, frame: np.ndarray, index: int
+    ) -> _Track:
+        """A box of a later frame that takes this box's text (`crop` None: a frame where the
+        detector did not look, this box carried onto it)."""
+        return _Track(box, crop, self.seen, self.slot, self.result, False, frame, index)
+
+    def dropped(self, results: list[tuple[str, float]]) -> bool:
+        """Whether the read this box takes its text from was dropped (no text)."""
+        return not (self.result if self.result is not None else results[self.slot])[0]
 
 
 class BoxGate:
@@ -408,6 +423,15 @@ class BoxGate:
             self.last_thumb[y0:y1, x0:x1] = thumb[y0:y1, x0:x1]
         return regions
 
+    def _cut(self, tracks: list[_Track], frames: np.ndarray) -> None:
+        """Cut the crops of boxes carried onto frames the detector skipped (the engine's
+        `crop`, as its `detect` cuts them)."""
+        for index in sorted({t.index for t in tracks}):
+            on_frame = [t for t in tracks if t.index == index]
+            boxes = np.stack([np.asarray(t.box, dtype=float).reshape(4, 2) for t in on_frame])
+            for track, crop in zip(on_frame, self.engine.crop(frames[index], boxes), strict=True):
+                track.crop = crop
+
     def _texts_unchanged(self, frame: np.ndarray) -> bool:
         """Whether every box of the last detected frame still holds the text it took, by the
         box test (a digit of a small sign changes a thumbnail block by far less than
@@ -470,32 +494,39 @@ class BoxGate:
         crops: list[np.ndarray] = []  # to recognise, pooled over the batch's frames
         per_frame: list[list[_Track]] = []
         detected = 0
-        for frame in frames:
+        for index, frame in enumerate(frames):
             frame_grey = grey(frame)  # what the thumbnail and the box test compare
             regions = self._plan(frame_grey)
             if regions == []:
-                per_frame.append(self.tracks)
-                self.counts.boxes += len(self.tracks)
-                continue
-            detected += 1
-            boxes, box_crops, current = self._detect(frame, frame_grey, regions)
-            for box, crop in zip(boxes, box_crops, strict=True):
-                track = self._match(box, frame_grey)
-                if track is None:
-                    current.append(_Track(box, crop, frame_grey, len(crops), None, True))
-                    crops.append(crop)
-                else:
-                    current.append(_Track(box, crop, track.seen, track.slot, track.result, False))
+                current = [
+                    track.continued(track.box, None, frame_grey, index) for track in self.tracks
+                ]
+            else:
+                detected += 1
+                boxes, box_crops, kept = self._detect(frame, frame_grey, regions)
+                current = [track.continued(track.box, None, frame_grey, index) for track in kept]
+                for box, crop in zip(boxes, box_crops, strict=True):
+                    track = self._match(box, frame_grey)
+                    if track is None:
+                        slot = len(crops)
+                        crops.append(crop)
+                        current.append(
+                            _Track(box, crop, frame_grey, slot, None, True, frame_grey, index)
+                        )
+                    else:
+                        current.append(track.continued(box, crop, frame_grey, index))
             per_frame.append(current)
             self.tracks = current
             self.counts.boxes += len(current)
         results = self.engine.recognize(crops) if crops else []
-        # a box that continued one whose read turned out dropped is read after all
-        tracks = {id(t): t for current in per_frame for t in current}.values()
-        again = [t for t in tracks if t.result is None and not t.own and not results[t.slot][0]]
+        # A box that takes the text of a read that was dropped (no text over the score) is
+        # read after all, in its own frame, which it is compared with from then on: a dropped
+        # read is never reused, whether the box continued it or the detector skipped its frame
+        again = [t for current in per_frame for t in current if not t.own and t.dropped(results)]
+        self._cut([t for t in again if t.crop is None], frames)
         reread = self.engine.recognize([t.crop for t in again]) if again else []
         for track, result in zip(again, reread, strict=True):
-            track.result, track.slot = result, -1
+            track.result, track.slot, track.seen, track.own = result, -1, track.frame, True
         self.counts.frames += len(frames)
         self.counts.frames_read += detected
         self.counts.boxes_read += len(crops) + len(again)

@@ -337,6 +337,10 @@ class SplitEngine:
         self.recognised += len(crops)
         return [("SIGN", 0.9)] * len(crops)
 
+    def crop(self, frame: np.ndarray, boxes: np.ndarray) -> list[np.ndarray]:
+        """The boxes' upright crops (what `detect` cuts for its one box)."""
+        return [frame[int(b[0, 1]) : int(b[2, 1]), int(b[0, 0]) : int(b[1, 0])] for b in boxes]
+
 
 class Sliding(SplitEngine):
     """Detects the sign of `sliding_in`, 3 px further in each frame."""
@@ -643,6 +647,65 @@ def test_a_dropped_read_is_never_reused():
     assert texts(gate(same)) == [[], ["SIGN"], ["SIGN"]]
     assert gate(same[:1]) and engine.recognised == 3  # the next batch reuses a read text
     assert gate.counts.read_because == {"new": 1, "changed": 0, "grown": 0, "dropped": 2}
+
+
+class BrightOnly(SplitEngine):
+    """Reads 'SIGN' only where its letters are bright (a sign fading in is dropped at first);
+    detects in place, so "frame+boxes" may take regions."""
+
+    def detects_in_place(self, shape: tuple[int, ...]) -> bool:
+        return True
+
+    def detect(self, frame: np.ndarray, regions=None) -> tuple[np.ndarray, list[np.ndarray]]:
+        return super().detect(frame)
+
+    def recognize(self, crops: list[np.ndarray]) -> list[tuple[str, float]]:
+        self.recognised += len(crops)
+        return [("SIGN", 0.9) if grey(c).max() >= 240 else ("", 0.0) for c in crops]
+
+
+def ungated(frames: np.ndarray) -> list[list[str]]:
+    return [["SIGN"] if grey(f[80:140, 60:330]).max() >= 240 else [] for f in frames]
+
+
+def test_rapidocr_cuts_a_carried_box_as_its_detector_cut_it(rapidocr):
+    # in place (the frame as it is) the crops are the detector's; on a frame rapidocr shrinks
+    # the box is mapped back onto the shrunk image, within a pixel
+    for size in [(216, 384), (2000, 3000)]:
+        frame = cv2.resize(scene("SIGN", extra="EXIT"), size[::-1])
+        boxes, crops = rapidocr.detect(frame)
+        again = rapidocr.crop(frame, boxes)
+        sizes = np.array([c.shape[:2] for c in again]) - [c.shape[:2] for c in crops]
+        assert np.abs(sizes).max() <= 1
+        assert sorted(t for t, _ in rapidocr.recognize(again)) == ["EXIT", "SIGN"]
+        if rapidocr.detects_in_place(frame.shape):
+            assert all((a == c).all() for a, c in zip(again, crops, strict=True))
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_a_box_read_again_after_a_dropped_read_is_compared_with_its_own_frame(batch):
+    # Read again, a box took its text from its own frame but kept the dropped frame as the one
+    # later frames are compared with: a dimmer last frame, within reuse_diff of the dropped
+    # one, took 'SIGN' it does not show, with 8 frames per batch (the stage's default) only
+    frames = np.stack([fading(220)] + [fading(250)] * 7 + [fading(190)])
+    gate, found = BoxGate(BrightOnly(), reuse_iou=0.7, reuse_diff=0.15), []
+    for start in range(0, len(frames), batch):
+        found += texts(gate(frames[start : start + batch]))
+    assert found == ungated(frames)
+
+
+@pytest.mark.parametrize("regions", [False, True])
+@pytest.mark.parametrize("batch", [1, 8])
+def test_frame_plus_boxes_reads_a_dropped_read_again_on_frames_it_calls_unchanged(regions, batch):
+    # The frame gate called the brighter frames unchanged and they took frame 0's dropped read
+    frames = np.stack([fading(220)] + [fading(250)] * 5)
+    engine = BrightOnly()
+    gate = BoxGate(engine, 0.7, 0.15, 0.05, 1, True, True, regions, 48)
+    found = []
+    for start in range(0, len(frames), batch):
+        found += texts(gate(frames[start : start + batch]))
+    assert found == ungated(frames)
+    assert engine.detected == 1  # read again by recognition alone, no detector run
 
 
 class Growing(SplitEngine):
