@@ -59,6 +59,7 @@ MAX_TASK_RETRIES = 2  # ... and the task it was running resubmitted this many ti
 TASK_ATTEMPTS = 3  # a task whose actor is gone for good goes to another actor, this often
 POLL_S = 1.0  # how long one wait for a finished task lasts (progress updates in between)
 STARTUP_TIMEOUT_S = 300.0  # actors not running by then: the cluster lacks their resources
+MIN_ACTOR_CPUS = 0.25  # the least CPU share an actor gets by default
 
 
 class RayExecutorError(TcdError):
@@ -372,7 +373,14 @@ class _StageRun:
         cpus = float(resources.get("CPU", 1))
         wanted = options.actors or int(resources.get("GPU", 0) if gpus else max(1, cpus))
         count = max(1, min(wanted, rows))
-        actor_cpus = options.actor_cpus or max(0.25, min(1.0, (cpus - 1) / count))
+        actor_cpus = options.actor_cpus or max(MIN_ACTOR_CPUS, min(1.0, (cpus - 1) / count))
+        if options.actor_cpus is None and count * actor_cpus > cpus:  # some would never start
+            raise RayExecutorError(
+                f"{self.stage}: --actors {count} at {actor_cpus:g} CPU each (the least this "
+                f"executor gives an actor) asks for {count * actor_cpus:g} CPUs; the cluster has "
+                f"{cpus:g}: ask for at most {int(cpus / MIN_ACTOR_CPUS)} actors, or set "
+                "--actor-cpus (an autoscaling cluster may add the CPUs)"
+            )
         torch_threads = None
         if self.stage == "encode":
             import torch

@@ -285,6 +285,16 @@ class _FakeRay:
         pass
 
 
+def test_more_actors_than_the_cluster_can_place_are_refused_at_once(tmp_path):
+    # at the least default share (0.25 CPU) 9 actors need 2.25 of 2 CPUs: one never started,
+    # and the run waited STARTUP_TIMEOUT_S (300 s) before saying so
+    cluster = SimpleNamespace(cluster_resources=lambda: {"CPU": 2.0})
+    work = SimpleNamespace(path=tmp_path)
+    run = _StageRun(cluster, work, None, "ocr", RayOptions(actors=9), progress=False)
+    with pytest.raises(RayExecutorError, match="ask for at most 8 actors"):
+        run._actors(rows=100, gpus=False)
+
+
 def test_ray_session_joins_ray_address_and_otherwise_starts_its_own(monkeypatch):
     fake = _FakeRay()
     monkeypatch.setattr(distributed, "import_ray", lambda: fake)
