@@ -43,7 +43,7 @@ from pipeline.encode import run_encode
 from pipeline.manifest import build_manifest
 from pipeline.ocr import make_reader, ocr_sample_times, run_ocr, spot_video
 from pipeline.settings import OcrSettings, PipelineSettings, StageGroups, resolve_settings
-from pipeline.stage import StageClock
+from pipeline.stage import OVER, StageClock
 from pipeline.video import probe
 
 # the box gate's first rule: before reuse_shift, reuse_edge, reuse_frame_texts and
@@ -123,7 +123,11 @@ def run_profile(profile: str, synth: Path, source: Path, run: str, out: Path) ->
         (report,) = StageGroups.resolve(work, settings).ocr.reports().values()  # the last run
         seconds = report["seconds"] - report["setup_s"]
         timing = {"ocr_seconds": seconds, "ocr_frames_per_s": frames / seconds}
-        timing.update(report.get("figures", {}))
+        timing.update(
+            (name, value)
+            for name, value in report.get("figures", {}).items()
+            if not name.startswith(OVER)  # (what the shares are over: merging's, not ours)
+        )
         run_captions(work, settings.captions, settings.ocr)
         run_encode(work, settings.encode, settings.captions, settings.ocr, workers=2)
         split = open_split(work.path, "tcd", "test", need_queries=True, settings=settings)

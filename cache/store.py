@@ -355,7 +355,8 @@ class StageGroup:
         """The right to write rows. Unsharded: the group's writer lock, alone. Sharded: the
         writer lock shared with the other shards (so an unsharded writer is refused) plus
         this shard's own lock (so one shard never runs twice). `0/1` is a shard too: a Ray
-        run with a single task holds the writer lock shared, as its coordinator does."""
+        run's single task shares the writer lock its coordinator holds shared (the CLI's
+        `--shard 0/1` is an unsharded run)."""
         if shard is None:
             with self.lock():
                 yield

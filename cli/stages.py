@@ -122,8 +122,11 @@ class StageRun:
 
     @property
     def parsed_shard(self) -> Shard | None:
-        """The `--shard` this run takes, if any."""
-        return Shard.parse(self.shard) if self.shard else None
+        """The `--shard` this run takes, if any: `0/1` (a Slurm array of one task) is the
+        whole stage, an unsharded run (its writer lock alone; `0/1` shares it only in a Ray
+        task, under the coordinator's)."""
+        shard = Shard.parse(self.shard) if self.shard else None
+        return None if shard is not None and shard.count == 1 else shard
 
     @property
     def on_ray(self) -> bool:

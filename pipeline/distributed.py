@@ -310,6 +310,21 @@ class _Progress:
         return f"{count} row(s) left pending" + (f" ({'; '.join(parts)})" if parts else "")
 
 
+WRITTEN_WAIT_S = 10.0  # how long rows the tasks reported may take to show (NFS attribute caches)
+
+
+def _all_written(progress: _Progress) -> bool:
+    """Whether every row the run started with is done or failed, read again for up to
+    `WRITTEN_WAIT_S` (a network file system may show this node another node's new chunk
+    files late)."""
+    deadline = time.monotonic() + WRITTEN_WAIT_S
+    while not all(done.all() for done in progress.finished()):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(POLL_S)
+    return True
+
+
 class _StageRun:
     """One stage on Ray: the coordinator's locks, the actors, the task queue, the report."""
 
@@ -354,7 +369,7 @@ class _StageRun:
             try:
                 results = self._run_tasks(actors, tasks, progress, started)
                 progress.poll(force=True)
-                if any(not done.all() for done in progress.finished()):
+                if not _all_written(progress):
                     raise self._stopped("its tasks ended with rows not written", progress)
             finally:
                 progress.bar.close()
@@ -376,7 +391,7 @@ class _StageRun:
         actor_cpus = options.actor_cpus or max(MIN_ACTOR_CPUS, min(1.0, (cpus - 1) / count))
         if options.actor_cpus is None and count * actor_cpus > cpus:  # some would never start
             raise RayExecutorError(
-                f"{self.stage}: --actors {count} at {actor_cpus:g} CPU each (the least this "
+                f"{self.stage}: {count} actors at {actor_cpus:g} CPU each (the least this "
                 f"executor gives an actor) asks for {count * actor_cpus:g} CPUs; the cluster has "
                 f"{cpus:g}: ask for at most {int(cpus / MIN_ACTOR_CPUS)} actors, or set "
                 "--actor-cpus (an autoscaling cluster may add the CPUs)"

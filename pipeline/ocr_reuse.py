@@ -349,9 +349,10 @@ class _Track:
 
 
 class BoxGate:
-    """`ocr.reuse = "boxes"` over an engine with `detect(frame) -> (boxes, crops)` and
-    `recognize(crops) -> [(text, score)]` (`pipeline.ocr.RapidOcrEngine`). With
-    `reuse_frame_diff` ("frame+boxes"), a frame that "frame" would call unchanged since the
+    """`ocr.reuse = "boxes"` over an engine with `detect(frame) -> (boxes, crops)`,
+    `recognize(crops) -> [(text, score)]` and `crop(frame, boxes) -> crops` (a box whose read
+    was dropped is read again on a frame the detector skipped; `pipeline.ocr.RapidOcrEngine`).
+    With `reuse_frame_diff` ("frame+boxes"), a frame that "frame" would call unchanged since the
     last detected one takes that frame's boxes and texts without running the detector. With
     `reuse_regions` too, and an engine with `detect(frame, regions)` and
     `detects_in_place(shape)`, a changed frame is detected in its changed regions only."""

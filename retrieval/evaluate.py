@@ -123,7 +123,7 @@ def group_table(groups: dict[str, Any]) -> str:
                 "pairs (true video above its twin, ties half)"
             )
         elif name == TWIN_SWAP:
-            lines.append(f"{name} pair accuracy: no twin is a video of this split")
+            lines.append(f"{name} pair accuracy: no pair left to score (see below)")
     lines += skipped_lines(
         groups["entries_not_in_split"],
         groups["twins_not_in_split"],

@@ -20,11 +20,13 @@ from heads.groups import (
     flat_group_header,
     flat_group_metrics,
     group_metrics,
+    group_report,
     parse_groups,
     read_groups,
     skipped_lines,
 )
 from heads.metrics import pair_accuracy, t2v_metrics
+from retrieval.evaluate import group_table
 
 runner = CliRunner()
 
@@ -121,6 +123,12 @@ def test_pairs_with_a_video_without_features_are_left_out_of_the_pair_accuracy(t
     assert (metrics["pairs"], metrics["pair_accuracy"]) == (1, 100.0)
     assert skipped_lines(0, 0, groups.pairs_without_features) == [
         "2 pairs with a video without features (left out of the pair accuracy)"
+    ]
+    path.write_text(json.dumps({"2": {"group": "twin-swap", "twin": "Cooking/v3.mp4"}}))
+    table = group_table(group_report(sim, data.query_video, read_groups(path, data)))
+    assert table.splitlines()[-2:] == [
+        "twin-swap pair accuracy: no pair left to score (see below)",  # not "no twin is ..."
+        "1 pair with a video without features (left out of the pair accuracy)",
     ]
 
 

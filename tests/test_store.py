@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache import CacheError, LockBusy, WorkDir
+from cache import CacheError, LockBusy, Shard, WorkDir
 from pipeline.datasets import read_textvr
 from pipeline.manifest import build_manifest
 from tests.conftest import run_python
@@ -691,3 +691,21 @@ def test_a_block_whose_write_failed_is_written_again_by_salvage(tmp_path):
     writer.close()
     assert [row for row, _, _ in written] == [0, 1]
     assert group.counts()["done"] == 2 and group.group["feat"][1].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_the_cli_s_shard_0_of_1_is_an_unsharded_run(tmp_path):
+    """A Slurm array of one task passes `--shard 0/1`: the whole stage, alone. As a shard it
+    would share the writer lock with `--shard 0/2` workers and compute their rows twice; a
+    Ray run's single task is the `0/1` that shares it, under its coordinator."""
+    from cli.stages import StageRun
+
+    assert StageRun(shard="0/1").parsed_shard is None
+    assert StageRun(shard="1/2").parsed_shard == Shard(1, 2)
+    work = WorkDir(tmp_path, create=True)
+    work.manifest.videos.upsert(video_records(["a", "b"]))
+    group = work.stage("ocr", {"fps": 2})
+    with group.writing(Shard(0, 2)), pytest.raises(LockBusy):
+        with group.writing(StageRun(shard="0/1").parsed_shard):
+            pass
+    with group.shared_lock(), group.writing(Shard(0, 1)):  # the Ray task, as its coordinator
+        pass
