@@ -71,7 +71,8 @@ class RayOptions:
     """How a stage runs on Ray. `None` picks the default described per field."""
 
     address: str | None = None  # a running cluster (`ray start --head`); None: a local Ray
-    actors: int | None = None  # encode on a GPU cluster: its GPUs; else the cluster's CPUs
+    actors: int | None = None  # None: encode on a GPU cluster its GPUs, on CPUs the cluster's
+    # CPUs / torch threads (each encode actor runs the coordinator's count); else its CPUs
     actor_cpus: float | None = None  # per actor; None: share all CPUs but one (Ray's own work)
     ocr_threads: int | None = None  # onnxruntime's, per OCR actor; None: run_ocr's default
     timeout: float | None = None  # seconds a stage may take before the run stops (resumable)
@@ -381,26 +382,10 @@ class _StageRun:
         return reports
 
     def _actors(self, rows: int, gpus: bool) -> list[Any]:
-        """Start the actors (no more than `rows`, the most rows a group has to do) and wait
-        until each runs."""
-        ray, options = self.ray, self.options
+        """Start the actors (`_placement`) and wait until each runs."""
+        ray = self.ray
         resources = ray.cluster_resources()
-        cpus = float(resources.get("CPU", 1))
-        wanted = options.actors or int(resources.get("GPU", 0) if gpus else max(1, cpus))
-        count = max(1, min(wanted, rows))
-        actor_cpus = options.actor_cpus or max(MIN_ACTOR_CPUS, min(1.0, (cpus - 1) / count))
-        if options.actor_cpus is None and count * actor_cpus > cpus:  # some would never start
-            raise RayExecutorError(
-                f"{self.stage}: {count} actors at {actor_cpus:g} CPU each (the least this "
-                f"executor gives an actor) asks for {count * actor_cpus:g} CPUs; the cluster has "
-                f"{cpus:g}: ask for at most {int(cpus / MIN_ACTOR_CPUS)} actors, or set "
-                "--actor-cpus (an autoscaling cluster may add the CPUs)"
-            )
-        torch_threads = None
-        if self.stage == "encode":
-            import torch
-
-            torch_threads = torch.get_num_threads()
+        count, actor_cpus, torch_threads = self._placement(resources, rows, gpus)
         token = uuid.uuid4().hex[:8]
         remote = ray.remote(StageWorker)
         actors = [
@@ -424,6 +409,35 @@ class _StageRun:
                 f"has {resources}); ask for fewer with --actors"
             ) from None
         return actors
+
+    def _placement(
+        self, resources: dict[str, float], rows: int, gpus: bool
+    ) -> tuple[int, float, int | None]:
+        """How many actors (no more than `rows`, the most rows a group has to do), the CPU
+        share of each, and the torch threads each pins (encode: the coordinator's count)."""
+        options = self.options
+        cpus = float(resources.get("CPU", 1))
+        torch_threads = None
+        if self.stage == "encode":
+            import torch
+
+            torch_threads = torch.get_num_threads()
+        if options.actors:
+            wanted = options.actors
+        elif gpus:
+            wanted = int(resources.get("GPU", 0))
+        else:  # each encode actor runs torch_threads threads: one actor per that many CPUs
+            wanted = max(1, int(cpus) // (torch_threads or 1))
+        count = max(1, min(wanted, rows))
+        actor_cpus = options.actor_cpus or max(MIN_ACTOR_CPUS, min(1.0, (cpus - 1) / count))
+        if options.actor_cpus is None and count * actor_cpus > cpus:  # some would never start
+            raise RayExecutorError(
+                f"{self.stage}: {count} actors at {actor_cpus:g} CPU each (the least this "
+                f"executor gives an actor) asks for {count * actor_cpus:g} CPUs; the cluster has "
+                f"{cpus:g}: ask for at most {int(cpus / MIN_ACTOR_CPUS)} actors, or set "
+                "--actor-cpus (an autoscaling cluster may add the CPUs)"
+            )
+        return count, actor_cpus, torch_threads
 
     def _run_tasks(
         self, actors: list[Any], tasks: list[StageTask], progress: _Progress, started: float

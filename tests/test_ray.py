@@ -295,6 +295,21 @@ def test_more_actors_than_the_cluster_can_place_are_refused_at_once(tmp_path):
         run._actors(rows=100, gpus=False)
 
 
+def test_encode_on_cpus_starts_one_actor_per_its_torch_threads(tmp_path, monkeypatch):
+    # each encode actor pins the coordinator's torch threads: one actor per CPU ran
+    # CPUs x threads threads on the cluster's CPUs
+    import torch
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    work = SimpleNamespace(path=tmp_path)
+    encode = _StageRun(None, work, None, "encode", RayOptions(), progress=False)
+    assert encode._placement({"CPU": 16.0}, rows=100, gpus=False)[::2] == (4, 4)
+    assert encode._placement({"CPU": 16.0, "GPU": 2.0}, rows=100, gpus=True)[0] == 2
+    assert encode._placement({"CPU": 2.0}, rows=100, gpus=False)[0] == 1
+    ocr = _StageRun(None, work, None, "ocr", RayOptions(), progress=False)
+    assert ocr._placement({"CPU": 16.0}, rows=100, gpus=False)[::2] == (16, None)
+
+
 def test_ray_session_joins_ray_address_and_otherwise_starts_its_own(monkeypatch):
     fake = _FakeRay()
     monkeypatch.setattr(distributed, "import_ray", lambda: fake)
