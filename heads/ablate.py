@@ -350,10 +350,18 @@ def _variant_scorer(
         train_data, eval_data = loaded[variant.pipeline]
         if variant.pipeline not in grouped:
             groups = groups_for(eval_data) if groups_for is not None else None
-            if groups is not None and not grouped:  # (every variant has the same queries)
+            first = next(iter(grouped.values()), None)
+            if groups is not None and first is None:  # every variant has the same queries
                 skipped = (groups.not_in_split, groups.twins_not_in_split)
                 for line in skipped_lines(*skipped, groups.pairs_without_features):
                     progress(f"groups {groups.source}: {line}")
+            elif groups is not None and first is not None:  # ... but maybe other features
+                left_out = groups.pairs_without_features
+                if left_out != first.pairs_without_features:
+                    progress(
+                        f"groups {groups.source}: {variant.name}'s features leave {left_out} "
+                        "pair(s) out of the pair accuracy (a video without features)"
+                    )
             grouped[variant.pipeline] = groups
         run = RunDir.for_ablation(work, variant.name, seed)
         best = train(config, train_data, run)

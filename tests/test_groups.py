@@ -356,3 +356,34 @@ def test_ablate_groups_carries_the_group_columns(trained, train_split, tmp_path)
         assert run["group:twin-swap:pair_accuracy"] in (0.0, 50.0, 100.0)
     summary = results["summary"][0]
     assert "group:twin-swap:pair_accuracy_sd" in summary
+
+
+def test_an_ablation_says_when_a_variant_s_features_leave_other_pairs_out(tmp_path, monkeypatch):
+    """Pairs left out of the pair accuracy were said once, for the first variant's features;
+    a caption variant whose features lack other videos scored it over other pairs unsaid."""
+    import heads.ablate as ablate
+    from heads.groups import QueryGroups
+
+    data = tiny_features()
+    pairs_out = {(): 0, ("captions.xi=0.4",): 2}
+    monkeypatch.setattr(ablate, "train", lambda config, train_data, run: {"epoch": 0})
+    monkeypatch.setattr(ablate, "evaluate", lambda run, eval_data, groups: {"R@1": 0.0})
+    monkeypatch.setattr(ablate.RunDir, "epochs", lambda run: [])
+    said: list[str] = []
+    groups_for = {
+        pipeline: QueryGroups("g.json", {}, np.full(8, -1), 0, 0, left_out)
+        for pipeline, left_out in pairs_out.items()
+    }
+    score = ablate._variant_scorer(
+        tmp_path, "test", lambda pipeline: (data, data), said.append,
+        lambda features: groups_for[current[0]],
+    )  # fmt: skip
+    current = [()]
+    score(ablate.Variant("tcd", "c"), 0, None)
+    current[0] = ("captions.xi=0.4",)
+    score(ablate.Variant("xi-0.4", "c", pipeline=current[0]), 0, None)
+    notes = [line for line in said if line.startswith("groups")]
+    assert notes == [
+        "groups g.json: xi-0.4's features leave 2 pair(s) out of the pair accuracy "
+        "(a video without features)"
+    ]
