@@ -355,13 +355,14 @@ def _variant_scorer(
                 skipped = (groups.not_in_split, groups.twins_not_in_split)
                 for line in skipped_lines(*skipped, groups.pairs_without_features):
                     progress(f"groups {groups.source}: {line}")
-            elif groups is not None and first is not None:  # ... but maybe other features
-                left_out = groups.pairs_without_features
-                if left_out != first.pairs_without_features:
-                    progress(
-                        f"groups {groups.source}: {variant.name}'s features leave {left_out} "
-                        "pair(s) out of the pair accuracy (a video without features)"
-                    )
+            elif groups is not None and groups.pairs_without_features != (
+                first.pairs_without_features  # ... but maybe features lacking other videos
+            ):
+                progress(
+                    f"groups {groups.source}: {variant.name}'s features leave "
+                    f"{groups.pairs_without_features} pair(s) out of the pair accuracy "
+                    "(a video without features)"
+                )
             grouped[variant.pipeline] = groups
         run = RunDir.for_ablation(work, variant.name, seed)
         best = train(config, train_data, run)

@@ -426,7 +426,7 @@ class _StageRun:
             wanted = options.actors
         elif gpus:
             wanted = int(resources.get("GPU", 0))
-        else:  # each encode actor runs torch_threads threads: one actor per that many CPUs
+        else:  # a CPU each; an encode actor runs torch_threads threads: one per that many
             wanted = max(1, int(cpus) // (torch_threads or 1))
         count = max(1, min(wanted, rows))
         actor_cpus = options.actor_cpus or max(MIN_ACTOR_CPUS, min(1.0, (cpus - 1) / count))

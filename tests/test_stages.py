@@ -863,6 +863,28 @@ def test_an_error_mid_stage_keeps_the_rows_computed_before_it(tmp_path):
     assert WorkDir(tmp_path).find_stage("ocr", group.key).pending().tolist() == list(range(12, 20))
 
 
+def test_figures_of_shards_merge_by_what_their_shares_are_over():
+    from pipeline.stage import merge_figures
+
+    # shard 0 read 10 of 40 frames, shard 1 30 of 60; boxes shares are over boxes, and a
+    # share a part lacks (no regional frame there) is 0 there
+    parts = [
+        {"frames_read_share": 0.25, "over:": 40, "over:boxes_": 10, "boxes_read_share": 1.0},
+        {"frames_read_share": 0.5, "frames_regional_share": 0.1, "over:": 60,
+         "over:boxes_": 30, "boxes_read_share": 0.2},
+    ]  # fmt: skip
+    merged = merge_figures(parts)
+    assert merged["frames_read_share"] == pytest.approx(40 / 100)
+    assert merged["frames_regional_share"] == pytest.approx(6 / 100)
+    assert merged["boxes_read_share"] == pytest.approx(16 / 40)
+    assert (merged["over:"], merged["over:boxes_"]) == (100, 40)
+    # figures without counts (a report saved before them, the captions' group measure):
+    # the last part's, a measure of the whole group
+    assert merge_figures([{"window_sample_share": 0.5}, {}, {"window_sample_share": 1.0}]) == {
+        "window_sample_share": 1.0
+    }
+
+
 def test_sharded_workers_keep_each_others_reports(tmp_path):
     work = WorkDir(tmp_path, create=True)
     work.manifest.videos.upsert([{"id": "a", "key": "k", "split": "test", "order": 0}])
