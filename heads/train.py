@@ -66,6 +66,9 @@ class Model(nn.Module):
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
 
 
+AUXILIARY_STREAM = 1  # tells the auxiliary losses' seeds from any other seed of a run
+
+
 def initial_model(config: RunConfig, features: Features) -> Model:
     """The model training starts from (seeded by `train.seed`): `.head` is the untrained head
     a trained one is compared with."""
@@ -184,7 +187,7 @@ class Trainer:
         for step in range(self.steps_per_epoch):
             videos = order[step * size : (step + 1) * size]
             picks = np.array([rng.choice(self.captions_of[v]) for v in videos])
-            for key, value in self.step(videos, picks).items():
+            for key, value in self.step(videos, picks, (epoch, step)).items():
                 sums[key] = sums.get(key, 0.0) + value
         record = {"epoch": epoch, **{k: v / self.steps_per_epoch for k, v in sums.items()}}
         if "hsc" in record:
@@ -194,15 +197,18 @@ class Trainer:
         record["train_seconds"] = time.monotonic() - started
         return record
 
-    def step(self, videos: np.ndarray, picks: np.ndarray) -> dict[str, float]:
-        """One optimisation step on `videos` with caption `picks`; each loss part's value."""
+    def step(
+        self, videos: np.ndarray, picks: np.ndarray, when: tuple[int, int] = (0, 0)
+    ) -> dict[str, float]:
+        """One optimisation step on `videos` with caption `picks`; each loss part's value.
+        `when` (epoch, step) seeds the auxiliary losses' own random draws."""
         query = torch.from_numpy(self.features.queries[picks]).float().to(self.device)
         inputs = self.features.video_batch(videos, self.device)
         head = self.model.head
         with _autocast(self.device):
             scores = head(query=query, **inputs)
             loss, parts = contrastive_loss(scores, self.model.log_scale.exp().clamp(max=100))
-            for name, (weight, extra) in head.auxiliary_losses(inputs, self.settings).items():
+            for name, (weight, extra) in self.auxiliary_losses(inputs, when).items():
                 loss = loss + weight * extra
                 parts[name] = extra.item()
         self.optimizer.zero_grad(set_to_none=True)
@@ -212,6 +218,19 @@ class Trainer:
         self.scheduler.step()
         parts["loss"] = loss.item()
         return parts
+
+    def auxiliary_losses(
+        self, inputs: dict[str, torch.Tensor], when: tuple[int, int]
+    ) -> dict[str, tuple[float, torch.Tensor]]:
+        """The head's auxiliary losses (HSC), their dropout drawn from a generator of their own
+        (seeded by the run's seed and `when`): drawn from the main one, switching HSC on or
+        off changed every later dropout mask of the retrieval loss, so `tcd-no-hsc` measured
+        another dropout stream as well as HSC's absence."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            seed = np.random.SeedSequence([self.settings.seed, *when, AUXILIARY_STREAM])
+            torch.manual_seed(int(seed.generate_state(1)[0]))
+            return self.model.head.auxiliary_losses(inputs, self.settings)
 
     def validate(self, record: Record) -> None:
         """Add the held-out split's t2v R@1 and retrieval loss to `record` (without held-out

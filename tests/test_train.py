@@ -115,6 +115,21 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
     assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2, 3]
 
 
+def test_hsc_draws_its_dropout_apart_from_the_retrieval_loss(tmp_path):
+    """HSC at weight 0 trains the head bit for bit as HSC switched off: its own forward pass
+    (dropout on) drew from the main generator, so `train.hsc = false` changed every later
+    dropout mask and `tcd-no-hsc` measured another dropout stream besides HSC's absence."""
+    data = planted(n=64)
+    heads = {}
+    for name, hsc in (("weight0", TrainSettings(hsc_weight=0.0)), ("off", TrainSettings(hsc=False))):
+        train_settings = dataclasses.replace(hsc, epochs=2, batch_size=16, patience=10)
+        config = RunConfig(HeadSettings(heads=2, dropout=0.1), train_settings)
+        train(config, data, RunDir.at(tmp_path / name))
+        heads[name] = load_checkpoint(tmp_path / name / "last.pt")["model"]
+    for name in heads["off"]:
+        torch.testing.assert_close(heads["weight0"][name], heads["off"][name], rtol=0, atol=0)
+
+
 def test_a_tcd_head_trains_under_bf16_autocast_as_on_a_gpu(tmp_path, monkeypatch):
     """On a GPU the trainer runs under bf16 autocast; the CPU's bf16 autocast stands in for
     it here (HSC once stopped there: bf16 cannot hold the mask value it wrote)."""
