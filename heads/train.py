@@ -370,8 +370,11 @@ def train(
     finished = run.finished(config, features.source)
     if finished is not None:
         return finished  # this config already finished here: nothing to do
+    # refused before `create` replaces the run there: settings the head cannot be built with
+    # (`head.heads` not dividing the width), or data these settings cannot train on
+    initial_model(config, features)  # (seeds itself, as the model trained below does)
     if config.train.epochs:
-        trainable(config, features)  # refused before `create` replaces the run there
+        trainable(config, features)
     config_text = run.create(config, features.source)
     if config.train.epochs == 0:
         return keep_initial(config, features, run, config_text)

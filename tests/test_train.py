@@ -130,6 +130,20 @@ def test_hsc_draws_its_dropout_apart_from_the_retrieval_loss(tmp_path):
         torch.testing.assert_close(heads["weight0"][name], heads["off"][name], rtol=0, atol=0)
 
 
+def test_settings_the_head_cannot_be_built_with_leave_the_trained_run_there(tmp_path):
+    """`head.heads` must divide the head width, known only with the features: the run's
+    checkpoints were deleted (and its config replaced) before the head was built."""
+    data, run = planted(n=64), RunDir.at(tmp_path / "run")
+    config = RunConfig(HeadSettings(heads=2), TrainSettings(epochs=1, batch_size=16))
+    train(config, data, run)
+    before = {p.name: p.read_bytes() for p in run.path.iterdir()}
+    bad = RunConfig(HeadSettings(heads=5), config.train)  # 5 does not divide DT = 24
+    with pytest.raises(SettingsError, match="must divide the head width 24"):
+        train(bad, data, run)
+    assert {p.name: p.read_bytes() for p in run.path.iterdir()} == before
+    assert run.finished(config, data.source) is not None
+
+
 def test_a_tcd_head_trains_under_bf16_autocast_as_on_a_gpu(tmp_path, monkeypatch):
     """On a GPU the trainer runs under bf16 autocast; the CPU's bf16 autocast stands in for
     it here (HSC once stopped there: bf16 cannot hold the mask value it wrote)."""
