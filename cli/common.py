@@ -79,6 +79,18 @@ def feature_source(work: WorkDir, settings: PipelineSettings | None = None) -> d
     return {stage: keys[stage] for stage in FEATURE_STAGES}
 
 
+def split_data_key(work: WorkDir, split: str, settings: PipelineSettings | None = None) -> str:
+    """The split's `Features.data_key` without reading its features ('' where a group it
+    reads does not exist yet)."""
+    from heads.data import SplitRows
+
+    groups = StageGroups.resolve(work, settings or resolve_settings(work.path))
+    frames, ocr_text = groups.find("frames"), groups.find("ocr_text")
+    if frames is None or ocr_text is None:
+        return ""
+    return SplitRows.read(work.manifest, frames, ocr_text, split).data_key()
+
+
 def _same_model(a: str, b: str) -> bool:
     """Whether two model names are one model (local directories compared resolved)."""
     if Path(a).is_dir() and Path(b).is_dir():

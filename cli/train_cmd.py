@@ -14,7 +14,7 @@ import typer
 
 from cache import WorkDir
 from cache.settings import load_settings
-from cli.common import Budget, Work, feature_source, features
+from cli.common import Budget, Work, feature_source, features, split_data_key
 from heads.config import RunConfig
 
 if TYPE_CHECKING:
@@ -76,15 +76,22 @@ def train_command(
 ) -> None:
     """Train a head on the train split's cached features; writes W/runs/NAME/."""
     from heads.run_dir import RunDir
-    from heads.train import train
+    from heads.train import train, trained_data
 
     run_config = load_settings(RunConfig, config, set_ or [])  # a bad value: before any work
     store = WorkDir(work)
     run = RunDir(store.path, name or config.stem)
-    best = run.finished(run_config, feature_source(store))
+    data_key = trained_data(run_config, split_data_key(store, "train"))
+    best = run.finished(run_config, feature_source(store), data_key)
     if best is None:  # (a finished run needs no features: a rerun returns at once)
         data = features(store, "train", memory_budget_gb)
         announce(run.name, run_config, data)
+        if run.holds(run_config, data.source) and not run.holds(run_config, data=data_key):
+            typer.echo(
+                f"{run.name} was trained on other train videos or captions (added, edited or "
+                "newly encoded since): it is trained again from the start",
+                err=True,
+            )
         if run.metrics_path.exists():
             typer.echo(
                 f"{run.name} was evaluated before: training replaces its head, so its saved "

@@ -8,6 +8,8 @@ place with zero features, and is counted in `missing`, so matrix columns never s
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +49,9 @@ class Features:
     # the key of each stage group read (frames, ocr_text, queries): what a run trained on
     # them records, so it is trained again, not taken as finished, on other features
     source: dict[str, str] = field(default_factory=dict)
+    # which rows of those groups: `SplitRows.data_key` (a run records it too, so added videos,
+    # edited captions or newly encoded videos train it again)
+    data_key: str = ""
 
     @property
     def n_videos(self) -> int:
@@ -88,6 +93,54 @@ class Features:
         )
 
 
+@dataclass
+class SplitRows:
+    """A split's rows in the manifest and in the feature groups: its present videos and their
+    captions in annotation order, and which videos have features (done in frames and
+    ocr_text)."""
+
+    videos: dict[str, np.ndarray]  # manifest video columns (all rows)
+    rows: np.ndarray  # the split's video rows, annotation order
+    ok: np.ndarray  # (len(rows),) bool: the video has features
+    row_keys: np.ndarray  # (len(rows),) the ocr_text group's key of each row
+    captions: dict[str, np.ndarray]  # manifest caption columns (all rows)
+    query_rows: np.ndarray  # the split's caption rows of those videos, annotation order
+
+    @classmethod
+    def read(
+        cls, manifest: Manifest, frames: StageGroup, ocr_text: StageGroup, split: str
+    ) -> SplitRows:
+        videos = manifest.videos.read(["id", "split", "present", "order"])
+        rows = np.flatnonzero((videos["split"] == split) & videos["present"])
+        rows = rows[np.argsort(videos["order"][rows], kind="stable")]
+        ok = frames.row_states()["done"][rows] & ocr_text.row_states()["done"][rows]
+        # ocr_text's row key is the video's content key joined with what else keys its text
+        # (an importing engine's OCR file), so an edited OCR file changes it too
+        row_keys = ocr_text.expected()[0][rows]
+        captions = manifest.captions.read(
+            ["id", "split", "present", "order", "video_row", "text", "key"]
+        )
+        q_rows = np.flatnonzero((captions["split"] == split) & captions["present"])
+        q_rows = q_rows[np.argsort(captions["order"][q_rows], kind="stable")]
+        in_split = set(rows.tolist())
+        q_rows = np.array(
+            [r for r in q_rows if int(captions["video_row"][r]) in in_split], dtype=np.int64
+        )
+        return cls(videos, rows, ok, row_keys, captions, q_rows)
+
+    def data_key(self) -> str:
+        """What a head trained on these rows learned from beyond the groups' keys: the videos
+        (id, content key, whether they have features) and captions (id, text key), in order."""
+        content = [
+            [str(v) for v in self.videos["id"][self.rows]],
+            [str(k) for k in self.row_keys],
+            self.ok.tolist(),
+            [str(c) for c in self.captions["id"][self.query_rows]],
+            [str(k) for k in self.captions["key"][self.query_rows]],
+        ]
+        return hashlib.sha256(json.dumps(content).encode()).hexdigest()[:16]
+
+
 def load_features(
     manifest: Manifest,
     frames: StageGroup,
@@ -104,11 +157,9 @@ def load_features(
     When the per-video arrays would exceed `memory_budget` bytes and `spill_dir` is given, they
     are copied (in row chunks) to `.npy` files there and opened memory-mapped instead.
     """
-    videos = manifest.videos.read(["id", "split", "present", "order"])
-    rows = np.flatnonzero((videos["split"] == split) & videos["present"])
-    rows = rows[np.argsort(videos["order"][rows], kind="stable")]
-    ok = frames.row_states()["done"][rows] & ocr_text.row_states()["done"][rows]
-    captions = manifest.captions.read(["id", "split", "present", "order", "video_row", "text"])
+    selected = SplitRows.read(manifest, frames, ocr_text, split)
+    videos, rows, ok = selected.videos, selected.rows, selected.ok
+    captions, q_rows = selected.captions, selected.query_rows
     has_queries = bool(((captions["split"] == split) & captions["present"]).any())
     needed = [(frames, "frames"), (ocr_text, "captions")]
     # a collection read without captions has no query rows, so encode made no `query` array
@@ -143,12 +194,7 @@ def load_features(
                 out[part] = array.get_orthogonal_selection((rows[part],) + rest)
         return out
 
-    q_rows = np.flatnonzero((captions["split"] == split) & captions["present"])
-    q_rows = q_rows[np.argsort(captions["order"][q_rows], kind="stable")]
     position = {int(r): i for i, r in enumerate(rows)}
-    q_rows = np.array(
-        [r for r in q_rows if int(captions["video_row"][r]) in position], dtype=np.int64
-    )
     q_done = queries.row_states()["done"][q_rows] if len(q_rows) else np.zeros(0, bool)
     if not q_done.all():
         raise FeatureError(
@@ -178,4 +224,5 @@ def load_features(
         query_ids=[str(i) for i in captions["id"][q_rows]],
         shared_space=shared_space,
         source={group.stage: group.key for group in (frames, ocr_text, queries)},
+        data_key=selected.data_key(),
     )

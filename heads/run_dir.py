@@ -103,15 +103,18 @@ class RunDir:
         return self.path / f"index_{split}.json"
 
     # -- contents -----------------------------------------------------------------------------
-    def create(self, config: RunConfig, features: dict[str, str] | None = None) -> str:
-        """Make the folder for a run of `config` on `features` (feature group keys) and write
-        the resolved config; returns its TOML text. The checkpoints of another run there
-        (another config or other features: not `holds`) and its metrics go first, so the
+    def create(
+        self, config: RunConfig, features: dict[str, str] | None = None, data: str | None = None
+    ) -> str:
+        """Make the folder for a run of `config` on `features` (feature group keys) and `data`
+        (`Features.data_key`) and write the resolved config; returns its TOML text. The
+        checkpoints of another run there (another config, features or data: not `holds`)
+        and its metrics go first, so the
         config never sits beside another config's head (which `tcd eval` would load under
         it): last.pt, then best.pt, so a kill between leaves the old config with its head;
         then its curves (`tcd report` showed them for the new run)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        if not self.holds(config, features):
+        if not self.holds(config, features, data=data):
             self.last.unlink(missing_ok=True)
             self.best.unlink(missing_ok=True)
             self.curves.unlink(missing_ok=True)
@@ -174,25 +177,31 @@ class RunDir:
         config: RunConfig,
         features: dict[str, str] | None = None,
         state: dict[str, Any] | None = None,
+        data: str | None = None,
     ) -> bool:
         """Whether last.pt (or its `state`) is a run of `config` on `features` (feature group
-        keys; a run that predates their record counts as on any). Configs compare parsed."""
+        keys) and `data` (`Features.data_key`; None: any). A run that predates the record of
+        either counts as on any. Configs compare parsed."""
         state = state or self._last_state()
         if state is None:
             return False
         trained_on = self.trained_on(state)
         same_features = features is None or trained_on is None or trained_on == features
-        return same_features and same_config(state.get("config", ""), config)
+        same_data = data is None or not state.get("data") or state["data"] == data
+        return same_features and same_data and same_config(state.get("config", ""), config)
 
     def finished(
-        self, config: RunConfig | None = None, features: dict[str, str] | None = None
+        self,
+        config: RunConfig | None = None,
+        features: dict[str, str] | None = None,
+        data: str | None = None,
     ) -> dict[str, Any] | None:
         """The best epoch's record when this folder holds a finished run of `config` (default:
-        its own config.toml) on `features` (`holds`): every epoch done or stopped early. Else
-        None. Reads last.pt only, once."""
+        its own config.toml) on `features` and `data` (`holds`): every epoch done or stopped
+        early. Else None. Reads last.pt only, once."""
         config = config or self.config()
         state = self._last_state()
-        if state is None or not self.holds(config, features, state):
+        if state is None or not self.holds(config, features, state, data):
             return None
         best = {"val_loss": math.inf, **json.loads(state["best"])}
         if best.get("val_r1") == -best["val_loss"]:  # an older version's R@1 stand-in

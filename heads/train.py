@@ -165,7 +165,8 @@ class Trainer:
     def resume(self) -> None:
         """Continue from last.pt when it holds this config; rewrite the epoch log to match."""
         last = self.run.last
-        if last.exists() and self.run.holds(self.config, self.features.source):
+        data = trained_data(self.config, self.features.data_key)
+        if last.exists() and self.run.holds(self.config, self.features.source, data=data):
             state = load_checkpoint(last, self.model)
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
@@ -291,6 +292,7 @@ class Trainer:
             "best": json.dumps(self.best),
             "config": self.config_text,
             "features": json.dumps(self.features.source, sort_keys=True),
+            "data": self.features.data_key,
             "finished": False,  # until `finish` has run
         }
         save_checkpoint(self.run.last, self.model, state)
@@ -358,6 +360,13 @@ def simplex_grid(n: int, steps: int) -> list[np.ndarray]:
     ]
 
 
+def trained_data(config: RunConfig, data_key: str) -> str | None:
+    """The `Features.data_key` a run of `config` is of: None (any) for an untrained head
+    (`train.epochs = 0`, every zero-shot run), which learns nothing from the rows, so one made
+    on one split serves another without being made again."""
+    return data_key if config.train.epochs else None
+
+
 def train(
     config: RunConfig,
     features: Features,
@@ -367,7 +376,8 @@ def train(
     """Train the configured head on `features` (train split); return the best epoch's record.
     A run of another config or on other features in the folder is replaced (`RunDir.create`);
     an unfinished one of this config on these features is resumed."""
-    finished = run.finished(config, features.source)
+    data = trained_data(config, features.data_key)
+    finished = run.finished(config, features.source, data)
     if finished is not None:
         return finished  # this config already finished here: nothing to do
     # refused before `create` replaces the run there: settings the head cannot be built with
@@ -375,7 +385,7 @@ def train(
     initial_model(config, features)  # (seeds itself, as the model trained below does)
     if config.train.epochs:
         trainable(config, features)
-    config_text = run.create(config, features.source)
+    config_text = run.create(config, features.source, data)
     if config.train.epochs == 0:
         return keep_initial(config, features, run, config_text)
     trainer = Trainer(config, features, run, config_text)

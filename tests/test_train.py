@@ -321,6 +321,41 @@ def test_a_run_is_trained_again_on_other_features_not_taken_as_finished(tmp_path
     assert run.trained_on() is None and run.finished(config, old.source) is not None
 
 
+
+def test_a_run_is_trained_again_on_other_rows_an_untrained_one_is_not(tmp_path):
+    """The same groups over other rows (videos added, captions edited, a video encoded since):
+    the run is neither finished nor resumed for them (it said "already trained" and kept the
+    old head); an untrained head (zero-shot) made on one split serves another; a run saved
+    before the rows were recorded stays finished for any."""
+    old, run = planted(n=32), RunDir.at(tmp_path / "run")
+    old.data_key = "rows-1"
+    new = dataclasses.replace(old, data_key="rows-2")
+    config = RunConfig(HeadSettings(heads=2), TrainSettings(epochs=2, batch_size=16))
+    first = train(config, old, run)
+    assert run.finished(config, old.source, "rows-1") == first
+    assert run.finished(config, old.source, "rows-2") is None
+
+    def stop_at_first(record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # trained again from epoch 0: not resumed at 2
+        train(config, new, run, progress=stop_at_first)
+    assert [r["epoch"] for r in run.epochs()] == [0]
+    train(config, new, run)
+    assert run.finished(config, new.source, "rows-2") is not None
+    state = torch.load(run.last, weights_only=True)
+    del state["data"]  # as saved before the rows were recorded
+    torch.save(state, run.last)
+    assert run.finished(config, old.source, "rows-1") is not None
+
+    untrained = RunConfig(HeadSettings(heads=2), TrainSettings(epochs=0))
+    zero = RunDir.at(tmp_path / "untrained")
+    train(untrained, old, zero)
+    made = zero.best.read_bytes()
+    zero.best.unlink()  # made again only if not taken as finished
+    train(untrained, new, zero)
+    assert not zero.best.exists() and made
+
 # What the hand-written TOML writer (replaced by tomli-w) stored in last.pt for OLD_CONFIG,
 # before head.coattn_into and head.coattn_window existed (missing keys mean their defaults).
 OLD_WRITER_TEXT = """[head]
@@ -575,6 +610,41 @@ def test_train_and_ablate_commands_on_synthetic_caches(synth_copy, tmp_path):
     result = runner.invoke(app, ["ablate", "--work", str(work.path), "--grid", str(bad), *out])
     assert result.exit_code == 1 and "e.g. " + str(tmp_path / "s.md") in str(result.exception)
 
+
+def test_train_again_after_a_train_caption_is_edited(synth_copy, tmp_path):
+    """An edited train caption changes no group key, yet the head learned from the old text:
+    `tcd train` trains it again, saying why (it said "already trained" and kept the old head),
+    and a rerun after that is a no-op."""
+    from cli.main import app
+    from pipeline.datasets import read_textvr
+    from pipeline.manifest import build_manifest
+    from pipeline.settings import OcrSettings, PipelineSettings, save_settings
+    from tests.test_stages import make_work, run_all
+
+    work = make_work(synth_copy, tmp_path)
+    run_all(work)
+    save_settings(work.path, PipelineSettings(ocr=OcrSettings(engine="kwai")))  # as `tcd ocr` does
+    command = [
+        "train", "--work", str(work.path), "--config", "configs/tcd.toml", "--name", "t",
+        "--set", "train.epochs=1", "--set", "train.batch_size=4",
+    ]  # fmt: skip
+    runner = CliRunner()
+    assert runner.invoke(app, command).exit_code == 0
+    first = (work.path / "runs" / "t" / "last.pt").read_bytes()
+    assert "already trained" in runner.invoke(app, command).output
+
+    annotations = synth_copy / "TextVR_train.json"
+    entries = json.loads(annotations.read_text())
+    entries[0]["captions_info"][0]["caption"] = "A sign reading NOTHING LIKE IT before"
+    annotations.write_text(json.dumps(entries))
+    build_manifest(work, read_textvr(synth_copy), progress=False)
+    run_all(work)  # encodes the edited query
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert "t was trained on other train videos or captions" in result.output
+    assert "epoch   0" in result.output
+    assert (work.path / "runs" / "t" / "last.pt").read_bytes() != first
+    assert "already trained" in runner.invoke(app, command).output
 
 def test_features_over_budget_are_memory_mapped(synth_copy, tmp_path):
     from heads.data import load_features
