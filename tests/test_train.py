@@ -121,7 +121,8 @@ def test_hsc_draws_its_dropout_apart_from_the_retrieval_loss(tmp_path):
     dropout mask and `tcd-no-hsc` measured another dropout stream besides HSC's absence."""
     data = planted(n=64)
     heads = {}
-    for name, hsc in (("weight0", TrainSettings(hsc_weight=0.0)), ("off", TrainSettings(hsc=False))):
+    variants = {"weight0": TrainSettings(hsc_weight=0.0), "off": TrainSettings(hsc=False)}
+    for name, hsc in variants.items():
         train_settings = dataclasses.replace(hsc, epochs=2, batch_size=16, patience=10)
         config = RunConfig(HeadSettings(heads=2, dropout=0.1), train_settings)
         train(config, data, RunDir.at(tmp_path / name))
@@ -321,7 +322,6 @@ def test_a_run_is_trained_again_on_other_features_not_taken_as_finished(tmp_path
     assert run.trained_on() is None and run.finished(config, old.source) is not None
 
 
-
 def test_a_run_is_trained_again_on_other_rows_an_untrained_one_is_not(tmp_path):
     """The same groups over other rows (videos added, captions edited, a video encoded since):
     the run is neither finished nor resumed for them (it said "already trained" and kept the
@@ -355,6 +355,7 @@ def test_a_run_is_trained_again_on_other_rows_an_untrained_one_is_not(tmp_path):
     zero.best.unlink()  # made again only if not taken as finished
     train(untrained, new, zero)
     assert not zero.best.exists() and made
+
 
 # What the hand-written TOML writer (replaced by tomli-w) stored in last.pt for OLD_CONFIG,
 # before head.coattn_into and head.coattn_window existed (missing keys mean their defaults).
@@ -645,6 +646,7 @@ def test_train_again_after_a_train_caption_is_edited(synth_copy, tmp_path):
     assert "epoch   0" in result.output
     assert (work.path / "runs" / "t" / "last.pt").read_bytes() != first
     assert "already trained" in runner.invoke(app, command).output
+
 
 def test_features_over_budget_are_memory_mapped(synth_copy, tmp_path):
     from heads.data import load_features
