@@ -15,7 +15,7 @@ from cli.common import features
 from cli.video_details import VIDEO_STAGES
 from heads.checkpoint import CheckpointError
 from heads.data import Features
-from heads.run_dir import RunDir
+from heads.run_dir import ABLATION_RUN, RunDir
 from pipeline.captions import window_spans
 from pipeline.datasets import COLLECTION_SPLIT
 from pipeline.errors import VideoError
@@ -70,7 +70,7 @@ def named_run(store: WorkDir, run: str, settings: PipelineSettings) -> tuple[Run
     is another work dir's, refused at once when it holds no run (a mistyped name is said
     before any features are read); `zero-shot` may not exist yet (`ready_run` makes it)."""
     run_dir, foreign = run_folder(store.path, run, settings)
-    if run != ZERO_SHOT or run_dir.path.exists():
+    if run != ZERO_SHOT or run_dir.config_path.exists():  # (a folder left half-made is remade)
         run_dir.require()
     return run_dir, foreign
 
@@ -91,7 +91,7 @@ def _make_zero_shot(run_dir: RunDir, data: Features) -> None:
     from heads.config import HeadSettings, RunConfig, TrainSettings
     from heads.train import train
 
-    if run_dir.path.exists() and run_dir.config().head.kind != ZERO_SHOT:
+    if run_dir.config_path.exists() and run_dir.config().head.kind != ZERO_SHOT:
         return
     # (made on these features already: `train` sees it finished and writes nothing)
     train(RunConfig(HeadSettings(kind=ZERO_SHOT), TrainSettings(epochs=0)), data, run_dir)
@@ -121,17 +121,24 @@ def _videos_by_row_key(store: WorkDir, settings: PipelineSettings) -> dict[str, 
 
 
 def is_run_path(run: str) -> bool:
-    """Whether `--run` names a folder path rather than a run of this work dir."""
+    """Whether `--run` names a folder path rather than a run of this work dir (`NAME`, or an
+    ablation run `ablate/VARIANT/seedS`)."""
+    if ABLATION_RUN.fullmatch(run):
+        return False
     return "/" in run or "\\" in run or run in (".", "..") or run.startswith("~")
 
 
 def run_folder(work: Path, run: str, settings: PipelineSettings) -> tuple[RunDir, bool]:
     """(the run, whether it belongs to another work dir). A path names a run folder
-    `W2/runs/NAME` of another work dir; it is accepted only when W2's encoders (its
-    settings.toml) are this work dir's, since the head was trained on W2's features."""
+    `W2/runs/NAME` (or `W2/runs/ablate/VARIANT/seedS`); one of this work dir is its run by
+    name, one of another work dir is accepted only when W2's encoders (its settings.toml)
+    are this work dir's, since the head was trained on W2's features."""
     if not is_run_path(run):
-        return RunDir(work, run), False
+        return RunDir.named(work, run), False
     path = Path(run).expanduser().resolve()
+    own = RunDir.of(path)
+    if own is not None and own.work == Path(work).resolve():
+        return RunDir.named(work, own.name), False
     run_dir = RunDir.at(path)
     run_dir.require(
         f"--run {run} is read from the current directory, not the work dir: name a trained "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from heads.config import RunConfig
 from heads.modules import build_head
 
 RUNS = "runs"
+ABLATION_RUN = re.compile(r"ablate/(?P<variant>[^/\\]+)/seed(?P<seed>\d+)")  # `for_ablation`
 
 
 def _run_file(name: str) -> property:
@@ -54,11 +56,32 @@ class RunDir:
         if not name or name in (".", "..") or "/" in name or "\\" in name:
             raise CheckpointError(f"run name {name!r} must be a plain folder name")
 
-    @staticmethod
-    def work_of(path: str | Path) -> Path | None:
-        """The work dir whose run folder `path` is (`W/runs/NAME`), or None."""
+    @classmethod
+    def named(cls, work: str | Path, name: str) -> RunDir:
+        """The run `name` names in `work`: `NAME`, or an ablation run `ablate/VARIANT/seedS`
+        (as `tcd ablate` names them)."""
+        ablation = ABLATION_RUN.fullmatch(name)
+        if ablation:
+            return cls.for_ablation(work, ablation["variant"], int(ablation["seed"]))
+        return cls(work, name)
+
+    @classmethod
+    def of(cls, path: str | Path) -> RunDir | None:
+        """The run whose folder `path` is, in its work dir (`W/runs/NAME`, or an ablation run
+        `W/runs/ablate/VARIANT/seedS`), or None where `path` is no run folder of a work dir."""
         path = Path(path)
-        return path.parent.parent if path.parent.name == RUNS else None
+        for depth in (1, 3):
+            if len(path.parts) > depth + 1 and path.parents[depth - 1].name == RUNS:
+                name = path.relative_to(path.parents[depth - 1]).as_posix()
+                if depth == 1 or ABLATION_RUN.fullmatch(name):
+                    return cls.named(path.parents[depth], name)
+        return None
+
+    @classmethod
+    def work_of(cls, path: str | Path) -> Path | None:
+        """The work dir whose run folder `path` is (`RunDir.of`), or None."""
+        run = cls.of(path)
+        return run.work if run is not None else None
 
     @classmethod
     def at(cls, path: str | Path) -> RunDir:
@@ -127,6 +150,12 @@ class RunDir:
         """Refuse a folder without a run's config.toml, with `hint` (default: how to train
         the run there)."""
         if not self.config_path.exists():
+            ablation = ABLATION_RUN.fullmatch(self.name)
+            if hint is None and ablation:
+                hint = (
+                    f"`tcd ablate --work {self.work} --grid GRID --seeds {ablation['seed']}` "
+                    f"trains it (GRID naming a variant {ablation['variant']!r})"
+                )
             hint = hint or (
                 f"train it with "
                 f"`tcd train --work {self.work} --config configs/tcd.toml --name {self.name}`"

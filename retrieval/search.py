@@ -113,9 +113,11 @@ class Searcher:
         k: int = 100,
         min_score: float | None = None,
     ) -> list[SearchHit]:
-        """The `top_k` best videos for `text` among `k` FAISS candidates (videos with
-        features only), reranked by the full head; hits under `min_score` are dropped."""
+        """The `top_k` best videos for `text` among `k` FAISS candidates (at least `top_k`;
+        videos with features only), reranked by the full head; hits under `min_score` are
+        dropped."""
         text = check_query(text)
+        k = max(k, top_k)  # (fewer candidates than hits asked for cut the hits to `k`)
         if min_score is not None and not np.isfinite(min_score):
             raise RetrievalError(f"min_score must be a finite number, got {min_score}")
         split, head = self.split, self.split.head

@@ -533,6 +533,35 @@ def test_eval_search_index_export_commands(trained, tmp_path):
     assert zero.exit_code == 0, zero.output  # made on first use, as search makes it
 
 
+def test_runs_named_by_their_path_ablation_runs_and_a_half_made_zero_shot_folder(trained):
+    """A run of this work dir named by its path is its run (it was taken for another work
+    dir's: eval saved nothing, index refused); an ablation run is named `ablate/V/seedS` or
+    by its path (neither opened); an empty `zero-shot` folder (a kill before its config) is
+    made again (it was refused for good); `--top-k` above `--k` gets its hits (cut to k)."""
+    w, own = str(trained), str(trained / "runs" / "r")
+    result = runner.invoke(app, ["eval", "--work", w, "--run", own, "--split", "train"])
+    assert result.exit_code == 0 and "another work dir" not in result.output, result.output
+    assert RunDir(trained, "r").saved_metrics()
+    result = runner.invoke(app, ["index", "--work", w, "--run", own, "--split", "train"])
+    assert result.exit_code == 0, result.output
+
+    ablation = RunDir.named(trained, "ablate/tcd/seed0")
+    shutil.copytree(trained / "runs" / "r", ablation.path)  # as `tcd ablate` leaves one
+    for run in ("ablate/tcd/seed0", str(ablation.path)):
+        hits, warned = search_json(trained, "EXIT", "--run", run)
+        assert hits and "error" not in warned, warned
+    missing = runner.invoke(app, ["search", "--work", w, "--run", "ablate/tcd/seed9", "EXIT"])
+    assert "tcd ablate" in str(missing.exception) or "tcd ablate" in missing.output
+
+    (trained / "runs" / "zero-shot").mkdir()
+    hits, _ = search_json(trained, "EXIT", "--run", "zero-shot")
+    assert hits and RunDir(trained, "zero-shot").best.exists()
+
+    n_train = len(json.loads((trained.parent / "synth" / "TextVR_train.json").read_text()))
+    hits, _ = search_json(trained, "EXIT", "--top-k", "5", "--k", "2")
+    assert len(hits) == min(5, n_train)
+
+
 def test_eval_refuses_nan_scores_and_writes_no_matrix(trained, tmp_path):
     best = RunDir(trained, "r").best
     payload = torch.load(best, weights_only=True)
