@@ -7,6 +7,7 @@ loader imports `heads` only when called.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -40,6 +41,9 @@ Budget = Annotated[
 ]
 
 
+FEATURE_STAGES = ("frames", "ocr_text", "queries")  # the groups `features` reads
+
+
 def features(
     work: WorkDir,
     split: str,
@@ -51,26 +55,30 @@ def features(
     Above the memory budget they are memory-mapped from `W/tmp/features/`. Frames and texts
     share one space when one two-tower model (a CLIP directory) encodes both.
     """
-    from heads.data import load_features
+    from heads.data import FeatureError, load_features
     from pipeline.captions import window_sample_share
 
     settings = settings or resolve_settings(work.path)
     groups = StageGroups.resolve(work, settings)
+    found = {stage: groups.find(stage) for stage in FEATURE_STAGES}  # a reader creates none
+    for stage, group in found.items():
+        if group is None:
+            raise FeatureError(
+                f"no {stage} features for the current settings (group "
+                f"{StageGroups.keys(settings)[stage]}); run `tcd ocr`, `tcd caption` and "
+                "`tcd encode` on this work dir first"
+            )
     data = load_features(
         work.manifest,
-        groups.frames,
-        groups.ocr_text,
-        groups.queries,
+        *found.values(),
         split,
         memory_budget_gb * 1e9,
         work.spill_dir,
         shared_space=_same_model(settings.encode.vision_model, settings.encode.text_model),
     )
-    data.window_sample_share = window_sample_share(groups.captions)
+    captions = groups.find("captions")
+    data.window_sample_share = window_sample_share(captions) if captions else math.nan
     return data
-
-
-FEATURE_STAGES = ("frames", "ocr_text", "queries")  # the groups `features` reads
 
 
 def feature_source(work: WorkDir, settings: PipelineSettings | None = None) -> dict[str, str]:

@@ -562,6 +562,23 @@ def test_runs_named_by_their_path_ablation_runs_and_a_half_made_zero_shot_folder
     assert len(hits) == min(5, n_train)
 
 
+def test_search_after_a_settings_change_says_what_to_run_and_creates_no_group(trained):
+    """Readers create nothing: search read the groups of the new settings through openers
+    that create them, leaving empty groups behind (and failing on a read-only work dir)."""
+    from cache import WorkDir
+    from pipeline.ocr import OcrSettings
+    from pipeline.settings import CaptionSettings, PipelineSettings, save_settings
+
+    save_settings(
+        trained, PipelineSettings(ocr=OcrSettings(engine="kwai"), captions=CaptionSettings(xi=0.5))
+    )
+    groups = {(g.stage, g.key) for g in WorkDir(trained).stages()}
+    result = runner.invoke(app, ["search", "--work", str(trained), "--run", "r", "EXIT"])
+    assert result.exit_code != 0
+    assert "no ocr_text features for the current settings" in str(result.exception)
+    assert {(g.stage, g.key) for g in WorkDir(trained).stages()} == groups
+
+
 def test_eval_refuses_nan_scores_and_writes_no_matrix(trained, tmp_path):
     best = RunDir(trained, "r").best
     payload = torch.load(best, weights_only=True)
