@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,6 +143,20 @@ class SplitRows:
         return hashlib.sha256(json.dumps(content).encode()).hexdigest()[:16]
 
 
+def _private_memmap(folder: Path, prefix: str, dtype: np.dtype, shape: tuple) -> np.memmap:
+    """A zeroed array memory-mapped from a file of this process alone, removed from `folder` as
+    soon as it is mapped: a fixed name was opened (and truncated) by a second `tcd` reading
+    the same features while a first one had it mapped, and every file outlived its process.
+    The space is freed when the process ends (POSIX keeps an unlinked mapped file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=prefix, suffix=".npy", dir=folder)
+    os.close(handle)
+    try:
+        return np.lib.format.open_memmap(name, mode="w+", dtype=dtype, shape=shape)
+    finally:
+        os.unlink(name)
+
+
 def load_features(
     manifest: Manifest,
     frames: StageGroup,
@@ -181,9 +197,7 @@ def load_features(
         array = group.group[name]
         shape = (len(rows), *array.shape[1:])
         if spill:
-            spill_dir.mkdir(parents=True, exist_ok=True)
-            path = spill_dir / f"{split}-{group.stage}-{group.key}-{name}.npy"
-            out = np.lib.format.open_memmap(path, mode="w+", dtype=array.dtype, shape=shape)
+            out = _private_memmap(spill_dir, f"{split}-{group.stage}-{name}-", array.dtype, shape)
         else:
             out = np.zeros(shape, dtype=array.dtype)
         rest = (slice(None),) * (array.ndim - 1)
