@@ -12,7 +12,9 @@ Like the CLI it wires `pipeline` (query encoder, frames, OCR lines) to `retrieva
 at the CLI's level. Files are served only for manifest ids, and only when the file resolves
 inside the dataset root (or, for a linked video folder, beside its own link, the manifest's
 rule); anything else is a 404 that says only "not found". Errors, an unknown path's
-included, are JSON `{"error": ...}` with a 4xx status.
+included, are JSON `{"error": ...}` with a 4xx status, or a 5xx where the server cannot
+answer (a split whose features are missing: 503; a bug: 500). Requests must name the served
+host or a loopback name in their Host header (`create_app`).
 """
 
 from __future__ import annotations
@@ -49,8 +51,9 @@ MAX_THUMB_S = 1e6  # a thumbnail's time at most (11 days; its centiseconds must 
 THUMB_CACHE = 512  # thumbnails kept in memory
 
 
-class BadRequest(TcdError):
-    """A request the API refuses with a 4xx status and one message."""
+class ApiError(TcdError):
+    """A request the API answers with an error: one message and its status (4xx: the request
+    is refused; 503: the server cannot answer it)."""
 
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
@@ -87,10 +90,13 @@ class SearchService:
         """The split's searcher, opened once (index loaded or rebuilt, videos encoded)."""
         if split not in self.splits:
             known = ", ".join(self.splits) or "none"
-            raise BadRequest(f"no split {split!r} in this work dir (splits: {known})", 404)
+            raise ApiError(f"no split {split!r} in this work dir (splits: {known})", 404)
         with self._lock:
             if split not in self._searchers:
-                self._searchers[split] = Searcher.open(self.open_split(split), self.log)
+                try:
+                    self._searchers[split] = Searcher.open(self.open_split(split), self.log)
+                except TcdError as exc:  # the work dir's state, not the request: a 5xx
+                    raise ApiError(f"split {split!r} cannot be searched: {exc}", 503) from None
             return self._searchers[split]
 
     def warm(self) -> None:
@@ -103,7 +109,7 @@ class SearchService:
     ) -> dict[str, Any]:
         """The hits as JSON: `tcd search --json`'s fields plus `thumbnail` and `media` URLs."""
         if len(q) > MAX_QUERY_CHARS:
-            raise BadRequest(f"the query has {len(q)} characters; at most {MAX_QUERY_CHARS}")
+            raise ApiError(f"the query has {len(q)} characters; at most {MAX_QUERY_CHARS}")
         query = check_query(q)
         split = split or self.default_split
         searcher = self.searcher(split)
@@ -162,10 +168,32 @@ def _not_found() -> JSONResponse:
     return _error(404, "not found")
 
 
-def create_app(service: SearchService) -> FastAPI:
-    """The FastAPI app over a service (tests build one around a small work dir)."""
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+ANY_ADDRESS = ("0.0.0.0", "::", "")
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, without its port (`[::1]:8000` -> `::1`)."""
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def create_app(service: SearchService, host: str = "127.0.0.1") -> FastAPI:
+    """The FastAPI app over a service (tests build one around a small work dir), served on
+    `host`: requests must name it or a loopback name in their Host header (any, served on
+    every address), so a web page whose name a DNS rebinding points at this machine cannot
+    read the API, the videos and their paths."""
     app = FastAPI(title="tcd search", docs_url=None, redoc_url=None, openapi_url=None)
     page = (STATIC / "index.html").read_text(encoding="utf-8")
+    allowed = None if host in ANY_ADDRESS else {*LOOPBACK_NAMES, host_name(host).lower()}
+
+    @app.middleware("http")
+    async def named_host(request: Request, call_next: Callable) -> Response:
+        name = host_name(request.headers.get("host", "")).lower()
+        if allowed is not None and name not in allowed:
+            return _error(400, f"unknown host {name!r}: this server answers {host} only")
+        return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -182,13 +210,18 @@ def create_app(service: SearchService) -> FastAPI:
             return _not_found()
         return _error(exc.status_code, exc.detail, exc.headers)  # a 405 keeps its Allow
 
-    @app.exception_handler(BadRequest)
-    async def refused(_: Request, exc: BadRequest) -> JSONResponse:
+    @app.exception_handler(ApiError)
+    async def refused(_: Request, exc: ApiError) -> JSONResponse:
         return _error(exc.status, str(exc))
 
     @app.exception_handler(TcdError)
     async def tcd_error(_: Request, exc: TcdError) -> JSONResponse:
         return _error(400, str(exc))
+
+    @app.exception_handler(Exception)
+    async def failed(_: Request, exc: Exception) -> JSONResponse:
+        # a bug or the machine (uvicorn logs the traceback): the API's form, status 500
+        return _error(500, f"internal error ({type(exc).__name__}); the server log has it")
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:
@@ -203,9 +236,9 @@ def create_app(service: SearchService) -> FastAPI:
         min_score: float | None = None,
     ) -> dict[str, Any]:
         if not 1 <= top_k <= MAX_TOP_K:
-            raise BadRequest(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
+            raise ApiError(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
         if not 1 <= k <= MAX_K:
-            raise BadRequest(f"k must be between 1 and {MAX_K}, got {k}")
+            raise ApiError(f"k must be between 1 and {MAX_K}, got {k}")
         return service.search(q, split, top_k, k, min_score)
 
     @app.get("/api/info")
@@ -220,7 +253,7 @@ def create_app(service: SearchService) -> FastAPI:
         details["media"] = f"/media/{quote(video_id)}" if service.video_file(video_id) else None
         return details
 
-    @app.get("/media/{video_id:path}", response_model=None)
+    @app.api_route("/media/{video_id:path}", methods=["GET", "HEAD"], response_model=None)
     def media(video_id: str) -> FileResponse | JSONResponse:
         path = service.video_file(video_id)
         return _not_found() if path is None else FileResponse(path)
@@ -228,7 +261,7 @@ def create_app(service: SearchService) -> FastAPI:
     @app.get("/thumbs/{video_id:path}", response_model=None)
     def thumb(video_id: str, t: float = 0.0, w: int = THUMB_WIDTH) -> Response:
         if not abs(t) <= MAX_THUMB_S or not 16 <= w <= 1280:  # (NaN fails too)
-            raise BadRequest(
+            raise ApiError(
                 f"t must be a number of seconds up to {MAX_THUMB_S:g} and w between 16 and 1280"
             )
         jpeg = service.thumbnail(video_id, max(int(round(t * 100)), 0), w)

@@ -66,7 +66,7 @@ def serve_command(
         f"serving {service.work} (run {run}, split {service.default_split}) at "
         f"http://{host}:{port}/  (Ctrl+C stops)"
     )
-    uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(service, host), host=host, port=port, log_level="warning")
 
 
 def register(app: typer.Typer) -> None:

@@ -57,7 +57,7 @@ def client(served):
 
     service = build_service(served[0])
     service.warm()
-    return TestClient(create_app(service))
+    return TestClient(create_app(service), base_url="http://localhost:8000")
 
 
 def first_test_query(synth: Path) -> tuple[str, str]:
@@ -143,6 +143,61 @@ def test_unknown_paths_and_methods_answer_in_the_api_error_form(client):
     response = client.post("/api/search?q=x")
     assert response.status_code == 405 and response.json() == {"error": "Method Not Allowed"}
     assert response.headers["allow"] == "GET"
+
+
+def test_a_host_header_naming_another_host_is_refused(served, client):
+    """DNS rebinding: a page whose name now points at 127.0.0.1 read the API and the videos
+    (any Host was answered); a loopback name or the served host is answered, and every name
+    where the server listens on all addresses."""
+    from cli.serve_app import create_app
+
+    evil = {"host": "attacker.example:8000"}
+    for path in ("/api/info", "/api/search?q=EXIT", "/"):
+        response = client.get(path, headers=evil)
+        assert response.status_code == 400 and "unknown host 'attacker.example'" in response.text
+    for name in ("localhost:8000", "127.0.0.1:8000", "[::1]:8000"):
+        assert client.get("/api/info", headers={"host": name}).status_code == 200
+    anywhere = TestClient(create_app(_service(served[0]), host="0.0.0.0"))
+    assert anywhere.get("/api/info", headers=evil).status_code == 200
+    named = TestClient(create_app(_service(served[0]), host="search.lab"))
+    assert named.get("/api/info", headers={"host": "search.lab:8000"}).status_code == 200
+    assert named.get("/api/info", headers=evil).status_code == 400
+
+
+def _service(work: Path):
+    from cli.serve_cmd import build_service
+
+    return build_service(work)
+
+
+def test_what_the_server_cannot_answer_is_a_json_5xx_and_media_answers_head(served, tmp_path):
+    """A split whose features the settings no longer match was a 400 (the client's fault); a
+    bug was a plain-text 500; HEAD on a video was a 405."""
+    from cli.serve_app import create_app
+    from pipeline.ocr import OcrSettings
+    from pipeline.settings import CaptionSettings, PipelineSettings, save_settings
+
+    work = Path(shutil.copytree(served[0], tmp_path / "work"))
+    save_settings(
+        work, PipelineSettings(ocr=OcrSettings(engine="kwai"), captions=CaptionSettings(xi=0.5))
+    )
+    service = _service(work)
+    app = create_app(service)
+    client = TestClient(app, base_url="http://localhost", raise_server_exceptions=False)
+    response = client.get("/api/search", params={"q": "EXIT"})
+    assert response.status_code == 503, response.text
+    assert "cannot be searched: no ocr_text features" in response.json()["error"]
+
+    def broken(video: str) -> dict:
+        raise RuntimeError("a bug")
+
+    service.details = broken
+    video = next(iter(service._row))
+    response = client.get(f"/api/videos/{video}")
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal error (RuntimeError); the server log has it"}
+    response = client.head(f"/media/{video}")
+    assert response.status_code == 200 and int(response.headers["content-length"]) > 0
 
 
 def test_a_symlink_out_of_the_root_is_not_served(served, client):
