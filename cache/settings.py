@@ -25,7 +25,9 @@ T = TypeVar("T")
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """`"a.b=0.5"` -> (["a", "b"], 0.5)."""
+    """`"a.b=0.5"` -> (["a", "b"], 0.5). A value that is not TOML is the text as given: with
+    its spaces (`captions.separator= | `, the shell having dropped the quotes of `=" | "`),
+    unless spaces stand on both sides of the `=` (`"ocr.engine = kwai"`)."""
     if "=" not in item:
         raise SettingsError(
             f"override {item!r} is not of the form key=value (e.g. captions.xi=0.5)"
@@ -37,7 +39,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
-        value = raw.strip()
+        spaced = dotted != dotted.rstrip() and raw != raw.lstrip()
+        value = raw.strip() if spaced else raw
     return keys, value
 
 

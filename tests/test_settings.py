@@ -93,6 +93,21 @@ def test_bad_file_names_the_file(tmp_path):
         load_settings(Root, tmp_path / "missing.toml")
 
 
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("captions.separator= | ", {"captions": {"separator": " | "}}),  # shell dropped `"`
+        ('captions.separator=" | "', {"captions": {"separator": " | "}}),
+        ("ocr.engine = kwai", {"ocr": {"engine": "kwai"}}),  # spaces on both sides of `=`
+        ("captions.xi= 0.5 ", {"captions": {"xi": 0.5}}),  # TOML
+    ],
+)
+def test_an_unquoted_text_keeps_its_spaces(override, expected):
+    """`--set captions.separator=" | "` reached the program as `captions.separator= | `,
+    and the separator silently became `|` (another captions key, other captions)."""
+    assert apply_overrides({}, [override]) == expected
+
+
 def test_overrides_do_not_mutate_input():
     data = {"captions": {"xi": 1.0}}
     apply_overrides(data, ["captions.xi=0.2"])
