@@ -265,6 +265,7 @@ DIAGNOSTIC_COLUMNS = [
     Column("hsc_uniform", "HSC uniform guess", 4, spread=False),
     Column("calib_acc", "calibration acc", 3),
     Column("calib_chance", "calibration chance", 3, spread=False),
+    Column("missing_videos", "scored videos without features (zeros)", 0, spread=False),
 ]
 
 
@@ -347,6 +348,13 @@ def _variant_scorer(
     def train_and_score(variant: Variant, seed: int, config: RunConfig) -> dict[str, Any]:
         if variant.pipeline not in loaded:
             loaded[variant.pipeline] = features_for(variant.pipeline)
+            train_missing, eval_missing = (len(d.missing) for d in loaded[variant.pipeline])
+            if train_missing or eval_missing:
+                progress(
+                    f"warning: {variant.name}'s features: {train_missing} train video(s) "
+                    f"without features left out, {eval_missing} {split} video(s) scored as "
+                    "zeros"
+                )
         train_data, eval_data = loaded[variant.pipeline]
         if variant.pipeline not in grouped:
             groups = groups_for(eval_data) if groups_for is not None else None
@@ -369,6 +377,7 @@ def _variant_scorer(
         result = evaluate(run, eval_data, grouped[variant.pipeline])
         result["train_s"] = sum(epoch["seconds"] for epoch in run.epochs())
         result["windows_with_text"] = 100 * float(eval_data.caption_mask.mean())
+        result["missing_videos"] = len(eval_data.missing)
         if math.isfinite(eval_data.window_sample_share):
             result["windows_with_sample"] = 100 * eval_data.window_sample_share
         for key in DIAGNOSTICS:  # the best epoch's validation and HSC diagnostics

@@ -168,7 +168,8 @@ def evaluation_warnings(report: dict[str, Any]) -> list[str]:
 
 def results_table(work: str | Path, split: str) -> str:
     """One row of saved t2v and v2t metrics per run evaluated on `split` (its last `tcd
-    eval`, marked where that scored two-stage, or an unfinished run)."""
+    eval`, marked where that scored two-stage, an unfinished run, or videos without
+    features)."""
     rows = {}
     for run in RunDir.evaluated(work):
         saved = run.saved_metrics()
@@ -187,6 +188,8 @@ def results_table(work: str | Path, split: str) -> str:
         size = f"  ({report['captions']} captions x {report['videos']} videos)"
         unfinished = "  unfinished" if report.get("training_finished") is False else ""
         approximate = f"  two-stage K={report['two_stage']['k']}" if "two_stage" in report else ""
+        missing = len(report.get("missing_videos") or ())
+        zeros = f"  {missing} video(s) without features (zeros)" if missing else ""
         cells = "".join(f"{v:>9.1f}" for v in values)
-        lines.append(f"{name:<{width}}{cells}{size}{unfinished}{approximate}")
+        lines.append(f"{name:<{width}}{cells}{size}{unfinished}{approximate}{zeros}")
     return "\n".join(lines)

@@ -612,6 +612,38 @@ def test_train_and_ablate_commands_on_synthetic_caches(synth_copy, tmp_path):
     assert result.exit_code == 1 and "e.g. " + str(tmp_path / "s.md") in str(result.exception)
 
 
+def test_videos_without_features_are_flagged_in_results_and_ablation_tables(tmp_path):
+    """A video without features is scored as zeros: `tcd eval` warned once, but `tcd results`
+    and the ablation tables showed the figures as clean, and `tcd ablate` said nothing."""
+    from heads.ablate import ablate
+    from heads.metrics import METRICS
+    from retrieval.evaluate import results_table
+
+    train_data, test = planted(n=48), planted(n=24, seed=1)
+    test.missing = ["v0", "v1"]
+    grid = tmp_path / "grid.toml"
+    grid.write_text('[[variant]]\nname = "vo"\nconfig = "configs/video_only.toml"\n')
+    said: list[str] = []
+    overrides = ["train.epochs=1", "train.batch_size=16"]
+    work = tmp_path / "w"
+    ablate(work, grid, "test", "0", lambda _: (train_data, test), overrides, progress=said.append)
+    assert "warning: vo's features: 0 train video(s) without features left out, 2 test " in (
+        "\n".join(said)
+    )
+    table = (work / "runs" / "ablations.md").read_text()
+    assert "| scored videos without features (zeros) |" in table.splitlines()[-3]
+    assert table.splitlines()[-1].endswith("| 2 |")
+
+    metrics = {name: 1.0 for name in METRICS}
+    report = {"t2v": metrics, "v2t": metrics, "captions": 48, "videos": 24}
+    for name, missing in (("clean", []), ("holed", ["v0", "v1"])):
+        RunDir(work, name).path.mkdir(parents=True)
+        RunDir(work, name).save_metrics("test", {**report, "missing_videos": missing})
+    rows = {line.split()[0]: line for line in results_table(work, "test").splitlines()}
+    assert rows["holed"].endswith("2 video(s) without features (zeros)")
+    assert "without features" not in rows["clean"]
+
+
 def test_train_again_after_a_train_caption_is_edited(synth_copy, tmp_path):
     """An edited train caption changes no group key, yet the head learned from the old text:
     `tcd train` trains it again, saying why (it said "already trained" and kept the old head),
