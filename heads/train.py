@@ -199,7 +199,7 @@ class Trainer:
         return record
 
     def step(
-        self, videos: np.ndarray, picks: np.ndarray, when: tuple[int, int] = (0, 0)
+        self, videos: np.ndarray, picks: np.ndarray, when: tuple[int, int]
     ) -> dict[str, float]:
         """One optimisation step on `videos` with caption `picks`; each loss part's value.
         `when` (epoch, step) seeds the auxiliary losses' own random draws."""
