@@ -248,20 +248,15 @@ def read_folder(
         missing = [c for c in FOLDER_COLUMNS if not isinstance(row.get(c), str)]
         if missing:
             raise DatasetError(f"{where}: missing or non-string column(s) {', '.join(missing)}")
-        rel = relative_path(row["video"], where)
-        item = grouped.setdefault(
-            rel,
-            {
-                "path": videos_dir / rel,
-                "split": row["split"],
-                "captions": [],
-            },
-        )
-        if item["split"] != row["split"]:
+        # cells as typed around the separators (`video, caption, split`): split ' test'
+        video, split, caption = (row[c].strip() for c in ("video", "split", "caption"))
+        rel = relative_path(video, where)
+        item = grouped.setdefault(rel, {"path": videos_dir / rel, "split": split, "captions": []})
+        if item["split"] != split:
             raise DatasetError(
-                f"{where}: video {rel!r} is in split {item['split']!r} and {row['split']!r}"
+                f"{where}: video {rel!r} is in split {item['split']!r} and {split!r}"
             )
-        item["captions"].append(row["caption"])
+        item["captions"].append(caption)
     dataset = Dataset(name=name, root=videos_dir)
     order: dict[str, int] = {}
     for rel, item in grouped.items():
@@ -492,15 +487,31 @@ def _read_caption_table(path: Path) -> list[dict[str, Any]]:
             )
         return rows
     if path.suffix.lower() in (".csv", ".tsv"):
+        tsv = path.suffix.lower() == ".tsv"
         try:
             # utf-8-sig: Excel's "CSV UTF-8" starts the file with a byte order mark
             with path.open(newline="", encoding="utf-8-sig") as f:
-                reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+                # a TSV is split on tabs alone: with CSV quoting, a caption that began with
+                # a quote swallowed the rows after it
+                reader = (
+                    csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+                    if tsv
+                    else csv.DictReader(f)
+                )
                 if reader.fieldnames:
                     reader.fieldnames = [name.strip() for name in reader.fieldnames]
-                return list(reader)
+                rows = list(reader)
         except (UnicodeDecodeError, csv.Error) as exc:
             raise DatasetError(f"{path}: cannot read the table ({exc})") from None
+        for index, row in enumerate(rows):
+            if None in row:  # DictReader's key for the fields past the header's
+                hint = "a tab inside a caption" if tsv else "a comma in an unquoted caption"
+                raise DatasetError(
+                    f"{path.name}: row {index + 1} has more fields than the header "
+                    f"({', '.join(reader.fieldnames or ())}): {hint}? (its caption would "
+                    "be cut there)"
+                )
+        return rows
     raise DatasetError(f"{path}: caption table must be .csv, .tsv or .json")
 
 

@@ -176,6 +176,8 @@ def test_folder_reader_csv_and_json(tmp_path):
         ("video,caption,split\n../a.mp4,x,train\n", "leads outside"),
         ("vid,cap\n", "no caption rows; expected columns video, caption, split"),
         ("[]", "no caption rows"),
+        # the caption cut at the comma, its rest read as the split: refused, not read
+        ("video,caption,split\na.mp4,at night, OPEN 24H,test\n", "row 1 has more fields than"),
     ],
 )
 def test_folder_reader_errors(tmp_path, content, message):
@@ -183,6 +185,25 @@ def test_folder_reader_errors(tmp_path, content, message):
     (tmp_path / "caps.csv").write_text(content)
     with pytest.raises(DatasetError, match=message):
         read_folder(tmp_path / "vids", tmp_path / "caps.csv")
+
+
+def test_tsv_captions_may_begin_with_a_quote_and_cells_are_read_without_padding(tmp_path):
+    """A TSV caption beginning with `"` swallowed every row after it (CSV quoting), and
+    `video, caption, split` gave each video the split ' test'."""
+    (tmp_path / "vids").mkdir()
+    tsv = tmp_path / "caps.tsv"
+    tsv.write_text(
+        'video\tcaption\tsplit\na.mp4\t"OPEN 24H" sign at night\ttest\nb.mp4\ta bus\ttest\n'
+    )
+    videos = read_folder(tmp_path / "vids", tsv).videos
+    assert [(v.id, v.split, v.captions) for v in videos] == [
+        ("a.mp4", "test", ('"OPEN 24H" sign at night',)),
+        ("b.mp4", "test", ("a bus",)),
+    ]
+    padded = tmp_path / "caps.csv"
+    padded.write_text("video, caption, split\na.mp4, a red car, test\n")
+    videos = read_folder(tmp_path / "vids", padded).videos
+    assert [(v.id, v.split, v.captions) for v in videos] == [("a.mp4", "test", ("a red car",))]
 
 
 def test_reading_some_splits_again_leaves_the_others_in_the_manifest(tmp_path, monkeypatch):
