@@ -430,11 +430,14 @@ class StageGroup:
             )
         return keys, present
 
-    def row_states(self) -> dict[str, np.ndarray]:
+    def row_states(
+        self, expected: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
         """Boolean masks over manifest rows: done, stale, failed, pending, removed; a present
         row is in exactly one of the first four (stale: done for an older key; pending: not
-        done, and not failed for its current key)."""
-        want, present = self.expected()
+        done, and not failed for its current key). `expected`: the `expected()` the caller
+        has already read."""
+        want, present = expected or self.expected()
         n = len(want)
         done = np.zeros(n, bool)
         have = np.full(n, "", dtype=object)

@@ -63,11 +63,7 @@ def features(
     found = {stage: groups.find(stage) for stage in FEATURE_STAGES}  # a reader creates none
     for stage, group in found.items():
         if group is None:
-            raise FeatureError(
-                f"no {stage} features for the current settings (group "
-                f"{StageGroups.keys(settings)[stage]}); run `tcd ocr`, `tcd caption` and "
-                "`tcd encode` on this work dir first"
-            )
+            raise FeatureError.no_group(stage, StageGroups.keys(settings)[stage])
     data = load_features(
         work.manifest,
         *found.values(),
@@ -87,15 +83,17 @@ def feature_source(work: WorkDir, settings: PipelineSettings | None = None) -> d
     return {stage: keys[stage] for stage in FEATURE_STAGES}
 
 
-def split_data_key(work: WorkDir, split: str, settings: PipelineSettings | None = None) -> str:
-    """The split's `Features.data_key` without reading its features ('' where a group it
-    reads does not exist yet)."""
+def split_data_key(
+    work: WorkDir, split: str, settings: PipelineSettings | None = None
+) -> str | None:
+    """The split's `Features.data_key` without reading its features; None (unknown) where a
+    group it reads does not exist (a finished run is then still taken as finished)."""
     from heads.data import SplitRows
 
     groups = StageGroups.resolve(work, settings or resolve_settings(work.path))
     frames, ocr_text = groups.find("frames"), groups.find("ocr_text")
     if frames is None or ocr_text is None:
-        return ""
+        return None
     return SplitRows.read(work.manifest, frames, ocr_text, split).data_key()
 
 

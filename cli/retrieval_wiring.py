@@ -70,7 +70,8 @@ def named_run(store: WorkDir, run: str, settings: PipelineSettings) -> tuple[Run
     is another work dir's, refused at once when it holds no run (a mistyped name is said
     before any features are read); `zero-shot` may not exist yet (`ready_run` makes it)."""
     run_dir, foreign = run_folder(store.path, run, settings)
-    if run != ZERO_SHOT or run_dir.config_path.exists():  # (a folder left half-made is remade)
+    zero_shot = run_dir.name == ZERO_SHOT and not foreign  # (by name or by its path)
+    if not zero_shot or run_dir.config_path.exists():  # (a folder left half-made is remade)
         run_dir.require()
     return run_dir, foreign
 
@@ -78,7 +79,7 @@ def named_run(store: WorkDir, run: str, settings: PipelineSettings) -> tuple[Run
 def ready_run(run_dir: RunDir, run: str, foreign: bool, data: Features) -> None:
     """Before `data` is scored with the run: make the zero-shot run for these features, or
     warn when a trained run was trained on other ones."""
-    if run == ZERO_SHOT and not foreign:
+    if run_dir.name == ZERO_SHOT and not foreign:
         _make_zero_shot(run_dir, data)
     else:
         _warn_if_trained_on_others(run_dir, run, data.source)

@@ -179,21 +179,37 @@ def host_name(header: str) -> str:
     return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
-def create_app(service: SearchService, host: str = "127.0.0.1") -> FastAPI:
+class KnownHosts:
+    """ASGI middleware: a request whose Host header names none of `names` gets a JSON 400
+    (a web page whose name a DNS rebinding points at this machine would otherwise read the
+    API, the videos and their paths). `names` None: any name (served on every address)."""
+
+    def __init__(self, app: Any, names: set[str] | None):
+        self.app, self.names = app, names
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and self.names is not None:
+            headers = dict(scope.get("headers") or ())
+            name = host_name(headers.get(b"host", b"").decode("latin-1")).lower().rstrip(".")
+            if name not in self.names:
+                shown = ", ".join(sorted(self.names))
+                await _error(
+                    400, f"unknown host {name!r}: this server answers {shown} (--allow-host)"
+                )(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(
+    service: SearchService, host: str = "127.0.0.1", allow_hosts: tuple[str, ...] = ()
+) -> FastAPI:
     """The FastAPI app over a service (tests build one around a small work dir), served on
-    `host`: requests must name it or a loopback name in their Host header (any, served on
-    every address), so a web page whose name a DNS rebinding points at this machine cannot
-    read the API, the videos and their paths."""
+    `host`: requests must name it, a loopback name or one of `allow_hosts` (a reverse
+    proxy's name) in their Host header; any name where it is served on every address."""
     app = FastAPI(title="tcd search", docs_url=None, redoc_url=None, openapi_url=None)
     page = (STATIC / "index.html").read_text(encoding="utf-8")
-    allowed = None if host in ANY_ADDRESS else {*LOOPBACK_NAMES, host_name(host).lower()}
-
-    @app.middleware("http")
-    async def named_host(request: Request, call_next: Callable) -> Response:
-        name = host_name(request.headers.get("host", "")).lower()
-        if allowed is not None and name not in allowed:
-            return _error(400, f"unknown host {name!r}: this server answers {host} only")
-        return await call_next(request)
+    names = {*LOOPBACK_NAMES, *(host_name(h).lower() for h in (host, *allow_hosts))}
+    app.add_middleware(KnownHosts, names=None if host in ANY_ADDRESS else names)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

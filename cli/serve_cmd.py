@@ -23,6 +23,13 @@ ServeSplit = Annotated[
 ]
 Host = Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes it to the network.")]
 Port = Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")]
+AllowHost = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Another name requests may give in their Host header (a reverse proxy's, the "
+        "machine's name); repeatable. Besides --host and localhost, 127.0.0.1, ::1."
+    ),
+]
 
 
 def build_service(work: Path, run: str = "zero-shot", split: str | None = None):
@@ -53,6 +60,7 @@ def serve_command(
     split: ServeSplit = None,
     host: Host = "127.0.0.1",
     port: Port = 8000,
+    allow_host: AllowHost = None,
 ) -> None:
     """Serve the search page and its API: models and index load once, then each query is
     answered in milliseconds."""
@@ -66,7 +74,8 @@ def serve_command(
         f"serving {service.work} (run {run}, split {service.default_split}) at "
         f"http://{host}:{port}/  (Ctrl+C stops)"
     )
-    uvicorn.run(create_app(service, host), host=host, port=port, log_level="warning")
+    app = create_app(service, host, tuple(allow_host or ()))
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 def register(app: typer.Typer) -> None:

@@ -25,6 +25,14 @@ from cache.errors import TcdError
 class FeatureError(TcdError):
     """The caches lack features a head needs."""
 
+    @classmethod
+    def no_group(cls, stage: str, key: str) -> FeatureError:
+        """The settings' group of `stage` does not exist or holds no features yet."""
+        return cls(
+            f"no {stage} features for the current settings (group {key}); run `tcd ocr`, "
+            "`tcd caption` and `tcd encode` on this work dir first"
+        )
+
 
 SPILL_CHUNK = 1024  # rows read from zarr at a time
 
@@ -115,10 +123,11 @@ class SplitRows:
         videos = manifest.videos.read(["id", "split", "present", "order"])
         rows = np.flatnonzero((videos["split"] == split) & videos["present"])
         rows = rows[np.argsort(videos["order"][rows], kind="stable")]
-        ok = frames.row_states()["done"][rows] & ocr_text.row_states()["done"][rows]
         # ocr_text's row key is the video's content key joined with what else keys its text
         # (an importing engine's OCR file), so an edited OCR file changes it too
-        row_keys = ocr_text.expected()[0][rows]
+        text_keys = ocr_text.expected()
+        ok = frames.row_states()["done"][rows] & ocr_text.row_states(text_keys)["done"][rows]
+        row_keys = text_keys[0][rows]
         captions = manifest.captions.read(
             ["id", "split", "present", "order", "video_row", "text", "key"]
         )
@@ -182,10 +191,7 @@ def load_features(
     needed += [(queries, "query")] if has_queries else []
     for group, name in needed:
         if name not in set(group.group.array_keys()):
-            raise FeatureError(
-                f"no {group.stage} features for the current settings (group {group.key}); "
-                "run `tcd ocr`, `tcd caption` and `tcd encode` on this work dir first"
-            )
+            raise FeatureError.no_group(group.stage, group.key)
 
     per_video = [(frames, "frames"), (ocr_text, "captions"), (ocr_text, "instances")]
     size = sum(

@@ -33,7 +33,8 @@ from heads.config import RunConfig
 from heads.modules import build_head
 
 RUNS = "runs"
-ABLATION_RUN = re.compile(r"ablate/(?P<variant>[^/\\]+)/seed(?P<seed>\d+)")  # `for_ablation`
+# `for_ablation`'s names (a seed written as `seed{S}`: `seed07` would open `seed7`)
+ABLATION_RUN = re.compile(r"ablate/(?P<variant>[^/\\]+)/seed(?P<seed>0|[1-9]\d*)")
 
 
 def _run_file(name: str) -> property:
@@ -73,7 +74,7 @@ class RunDir:
         for depth in (1, 3):
             if len(path.parts) > depth + 1 and path.parents[depth - 1].name == RUNS:
                 name = path.relative_to(path.parents[depth - 1]).as_posix()
-                if depth == 1 or ABLATION_RUN.fullmatch(name):
+                if (depth == 1 and name not in (".", "..")) or ABLATION_RUN.fullmatch(name):
                     return cls.named(path.parents[depth], name)
         return None
 
@@ -107,7 +108,11 @@ class RunDir:
     def evaluated(cls, work: str | Path) -> list[RunDir]:
         """Runs with saved `tcd eval` metrics, by name."""
         root = Path(work) / RUNS
-        return [cls(work, p.parent.name) for p in sorted(root.glob("*/metrics.json"))]
+        found = [*root.glob("*/metrics.json"), *root.glob("ablate/*/seed*/metrics.json")]
+        runs = [cls.of(p.parent) for p in found]
+        return sorted(
+            (cls.named(work, run.name) for run in runs if run is not None), key=lambda r: r.name
+        )
 
     # -- files (listed in the module docstring) ------------------------------------------------
     config_path = _run_file("config.toml")

@@ -360,7 +360,7 @@ def simplex_grid(n: int, steps: int) -> list[np.ndarray]:
     ]
 
 
-def trained_data(config: RunConfig, data_key: str) -> str | None:
+def trained_data(config: RunConfig, data_key: str | None) -> str | None:
     """The `Features.data_key` a run of `config` is of: None (any) for an untrained head
     (`train.epochs = 0`, every zero-shot run), which learns nothing from the rows, so one made
     on one split serves another without being made again."""

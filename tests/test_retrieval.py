@@ -550,6 +550,10 @@ def test_runs_named_by_their_path_ablation_runs_and_a_half_made_zero_shot_folder
     for run in ("ablate/tcd/seed0", str(ablation.path)):
         hits, warned = search_json(trained, "EXIT", "--run", run)
         assert hits and "error" not in warned, warned
+    evaluated = ["eval", "--work", w, "--run", "ablate/tcd/seed0", "--split", "train"]
+    assert runner.invoke(app, evaluated).exit_code == 0
+    table = runner.invoke(app, ["results", "--work", w, "--split", "train"]).output
+    assert any(line.startswith("ablate/tcd/seed0 ") for line in table.splitlines()), table
     missing = runner.invoke(app, ["search", "--work", w, "--run", "ablate/tcd/seed9", "EXIT"])
     assert "tcd ablate" in str(missing.exception) or "tcd ablate" in missing.output
 

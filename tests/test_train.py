@@ -678,6 +678,8 @@ def test_train_again_after_a_train_caption_is_edited(synth_copy, tmp_path):
     assert "epoch   0" in result.output
     assert (work.path / "runs" / "t" / "last.pt").read_bytes() != first
     assert "already trained" in runner.invoke(app, command).output
+    del work.root["stages/frames"]  # a finished run needs no features to be seen finished
+    assert "already trained" in runner.invoke(app, command).output
 
 
 def test_features_over_budget_are_memory_mapped(synth_copy, tmp_path):
@@ -699,10 +701,23 @@ def test_features_over_budget_are_memory_mapped(synth_copy, tmp_path):
     # the files are this process's alone and gone once mapped (a second reader truncated a
     # fixed name under the first, and every file outlived its process)
     assert not list((tmp_path / "spill").iterdir())
-    again = load_features(
-        work.manifest, *groups, "train", memory_budget=0, spill_dir=tmp_path / "spill"
-    )
-    np.testing.assert_array_equal(again.frames, memory.frames)
+    # a second reader stopped while it copies (killed, a full disk) leaves the first's alone
+    # (it reopened the same file, truncating what the first had mapped)
+    import zarr
+
+    read = zarr.Array.get_orthogonal_selection
+
+    def broken(array: zarr.Array, *args: object, **kwargs: object) -> np.ndarray:
+        if array.path.endswith("/frames"):  # the frames' copy into its spill file
+            raise OSError("stopped")
+        return read(array, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(zarr.Array, "get_orthogonal_selection", broken)
+        with pytest.raises(OSError, match="stopped"):
+            load_features(
+                work.manifest, *groups, "train", memory_budget=0, spill_dir=tmp_path / "spill"
+            )
     np.testing.assert_array_equal(mapped.frames, memory.frames)
 
 
