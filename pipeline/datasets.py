@@ -218,7 +218,10 @@ def textvr_rand_columns(test_file: str | Path, rand_file: str | Path) -> np.ndar
 FOLDER_COLUMNS = ("video", "caption", "split")
 
 
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv")
+VIDEO_SUFFIXES = (
+    *(".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv"),
+    *(".3gp", ".3g2", ".mts", ".m2ts", ".flv", ".f4v", ".ogv", ".vob", ".mxf", ".asf"),
+)  # (phones' 3GP, camcorders' AVCHD .mts/.m2ts, Flash, Ogg, DVD, broadcast MXF)
 COLLECTION_SPLIT = "all"  # the split of a folder read without a caption table
 
 

@@ -162,7 +162,9 @@ def read_jsonl_ocr(path: str | Path, fps: float = 0.0) -> list[Line]:
     if text is None:
         return []
     lines = []
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # lines end at "\n" alone: `splitlines` also ends them at U+2028, U+2029 and U+0085,
+    # which `json.dumps(..., ensure_ascii=False)` leaves unescaped inside a text
+    for number, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip():
             continue
         where = f"{path}: line {number}"

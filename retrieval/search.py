@@ -195,7 +195,8 @@ def read_queries(path: Path) -> list[str]:
         if not isinstance(items, list) or not all(isinstance(q, str) for q in items):
             raise RetrievalError(f"{path}: expected a JSON list of query strings")
     else:
-        items = [line for line in text.splitlines() if line.strip()]
+        # one query a line, ended by "\n" alone (not by U+2028 and the like inside a query)
+        items = [line.rstrip("\r") for line in text.split("\n") if line.strip()]
     if not items:
         raise RetrievalError(f"{path}: no queries in the file")
     return [check_query(q) for q in items]

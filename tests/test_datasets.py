@@ -273,8 +273,12 @@ def test_tables_with_a_byte_order_mark_and_linked_folders_are_read(tmp_path):
     (tmp_path / "vids" / "zz").mkdir()
     (tmp_path / "vids" / "zz" / "x.mp4").write_bytes(b"")
     (tmp_path / "vids" / "aa").symlink_to(tmp_path / "vids" / "zz")  # inside: by its own path
+    for phone_or_camcorder in ("phone.3gp", "camcorder.MTS", "old.flv"):  # were left out
+        (tmp_path / "vids" / "zz" / phone_or_camcorder).write_bytes(b"")
     ids = [v.id for v in read_folder(tmp_path / "vids").videos]
-    assert ids == ["linked/e.mp4", "own/a.mp4", "zz/x.mp4"]
+    assert ids == [
+        "linked/e.mp4", "own/a.mp4", "zz/camcorder.MTS", "zz/old.flv", "zz/phone.3gp", "zz/x.mp4"
+    ]  # fmt: skip
     table = tmp_path / "caps.csv"  # Excel's "CSV UTF-8": a byte order mark, padded headers
     table.write_bytes("\ufeffvideo, caption ,split\nown/a.mp4,OPEN,test\n".encode())
     assert [v.captions for v in read_folder(tmp_path / "vids", table).videos] == [("OPEN",)]

@@ -106,6 +106,10 @@ def test_jsonl_reader_and_the_readme_example(tmp_path):
     assert fresh["box"] == [[0.0, 0.0]] * 4  # box optional
     assert read_imported_ocr(path, 0.0, "jsonl") == lines
     assert read_jsonl_ocr(tmp_path / "missing.jsonl") == []
+    # json.dumps(..., ensure_ascii=False) leaves U+2028 unescaped: no line ends there
+    separated = tmp_path / "separated.jsonl"
+    separated.write_text(json.dumps({"t": 1, "text": "SALE\u2028TODAY"}, ensure_ascii=False))
+    assert [x["text"] for x in read_jsonl_ocr(separated)] == ["SALE\u2028TODAY"]
     cases = [
         ('{"t": 1, "text": "a"}\n{"t": 1, "text": ', "line 2: not valid JSON"),
         ('["t", 1]', "line 1: expected an object"),

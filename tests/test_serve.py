@@ -273,6 +273,9 @@ def test_a_queries_file_saved_with_a_byte_order_mark_reads_as_without(tmp_path):
         path = tmp_path / name
         path.write_bytes(b"\xef\xbb\xbf" + text.encode())
         assert read_queries(path) == ["a sign", "OPEN"], name
+    windows = tmp_path / "crlf.txt"  # lines end at "\n" (a "\r" before it dropped), not U+2028
+    windows.write_bytes("a sign\r\nSALE\u2028TODAY\r\n".encode())
+    assert read_queries(windows) == ["a sign", "SALE\u2028TODAY"]
 
 
 def test_a_folder_without_captions_is_searched_zero_shot(served, client, synth_set, tmp_path):
