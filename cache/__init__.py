@@ -7,7 +7,7 @@ from cache.errors import CacheError, LockBusy, SettingsError, TcdError
 from cache.keys import content_key, settings_key, text_key
 from cache.lock import WriterLock
 from cache.settings import apply_overrides, load_settings
-from cache.store import Manifest, Shard, StageGroup, Table, WorkDir
+from cache.store import UNREADABLE_VIDEO, Manifest, Shard, StageGroup, Table, WorkDir
 
 __all__ = [
     "CacheError",
@@ -18,6 +18,7 @@ __all__ = [
     "StageGroup",
     "Table",
     "TcdError",
+    "UNREADABLE_VIDEO",
     "WorkDir",
     "WriterLock",
     "apply_overrides",

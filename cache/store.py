@@ -79,6 +79,10 @@ _MANIFEST_CHUNK = 4096
 # A row's key is its manifest key, or `<manifest key>|<part>` for a group whose rows are also
 # computed from something outside the video (an imported OCR file: see `StageGroup.expected`).
 ROW_KEY_SEPARATOR = "|"
+# how a stage records a row failed because the manifest records its video unreadable: the
+# video's key is its file's content, so a probe that succeeds later keeps the key, and the
+# row is computed again once the manifest's error is cleared (`StageGroup.pending`)
+UNREADABLE_VIDEO = "unreadable video: "
 RowKeyPart = Callable[[], np.ndarray]  # per manifest row: the part ('' for none)
 
 
@@ -466,14 +470,27 @@ class StageGroup:
     ) -> np.ndarray:
         """Rows to (re)compute: present rows not done for their current key.
 
-        Rows that failed for their current key are skipped unless `retry_failed`. `states`:
-        the `row_states()` the caller has already read.
+        Rows that failed for their current key are skipped unless `retry_failed`, or unless
+        they failed for their video being unreadable (`UNREADABLE_VIDEO`) and the manifest
+        now reads it. `states`: the `row_states()` the caller has already read.
         """
         states = states or self.row_states()
         todo = states["pending"] | states["stale"]
         if retry_failed:
             todo |= states["failed"]
+        elif self.rows == "videos" and states["failed"].any():
+            todo |= self._readable_again(states["failed"])
         return np.flatnonzero(todo)
+
+    def _readable_again(self, failed: np.ndarray) -> np.ndarray:
+        """Of the `failed` rows, those failed for their video's manifest error
+        (`UNREADABLE_VIDEO`) whose video the manifest now reads."""
+        video_error = self.work.manifest.table("videos").column("error")
+        again = np.zeros_like(failed)
+        for row in np.flatnonzero(failed[: len(video_error)]):
+            if not video_error[row]:
+                again[row] = str(self.group["error"][row]).startswith(UNREADABLE_VIDEO)
+        return again
 
     def write_row(self, row: int, key: str, data: dict[str, Any]) -> None:
         """Write one row's data, then its key, then the done mark (in that order)."""

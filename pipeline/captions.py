@@ -37,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from cache import Shard, StageGroup, WorkDir
+from cache import UNREADABLE_VIDEO, Shard, StageGroup, WorkDir
+from pipeline.errors import VideoError
 from pipeline.ocr import Line, line_time, ocr_sample_times, read_lines
 from pipeline.ocr_import import TIME_DECIMALS
 from pipeline.settings import (
@@ -240,7 +241,7 @@ def run_captions(
     groups = StageGroups.resolve(work, PipelineSettings(ocr=ocr_settings, captions=settings))
     ocr = Upstream(groups, "captions")
     ocr.require(retry_failed, shard)
-    durations = work.manifest.videos.column("duration")
+    videos = work.manifest.videos.read(["duration", "error"])
 
     def produce(rows: np.ndarray, clock: StageClock) -> Iterator[tuple[int, Any]]:
         for row in rows:
@@ -249,8 +250,11 @@ def run_captions(
 
             def compute(row: int = int(row)) -> dict[str, Any]:
                 ocr.check(row)
+                if videos["error"][row]:  # no duration to place the windows in (imported OCR
+                    # reads no video): all empty, and done for good under the same key
+                    raise VideoError(UNREADABLE_VIDEO + str(videos["error"][row]))
                 lines = read_lines(ocr.group, row)
-                duration = float(durations[row])
+                duration = float(videos["duration"][row])
                 with clock.computing():
                     captions, mask = window_captions(lines, duration, settings)
                     instances = ocr_instances(lines, settings)

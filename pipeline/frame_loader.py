@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cache import UNREADABLE_VIDEO
 from pipeline.errors import VideoError
 from pipeline.stage import Failure
 from pipeline.video import read_frames, segment_centres
@@ -151,7 +152,7 @@ class SampledFrames(torch.utils.data.Dataset):
         warnings: list[str] = []
         try:
             if self.videos["error"][row]:
-                raise VideoError(f"unreadable video: {self.videos['error'][row]}")
+                raise VideoError(UNREADABLE_VIDEO + str(self.videos["error"][row]))
             times = segment_centres(float(self.videos["duration"][row]), self.n_frames)
             path = self.videos["path"][row]
             batches = [

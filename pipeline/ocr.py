@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from cache import Shard, StageGroup, WorkDir
+from cache import UNREADABLE_VIDEO, Shard, StageGroup, WorkDir
 from pipeline.ocr_import import (
     TIME_DECIMALS,
     Line,
@@ -113,7 +113,7 @@ def run_ocr(
                         warnings.append(f"no OCR file ({files[row] or 'none named'}): no text")
                 else:
                     if video["error"]:
-                        raise OcrError(f"unreadable video: {video['error']}")
+                        raise OcrError(UNREADABLE_VIDEO + str(video["error"]))
                     if hasattr(reader, "start_video"):
                         reader.start_video()
                     lines = spot_video(

@@ -519,3 +519,38 @@ def test_half_an_emoji_in_an_imported_file_is_replaced_not_fatal(synth_copy, tmp
     assert (report.computed, report.failed) == (12, 0)
     group = StageGroups.resolve(work, PipelineSettings(ocr=settings)).ocr
     assert [line["text"] for line in read_lines(group, 0)] == ["emoji half ?"]
+
+
+def test_a_video_whose_probe_failed_is_redone_once_a_probe_succeeds(synth_copy, tmp_path):
+    """An imported OCR reads no video, so its captions were built on a duration of 0 (every
+    window empty) and kept as done; the frames failed for good: a later probe that succeeds
+    keeps the video's key (its file's content), so nothing was computed again."""
+    import pipeline.manifest
+    from pipeline.errors import VideoError
+
+    dataset = read_textvr(synth_copy)
+    first = dataset.videos[0]
+    probe = pipeline.manifest.probe
+
+    def flaky(path: Path):
+        if Path(path) == first.path:
+            raise VideoError(f"{path}: no decoder could open it")
+        return probe(path)
+
+    work = WorkDir(tmp_path / "work", create=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline.manifest, "probe", flaky)
+        build_manifest(work, dataset, progress=False)
+    ids = [str(i) for i in work.manifest.videos.column("id")]
+    ocr = tmp_path / "ocr"
+    for video_id in ids:
+        write_jsonl(ocr / Path(video_id).with_suffix(".jsonl"), kwai_lines(synth_copy, video_id))
+    settings = OcrSettings(engine="import", import_dir=str(ocr))
+    reports = run_all(work, ocr=settings)
+    assert {r.stage: r.failed for r in reports}["captions"] == 1
+    assert {r.stage: r.failed for r in reports}["frames"] == 1
+    build_manifest(work, read_textvr(synth_copy), progress=False)  # probed again: readable
+    assert computed(run_all(work, ocr=settings)) == {**ONE_VIDEO, "ocr": 0, "frames": 1}
+    captions = StageGroups.resolve(work, PipelineSettings(ocr=settings)).captions
+    row = ids.index(first.id)
+    assert any(str(c) for c in captions.group["captions"][row])  # its text is in its windows
