@@ -68,6 +68,9 @@ def ocr_sample_times(duration: float, settings: OcrSettings, frames: int) -> np.
     return np.sort(np.concatenate([centres, others[~on_centre]]))
 
 
+LATE_LINE_S = 0.5  # an imported line this far past a video's end is reported (a warning)
+
+
 def run_ocr(
     work: WorkDir,
     settings: OcrSettings,
@@ -111,6 +114,13 @@ def run_ocr(
                     lines = read_imported_ocr(files[row], float(video["fps"]), imported)
                     if files[row] is None or not files[row].is_file():
                         warnings.append(f"no OCR file ({files[row] or 'none named'}): no text")
+                    duration = float(video["duration"])
+                    late = sum(line["t"] > duration + LATE_LINE_S for line in lines)
+                    if duration > 0 and late:  # no window holds them: times in milliseconds?
+                        warnings.append(
+                            f"{late} of {len(lines)} OCR lines lie after the video's end "
+                            f"({duration:g} s) and reach no caption: are its times in seconds?"
+                        )
                 else:
                     if video["error"]:
                         raise OcrError(UNREADABLE_VIDEO + str(video["error"]))

@@ -496,13 +496,18 @@ def test_an_import_that_finds_no_file_is_refused_and_a_video_without_one_is_warn
     with pytest.raises(OcrError, match="the dataset names no Kwai_OCR file"):
         run_ocr(folder, KWAI)
     write_jsonl(empty / Path(ids[0]).with_suffix(".jsonl"), kwai_lines(synth_copy, ids[0]))
+    # times in milliseconds: every line after the video's end, in no window (said nothing)
+    in_ms = [{**line, "t": 1000 * line["t"]} for line in kwai_lines(synth_copy, ids[1])]
+    write_jsonl(empty / Path(ids[1]).with_suffix(".jsonl"), in_ms)
     report = run_ocr(work, OcrSettings(engine="import", import_dir=str(empty)), progress=False)
     assert (report.computed, report.failed) == (len(ids), 0)
     group = StageGroups.resolve(
         work, PipelineSettings(ocr=OcrSettings(engine="import", import_dir=str(empty)))
     ).ocr
     warnings = [str(w) for w in group.group["warning"][:]]
-    assert warnings[0] == "" and all(w.startswith("no OCR file (") for w in warnings[1:])
+    assert warnings[0] == "" and all(w.startswith("no OCR file (") for w in warnings[2:])
+    late = sum(line["t"] > 1 for line in in_ms)  # (the first line may be at 0 s)
+    assert warnings[1].startswith(f"{late} of {len(in_ms)} OCR lines lie after the video's end")
 
 
 def test_half_an_emoji_in_an_imported_file_is_replaced_not_fatal(synth_copy, tmp_path):
