@@ -449,12 +449,23 @@ def annotation_paths(settings: OcrSettings, work: WorkDir) -> list[Path | None]:
         mapped = read_import_map(table_path, base or table_path.parent)
     videos = work.manifest.videos.read(["id", "path", "ocr_path", "present"])
     # a file name or stem shared by present videos of several folders names none of them
-    held = [Path(str(p)) for p in videos["path"][videos["present"].astype(bool)]]
+    present = videos["present"].astype(bool)
+    held = [Path(str(p)) for p in videos["path"][present]]
     shared = Counter(n for path in held for n in {path.name, path.stem})
+    # an id without its suffix shared by videos of one folder (clip.mp4, clip.mov): each is
+    # named by its whole file name (clip.mp4.jsonl), never both by the one stem
+    twins = Counter(video_name(str(i)) for i in videos["id"][present])
     paths: list[Path | None] = []
     for video_id, video_path, ocr_path, _ in zip(*videos.values(), strict=True):
         video_id, video_path = str(video_id), Path(str(video_path))
         name = video_name(video_id)
+        if twins[name] > 1:
+            if name in mapped and video_id not in mapped:
+                raise OcrError(
+                    f"ocr.import_map names {name!r}, which {twins[name]} videos share "
+                    f"({video_id}, ...); name each by its id"
+                )
+            name = video_id
         found = _mapped(mapped, (video_id, name), (video_path.name, video_path.stem), shared)
         kwai_ocr = Path(str(ocr_path)) if fmt == "kwai" and ocr_path else None
         if found is None and kwai_ocr is not None:  # TextVR's Kwai_OCR: always followed
@@ -467,9 +478,8 @@ def annotation_paths(settings: OcrSettings, work: WorkDir) -> list[Path | None]:
             candidates = [f / n.format(stem=stem) for f in folders for n in FILE_NAMES[fmt]]
             found = next((c for c in candidates if c.is_file()), candidates[0])
         elif found is None and fmt != "kwai":  # next to the video (kwai: no Kwai_OCR, none)
-            candidates = [
-                video_path.parent / n.format(stem=video_path.stem) for n in FILE_NAMES[fmt]
-            ]
+            stem = PurePosixPath(name).name  # (the file name itself where its stem is shared)
+            candidates = [video_path.parent / n.format(stem=stem) for n in FILE_NAMES[fmt]]
             found = next((c for c in candidates if c.is_file()), candidates[0])
         paths.append(found)
     return paths

@@ -478,6 +478,33 @@ def test_a_file_named_only_by_a_shared_name_is_no_video_s_and_kwai_follows_its_o
     assert annotation_paths(leftover, work) == annotation_paths(KWAI, work)
 
 
+def test_videos_of_one_folder_sharing_a_stem_are_named_by_their_whole_file_names(tmp_path):
+    """Sports/clip.mp4 and Sports/clip.mov (other content) both read Sports/clip.jsonl, and a
+    map row naming Sports/clip went to both."""
+    from pipeline.manifest import build_manifest
+    from tests.test_datasets import entry, write_textvr
+
+    test = [entry("Sports/clip.mp4", "a"), entry("Sports/clip.mov", "b"), entry("x.mp4", "c")]
+    root = write_textvr(tmp_path / "tv", test=test)
+    work = WorkDir(tmp_path / "w", create=True)
+    build_manifest(work, read_textvr(root), progress=False)
+    ocr = tmp_path / "ocr"
+    write_jsonl(ocr / "Sports" / "clip.jsonl", [])  # whose? neither's
+    paths = annotation_paths(OcrSettings(engine="import", import_dir=str(ocr)), work)
+    assert paths == [
+        ocr / "Sports" / "clip.mp4.jsonl", ocr / "Sports" / "clip.mov.jsonl", ocr / "x.jsonl"
+    ]  # fmt: skip
+    beside = annotation_paths(OcrSettings(engine="import"), work)  # next to each video
+    assert [p.name for p in beside] == ["clip.mp4.jsonl", "clip.mov.jsonl", "x.jsonl"]
+    table = tmp_path / "map.csv"
+    table.write_text("Sports/clip,clip.jsonl\n")
+    mapped = OcrSettings(engine="import", import_dir=str(ocr), import_map=str(table))
+    with pytest.raises(OcrError, match="names 'Sports/clip', which 2 videos share"):
+        annotation_paths(mapped, work)
+    table.write_text("Sports/clip.mov,clip.jsonl\n")  # by id: fine
+    assert annotation_paths(mapped, work)[1] == ocr / "clip.jsonl"
+
+
 def test_an_import_that_finds_no_file_is_refused_and_a_video_without_one_is_warned(
     synth_copy, tmp_path
 ):
