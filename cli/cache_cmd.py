@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from cache import WorkDir
-from cli.common import Work, flag
+from cli.common import Work, flag, warn
 from pipeline.settings import WORK_SETTINGS, StageGroups, resolve_settings
 from pipeline.stage import last_run
 
@@ -33,7 +33,12 @@ def status(
     current = StageGroups.keys(settings) if settings else {}
     groups = StageGroups(store, settings) if settings else None
     # the current groups' rows are checked as their stages check them (imported OCR files)
-    parts = {(stage, key): groups.row_key_part(stage) for stage, key in current.items()}
+    parts, unchecked = {}, set()
+    for stage, key in current.items():
+        parts[(stage, key)], why = groups.reported_part(stage)
+        unchecked |= {why} - {""}
+    for why in sorted(unchecked):
+        warn(f"{why}: rows are checked against their videos alone")
     report = store.status(listed=failed, row_key_parts=parts)
     for group in report["stages"]:
         group["current"] = current.get(group["stage"]) == group["key"]

@@ -41,6 +41,11 @@ Budget = Annotated[
 ]
 
 
+def warn(message: str) -> None:
+    """One `warning: ...` line on stderr."""
+    typer.echo(f"warning: {message}", err=True)
+
+
 FEATURE_STAGES = ("frames", "ocr_text", "queries")  # the groups `features` reads
 
 

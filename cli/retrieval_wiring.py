@@ -8,10 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import typer
 
 from cache import CacheError, WorkDir
-from cli.common import features
+from cli.common import features, warn
 from cli.video_details import VIDEO_STAGES
 from heads.checkpoint import CheckpointError
 from heads.data import Features
@@ -27,10 +26,6 @@ from retrieval.run_split import RunSplit, WindowLookup, Windows
 from retrieval.search import QueryEncoder
 
 THUMBNAILS = 4  # frames per video in the report
-
-
-def warn(message: str) -> None:
-    typer.echo(f"warning: {message}", err=True)
 
 
 ZERO_SHOT = "zero-shot"  # the run every work dir can be searched with before any training

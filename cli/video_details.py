@@ -43,9 +43,12 @@ def stage_state(
     """{"state": done | failed | stale | pending | removed | not run, "message"?, "group"}:
     a video gone from the manifest (`present` false) is `removed`, never `pending` (no work
     is due for it), whether its rows are still there or `tcd cache gc` cleared them."""
-    group = StageGroups.resolve(store, settings).find(stage)
+    groups = StageGroups.resolve(store, settings)
+    group = groups.find(stage)
     if group is None:
         return {"state": "not run", "group": StageGroups.keys(settings)[stage]}
+    group.row_key_part, _ = groups.reported_part(stage)  # (an import map moved away: its
+    # rows are checked by their videos alone, as `tcd cache status` does)
     states = group.row_states()
     fallback = "pending" if present else "removed"
     state = next((name for name, mask in states.items() if mask[row]), fallback)

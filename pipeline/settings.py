@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cache import SettingsError, Shard, StageGroup, WorkDir, settings_key
+from cache import SettingsError, Shard, StageGroup, TcdError, WorkDir, settings_key
 from cache.atomic import atomic_write
 from cache.keys import added_setting, as_written_before, directory_key, value_before
 from cache.settings import check_setting as _check
@@ -443,6 +443,19 @@ class StageGroups:
 
         ocr, work = self.settings.ocr, self.work
         return lambda: annotation_keys(ocr, work)
+
+    def reported_part(self, stage: str) -> tuple[Callable[[], np.ndarray] | None, str]:
+        """`row_key_part(stage)` evaluated once, for the commands that only report (`tcd cache
+        status`, `tcd show`): where it cannot be (an import map moved away), None and why,
+        and the rows are then checked by their manifest keys alone (a run refuses)."""
+        part = self.row_key_part(stage)
+        if part is None:
+            return None, ""
+        try:
+            values = part()
+        except TcdError as exc:
+            return None, str(exc)
+        return (lambda: values), ""
 
     def pending(self, stage: str, retry_failed: bool = False) -> np.ndarray:
         """Rows the existing group of `stage` would compute: its own pending rows

@@ -398,6 +398,18 @@ def test_a_map_table_feeds_bovtext_files_and_a_remap_recomputes(synth_copy, tmp_
         table.read_text().replace(f"{ids[5]},gt_video_5.json", f"{ids[5]},gt_video_6.json")
     )
     assert computed(run_all(work, ocr=settings)) == ONE_VIDEO
+    # the map moved away: status and show report (each stopped on the map) and warn
+    from pipeline.settings import save_settings
+
+    save_settings(work.path, PipelineSettings(ocr=settings))
+    table.rename(tmp_path / "moved.csv")
+    runner = CliRunner()
+    result = runner.invoke(app, ["cache", "status", "--work", str(work.path)])
+    assert result.exit_code == 0, result.output
+    assert "map.csv: the ocr.import_map table is not found" in result.stderr
+    assert "rows are checked against their videos alone" in result.stderr
+    result = runner.invoke(app, ["show", "--work", str(work.path), ids[5], "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["stages"]["ocr"]["state"] == "done"
 
 
 # -- an imported work dir through every stage -------------------------------------------------
