@@ -241,9 +241,9 @@ def run_captions(
     groups = StageGroups.resolve(work, PipelineSettings(ocr=ocr_settings, captions=settings))
     ocr = Upstream(groups, "captions")
     ocr.require(retry_failed, shard)
-    videos = work.manifest.videos.read(["duration", "error"])
 
     def produce(rows: np.ndarray, clock: StageClock) -> Iterator[tuple[int, Any]]:
+        videos = work.manifest.videos.read(["duration", "error"])  # (under the manifest lock)
         for row in rows:
             if not ocr.has(row):
                 continue  # OCR went missing since the check (a concurrent run): stays pending

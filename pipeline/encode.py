@@ -143,7 +143,6 @@ def _encode_frames(
     progress: bool,
     shard: Shard | None,
 ) -> StageReport:
-    videos = work.manifest.videos.read(["path", "duration", "error"])
     model: dict[str, VisionEncoder] = {}
     n = captions.frames
 
@@ -161,6 +160,7 @@ def _encode_frames(
         # depend (not even in its last bit) on which other videos share its batch, so a
         # resumed run writes the same bits as an uninterrupted one.
         per_batch = max(1, batch_size // n)
+        videos = work.manifest.videos.read(["path", "duration", "error"])  # (under its lock)
         pending: list[tuple[int, dict[str, Any], torch.Tensor]] = []
         started: list[tuple[list[tuple[int, dict[str, Any]]], PendingEmbeds]] = []
         running = batches_left_running(model["m"])

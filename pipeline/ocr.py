@@ -33,6 +33,7 @@ from pipeline.ocr_import import (
     TIME_DECIMALS,
     Line,
     OcrError,
+    annotation_paths,
     line_time,
     read_imported_ocr,
     read_kwai_ocr,  # noqa: F401 (its old home, for existing callers)
@@ -95,13 +96,17 @@ def run_ocr(
     captions = captions or CaptionSettings()  # imports: T keys nothing (`StageGroups`)
     frames = captions.frames
     group = StageGroups.resolve(work, PipelineSettings(ocr=settings, captions=captions)).ocr
-    videos = work.manifest.videos.read(["path", "fps", "duration", "error"])
     imported = import_format(settings)  # None for an engine that decodes frames
-    files = require_some_file(settings, work) if imported else []
+    if imported:
+        require_some_file(settings, work)  # refused before anything is stored
 
     readers: list[Any] = []
 
     def produce(rows: np.ndarray, clock: StageClock) -> Iterator[tuple[int, Any]]:
+        # read under the manifest lock `run_stage` holds, as `rows` were chosen (read before
+        # it, a `tcd data` in between gave rows out of range, or old paths under new keys)
+        videos = work.manifest.videos.read(["path", "fps", "duration", "error"])
+        files = annotation_paths(settings, work) if imported else []
         with clock.setting_up():  # only when there is work: loading the models takes seconds
             reader = None if imported else make_reader(settings, threads)
             readers.append(reader)

@@ -1088,3 +1088,30 @@ def test_salvage_keeps_the_good_rows_of_a_block_holding_one_the_cache_cannot_tak
     states = WorkDir(tmp_path).find_stage("ocr", group.key).row_states()
     assert np.flatnonzero(states["done"]).tolist() == [0, 1, 2, 4, 5]
     assert np.flatnonzero(states["failed"]).tolist() == [3]
+
+
+def test_videos_added_while_a_stage_starts_are_read_under_its_manifest_lock(synth_copy, tmp_path):
+    """A `tcd data` that finished after a stage read the manifest but before it took the
+    manifest lock: the stage chose rows the manifest it had read did not hold (IndexError,
+    a traceback), or computed a changed row from its old path under its new key."""
+    annotations = synth_copy / "TextVR_test.json"
+    entries = json.loads(annotations.read_text())
+    annotations.write_text(json.dumps(entries[:-1]))
+    work = make_work(synth_copy, tmp_path)
+    annotations.write_text(json.dumps(entries))  # the video `tcd data` adds meanwhile
+    take_lock = WorkDir.manifest_lock
+    added: list[bool] = []
+
+    def late(store: WorkDir, shared: bool = False, timeout: float = 0.0):
+        if shared and not added:
+            added.append(True)
+            build_manifest(WorkDir(store.path), read_textvr(synth_copy), progress=False)
+        return take_lock(store, shared, timeout)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(WorkDir, "manifest_lock", late)
+        reports = run_all(work)  # (the video is added as the ocr stage takes the lock)
+    n = len(work.manifest.videos.column("id"))
+    assert [(r.stage, r.computed, r.failed) for r in reports[:3]] == [
+        ("ocr", n, 0), ("captions", n, 0), ("frames", n, 0)
+    ]  # fmt: skip
