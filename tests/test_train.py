@@ -68,6 +68,11 @@ def held_out_r1(head, data: Features) -> float:
     return recall_at_1(score_matrix(head, data), data.query_video)
 
 
+def stop_at_first(record):
+    """A `train` progress callback: the run is killed after its first epoch."""
+    raise KeyboardInterrupt
+
+
 FAST = TrainSettings(epochs=8, batch_size=16, lr=1e-2, val_fraction=0.25, patience=10)
 
 
@@ -285,9 +290,6 @@ def test_eval_metrics_are_dropped_when_the_run_is_trained_again_not_when_it_is_d
     train(RunConfig(config.head, dataclasses.replace(config.train, epochs=0)), data, run)
     assert run.saved_metrics() == {}  # the initial head replaced the trained one
 
-    def stop_at_first(record):
-        raise KeyboardInterrupt
-
     cut, longer = RunDir.at(tmp_path / "cut"), dataclasses.replace(config.train, epochs=3)
     with pytest.raises(KeyboardInterrupt):
         train(RunConfig(config.head, longer), data, cut, progress=stop_at_first)
@@ -307,9 +309,6 @@ def test_a_run_is_trained_again_on_other_features_not_taken_as_finished(tmp_path
     first = train(config, old, run)
     assert run.trained_on() == old.source and run.finished(config, old.source) == first
     assert run.finished(config, new.source) is None
-
-    def stop_at_first(record):
-        raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):  # trained again from epoch 0: not resumed at 2
         train(config, new, run, progress=stop_at_first)
@@ -334,9 +333,6 @@ def test_a_run_is_trained_again_on_other_rows_an_untrained_one_is_not(tmp_path):
     first = train(config, old, run)
     assert run.finished(config, old.source, "rows-1") == first
     assert run.finished(config, old.source, "rows-2") is None
-
-    def stop_at_first(record):
-        raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):  # trained again from epoch 0: not resumed at 2
         train(config, new, run, progress=stop_at_first)
