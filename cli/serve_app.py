@@ -173,10 +173,13 @@ ANY_ADDRESS = ("0.0.0.0", "::", "")
 
 
 def host_name(header: str) -> str:
-    """The name in a Host header, without its port (`[::1]:8000` -> `::1`)."""
+    """The name in a Host header (or a host setting), without its port, case or trailing dot
+    (`[::1]:8000` -> `::1`, `Search.Lab.` -> `search.lab`)."""
     if header.startswith("["):
-        return header[1:].split("]", 1)[0]
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+        name = header[1:].split("]", 1)[0]
+    else:
+        name = header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+    return name.lower().rstrip(".")
 
 
 class KnownHosts:
@@ -190,7 +193,7 @@ class KnownHosts:
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "http" and self.names is not None:
             headers = dict(scope.get("headers") or ())
-            name = host_name(headers.get(b"host", b"").decode("latin-1")).lower().rstrip(".")
+            name = host_name(headers.get(b"host", b"").decode("latin-1"))
             if name not in self.names:
                 shown = ", ".join(sorted(self.names))
                 await _error(
@@ -208,7 +211,7 @@ def create_app(
     proxy's name) in their Host header; any name where it is served on every address."""
     app = FastAPI(title="tcd search", docs_url=None, redoc_url=None, openapi_url=None)
     page = (STATIC / "index.html").read_text(encoding="utf-8")
-    names = {*LOOPBACK_NAMES, *(host_name(h).lower() for h in (host, *allow_hosts))}
+    names = {*LOOPBACK_NAMES, *(host_name(h) for h in (host, *allow_hosts))}
     app.add_middleware(KnownHosts, names=None if host in ANY_ADDRESS else names)
 
     @app.exception_handler(RequestValidationError)

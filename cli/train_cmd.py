@@ -20,6 +20,7 @@ from heads.config import RunConfig
 if TYPE_CHECKING:
     from heads.ablate import FeaturesFor
     from heads.data import Features
+    from heads.run_dir import RunDir
 
 RunConfigFile = Annotated[Path, typer.Option(help="Run config TOML (configs/tcd.toml, ...).")]
 RunName = Annotated[str | None, typer.Option(help="Run name (default: the config's stem).")]
@@ -67,6 +68,25 @@ def announce(name: str, config: RunConfig, data: Features) -> None:
         typer.echo(f"warning: {len(data.missing)} video(s) without features left out", err=True)
 
 
+def say_what_training_replaces(
+    run: RunDir, config: RunConfig, data: Features, data_key: str | None
+) -> None:
+    """Before `train` replaces what the run's folder holds: why, where the user may not expect
+    it (other train rows), and the eval metrics it drops."""
+    if run.holds(config, data.source) and not run.holds(config, data=data_key):
+        typer.echo(
+            f"{run.name} was trained on other train videos or captions (added, edited or "
+            "newly encoded since): it is trained again from the start",
+            err=True,
+        )
+    if run.metrics_path.exists():
+        typer.echo(
+            f"{run.name} was evaluated before: training replaces its head, so its saved "
+            "metrics are dropped (run tcd eval again)",
+            err=True,
+        )
+
+
 def train_command(
     work: Work,
     config: RunConfigFile,
@@ -86,18 +106,7 @@ def train_command(
     if best is None:  # (a finished run needs no features: a rerun returns at once)
         data = features(store, "train", memory_budget_gb)
         announce(run.name, run_config, data)
-        if run.holds(run_config, data.source) and not run.holds(run_config, data=data_key):
-            typer.echo(
-                f"{run.name} was trained on other train videos or captions (added, edited or "
-                "newly encoded since): it is trained again from the start",
-                err=True,
-            )
-        if run.metrics_path.exists():
-            typer.echo(
-                f"{run.name} was evaluated before: training replaces its head, so its saved "
-                "metrics are dropped (run tcd eval again)",
-                err=True,
-            )
+        say_what_training_replaces(run, run_config, data, data_key)
         best = train(run_config, data, run, progress=show_epoch)
     else:
         typer.echo(f"{run.name}: already trained with this config")

@@ -109,10 +109,8 @@ class RunDir:
         """Runs with saved `tcd eval` metrics, by name."""
         root = Path(work) / RUNS
         found = [*root.glob("*/metrics.json"), *root.glob("ablate/*/seed*/metrics.json")]
-        runs = [cls.of(p.parent) for p in found]
-        return sorted(
-            (cls.named(work, run.name) for run in runs if run is not None), key=lambda r: r.name
-        )
+        runs = [run for run in (cls.of(p.parent) for p in found) if run is not None]
+        return sorted(runs, key=lambda run: run.name)
 
     # -- files (listed in the module docstring) ------------------------------------------------
     config_path = _run_file("config.toml")
