@@ -133,15 +133,25 @@ class Table:
                 )
 
     def __len__(self) -> int:
-        # the shortest column: a killed update may have grown some columns and not others
-        return min(int(self.group[name].shape[0]) for name in self.columns)
+        return int(self.group["key"].shape[0])
 
     def column(self, name: str) -> np.ndarray:
-        values = self.group[name][: len(self)]
-        return values.astype(object) if self.columns[name][0] is str else values
+        return self.read([name])[name]
 
     def read(self, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        return {name: self.column(name) for name in (names or list(self.columns))}
+        """Columns by name (default: all), each as long as the table.
+
+        The table is as long as its `key` column: `upsert` grows and writes `key` after every
+        other column, so a killed update leaves the rows past it unread (each array open
+        reads metadata from disk: only the columns asked for are opened)."""
+        names = list(names or self.columns)
+        arrays = {name: self.group[name] for name in {"key", *names}}
+        n = min(int(array.shape[0]) for array in arrays.values())
+        out = {}
+        for name in names:
+            values = arrays[name][:n]
+            out[name] = values.astype(object) if self.columns[name][0] is str else values
+        return out
 
     def row_of(self) -> dict[str, int]:
         """id -> row index."""
@@ -421,8 +431,8 @@ class StageGroup:
         joined by `ROW_KEY_SEPARATOR` with the group's `row_key_part` where that part is not
         empty. A group opened without its part (`WorkDir.stages()`, for `tcd cache status`)
         checks the manifest key alone (`row_states`)."""
-        table = self.work.manifest.table(self.rows)
-        keys, present = table.column("key"), table.column("present")
+        columns = self.work.manifest.table(self.rows).read(["key", "present"])
+        keys, present = columns["key"], columns["present"]
         if self.row_key_part is not None:
             parts = self.row_key_part()
             keys = np.array(

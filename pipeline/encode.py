@@ -278,8 +278,8 @@ def _encode_queries(
     progress: bool,
     shard: Shard | None,
 ) -> StageReport:
-    texts = work.manifest.captions.column("text")
-    present = work.manifest.captions.column("present")
+    captions = work.manifest.captions.read(["text", "present"])
+    texts, present = captions["text"], captions["present"]
 
     def arrays() -> dict[str, Any]:
         return {"query": ((text_model().dim,), "float16", 0)}

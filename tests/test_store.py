@@ -559,6 +559,38 @@ def test_a_killed_manifest_update_is_repaired_by_the_next(tmp_path):
     }
 
 
+def test_an_update_killed_before_its_keys_reads_as_the_old_table(tmp_path):
+    """`upsert` grows and writes `key` last: killed before it, every other column is longer
+    and the table is still the rows its keys cover."""
+    work = WorkDir(tmp_path, create=True)
+    videos = work.manifest.videos
+    videos.upsert(video_records(["a", "b"]))
+    for name in videos.columns:
+        if name != "key":
+            videos.group[name].resize((4,))
+    assert len(videos) == 2 and list(videos.column("id")) == ["a", "b"]
+    assert {len(values) for values in videos.read().values()} == {2}
+
+
+def test_reading_columns_opens_each_column_array_once(tmp_path, monkeypatch):
+    """Each array open reads its metadata from disk: the length was the shortest column's,
+    found by opening every column for every column read (a whole-table read opened 12 x 13
+    arrays, and readers of the manifest spent most of their time there)."""
+    import zarr
+
+    work = WorkDir(tmp_path, create=True)
+    videos = work.manifest.videos
+    videos.upsert(video_records(["a", "b"]))
+    opened = []
+    real = zarr.Group.__getitem__
+    monkeypatch.setattr(zarr.Group, "__getitem__", lambda g, k: opened.append(k) or real(g, k))
+    videos.read()
+    assert sorted(opened) == sorted(videos.columns)
+    opened.clear()
+    videos.read(["present", "split"])
+    assert sorted(opened) == ["key", "present", "split"]
+
+
 def test_a_group_creation_killed_between_attribute_writes_is_redone(tmp_path):
     work = WorkDir(tmp_path, create=True)
     work.manifest.videos.upsert(video_records(["a", "b"]))
