@@ -28,14 +28,19 @@ import numpy as np
 import torch
 
 from cache import WorkDir
+from pipeline.ocr import OcrSettings
+from pipeline.settings import CaptionSettings, PipelineSettings, save_settings
 from tests.conftest import tcd_process
 
 RUN = "tcd"
+# The settings `chain` saves in its first work dir: T = 4 frames per video (OCR reads the T
+# segment centres whatever ocr.max_frames, so T sets its cost), and no other OCR sample
+SETTINGS = PipelineSettings(ocr=OcrSettings(max_frames=1), captions=CaptionSettings(frames=4))
 # Each stage's command after `--work W`; small enough for CI, long enough to kill mid-way.
 COMMANDS: dict[str, list[str]] = {
-    "ocr": ["ocr", "-q", "--set", "ocr.max_frames=1"],
+    "ocr": ["ocr", "-q"],
     "caption": ["caption", "-q"],
-    "encode": ["encode", "-q", "--workers", "0", "--batch-size", "24"],  # 2 videos a batch
+    "encode": ["encode", "-q", "--workers", "0", "--batch-size", "8"],  # 2 videos a batch
     "train": [
         "train", "--config", "configs/tcd.toml", "--name", RUN,
         "--set", "train.epochs=12", "--set", "train.batch_size=4",
@@ -90,7 +95,9 @@ def run_to_end(stage: str, work: Path, timeout: float = 600) -> float:
 
 
 def chain(manifest_work: Path, root: Path) -> dict[str, Link]:
-    """Run every stage once, uninterrupted, each on a copy of the previous output."""
+    """Run every stage once, uninterrupted, each on a copy of the previous output (the first
+    with `SETTINGS` saved in `manifest_work`, as a command saves the settings it ran with)."""
+    save_settings(manifest_work, SETTINGS)
     links, current = {}, manifest_work
     for stage in STAGES:
         after = root / f"after-{stage}"
