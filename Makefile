@@ -41,8 +41,8 @@ setup-ray: setup
 
 # The suite runs in one worker process per core, up to 4 (pytest-xdist), each test module
 # whole in one worker so its module fixtures are built once, in file order: tests/reliability,
-# long for its few tests, goes first (xdist's default order, by count of tests, starts the
-# crash campaign's five tests last); TEST_WORKERS=0 runs the suite in this one process.
+# long for its few tests, goes first (xdist's default order, by count of tests, puts the
+# crash campaign's five tests late); TEST_WORKERS=0 runs the suite in this one process.
 TEST_WORKERS ?= auto
 test: setup
 	$(BIN)/python -m pytest -q -m "not slow and not soak" -n $(TEST_WORKERS) --maxprocesses 4 --dist loadscope --no-loadscope-reorder
