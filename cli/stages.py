@@ -97,6 +97,15 @@ ActorCpus = Annotated[
     typer.Option(min=0.01, help="--executor ray: CPUs per actor (default: all but one, shared)."),
 ]
 
+RayTimeout = Annotated[
+    float | None,
+    typer.Option(
+        min=1,
+        help="--executor ray: seconds a stage may run before the run stops (its rows so far "
+        "kept; rerun to resume); default: no limit.",
+    ),
+]
+
 
 @dataclass(frozen=True)
 class StageRun:
@@ -112,6 +121,7 @@ class StageRun:
     ray_address: str | None = None
     actors: int | None = None
     actor_cpus: float | None = None
+    ray_timeout: float | None = None
 
     def open(self, work: Path, chosen: dict[str, str | None]) -> tuple[WorkDir, PipelineSettings]:
         """The work dir and its settings; `chosen`: `section.key` -> a value an option gave."""
@@ -132,8 +142,10 @@ class StageRun:
     def on_ray(self) -> bool:
         """Whether the stages run on Ray (refused with `--shard`: Ray splits the rows itself)."""
         if self.executor != Executor.ray:
-            if self.ray_address or self.actors or self.actor_cpus:
-                raise TcdError("--ray-address, --actors and --actor-cpus need --executor ray")
+            if self.ray_address or self.actors or self.actor_cpus or self.ray_timeout:
+                raise TcdError(
+                    "--ray-address, --actors, --actor-cpus and --ray-timeout need --executor ray"
+                )
             return False
         if self.shard:
             raise TcdError(
@@ -153,7 +165,9 @@ class StageRun:
         """Run `stages` with `--executor ray`; `options`: decoder, batch sizes."""
         from pipeline.distributed import RayOptions, run_on_ray
 
-        ray = RayOptions(self.ray_address, self.actors, self.actor_cpus, ocr_threads)
+        ray = RayOptions(
+            self.ray_address, self.actors, self.actor_cpus, ocr_threads, self.ray_timeout
+        )
         return run_on_ray(
             work, settings, stages, ray, retry_failed=self.retry_failed,
             progress=not self.quiet, **options,
@@ -173,6 +187,7 @@ _RUN_OPTIONS = [
         ("ray_address", RayAddress, None),
         ("actors", Actors, None),
         ("actor_cpus", ActorCpus, None),
+        ("ray_timeout", RayTimeout, None),
     )
 ]
 

@@ -400,6 +400,14 @@ class _StageRun:
         ]
         try:
             ray.get([actor.ready.remote() for actor in actors], timeout=STARTUP_TIMEOUT_S)
+        except ray.exceptions.RayActorError as exc:  # its __init__ raised, or its node died
+            for actor in actors:
+                ray.kill(actor, no_restart=True)
+            raise RayExecutorError(
+                f"{self.stage}: a Ray actor died while starting ({_last_line(exc)}); every "
+                "node needs this project and its packages installed, as on this one "
+                "(`pip install -e .`)"
+            ) from None
         except ray.exceptions.GetTimeoutError:
             for actor in actors:
                 ray.kill(actor, no_restart=True)
@@ -430,12 +438,22 @@ class _StageRun:
             wanted = max(1, int(cpus) // (torch_threads or 1))
         count = max(1, min(wanted, rows))
         actor_cpus = options.actor_cpus or max(MIN_ACTOR_CPUS, min(1.0, (cpus - 1) / count))
-        if options.actor_cpus is None and count * actor_cpus > cpus:  # some would never start
+        # Actors the cluster cannot place wait STARTUP_TIMEOUT_S before failing: refused at
+        # once, unless the user asked for them from a cluster that may grow (--ray-address)
+        local = options.address is None
+        if (options.actor_cpus is None or local) and count * actor_cpus > cpus:
+            given = "--actor-cpus" if options.actor_cpus else "the least this executor gives"
             raise RayExecutorError(
-                f"{self.stage}: {count} actors at {actor_cpus:g} CPU each (the least this "
-                f"executor gives an actor) asks for {count * actor_cpus:g} CPUs; the cluster has "
-                f"{cpus:g}: ask for at most {int(cpus / MIN_ACTOR_CPUS)} actors, or set "
-                "--actor-cpus (an autoscaling cluster may add the CPUs)"
+                f"{self.stage}: {count} actors at {actor_cpus:g} CPU each ({given}) ask for "
+                f"{count * actor_cpus:g} CPUs; the cluster has {cpus:g}: ask for at most "
+                f"{int(cpus / actor_cpus)} actors"
+                + ("" if options.actor_cpus else ", or set --actor-cpus")
+                + (" (an autoscaling cluster may add the CPUs)" if not local else "")
+            )
+        if gpus and local and count > resources.get("GPU", 0):
+            raise RayExecutorError(
+                f"{self.stage}: {count} actors at 1 GPU each; this Ray has "
+                f"{resources.get('GPU', 0):g} GPU(s): ask for at most that many with --actors"
             )
         return count, actor_cpus, torch_threads
 
@@ -491,6 +509,12 @@ class _StageRun:
             f"are kept: rerun the same command to resume (`tcd cache status --work "
             f"{self.work.path}` shows them)"
         )
+
+
+def _last_line(exc: Exception) -> str:
+    """The last line of a Ray error's text: the cause under Ray's own account of it."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1][:300] if lines else type(exc).__name__
 
 
 def _merge(

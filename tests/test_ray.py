@@ -214,6 +214,8 @@ def test_ray_refuses_shard_and_other_executors_options(reference, tmp_path):
     assert "--executor ray cannot take --shard" in str(result.exception)
     result = runner.invoke(app, ["ocr", "--work", str(path), "--actors", "2"])
     assert "need --executor ray" in str(result.exception)
+    result = runner.invoke(app, ["ocr", "--work", str(path), "--ray-timeout", "60"])
+    assert "need --executor ray" in str(result.exception)
     assert WorkDir(path).stages() == []  # refused before any work
 
 
@@ -294,6 +296,66 @@ def test_more_actors_than_the_cluster_can_place_are_refused_at_once(tmp_path):
     run = _StageRun(cluster, work, None, "ocr", RayOptions(actors=9), progress=False)
     with pytest.raises(RayExecutorError, match="ask for at most 8 actors"):
         run._actors(rows=100, gpus=False)
+
+
+def test_actors_asked_for_beyond_a_local_ray_are_refused_at_once(tmp_path):
+    # --actor-cpus (or --actors beyond the GPUs, for encode) that a local Ray cannot place
+    # waited STARTUP_TIMEOUT_S (300 s): only a cluster given by --ray-address may grow
+    work = SimpleNamespace(path=tmp_path)
+    asked = RayOptions(actors=4, actor_cpus=1.0)
+    ocr = _StageRun(None, work, None, "ocr", asked, progress=False)
+    with pytest.raises(RayExecutorError, match=r"\(--actor-cpus\) ask for 4 CPUs; .* at most 2"):
+        ocr._placement({"CPU": 2.0}, rows=100, gpus=False)
+    remote = _StageRun(None, work, None, "ocr", replace(asked, address="10.0.0.1:6379"), False)
+    assert remote._placement({"CPU": 2.0}, rows=100, gpus=False)[:2] == (4, 1.0)
+    encode = _StageRun(None, work, None, "encode", RayOptions(actors=3), progress=False)
+    with pytest.raises(RayExecutorError, match=r"3 actors at 1 GPU each; this Ray has 2 GPU"):
+        encode._placement({"CPU": 16.0, "GPU": 2.0}, rows=100, gpus=True)
+
+
+class _CreationFailed(ray.exceptions.ActorDiedError):
+    """What Ray raises when an actor's __init__ fails, e.g. on a node without the project."""
+
+    def __str__(self) -> str:
+        return (
+            "The actor died because of an error raised in its creation task, "
+            "ray::tcd-ocr-0:StageWorker.__init__() (pid=1, ip=10.0.0.2)\n"
+            "Traceback (most recent call last):\n"
+            "ModuleNotFoundError: No module named 'pipeline'"
+        )
+
+
+def test_an_actor_dying_as_it_starts_is_one_line_naming_the_cause(tmp_path):
+    # it was Ray's own traceback, through the CLI's one-line errors
+    killed = []
+    actor = SimpleNamespace(ready=SimpleNamespace(remote=lambda: 0))
+    cluster = SimpleNamespace(
+        exceptions=ray.exceptions,
+        cluster_resources=lambda: {"CPU": 2.0},
+        remote=lambda cls: SimpleNamespace(
+            options=lambda **_: SimpleNamespace(remote=lambda threads: actor)
+        ),
+        get=lambda refs, timeout: (_ for _ in ()).throw(_CreationFailed()),
+        kill=lambda a, no_restart: killed.append(a),
+    )
+    work = SimpleNamespace(path=tmp_path)
+    run = _StageRun(cluster, work, None, "ocr", RayOptions(actors=2), progress=False)
+    with pytest.raises(RayExecutorError) as refused:
+        run._actors(rows=10, gpus=False)
+    message = str(refused.value)
+    assert "\n" not in message and "ModuleNotFoundError: No module named 'pipeline'" in message
+    assert "pip install -e ." in message and len(killed) == 2
+
+
+def test_ray_timeout_stops_the_run_and_keeps_its_rows(ray_cluster, reference, tmp_path):
+    path = copy_of(reference, "manifest", tmp_path)
+    args = ["ocr", "--work", str(path), "--executor", "ray", "--actors", "1", "-q"]
+    result = runner.invoke(app, [*args, "--ray-timeout", "1"])
+    assert isinstance(result.exception, RayExecutorError), result.output
+    assert "still running after 1 s" in str(result.exception)
+    result = runner.invoke(app, args)  # resumes
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert_same(cache_arrays(path), cache_arrays(reference["ocr"]), "ocr")
 
 
 def test_encode_on_cpus_starts_one_actor_per_its_torch_threads(tmp_path, monkeypatch):
