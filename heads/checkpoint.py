@@ -28,12 +28,15 @@ def update_checkpoint(path: Path, **changes: Any) -> None:
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def load_checkpoint(path: Path, model: nn.Module | None = None) -> dict[str, Any]:
-    """Load tensors only (weights_only=True) and, given a model, fill it strictly."""
+def load_checkpoint(
+    path: Path, model: nn.Module | None = None, mmap: bool = False
+) -> dict[str, Any]:
+    """Load tensors only (weights_only=True) and, given a model, fill it strictly. `mmap`:
+    the tensors are mapped from the file, not read (for a caller reading the other entries)."""
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # unpickling errors of many kinds for a damaged or unsafe file
         raise CheckpointError(
             f"{path}: not a readable tensors-only checkpoint "

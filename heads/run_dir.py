@@ -196,7 +196,9 @@ class RunDir:
         return [json.loads(line) for line in self.epochs_log.read_text().splitlines() if line]
 
     def _last_state(self) -> dict[str, Any] | None:
-        return load_checkpoint(self.last) if self.last.exists() else None
+        # read for its record (config, features, data, epochs), not its tensors: last.pt
+        # holds the optimizer's moments too, twice the model's size
+        return load_checkpoint(self.last, mmap=True) if self.last.exists() else None
 
     def trained_on(self, state: dict[str, Any] | None = None) -> dict[str, str] | None:
         """The feature groups (stage -> key) last.pt (or its `state`) was trained on; None if
