@@ -14,7 +14,7 @@ This module imports neither torch nor transformers, so light commands stay light
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
@@ -215,6 +215,27 @@ def resolve_settings(
         layers = [saved if saved.exists() else None, config]
         sources = [str(p) for p in layers if p is not None] + [f"--set {o}" for o in overrides]
         raise SettingsError(f"{exc} (settings from {', '.join(sources) or 'defaults'})") from None
+
+
+def overrides_from_saved(work: Path, settings: PipelineSettings) -> list[str]:
+    """`section.key=value` (a TOML value) for each setting in which `settings` differs from
+    those saved in work dir `work`: the `--set`s that give another command these settings
+    (a stage refused for want of its upstream names them in the upstream's command, which
+    would otherwise run on the saved settings and find another group up to date)."""
+
+    def flat(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+        for key, value in data.items():
+            if isinstance(value, dict):
+                yield from flat(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    saved = dict(flat(to_dict(resolve_settings(work))))
+    return [
+        f"{name}={dump_toml({'v': value}).split('=', 1)[1].strip()}"
+        for name, value in flat(to_dict(settings))
+        if value is not None and saved.get(name) != value
+    ]
 
 
 def read_saved(path: Path) -> dict[str, Any] | None:

@@ -28,6 +28,7 @@ never go into arrays, so caches stay bitwise deterministic.
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -42,7 +43,7 @@ from tqdm import tqdm
 from cache import CacheError, Shard, StageGroup, TcdError, WorkDir
 from cache.store import write_rows_in_writer, writer_processes
 from pipeline.errors import UpstreamError
-from pipeline.settings import UPSTREAM_FAILED, StageGroups
+from pipeline.settings import UPSTREAM_FAILED, StageGroups, overrides_from_saved
 
 
 def error_message(exc: BaseException) -> str:
@@ -403,9 +404,12 @@ class Upstream:
         states = source.row_states() if source is not None else {}
         missing = int((~(states["done"] | states["failed"]))[todo].sum()) if states else len(todo)
         if missing:
+            path = self.groups.work.path
+            sets = overrides_from_saved(path, self.groups.settings)
+            given = "".join(f" --set {shlex.quote(item)}" for item in sets)
             raise UpstreamError(
                 f"{missing} {self.rows[:-1]}(s) have no {self.what} for these settings; "
-                f"run `{self.command} --work {self.groups.work.path}` first"
+                f"run `{self.command} --work {path}{given}` first"
             )
         self.group = source or self.groups.group(self.name)
         self.states = states or self.group.row_states()

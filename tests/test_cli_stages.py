@@ -5,6 +5,7 @@ and `tcd cache status` with warnings and the last run's report."""
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 
 import numpy as np
@@ -76,6 +77,24 @@ def test_a_stage_before_its_upstream_is_refused_up_front(synth_set, tmp_path):
     groups = WorkDir(work.path).stages()
     assert [g.stage for g in groups] == ["ocr"]  # no frame was encoded before the refusal
     assert all(g.counts()["failed"] == 0 for g in groups)
+
+
+def test_a_refused_stage_names_the_settings_its_upstream_must_run_with(synth_set, tmp_path):
+    """`tcd caption --set ocr.engine=kwai` (or a T, which keys a sampling engine's OCR) was
+    told to run `tcd ocr --work W`, which ran on the saved settings (rapidocr, minutes of it),
+    and the caption command was refused again, round and round."""
+    work = make_work(synth_set, tmp_path)
+    caption = ["caption", "--work", str(work.path), "-q", "--set", "ocr.engine=kwai"]
+    code, err = tcd(*caption, "--set", "captions.frames=6")
+    assert code == 1 and len(err) == 1, err
+    hint = err[0].split("run `", 1)[1].split("` first")[0]
+    assert hint == (
+        f"tcd ocr --work {work.path} --set 'ocr.engine=\"kwai\"' --set captions.frames=6"
+    )
+    code, err = tcd(*shlex.split(hint)[1:], "-q")  # what it says, as a shell would pass it
+    assert code == 0, err
+    code, err = tcd(*caption, "--set", "captions.frames=6")
+    assert code == 0, err
 
 
 def test_typos_in_choices_exit_2_before_any_work(synth_set, tmp_path):
