@@ -370,6 +370,9 @@ def _ocr_keyed_by(ocr: OcrSettings, frames: int) -> Any:
     """What keys the ocr group: see `OcrSampling` and `OcrImport`."""
     ocr = engine_in_effect(ocr)
     if samples_frames(ocr):
+        if ocr.max_frames <= frames:  # the T segment centres alone (`ocr_sample_times`):
+            unread = OcrSettings()  # the rate and the cap read nothing, so key nothing
+            ocr = replace(ocr, fps=unread.fps, max_frames=unread.max_frames)
         paddle = model_files_key(ocr.paddle_det_dir, ocr.paddle_rec_dir)
         return OcrSampling(gate_in_effect(ocr), frames, paddle)
     if ocr.engine == OcrEngine.kwai:  # it reads no frames, so no gate keys it

@@ -203,3 +203,23 @@ def test_a_model_folder_keys_its_groups_by_its_files(tmp_path):
 
     named = keys(model="openai/clip-vit-base-patch32")
     assert named["frames"] == settings_key(FrameSettings("openai/clip-vit-base-patch32", 12))
+
+
+def test_rate_and_cap_key_no_ocr_that_reads_the_segment_centres_alone():
+    """At ocr.max_frames <= T a sampling engine reads the T segment centres and nothing else:
+    a changed ocr.fps or ocr.max_frames there reran OCR for the same frames."""
+    from pipeline.ocr import ocr_sample_times
+    from pipeline.settings import CaptionSettings, StageGroups
+
+    def key(**ocr) -> str:
+        settings = PipelineSettings(ocr=OcrSettings(**ocr), captions=CaptionSettings(frames=12))
+        return StageGroups.keys(settings)["ocr"]
+
+    def times(**ocr):
+        return ocr_sample_times(30.0, OcrSettings(**ocr), 12).tolist()
+
+    assert times(max_frames=8) == times(max_frames=12, fps=2.0) == times(max_frames=1)
+    assert key(max_frames=8) == key(max_frames=12, fps=2.0) == key(max_frames=1)
+    assert times(max_frames=13) != times(max_frames=14)  # one sample more at ocr.fps
+    assert key(max_frames=13) != key(max_frames=14) and key(max_frames=13) != key(max_frames=12)
+    assert key(fps=1.0) != key(fps=2.0)  # the default cap (64) reads the rate's samples
