@@ -371,8 +371,9 @@ def _ocr_keyed_by(ocr: OcrSettings, frames: int) -> Any:
     ocr = engine_in_effect(ocr)
     if samples_frames(ocr):
         if ocr.max_frames <= frames:  # the T segment centres alone (`ocr_sample_times`):
-            unread = OcrSettings()  # the rate and the cap read nothing, so key nothing
-            ocr = replace(ocr, fps=unread.fps, max_frames=unread.max_frames)
+            # every such cap and rate reads those frames, keyed as the cap T at the default
+            # rate (not the default cap, which reads the rate's samples too)
+            ocr = replace(ocr, fps=OcrSettings().fps, max_frames=frames)
         paddle = model_files_key(ocr.paddle_det_dir, ocr.paddle_rec_dir)
         return OcrSampling(gate_in_effect(ocr), frames, paddle)
     if ocr.engine == OcrEngine.kwai:  # it reads no frames, so no gate keys it

@@ -223,3 +223,4 @@ def test_rate_and_cap_key_no_ocr_that_reads_the_segment_centres_alone():
     assert times(max_frames=13) != times(max_frames=14)  # one sample more at ocr.fps
     assert key(max_frames=13) != key(max_frames=14) and key(max_frames=13) != key(max_frames=12)
     assert key(fps=1.0) != key(fps=2.0)  # the default cap (64) reads the rate's samples
+    assert key(max_frames=8) != key() and times(max_frames=8) != times()
