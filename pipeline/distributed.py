@@ -443,10 +443,11 @@ class _StageRun:
         local = options.address is None
         if (options.actor_cpus is None or local) and count * actor_cpus > cpus:
             given = "--actor-cpus" if options.actor_cpus else "the least this executor gives"
+            most = int(cpus / actor_cpus)
             raise RayExecutorError(
                 f"{self.stage}: {count} actors at {actor_cpus:g} CPU each ({given}) ask for "
-                f"{count * actor_cpus:g} CPUs; the cluster has {cpus:g}: ask for at most "
-                f"{int(cpus / actor_cpus)} actors"
+                f"{count * actor_cpus:g} CPUs; the cluster has {cpus:g}: "
+                + (f"ask for at most {most} actors" if most else "ask for fewer CPUs each")
                 + ("" if options.actor_cpus else ", or set --actor-cpus")
                 + (" (an autoscaling cluster may add the CPUs)" if not local else "")
             )

@@ -306,6 +306,9 @@ def test_actors_asked_for_beyond_a_local_ray_are_refused_at_once(tmp_path):
     ocr = _StageRun(None, work, None, "ocr", asked, progress=False)
     with pytest.raises(RayExecutorError, match=r"\(--actor-cpus\) ask for 4 CPUs; .* at most 2"):
         ocr._placement({"CPU": 2.0}, rows=100, gpus=False)
+    wide = _StageRun(None, work, None, "ocr", replace(asked, actor_cpus=4.0), progress=False)
+    with pytest.raises(RayExecutorError, match="ask for fewer CPUs each$"):  # not "at most 0"
+        wide._placement({"CPU": 2.0}, rows=100, gpus=False)
     remote = _StageRun(None, work, None, "ocr", replace(asked, address="10.0.0.1:6379"), False)
     assert remote._placement({"CPU": 2.0}, rows=100, gpus=False)[:2] == (4, 1.0)
     encode = _StageRun(None, work, None, "encode", RayOptions(actors=3), progress=False)
