@@ -68,8 +68,8 @@ OcrThreads = Annotated[
     typer.Option(
         "--threads",
         min=1,
-        help="onnxruntime threads per OCR process (1 reads fastest per core: add processes "
-        "with --shard or --executor ray instead).",
+        help="inference threads per OCR process (onnxruntime's; paddleocr's cpu_threads; 1 "
+        "reads fastest per core: add processes with --shard or --executor ray instead).",
     ),
 ]
 EncodeBatch = Annotated[

@@ -37,7 +37,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -269,13 +269,32 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
 
 @dataclass
 class _Progress:
-    """Rows done or failed across the cluster, read from the groups themselves."""
+    """Rows done or failed across the cluster, read from the groups themselves.
+
+    A row that failed before and is run again (`--retry-failed`, a video readable again, an
+    upstream row done since) reads as failed until its task reruns it, and a failure written
+    again looks like the old one: such a row counts as finished once it is done, or once the
+    task of its shard has returned (`ended`)."""
 
     groups: list[StageGroup]
     todo: list[np.ndarray]  # per group, the rows pending when the run started
+    retried: list[np.ndarray] = field(default_factory=list)  # per group, mask over todo
+    ended: list[Shard] = field(default_factory=list)  # the shards whose task has returned
     bar: Any = None
     interval: float = POLL_S
     next_poll: float = 0.0
+
+    @classmethod
+    def start(cls, groups: StageGroups, opened: list[StageGroup], retry_failed: bool) -> _Progress:
+        """The rows each of the `opened` groups has to do now, and which of them failed
+        before."""
+        todo, retried = [], []
+        for group in opened:
+            failed = group.row_states()["failed"]
+            rows = groups.pending(group.stage, retry_failed)
+            todo.append(rows)
+            retried.append(failed[rows])
+        return cls(opened, todo, retried)
 
     @property
     def total(self) -> int:
@@ -284,9 +303,13 @@ class _Progress:
     def finished(self) -> list[np.ndarray]:
         """Per group, which of its `todo` rows are done or failed now."""
         out = []
-        for group, rows in zip(self.groups, self.todo, strict=True):
+        retried = self.retried or [np.zeros(len(rows), bool) for rows in self.todo]
+        for group, rows, again in zip(self.groups, self.todo, retried, strict=True):
             states = group.row_states()
-            out.append((states["done"] | states["failed"])[rows])
+            ended = np.zeros(len(rows), bool)
+            for shard in self.ended:
+                ended |= rows % shard.count == shard.index
+            out.append(states["done"][rows] | (states["failed"][rows] & (~again | ended)))
         return out
 
     def poll(self, force: bool = False) -> None:
@@ -353,8 +376,8 @@ class _StageRun:
             for group in groups:  # the coordinator grows the arrays; the tasks find them grown
                 with group.layout_lock():
                     group.ensure_rows(len(group.expected()[0]))
-            todo = [self.groups.pending(group.stage, base.retry_failed) for group in groups]
-            progress = _Progress(groups, todo)
+            progress = _Progress.start(self.groups, groups, base.retry_failed)
+            todo = progress.todo
             most = max(len(rows) for rows in todo)  # 0: another run did them meanwhile
             gpus = self.stage == "encode" and self.ray.cluster_resources().get("GPU", 0) >= 1
             actors = self._actors(most, gpus) if most else []
@@ -479,6 +502,7 @@ class _StageRun:
                 actor, task, attempt = running.pop(ref)
                 try:
                     results.append(ray.get(ref, timeout=POLL_S))
+                    progress.ended.append(task.shard)
                     idle.append(actor)
                 except ray.exceptions.RayActorError as exc:
                     if attempt >= TASK_ATTEMPTS:

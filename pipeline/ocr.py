@@ -194,7 +194,7 @@ def make_engine(settings: OcrSettings, threads: int = 1) -> Any:
         if settings.engine == "rapidocr":
             _ENGINES[key] = RapidOcrEngine(settings, threads)
         elif settings.engine == "paddleocr":
-            _ENGINES[key] = PaddleOcrEngine(settings)
+            _ENGINES[key] = PaddleOcrEngine(settings, threads)
         else:
             raise OcrError(f"unknown OCR engine {settings.engine!r}")
     return _ENGINES[key]
@@ -397,9 +397,11 @@ def detector_window(start: int, stop: int, size: int, detector_size: int) -> tup
 
 
 class PaddleOcrEngine:
-    """PaddleOCR (optional extra). Offline it needs local detection and recognition model dirs."""
+    """PaddleOCR (optional extra). Offline it needs local detection and recognition model dirs.
+    On CPUs it runs `threads` inference threads (`--threads`, as rapidocr; PaddleOCR's own
+    default, 10 in its 3.x sources, ignores the machine and a Ray actor's CPU share)."""
 
-    def __init__(self, settings: OcrSettings):
+    def __init__(self, settings: OcrSettings, threads: int = 1):
         try:
             from paddleocr import PaddleOCR
         except ImportError:
@@ -426,6 +428,7 @@ class PaddleOcrEngine:
             use_doc_orientation_classify=False,
             use_doc_unwarping=False,
             use_textline_orientation=False,
+            cpu_threads=threads,
         )
 
     def __call__(self, frames: np.ndarray) -> list[list[tuple[str, float, list]]]:

@@ -207,6 +207,32 @@ def test_a_task_whose_actor_was_unavailable_goes_back_to_that_actor(tmp_path):
     assert len(shard0) == 2 and len(set(shard0)) == 1, cluster.calls
 
 
+def test_progress_counts_a_retried_failure_once_its_task_has_rerun_it(reference, tmp_path):
+    # A retried row reads as failed before its task reruns it, and a failure written again
+    # looks like the old one: the bar opened full and a stopped run said 0 rows left.
+    path = copy_of(reference, "ocr", tmp_path)
+    groups = StageGroups.resolve(WorkDir(path), SETTINGS)
+    group = groups.find("ocr")
+    keys = {row: str(group.group["key"][row]) for row in (3, 4)}
+    for row, key in keys.items():
+        group.fail_row(row, key, "decoder gave up")
+    opened = [groups.group(name) for name in distributed.COMMAND_GROUPS["ocr"]]
+
+    plain = _Progress.start(groups, opened, retry_failed=False)
+    assert (plain.total, plain.left()) == (0, "0 row(s) left pending")
+    progress = _Progress.start(groups, opened, retry_failed=True)
+    assert progress.total == 2
+    assert progress.left() == "2 row(s) left pending (ocr rows 3, 4)"
+    group.fail_row(3, keys[3], "decoder gave up")  # rerun, failed the same way again
+    assert progress.left() == "2 row(s) left pending (ocr rows 3, 4)"
+    progress.ended.append(Shard(1, 2))  # the task of the odd rows returned
+    assert progress.left() == "1 row(s) left pending (ocr rows 4)"
+    data = {name: group.group[name][4] for name in group.group.array_keys()}
+    data = {name: value for name, value in data.items() if name not in ("key", "done", "error")}
+    group.write_row(4, keys[4], data)  # rerun, done this time
+    assert [mask.tolist() for mask in progress.finished()] == [[True, True]]
+
+
 def test_ray_refuses_shard_and_other_executors_options(reference, tmp_path):
     path = copy_of(reference, "manifest", tmp_path)
     result = runner.invoke(app, ["ocr", "--work", str(path), "--executor", "ray", "--shard", "0/2"])

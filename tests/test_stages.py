@@ -8,7 +8,9 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -276,6 +278,20 @@ def test_rapidocr_reads_the_synthetic_key_text(synth_set):
 def test_paddleocr_without_models_is_a_clear_error():
     with pytest.raises(OcrError, match="paddleocr"):
         make_engine(OcrSettings(engine="paddleocr"))
+
+
+def test_paddleocr_runs_the_threads_it_is_given(tmp_path, monkeypatch):
+    # the optional package is absent here: a stand-in records how the engine is built
+    built: list[dict] = []
+    fake = types.ModuleType("paddleocr")
+    fake.PaddleOCR = lambda **kwargs: built.append(kwargs)
+    monkeypatch.setitem(sys.modules, "paddleocr", fake)
+    monkeypatch.setattr("pipeline.ocr._ENGINES", {})  # keeps the stand-in out of later tests
+    settings = OcrSettings(
+        engine="paddleocr", paddle_det_dir=str(tmp_path), paddle_rec_dir=str(tmp_path)
+    )
+    make_engine(settings, threads=3)
+    assert built[-1]["cpu_threads"] == 3
 
 
 # -- captions -------------------------------------------------------------------------------
