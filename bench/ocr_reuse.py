@@ -37,6 +37,7 @@ import numpy as np
 
 from bench.common import save
 from cache import WorkDir
+from heads.run_dir import RunDir
 from pipeline.captions import run_captions
 from pipeline.datasets import read_textvr
 from pipeline.encode import run_encode
@@ -107,14 +108,14 @@ def run_profile(profile: str, synth: Path, source: Path, run: str, out: Path) ->
     from cli.retrieval_wiring import open_split
     from retrieval.evaluate import evaluate
 
-    base, run_dir = resolve_settings(source), source / "runs" / run
-    if not (run_dir / "config.toml").exists():
-        raise SystemExit(f"{run_dir}: no trained run there (make demo / make study make one)")
+    base, trained = resolve_settings(source), RunDir.named(source, run)
+    if not trained.config_path.exists():
+        raise SystemExit(f"{trained.path}: no trained run there (make demo / make study make one)")
     work = WorkDir(out / profile, create=True)
     build_manifest(work, read_textvr(synth, ("test",)), progress=False)
-    copy = work.path / "runs" / "tcd"  # the run as trained now (a retrained head replaces it)
+    copy = RunDir(work.path, "tcd").path  # the run as trained now (a retrained head replaces it)
     shutil.rmtree(copy, ignore_errors=True)
-    shutil.copytree(run_dir, copy)
+    shutil.copytree(trained.path, copy)
     frames = ocr_frames(work, base)
     results: dict[str, Any] = {"videos": len(work.manifest.videos), "ocr_frames": frames}
     for name, change in VARIANTS.items():
