@@ -210,9 +210,15 @@ def create_app(
     `host`: requests must name it, a loopback name or one of `allow_hosts` (a reverse
     proxy's name) in their Host header; any name where it is served on every address."""
     app = FastAPI(title="tcd search", docs_url=None, redoc_url=None, openapi_url=None)
-    page = (STATIC / "index.html").read_text(encoding="utf-8")
     names = {*LOOPBACK_NAMES, *(host_name(h) for h in (host, *allow_hosts))}
     app.add_middleware(KnownHosts, names=None if host in ANY_ADDRESS else names)
+    _answer_errors_as_json(app)
+    _add_routes(app, service)
+    return app
+
+
+def _answer_errors_as_json(app: FastAPI) -> None:
+    """Every error the API gives is `{"error": message}` with its status."""
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -241,6 +247,11 @@ def create_app(
     async def failed(_: Request, exc: Exception) -> JSONResponse:
         # a bug or the machine (uvicorn logs the traceback): the API's form, status 500
         return _error(500, f"internal error ({type(exc).__name__}); the server log has it")
+
+
+def _add_routes(app: FastAPI, service: SearchService) -> None:
+    """The page, the JSON API (/api/...), the videos (/media/...) and thumbnails (/thumbs/...)."""
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:
@@ -288,8 +299,6 @@ def create_app(
             return _not_found()
         cache = {"Cache-Control": "max-age=3600"}
         return Response(jpeg, media_type="image/jpeg", headers=cache)
-
-    return app
 
 
 @contextlib.contextmanager

@@ -37,16 +37,13 @@ def video_row(store: WorkDir, video_id: str) -> int:
     return row
 
 
-def stage_state(
-    store: WorkDir, settings: PipelineSettings, stage: str, row: int, present: bool
-) -> dict:
+def stage_state(groups: StageGroups, stage: str, row: int, present: bool) -> dict:
     """{"state": done | failed | stale | pending | removed | not run, "message"?, "group"}:
     a video gone from the manifest (`present` false) is `removed`, never `pending` (no work
     is due for it), whether its rows are still there or `tcd cache gc` cleared them."""
-    groups = StageGroups.resolve(store, settings)
     group = groups.find(stage)
     if group is None:
-        return {"state": "not run", "group": StageGroups.keys(settings)[stage]}
+        return {"state": "not run", "group": StageGroups.keys(groups.settings)[stage]}
     group.row_key_part, _ = groups.reported_part(stage)  # (an import map moved away: its
     # rows are checked by their videos alone, as `tcd cache status` does)
     states = group.row_states()
@@ -63,42 +60,44 @@ def video_details(
 ) -> dict[str, Any]:
     """Everything the caches hold about one video (see the module docstring), as plain JSON."""
     settings = settings or resolve_settings(store.path)
+    groups = StageGroups.resolve(store, settings)
     row = video_row(store, video_id)
     videos = store.manifest.videos.read([*MANIFEST_FIELDS, "error"])
     manifest = {name: _plain(videos[name][row]) for name in MANIFEST_FIELDS}
     present = bool(manifest["present"])
-    stages = {stage: stage_state(store, settings, stage, row, present) for stage in VIDEO_STAGES}
-    error = str(videos["error"][row])
-    failed = {name: s["message"] for name, s in stages.items() if s["state"] == "failed"}
-    groups = StageGroups.resolve(store, settings)
+    stages = {stage: stage_state(groups, stage, row, present) for stage in VIDEO_STAGES}
     lines: list[dict[str, Any]] = []
     if stages["ocr"]["state"] == "done":
-        found = groups.find("ocr")
-        lines = sorted(read_lines(found, row), key=lambda line: line.get("t", 0.0))
+        lines = sorted(read_lines(groups.find("ocr"), row), key=lambda line: line.get("t", 0.0))
     windows: list[dict[str, Any]] = []
     if stages["captions"]["state"] == "done":
-        captions = groups.find("captions").group
-        texts, mask = captions["captions"][row], captions["mask"][row]
-        duration = float(manifest["duration"])
-        starts, ends = window_spans(duration, settings.captions)
-        windows = [
-            {
-                "index": i,
-                "start": max(float(starts[i]), 0.0),
-                "end": min(float(ends[i]), duration),
-                "caption": str(texts[i]),
-                "has_text": bool(mask[i]),
-            }
-            for i in range(len(texts))
-        ]
+        windows = _windows(groups, row, float(manifest["duration"]))
     return {
         "video": manifest,
-        "error": error,  # the manifest's (unreadable, missing, outside the root); "" if none
-        "failed": failed,  # stage -> message
+        # the manifest's error (unreadable, missing, outside the root); "" if none
+        "error": str(videos["error"][row]),
+        "failed": {name: s["message"] for name, s in stages.items() if s["state"] == "failed"},
         "stages": stages,
         "ocr_lines": [_line(line) for line in lines],
         "windows": windows,
     }
+
+
+def _windows(groups: StageGroups, row: int, duration: float) -> list[dict[str, Any]]:
+    """The video's window captions with their spans (clipped to the video) and mask."""
+    captions = groups.find("captions").group
+    texts, mask = captions["captions"][row], captions["mask"][row]
+    starts, ends = window_spans(duration, groups.settings.captions)
+    return [
+        {
+            "index": i,
+            "start": max(float(starts[i]), 0.0),
+            "end": min(float(ends[i]), duration),
+            "caption": str(texts[i]),
+            "has_text": bool(mask[i]),
+        }
+        for i in range(len(texts))
+    ]
 
 
 def _line(line: dict[str, Any]) -> dict[str, Any]:
