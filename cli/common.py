@@ -54,8 +54,10 @@ def features(
     split: str,
     memory_budget_gb: float = 8.0,
     settings: PipelineSettings | None = None,
+    require_queries: bool = True,
 ) -> Features:
-    """The split's cached features for `settings` (default: the work dir's current ones).
+    """The split's cached features for `settings` (default: the work dir's current ones);
+    `require_queries`: see `load_features`.
 
     Above the memory budget they are memory-mapped from `W/tmp/features/`. Frames and texts
     share one space when one two-tower model (a CLIP directory) encodes both.
@@ -76,6 +78,7 @@ def features(
         memory_budget_gb * 1e9,
         work.spill_dir,
         shared_space=_same_model(settings.encode.vision_model, settings.encode.text_model),
+        require_queries=require_queries,
     )
     captions = groups.find("captions")
     data.window_sample_share = window_sample_share(captions) if captions else math.nan

@@ -74,9 +74,10 @@ def eval_command(
 
 def results_command(work: Work, split: Split = "test") -> None:
     """One table of the saved metrics of every evaluated run (from `tcd eval`)."""
+    from cli.retrieval_wiring import warn
     from retrieval.evaluate import results_table
 
-    typer.echo(results_table(work, split))
+    typer.echo(results_table(work, split, log=warn))
 
 
 def register(app: typer.Typer) -> None:

@@ -46,7 +46,7 @@ def open_split(
     store = WorkDir(work)
     settings = settings or resolve_settings(store.path)
     run_dir, foreign = named_run(store, run, settings)
-    data = features(store, split, settings=settings)
+    data = features(store, split, settings=settings, require_queries=need_queries)
     ready_run(run_dir, run, foreign, data)
     return RunSplit.open(
         run_dir,

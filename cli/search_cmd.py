@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import Run, Split, Work, flag
+from cli.common import Run, Work, flag
 from retrieval.choices import IndexKind
 
 TopK = Annotated[int, typer.Option(min=1, help="Results to show.")]
@@ -26,12 +26,20 @@ SearchRun = Annotated[
 Kind = Annotated[IndexKind, typer.Option("--index", help="flat (exact), ivf or hnsw.")]
 
 
-def index_command(
-    work: Work, run: Run, split: Split = "test", index: Kind = IndexKind.flat
-) -> None:
-    """Build a FAISS index over the run's query-independent video embeddings."""
-    from cli.retrieval_wiring import open_split
+SearchSplit = Annotated[
+    str | None,
+    typer.Option(help="Split (default: `all` for a collection read without captions, else test)."),
+]
 
+
+def index_command(
+    work: Work, run: Run, split: SearchSplit = None, index: Kind = IndexKind.flat
+) -> None:
+    """Build a FAISS index over the run's query-independent video embeddings (of the split
+    `tcd search` searches when none is named)."""
+    from cli.retrieval_wiring import default_split, open_split
+
+    split = split or default_split(work)
     scored = open_split(work, run, split)
     started = time.monotonic()
     built = scored.build_index(index)
@@ -51,10 +59,6 @@ QueriesFile = Annotated[
         help="Score many queries in one process: a text file (one query a line) or a JSON "
         "list of strings; prints one JSON line per query.",
     ),
-]
-SearchSplit = Annotated[
-    str | None,
-    typer.Option(help="Split to search (default: `all` for a collection, else test)."),
 ]
 MinScore = Annotated[float | None, typer.Option(help="Drop hits scoring below this.")]
 

@@ -108,9 +108,9 @@ class SearchService:
         self, q: str, split: str | None, top_k: int, k: int, min_score: float | None
     ) -> dict[str, Any]:
         """The hits as JSON: `tcd search --json`'s fields plus `thumbnail` and `media` URLs."""
-        if len(q) > MAX_QUERY_CHARS:
-            raise ApiError(f"the query has {len(q)} characters; at most {MAX_QUERY_CHARS}")
-        query = check_query(q)
+        query = check_query(q)  # (blanks around it count for nothing)
+        if len(query) > MAX_QUERY_CHARS:
+            raise ApiError(f"the query has {len(query)} characters; at most {MAX_QUERY_CHARS}")
         split = split or self.default_split
         searcher = self.searcher(split)
         with self._lock:  # one query at a time: torch and FAISS use every core already

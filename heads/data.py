@@ -175,9 +175,12 @@ def load_features(
     memory_budget: float = 8e9,
     spill_dir: Path | None = None,
     shared_space: bool = False,
+    require_queries: bool = True,
 ) -> Features:
     """Read the split's videos and queries from the given groups (annotation order).
     `shared_space`: the frame and text encoders are one two-tower model (see `Features`).
+    Queries not encoded yet are refused unless `require_queries` is false (free-text search
+    and indexing read no query): they are then left out.
 
     When the per-video arrays would exceed `memory_budget` bytes and `spill_dir` is given, they
     are copied (in row chunks) to `.npy` files there and opened memory-mapped instead.
@@ -188,7 +191,7 @@ def load_features(
     has_queries = bool(((captions["split"] == split) & captions["present"]).any())
     needed = [(frames, "frames"), (ocr_text, "captions")]
     # a collection read without captions has no query rows, so encode made no `query` array
-    needed += [(queries, "query")] if has_queries else []
+    needed += [(queries, "query")] if has_queries and require_queries else []
     for group, name in needed:
         if name not in set(group.group.array_keys()):
             raise FeatureError.no_group(group.stage, group.key)
@@ -216,11 +219,12 @@ def load_features(
 
     position = {int(r): i for i, r in enumerate(rows)}
     q_done = queries.row_states()["done"][q_rows] if len(q_rows) else np.zeros(0, bool)
-    if not q_done.all():
+    if require_queries and not q_done.all():
         raise FeatureError(
             f"{int((~q_done).sum())} {split} queries have no embedding; run `tcd encode`"
         )
-    if has_queries:
+    q_rows = q_rows[q_done]
+    if has_queries and "query" in set(queries.group.array_keys()):
         query_array = queries.group["query"]
         no_queries = np.zeros((0, query_array.shape[1]), np.float16)
     else:

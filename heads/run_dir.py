@@ -247,7 +247,21 @@ class RunDir:
         return best if done and state.get("finished", True) else None
 
     def saved_metrics(self) -> dict[str, Any]:
-        return json.loads(self.metrics_path.read_text()) if self.metrics_path.exists() else {}
+        """The saved `tcd eval` reports by split ({} before any); a file that is no such
+        record (edited by hand, another tool's) is refused, naming it."""
+        if not self.metrics_path.exists():
+            return {}
+        try:
+            saved = json.loads(self.metrics_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            saved = exc
+        if not isinstance(saved, dict) or not all(isinstance(r, dict) for r in saved.values()):
+            why = f" ({saved})" if isinstance(saved, Exception) else ""
+            raise CheckpointError(
+                f"{self.metrics_path}: not a `tcd eval` record{why}; delete it and evaluate "
+                "the run again (tcd eval)"
+            )
+        return saved
 
     def forget_metrics(self) -> None:
         """Drop the saved `tcd eval` metrics (training is about to replace the checkpoint they
@@ -255,9 +269,11 @@ class RunDir:
         self.metrics_path.unlink(missing_ok=True)
 
     def save_metrics(self, split: str, report: dict[str, Any]) -> None:
-        atomic_write(
-            self.metrics_path, json.dumps({**self.saved_metrics(), split: report}, indent=2)
-        )
+        try:
+            saved = self.saved_metrics()
+        except CheckpointError:  # a damaged record: this report replaces it
+            saved = {}
+        atomic_write(self.metrics_path, json.dumps({**saved, split: report}, indent=2))
 
 
 def same_config(saved_text: str, config: RunConfig) -> bool:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from heads.checkpoint import CheckpointError
 from heads.groups import TWIN_SWAP, QueryGroups, group_report, skipped_lines
 from heads.metrics import METRICS, check_finite, t2v_metrics, v2t_metrics
 from heads.run_dir import RunDir
@@ -152,6 +153,17 @@ def format_evaluation(report: dict[str, Any], export: SimMatrixExport | None = N
     return "\n".join(lines)
 
 
+def _check_report(report: dict[str, Any], path: Path) -> None:
+    """Refuse a saved report without the fields `results_table` shows."""
+    try:
+        [float(report[d][c]) for d in ("t2v", "v2t") for c in METRICS]
+        int(report["captions"]), int(report["videos"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: not a `tcd eval` record (a field missing or not a number: {exc})"
+        ) from None
+
+
 def evaluation_warnings(report: dict[str, Any]) -> list[str]:
     """What the user should know about a report's numbers."""
     warnings = []
@@ -166,15 +178,19 @@ def evaluation_warnings(report: dict[str, Any]) -> list[str]:
     return warnings
 
 
-def results_table(work: str | Path, split: str) -> str:
+def results_table(work: str | Path, split: str, log: Callable[[str], None] = LOG.warning) -> str:
     """One row of saved t2v and v2t metrics per run evaluated on `split` (its last `tcd
     eval`, marked where that scored two-stage, an unfinished run, or videos without
-    features)."""
+    features). A run whose record cannot be read is left out, with one line to `log`."""
     rows = {}
     for run in RunDir.evaluated(work):
-        saved = run.saved_metrics()
-        if split in saved:
-            rows[run.name] = saved[split]
+        try:
+            saved = run.saved_metrics()
+            if split in saved:
+                _check_report(saved[split], run.metrics_path)
+                rows[run.name] = saved[split]
+        except CheckpointError as exc:
+            log(f"{exc}; left out of the table")
     if not rows:
         raise RetrievalError(
             f"no run in {work} has metrics for split {split!r}; evaluate one with "

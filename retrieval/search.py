@@ -101,6 +101,12 @@ class Searcher:
         encoded = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
         missing = set(features.missing)
         searchable = np.array([v not in missing for v in features.video_ids], dtype=bool)
+        if missing:
+            log(
+                f"{len(missing)} video(s) of {features.n_videos} in split {split.split!r} have "
+                "no features (a stage failed or has not run for them): search cannot return "
+                "them; `tcd cache status` counts them, `tcd extract` computes those pending"
+            )
         return cls(split, index, encoded, searchable)
 
     @torch.no_grad()

@@ -402,6 +402,15 @@ def test_a_stale_index_is_rebuilt_never_searched(synth_copy, tmp_path):
     add_copy(synth, other, "copy_of_other.mp4")
     result = runner.invoke(app, ["data", "textvr", "--root", str(synth), "--work", w, "-q"])
     assert result.exit_code == 0 and "2 added" in result.output, result.output
+    # before their stages run (on a copy): search reads no query embedding, so the new
+    # captions do not stop it (they did), and it says which videos it cannot return; eval,
+    # which scores the captions, asks for `tcd encode`
+    before = Path(shutil.copytree(trained, tmp_path / "before-stages"))
+    hits, warned = search_json(before, query, "--top-k", "3")
+    assert hits[0]["video"] == target and copy not in {hit["video"] for hit in hits}
+    assert "2 video(s) of" in warned and "in split 'train' have no features" in warned
+    result = runner.invoke(app, ["eval", "--work", str(before), "--run", "r", "--split", "train"])
+    assert "queries have no embedding; run `tcd encode`" in str(result.exception)
     run_all(WorkDir(trained))  # ocr, caption and encode the two new videos
     hits, warned = search_json(trained, query, "--top-k", "3")
     assert {hit["video"] for hit in hits[:2]} == {target, copy}  # equal features, equal scores
@@ -554,6 +563,15 @@ def test_runs_named_by_their_path_ablation_runs_and_a_half_made_zero_shot_folder
     assert runner.invoke(app, evaluated).exit_code == 0
     table = runner.invoke(app, ["results", "--work", w, "--split", "train"]).output
     assert any(line.startswith("ablate/tcd/seed0 ") for line in table.splitlines()), table
+    # a damaged record (edited by hand) is left out of the table, named; it was a traceback
+    for damaged in ("{", '{"train": {"t2v": {}}}'):
+        ablation.metrics_path.write_text(damaged)
+        result = runner.invoke(app, ["results", "--work", w, "--split", "train"])
+        assert result.exit_code == 0, result.output
+        assert "ablate/tcd/seed0 " not in result.stdout and "\nr " in result.stdout
+        assert f"{ablation.metrics_path}: not a `tcd eval` record" in result.stderr
+    assert runner.invoke(app, evaluated).exit_code == 0  # eval replaces it
+    assert set(ablation.saved_metrics()) == {"train"}
     missing = runner.invoke(app, ["search", "--work", w, "--run", "ablate/tcd/seed9", "EXIT"])
     assert "tcd ablate" in str(missing.exception) or "tcd ablate" in missing.output
 

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from heads.run_dir import RunDir
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -95,6 +96,16 @@ def test_failed_videos_never_appear_even_when_every_video_is_asked_for(served, c
     hits = client.get("/api/search", params={"q": "a sign", "top_k": 100}).json()["results"]
     n_test = len(json.loads((synth / "TextVR_test.json").read_text()))
     assert len(hits) == n_test - 1 and linked not in {hit["video"] for hit in hits}
+    # ... and `tcd search` says how many it cannot return
+    result = runner.invoke(app, ["search", "--work", str(work), "a sign", "--top-k", "1"])
+    assert result.exit_code == 0, result.output
+    assert f"1 video(s) of {n_test} in split 'test' have no features" in result.stderr
+
+
+def test_blanks_around_a_query_do_not_count_toward_its_length(client):
+    query = " " * 50 + "x" * 1000 + " " * 50
+    assert client.get("/api/search", params={"q": query}).status_code == 200
+    assert client.get("/api/search", params={"q": query + "x"}).status_code == 400
 
 
 def test_video_details_and_tcd_show(served, client):
@@ -300,6 +311,10 @@ def test_a_folder_without_captions_is_searched_zero_shot(served, client, synth_s
     result = runner.invoke(app, ["search", "--work", str(work), "a sign", "--json"])
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.stdout)["results"]) == 10  # split `all`, run zero-shot
+    # `tcd index` builds the split search reads (it defaulted to `test`, which has no video)
+    result = runner.invoke(app, ["index", "--work", str(work), "--run", "zero-shot"])
+    assert result.exit_code == 0 and "flat index of 12 videos" in result.output, result.output
+    assert RunDir(work, "zero-shot").index_path("all").exists()
     # a run of another work dir with the same encoders is accepted by path, read only
     other_run = served[0] / "runs" / "zero-shot"
     listed = sorted(p.name for p in other_run.iterdir())
