@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cache import WorkDir
+from cache import TcdError, WorkDir
 from pipeline.settings import PipelineSettings, StageGroups, resolve_settings
 
 if TYPE_CHECKING:
@@ -44,6 +44,22 @@ Budget = Annotated[
 def warn(message: str) -> None:
     """One `warning: ...` line on stderr."""
     typer.echo(f"warning: {message}", err=True)
+
+
+def present_splits(store: WorkDir) -> list[str]:
+    """The splits of the manifest's present videos, sorted."""
+    videos = store.manifest.videos.read(["split", "present"])
+    return sorted(set(videos["split"][videos["present"]].tolist()))
+
+
+def require_split(store: WorkDir, split: str) -> None:
+    """Refuse `--split` naming no split of the work dir (before any work is done)."""
+    splits = present_splits(store)
+    if split not in splits:
+        raise TcdError(
+            f"split {split!r} has no videos in {store.path}; its splits: "
+            f"{', '.join(splits) or 'none'} (choose one with --split)"
+        )
 
 
 FEATURE_STAGES = ("frames", "ocr_text", "queries")  # the groups `features` reads

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from cache import CacheError, WorkDir
-from cli.common import features, warn
+from cli.common import features, present_splits, warn
 from cli.video_details import VIDEO_STAGES
 from heads.checkpoint import CheckpointError
 from heads.data import Features
@@ -77,7 +77,7 @@ def ready_run(run_dir: RunDir, run: str, foreign: bool, data: Features) -> None:
     if run_dir.name == ZERO_SHOT and not foreign:
         _make_zero_shot(run_dir, data)
     else:
-        _warn_if_trained_on_others(run_dir, run, data.source)
+        _warn_if_trained_on_others(run_dir, run, data.source, foreign)
 
 
 def _make_zero_shot(run_dir: RunDir, data: Features) -> None:
@@ -93,15 +93,25 @@ def _make_zero_shot(run_dir: RunDir, data: Features) -> None:
     train(RunConfig(HeadSettings(kind=ZERO_SHOT), TrainSettings(epochs=0)), data, run_dir)
 
 
-def _warn_if_trained_on_others(run_dir: RunDir, run: str, source: dict[str, str]) -> None:
-    """One warning line when the run was trained on other feature groups than `source`."""
+def _warn_if_trained_on_others(
+    run_dir: RunDir, run: str, source: dict[str, str], foreign: bool
+) -> None:
+    """One warning line when the run was trained on other feature groups than `source`
+    (`foreign`: a run of another work dir, whose settings differ from this one's)."""
     trained_on = run_dir.trained_on()
     if trained_on is not None and trained_on != source:
-        changed = sorted(s for s in source if trained_on.get(s) != source[s])
+        groups = ", ".join(sorted(s for s in source if trained_on.get(s) != source[s]))
+        if foreign:
+            warn(
+                f"run {run} of another work dir was trained on other features than this work "
+                f"dir's ({groups} groups: their settings differ); its scores here are not "
+                "those it had there"
+            )
+            return
         warn(
-            f"run {run} was trained on other features than these ({', '.join(changed)} "
-            "groups: the settings changed since); its scores are not what they were: train "
-            "it again on these (tcd train)"
+            f"run {run} was trained on other features than these ({groups} groups: the "
+            "settings changed since); its scores are not what they were: train it again on "
+            "these (tcd train)"
         )
 
 
@@ -215,9 +225,7 @@ def query_encoder(work: Path) -> QueryEncoder:
 def default_split(work: Path) -> str:
     """The split search and serve use when none is named: `all` where the work dir holds a
     collection read without captions, else `test`."""
-    videos = WorkDir(work).manifest.videos.read(["split", "present"])
-    splits = set(videos["split"][videos["present"]].tolist())
-    return COLLECTION_SPLIT if COLLECTION_SPLIT in splits else "test"
+    return COLLECTION_SPLIT if COLLECTION_SPLIT in present_splits(WorkDir(work)) else "test"
 
 
 def frame_at(path: str | Path, seconds: float) -> np.ndarray | None:

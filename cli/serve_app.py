@@ -39,6 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cache import WorkDir
 from cache.errors import TcdError
+from cli.common import present_splits
 from retrieval.run_split import RunSplit
 from retrieval.search import QueryEncoder, Searcher, check_query
 
@@ -80,7 +81,7 @@ class SearchService:
         store = WorkDir(self.work)
         self.store = store
         videos = store.manifest.videos.read(["id", "path", "present", "split", "duration"])
-        self.splits = sorted(set(videos["split"][videos["present"]].tolist()))
+        self.splits = present_splits(store)
         self._row = {str(v): i for i, v in enumerate(videos["id"])}
         self._videos = videos
         self.root = Path(str(store.manifest.attrs.get("root", ""))).resolve()

@@ -14,7 +14,7 @@ import typer
 
 from cache import WorkDir
 from cache.settings import load_settings
-from cli.common import Budget, Work, feature_source, features, split_data_key
+from cli.common import Budget, Work, feature_source, features, require_split, split_data_key
 from heads.config import RunConfig
 
 if TYPE_CHECKING:
@@ -71,9 +71,23 @@ def announce(name: str, config: RunConfig, data: Features) -> None:
 def say_what_training_replaces(
     run: RunDir, config: RunConfig, data: Features, data_key: str | None
 ) -> None:
-    """Before `train` replaces what the run's folder holds: why, where the user may not expect
-    it (other train rows), and the eval metrics it drops."""
-    if run.holds(config, data.source) and not run.holds(config, data=data_key):
+    """Before `train` replaces what the run's folder holds: why (another config, other
+    features, other train rows), and the eval metrics it drops."""
+    changes = run.config_changes(config)
+    if changes:
+        shown = "; ".join(changes[:6]) + ("; ..." if len(changes) > 6 else "")
+        typer.echo(
+            f"{run.name} holds a run of another config ({shown}): its checkpoints are "
+            "replaced and it is trained from the start (another --name keeps it)",
+            err=True,
+        )
+    elif run.last.exists() and not run.holds(config, data.source):
+        typer.echo(
+            f"{run.name} was trained on other features (the pipeline settings changed since): "
+            "it is trained again from the start",
+            err=True,
+        )
+    elif run.holds(config, data.source) and not run.holds(config, data=data_key):
         typer.echo(
             f"{run.name} was trained on other train videos or captions (added, edited or "
             "newly encoded since): it is trained again from the start",
@@ -113,11 +127,12 @@ def train_command(
     if best["epoch"] < 0:
         typer.echo(f"kept the initial head (train.epochs = 0: nothing trained); run in {run.path}")
     else:
-        chosen_by = (
-            f"val t2v R@1 {best['val_r1']:.1f}"
-            if "val_r1" in best
-            else f"lowest training loss {best['val_loss']:.3f}: no held-out captions"
-        )
+        if "val_r1" not in best:
+            chosen_by = f"lowest training loss {best['val_loss']:.3f}: no held-out captions"
+        elif run_config.train.select == "r1":
+            chosen_by = f"best val t2v R@1 {best['val_r1']:.1f}"
+        else:
+            chosen_by = f"lowest val loss {best['val_loss']:.3f}, val t2v R@1 {best['val_r1']:.1f}"
         typer.echo(f"best epoch {best['epoch']} ({chosen_by}); run in {run.path}")
 
 
@@ -163,6 +178,7 @@ def ablate_command(
 
     spec = parse_groups(groups) if groups else None  # a malformed file fails before training
     store = WorkDir(work)
+    require_split(store, split)  # (a mistyped one failed after the first variant's training)
     features_for = caption_features(store, split, memory_budget_gb)
     groups_for = None  # evaluation features -> their query groups
     if spec is not None:

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from cache.atomic import atomic_write
 from cache.errors import SettingsError
-from cache.settings import load_settings, read_toml
+from cache.settings import load_settings, parse_override, read_toml
 from heads.checkpoint import CheckpointError
 from heads.config import RunConfig
 from heads.cost import head_cost
@@ -137,15 +137,30 @@ def run_study(
     """Train and score every variant once per seed (`train.seed=S`); one row per run.
 
     Config paths are relative to `base` unless absolute; `overrides` apply to every variant
-    before its own `set`.
+    before its own `set`, but an untrained variant (`train.epochs = 0` by its own config and
+    `set`: zero-shot, untrained) keeps its 0 epochs. `train.seed` is refused among them:
+    `seeds` give it.
     """
+    overrides = list(overrides or [])
+    if any(parse_override(item)[0] == ["train", "seed"] for item in overrides):
+        raise SettingsError(
+            "--set train.seed: each variant is trained once per seed of --seeds; name the "
+            "seeds there (e.g. --seeds 5)"
+        )
     rows = []
     for variant in variants:
         config_path = Path(variant.config)
         if not config_path.is_absolute():
             config_path = base / config_path
+        own = load_settings(config_cls, config_path, list(variant.set))
+        untrained = getattr(getattr(own, "train", None), "epochs", None) == 0
+        common = [
+            item
+            for item in overrides
+            if not (untrained and parse_override(item)[0] == ["train", "epochs"])
+        ]
         for seed in seeds:
-            sets = [*(overrides or []), *variant.set, f"train.seed={seed}"]
+            sets = [*common, *variant.set, f"train.seed={seed}"]
             config = load_settings(config_cls, config_path, sets)
             started = time.monotonic()
             result = train_and_score(variant, seed, config)

@@ -200,6 +200,12 @@ class RunDir:
         # holds the optimizer's moments too, twice the model's size
         return load_checkpoint(self.last, mmap=True) if self.last.exists() else None
 
+    def config_changes(self, config: RunConfig) -> list[str]:
+        """How `config` differs from the config of the run last.pt holds (`config_changes`);
+        [] when the same, or where there is no last.pt."""
+        state = self._last_state()
+        return config_changes(state.get("config", ""), config) if state is not None else []
+
     def trained_on(self, state: dict[str, Any] | None = None) -> dict[str, str] | None:
         """The feature groups (stage -> key) last.pt (or its `state`) was trained on; None if
         it predates their record (or there is no last.pt)."""
@@ -276,16 +282,48 @@ class RunDir:
         atomic_write(self.metrics_path, json.dumps({**saved, split: report}, indent=2))
 
 
+# Settings that size the work, not what a run learns: a run resumed under another value goes
+# on (the memory budget of validation scoring sets its block shapes, which can move the last
+# bits of validation scores, never the training steps)
+RESOURCE_SETTINGS = ("train.score_memory_gb",)
+
+
 def same_config(saved_text: str, config: RunConfig) -> bool:
     """Whether a config saved as TOML text is `config`, compared parsed as settings keys
     compare them (`cache.keys.keyed_form`): the TOML's formatting does not matter, and a
     setting added since the run was saved (`added_setting`, absent from its text) counts at
     its value before it existed, the behaviour the run was trained with. Any other missing
-    setting (an empty or cut text) makes it a different config."""
+    setting (an empty or cut text) makes it a different config; `RESOURCE_SETTINGS` do not
+    count."""
+    return config_changes(saved_text, config) == []
+
+
+def config_changes(saved_text: str, config: RunConfig) -> list[str]:
+    """`section.name: old -> new` for each setting (`RESOURCE_SETTINGS` aside) in which a
+    config saved as TOML text differs from `config` (compared as `same_config` says), or
+    one line saying the saved text is no config."""
     try:
         saved = tomllib.loads(saved_text)
-        return only_added_missing(RunConfig, saved) and keyed_form(
-            from_dict(RunConfig, as_written_before(RunConfig, saved))
-        ) == keyed_form(config)
+        if not only_added_missing(RunConfig, saved):
+            return ["the saved config lacks settings"]
+        before = _flat(keyed_form(from_dict(RunConfig, as_written_before(RunConfig, saved))))
     except (tomllib.TOMLDecodeError, TypeError, TcdError):
-        return False
+        return ["the saved config cannot be read"]
+    now = _flat(keyed_form(config))
+    names = sorted((before.keys() | now.keys()) - set(RESOURCE_SETTINGS))
+    missing = "(default)"  # an added setting at its value before it existed is left out
+    return [
+        f"{name}: {before.get(name, missing)} -> {now.get(name, missing)}"
+        for name in names
+        if before.get(name, missing) != now.get(name, missing)
+    ]
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = value
+    return out

@@ -321,6 +321,9 @@ def test_a_folder_without_captions_is_searched_zero_shot(served, client, synth_s
     result = runner.invoke(app, ["search", "--work", str(work), "--run", str(other_run), "sign"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in other_run.iterdir()) == listed  # nothing written there
+    # its OCR (kwai) is not this work dir's (imported): said as such, not as settings changed
+    assert "of another work dir was trained on other features" in result.stderr
+    assert "tcd train" not in result.stderr
     # ... and refused, naming both, when its encoders differ
     settings = work / "settings.toml"
     settings.write_text(settings.read_text().replace('"minilm"', '"other-text-model"'))

@@ -119,6 +119,30 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
     lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2, 3]
 
+    # a smaller validation-scoring budget (what a user sets after running out of memory)
+    # resumes the run too: it sizes the work, not what is learnt (it trained from epoch 0)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, data, RunDir.at(tmp_path / "budget"), progress=stop_after_two)
+    smaller = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, score_memory_gb=0.001)
+    )
+    assert RunDir.at(tmp_path / "budget").config_changes(smaller) == []
+    epochs: list[int] = []
+    train(
+        smaller, data, RunDir.at(tmp_path / "budget"), progress=lambda r: epochs.append(r["epoch"])
+    )
+    assert epochs == [2, 3]
+    budget = load_checkpoint(tmp_path / "budget" / "last.pt")["model"]
+    for name in clean:
+        torch.testing.assert_close(clean[name], budget[name], rtol=0, atol=0)
+    other = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, lr=2e-4, patience=3)
+    )
+    assert RunDir.at(tmp_path / "budget").config_changes(other) == [
+        "train.lr: 0.0001 -> 0.0002",
+        "train.patience: 10 -> 3",
+    ]
+
 
 def test_hsc_draws_its_dropout_apart_from_the_retrieval_loss(tmp_path):
     """HSC at weight 0 trains the head bit for bit as HSC switched off: its own forward pass
@@ -534,6 +558,7 @@ def test_train_and_ablate_commands_on_synthetic_caches(synth_copy, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "epoch   1" in result.output and (work.path / "runs" / "t1" / "best.pt").exists()
+    first_output = result.output
     RunDir(work.path, "t1").save_metrics("test", {"t2v": {"R@1": 1.0}})  # as tcd eval does
     again = [
         "train", "--work", str(work.path), "--config", "configs/tcd.toml", "--name", "t1",
@@ -541,11 +566,23 @@ def test_train_and_ablate_commands_on_synthetic_caches(synth_copy, tmp_path):
     ]  # fmt: skip
     result = runner.invoke(app, again)
     assert result.exit_code == 0, result.output
+    assert "lowest val loss" in first_output and "val t2v R@1" in first_output  # select=loss
+    # what is replaced is said, by setting (the checkpoints went silently)
+    assert "t1 holds a run of another config (train.epochs: 2 -> 1; " in result.output
     assert "t1 was evaluated before: training replaces its head" in result.output
     assert RunDir(work.path, "t1").saved_metrics() == {}
     groups_before = {(g.stage, g.key) for g in work.stages()}
     grid = tmp_path / "grid.toml"
+    ablate = ["ablate", "--work", str(work.path), "--grid", str(grid)]
+    grid.write_text('[[variant]]\nname = "vo"\nconfig = "configs/video_only.toml"\n')
+    result = runner.invoke(app, [*ablate, "--split", "tset"])  # refused before any training
+    assert "split 'tset' has no videos in" in str(result.exception)
+    assert "its splits: test, train" in str(result.exception)
+    assert not (work.path / "runs" / "ablate").exists()
+    result = runner.invoke(app, [*ablate, "--set", "train.seed=5"])
+    assert "name the seeds there" in str(result.exception)
     grid.write_text(
+        '[[variant]]\nname = "zs"\nconfig = "configs/zero_shot.toml"\n'
         '[[variant]]\nname = "vo"\nconfig = "configs/video_only.toml"\n'
         '[[variant]]\nname = "tcd-xi"\nconfig = "configs/tcd.toml"\nset = ["train.hsc=false"]\n'
         'pipeline = ["captions.xi=0.5"]\npaper_t2v_r1 = 56.2\n'
@@ -583,7 +620,10 @@ def test_train_and_ablate_commands_on_synthetic_caches(synth_copy, tmp_path):
     assert "| vo | – |" in table and "| tcd-xi | captions.xi=0.5 |" in table
     assert " ± " in table and "| 56.2 |" in table
     results = json.loads((work.path / "runs" / "ablations.json").read_text())
+    # train.epochs=1 trains every variant but the untrained zero-shot (it was refused)
     assert [(r["variant"], r["seed"]) for r in results["runs"]] == [
+        ("zs", 0),
+        ("zs", 1),
         ("vo", 0),
         ("vo", 1),
         ("tcd-xi", 0),
