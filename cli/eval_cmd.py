@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import Run, Split, Work, flag
+from cli.common import Run, Split, Work, flag, warn
 from retrieval.choices import ColumnOrder
 
 SimMatrix = Annotated[
@@ -49,7 +49,7 @@ def eval_command(
     """Score every (caption, video) pair of a split; print t2v and v2t metrics (and per
     query group with --groups)."""
     from cache import WorkDir
-    from cli.retrieval_wiring import open_split, warn
+    from cli.retrieval_wiring import open_split
     from heads.groups import parse_groups
     from retrieval.evaluate import SimMatrixExport, evaluate, evaluation_warnings, format_evaluation
     from retrieval.index import RetrievalError
@@ -74,7 +74,6 @@ def eval_command(
 
 def results_command(work: Work, split: Split = "test") -> None:
     """One table of the saved metrics of every evaluated run (from `tcd eval`)."""
-    from cli.retrieval_wiring import warn
     from retrieval.evaluate import results_table
 
     typer.echo(results_table(work, split, log=warn))

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import Run, Work, flag
+from cli.common import Run, Work, flag, warn
 from retrieval.choices import IndexKind
 
 TopK = Annotated[int, typer.Option(min=1, help="Results to show.")]
@@ -75,7 +75,7 @@ def search_command(
     queries: QueriesFile = None,
 ) -> None:
     """Rank the split's videos for a free-text query (FAISS, then the full head)."""
-    from cli.retrieval_wiring import default_split, open_split, query_encoder, warn
+    from cli.retrieval_wiring import default_split, open_split, query_encoder
     from retrieval.index import RetrievalError
     from retrieval.search import Searcher, check_query, format_hits, read_queries
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import Work
+from cli.common import Work, warn
 
 ServeRun = Annotated[
     str,
@@ -35,7 +35,7 @@ AllowHost = Annotated[
 def build_service(work: Path, run: str = "zero-shot", split: str | None = None):
     """The served state for a work dir: run, splits, text encoder (used by tests and benches)."""
     from cache import WorkDir
-    from cli.retrieval_wiring import default_split, frame_at, open_split, query_encoder, warn
+    from cli.retrieval_wiring import default_split, frame_at, open_split, query_encoder
     from cli.serve_app import SearchService
     from cli.video_details import video_details
     from pipeline.settings import resolve_settings

@@ -71,27 +71,12 @@ def announce(name: str, config: RunConfig, data: Features) -> None:
 def say_what_training_replaces(
     run: RunDir, config: RunConfig, data: Features, data_key: str | None
 ) -> None:
-    """Before `train` replaces what the run's folder holds: why (another config, other
-    features, other train rows), and the eval metrics it drops."""
-    changes = run.config_changes(config)
-    if changes:
-        shown = "; ".join(changes[:6]) + ("; ..." if len(changes) > 6 else "")
+    """Before `train` replaces what the run's folder holds: why (`RunDir.replaced_because`),
+    and the eval metrics it drops."""
+    reason = run.replaced_because(config, data.source, data_key)
+    if reason:
         typer.echo(
-            f"{run.name} holds a run of another config ({shown}): its checkpoints are "
-            "replaced and it is trained from the start (another --name keeps it)",
-            err=True,
-        )
-    elif run.last.exists() and not run.holds(config, data.source):
-        typer.echo(
-            f"{run.name} was trained on other features (the pipeline settings changed since): "
-            "it is trained again from the start",
-            err=True,
-        )
-    elif run.holds(config, data.source) and not run.holds(config, data=data_key):
-        typer.echo(
-            f"{run.name} was trained on other train videos or captions (added, edited or "
-            "newly encoded since): it is trained again from the start",
-            err=True,
+            f"{reason}: it is trained again from the start (another --name keeps it)", err=True
         )
     if run.metrics_path.exists():
         typer.echo(

@@ -152,7 +152,10 @@ def run_study(
         config_path = Path(variant.config)
         if not config_path.is_absolute():
             config_path = base / config_path
-        own = load_settings(config_cls, config_path, list(variant.set))
+        try:
+            own = load_settings(config_cls, config_path, list(variant.set))
+        except SettingsError:  # valid only with the overrides (or not at all: said below)
+            own = None
         untrained = getattr(getattr(own, "train", None), "epochs", None) == 0
         common = [
             item

@@ -206,6 +206,28 @@ class RunDir:
         state = self._last_state()
         return config_changes(state.get("config", ""), config) if state is not None else []
 
+    def replaced_because(
+        self, config: RunConfig, features: dict[str, str], data: str | None
+    ) -> str | None:
+        """Why training `config` on `features` and `data` (as `holds` takes them) starts
+        afresh over the run last.pt holds: another config (each setting that changed), other
+        features or other train rows. None where it resumes, or there is no run."""
+        state = self._last_state()
+        if state is None:
+            return None
+        changes = config_changes(state.get("config", ""), config)
+        if changes:
+            shown = "; ".join(changes[:6]) + ("; ..." if len(changes) > 6 else "")
+            return f"{self.name} holds a run of another config ({shown})"
+        if not self.holds(config, features, state):
+            return f"{self.name} was trained on other features (the pipeline settings changed)"
+        if not self.holds(config, features, state, data):
+            return (
+                f"{self.name} was trained on other train videos or captions (added, edited or "
+                "newly encoded since)"
+            )
+        return None
+
     def trained_on(self, state: dict[str, Any] | None = None) -> dict[str, str] | None:
         """The feature groups (stage -> key) last.pt (or its `state`) was trained on; None if
         it predates their record (or there is no last.pt)."""
@@ -284,7 +306,7 @@ class RunDir:
 
 # Settings that size the work, not what a run learns: a run resumed under another value goes
 # on (the memory budget of validation scoring sets its block shapes, which can move the last
-# bits of validation scores, never the training steps)
+# bits of validation scores, and so a near tie in early stopping or the kept epoch)
 RESOURCE_SETTINGS = ("train.score_memory_gb",)
 
 

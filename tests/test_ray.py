@@ -201,8 +201,12 @@ def test_a_task_whose_actor_was_unavailable_goes_back_to_that_actor(tmp_path):
     run = _StageRun(cluster, work, None, "ocr", RayOptions(), progress=False)
     tasks = [StageTask("ocr", str(tmp_path), SETTINGS, Shard(i, 3)) for i in range(3)]
     actors = [cluster.actor("a"), cluster.actor("b")]
-    results = run._run_tasks(actors, tasks, _Progress([], []), time.monotonic())
+    progress = _Progress([], [])
+    results = run._run_tasks(actors, tasks, progress, time.monotonic())
     assert sorted(shard.index for [(_, shard)] in results) == [0, 1, 2]
+    # a shard counts as ended (its retried failures finished) once its task returned, not
+    # when an attempt was lost
+    assert sorted(shard.index for shard in progress.ended) == [0, 1, 2]
     shard0 = [name for name, shard in cluster.calls if shard == Shard(0, 3)]
     assert len(shard0) == 2 and len(set(shard0)) == 1, cluster.calls
 
