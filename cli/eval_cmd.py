@@ -10,7 +10,8 @@ from typing import Annotated
 
 import typer
 
-from cli.common import Run, Split, Work, flag, warn
+from cache import WorkDir
+from cli.common import Run, Split, Work, feature_source, flag, warn
 from retrieval.choices import ColumnOrder
 
 SimMatrix = Annotated[
@@ -48,7 +49,6 @@ def eval_command(
 ) -> None:
     """Score every (caption, video) pair of a split; print t2v and v2t metrics (and per
     query group with --groups)."""
-    from cache import WorkDir
     from cli.retrieval_wiring import open_split
     from heads.groups import parse_groups
     from retrieval.evaluate import SimMatrixExport, evaluate, evaluation_warnings, format_evaluation
@@ -76,7 +76,8 @@ def results_command(work: Work, split: Split = "test") -> None:
     """One table of the saved metrics of every evaluated run (from `tcd eval`)."""
     from retrieval.evaluate import results_table
 
-    typer.echo(results_table(work, split, log=warn))
+    current = feature_source(WorkDir(work))
+    typer.echo(results_table(work, split, log=warn, features=current))
 
 
 def register(app: typer.Typer) -> None:

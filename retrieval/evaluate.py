@@ -79,6 +79,7 @@ def evaluate(
     if groups is not None:
         report["groups"] = group_report(sim, data.query_video, groups)
     report["missing_videos"] = data.missing
+    report["features"] = dict(data.source)  # the feature groups scored (`tcd results`)
     if split.read_only:
         log(
             f"run {run.path} belongs to another work dir, whose folder is never written: "
@@ -178,10 +179,16 @@ def evaluation_warnings(report: dict[str, Any]) -> list[str]:
     return warnings
 
 
-def results_table(work: str | Path, split: str, log: Callable[[str], None] = LOG.warning) -> str:
+def results_table(
+    work: str | Path,
+    split: str,
+    log: Callable[[str], None] = LOG.warning,
+    features: dict[str, str] | None = None,
+) -> str:
     """One row of saved t2v and v2t metrics per run evaluated on `split` (its last `tcd
-    eval`, marked where that scored two-stage, an unfinished run, or videos without
-    features). A run whose record cannot be read is left out, with one line to `log`."""
+    eval`, marked where that scored two-stage, an unfinished run, videos without features,
+    or other feature groups than `features`, the work dir's now). A run whose record cannot
+    be read is left out, with one line to `log`."""
     rows = {}
     for run in RunDir.evaluated(work):
         try:
@@ -206,6 +213,9 @@ def results_table(work: str | Path, split: str, log: Callable[[str], None] = LOG
         approximate = f"  two-stage K={report['two_stage']['k']}" if "two_stage" in report else ""
         missing = len(report.get("missing_videos") or ())
         zeros = f"  {missing} video(s) without features (zeros)" if missing else ""
+        scored_on = report.get("features")
+        other = features is not None and scored_on is not None and scored_on != features
+        stale = "  on features of other settings (tcd eval again)" if other else ""
         cells = "".join(f"{v:>9.1f}" for v in values)
-        lines.append(f"{name:<{width}}{cells}{size}{unfinished}{approximate}{zeros}")
+        lines.append(f"{name:<{width}}{cells}{size}{unfinished}{approximate}{zeros}{stale}")
     return "\n".join(lines)

@@ -584,6 +584,27 @@ def test_runs_named_by_their_path_ablation_runs_and_a_half_made_zero_shot_folder
     assert len(hits) == min(5, n_train)
 
 
+def test_results_marks_metrics_scored_on_features_of_other_settings(trained):
+    from pipeline.ocr import OcrSettings
+    from pipeline.settings import CaptionSettings, PipelineSettings, save_settings
+
+    w = str(trained)
+    assert (
+        runner.invoke(app, ["eval", "--work", w, "--run", "r", "--split", "train"]).exit_code == 0
+    )
+    mark = "on features of other settings (tcd eval again)"
+    table = runner.invoke(app, ["results", "--work", w, "--split", "train"]).stdout
+    assert "\nr " in table and mark not in table
+    # a caption setting changed: the saved metrics are of the old captions (they were shown
+    # as if current until the run was evaluated again)
+    ocr = OcrSettings(engine="kwai")
+    save_settings(trained, PipelineSettings(ocr=ocr, captions=CaptionSettings(xi=0.5)))
+    table = runner.invoke(app, ["results", "--work", w, "--split", "train"]).stdout
+    assert mark in next(line for line in table.splitlines() if line.startswith("r "))
+    save_settings(trained, PipelineSettings(ocr=ocr))
+    assert mark not in runner.invoke(app, ["results", "--work", w, "--split", "train"]).stdout
+
+
 def test_search_after_a_settings_change_says_what_to_run_and_creates_no_group(trained):
     """Readers create nothing: search read the groups of the new settings through openers
     that create them, leaving empty groups behind (and failing on a read-only work dir)."""
