@@ -214,7 +214,8 @@ def create_app(
     names = {*LOOPBACK_NAMES, *(host_name(h) for h in (host, *allow_hosts))}
     app.add_middleware(KnownHosts, names=None if host in ANY_ADDRESS else names)
     _answer_errors_as_json(app)
-    _add_routes(app, service)
+    _add_api_routes(app, service)
+    _add_file_routes(app, service)
     return app
 
 
@@ -250,13 +251,8 @@ def _answer_errors_as_json(app: FastAPI) -> None:
         return _error(500, f"internal error ({type(exc).__name__}); the server log has it")
 
 
-def _add_routes(app: FastAPI, service: SearchService) -> None:
-    """The page, the JSON API (/api/...), the videos (/media/...) and thumbnails (/thumbs/...)."""
-    page = (STATIC / "index.html").read_text(encoding="utf-8")
-
-    @app.get("/", response_class=HTMLResponse)
-    def index() -> HTMLResponse:
-        return HTMLResponse(page)
+def _add_api_routes(app: FastAPI, service: SearchService) -> None:
+    """The JSON API: /api/search, /api/info, /api/videos/ID."""
 
     @app.get("/api/search")
     def api_search(
@@ -283,6 +279,15 @@ def _add_routes(app: FastAPI, service: SearchService) -> None:
         details = service.details(video_id)
         details["media"] = f"/media/{quote(video_id)}" if service.video_file(video_id) else None
         return details
+
+
+def _add_file_routes(app: FastAPI, service: SearchService) -> None:
+    """The page (/), the videos (/media/ID) and their thumbnails (/thumbs/ID)."""
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> HTMLResponse:
+        return HTMLResponse(page)
 
     @app.api_route("/media/{video_id:path}", methods=["GET", "HEAD"], response_model=None)
     def media(video_id: str) -> FileResponse | JSONResponse:

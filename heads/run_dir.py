@@ -200,14 +200,8 @@ class RunDir:
         # holds the optimizer's moments too, twice the model's size
         return load_checkpoint(self.last, mmap=True) if self.last.exists() else None
 
-    def config_changes(self, config: RunConfig) -> list[str]:
-        """How `config` differs from the config of the run last.pt holds (`config_changes`);
-        [] when the same, or where there is no last.pt."""
-        state = self._last_state()
-        return config_changes(state.get("config", ""), config) if state is not None else []
-
     def replaced_because(
-        self, config: RunConfig, features: dict[str, str], data: str | None
+        self, config: RunConfig, features: dict[str, str] | None, data: str | None
     ) -> str | None:
         """Why training `config` on `features` and `data` (as `holds` takes them) starts
         afresh over the run last.pt holds: another config (each setting that changed), other
@@ -279,12 +273,12 @@ class RunDir:
         record (edited by hand, another tool's) is refused, naming it."""
         if not self.metrics_path.exists():
             return {}
+        saved, why = None, ""
         try:
             saved = json.loads(self.metrics_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            saved = exc
+            why = f" ({exc})"
         if not isinstance(saved, dict) or not all(isinstance(r, dict) for r in saved.values()):
-            why = f" ({saved})" if isinstance(saved, Exception) else ""
             raise CheckpointError(
                 f"{self.metrics_path}: not a `tcd eval` record{why}; delete it and evaluate "
                 "the run again (tcd eval)"
